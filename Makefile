@@ -1,0 +1,40 @@
+# Two commands set up a fresh machine: `make app` and `make test`.
+# Both create .venv when it is missing and install pipeplan into it.
+#
+# torch: installed as $(TORCH_SPEC) only when the venv cannot import torch.
+# To keep a CUDA torch you already have, either create the venv yourself with
+# `python3 -m venv --system-site-packages .venv` (your torch is then visible),
+# or point VENV at an environment that has it: `make app VENV=/path/to/env`.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PORT ?= 8501
+
+.PHONY: install app test bench bench-quick lint clean
+
+$(VENV)/.pipeplan-installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev,hf]"
+	@touch $@
+
+install: $(VENV)/.pipeplan-installed
+
+app: install
+	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench.run
+
+bench-quick: install
+	$(PY) -m bench.run --quick
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,173 @@
+"""The Cluster contract: devices in pipeline order, and the links between them.
+
+Stage i of a plan runs on device i (or, with `device_order="auto"`, on the
+device the solver picks). Speeds are relative: a device's time for a layer is
+the profile's time divided by `speed_factor(device, profile)`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from planner._json import build_dataclass, check_number
+from profiler.errors import PipeplanError
+from profiler.gpus import GiB, get_preset
+from profiler.profile import Profile, load_json_text
+
+SCHEMA = "pipeplan.cluster/1"
+MAX_DEVICES = 4096
+
+
+@dataclass(kw_only=True, slots=True)
+class Device:
+    name: str
+    """Label shown in plans ("gpu0", "A100-80GB #1")."""
+    memory_bytes: int
+    """Memory the plan may use on this device (before the TrainConfig's reserve)."""
+    preset: str | None = None
+    """GPU preset name (see profiler.gpus) or None for a custom device."""
+    tflops: float | None = None
+    """Peak TFLOP/s in the training precision; scales times against the profile's reference device."""
+    speed: float | None = None
+    """Explicit speed relative to the profile's reference device (1.0 = same). Overrides tflops."""
+    node: int = 0
+    """Host index: devices with the same node talk over the intra-node link."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise PipeplanError("device name must be a non-empty string")
+        check_number(self.memory_bytes, f"device {self.name!r} memory_bytes", positive=True, integer=True)
+        if self.preset is not None:
+            get_preset(self.preset)
+        if self.tflops is not None:
+            check_number(self.tflops, f"device {self.name!r} tflops", positive=True)
+        if self.speed is not None:
+            check_number(self.speed, f"device {self.name!r} speed", positive=True)
+        check_number(self.node, f"device {self.name!r} node", integer=True, minimum=0)
+
+    @classmethod
+    def from_preset(cls, preset: str, *, name: str | None = None, node: int = 0,
+                    memory_bytes: int | None = None, precision: str = "bf16_mixed") -> "Device":
+        p = get_preset(preset)
+        return cls(name=name or p.name, preset=p.name, memory_bytes=memory_bytes or p.memory_bytes,
+                   tflops=p.peak_tflops(precision), node=node)
+
+
+@dataclass(kw_only=True, slots=True)
+class Link:
+    bandwidth_bytes_per_s: float
+    latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_number(self.bandwidth_bytes_per_s, "link bandwidth_bytes_per_s", positive=True)
+        check_number(self.latency_s, "link latency_s", minimum=0)
+
+    def transfer_ms(self, nbytes: float) -> float:
+        """Time to move nbytes one way: latency + size / bandwidth (alpha-beta model)."""
+        if nbytes <= 0:
+            return 0.0
+        return 1000.0 * (self.latency_s + nbytes / self.bandwidth_bytes_per_s)
+
+
+@dataclass(kw_only=True, slots=True)
+class Cluster:
+    devices: list[Device]
+    intra_node: Link = field(default_factory=lambda: Link(bandwidth_bytes_per_s=100e9, latency_s=5e-6))
+    inter_node: Link = field(default_factory=lambda: Link(bandwidth_bytes_per_s=25e9, latency_s=10e-6))
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.devices, list) or not self.devices:
+            raise PipeplanError("the cluster has no devices: add at least one device")
+        if len(self.devices) > MAX_DEVICES:
+            raise PipeplanError(f"the cluster has {len(self.devices)} devices; pipeplan plans at most {MAX_DEVICES}")
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.devices)
+
+    def link(self, a: int, b: int) -> Link:
+        """The link between devices a and b."""
+        return self.intra_node if self.devices[a].node == self.devices[b].node else self.inter_node
+
+    def speed_factor(self, index: int, profile: Profile) -> float:
+        """How many times faster device `index` runs a layer than the profile's reference device."""
+        d = self.devices[index]
+        if d.speed is not None:
+            return d.speed
+        ref = profile.provenance.reference_tflops
+        if d.tflops is not None and ref:
+            return d.tflops / ref
+        return 1.0
+
+    @classmethod
+    def uniform(cls, n: int, preset: str | None = None, *, memory_bytes: int | None = None,
+                devices_per_node: int = 8, precision: str = "bf16_mixed") -> "Cluster":
+        """n identical devices, `devices_per_node` to a host."""
+        check_number(n, "device count", positive=True, integer=True)
+        if preset is None and memory_bytes is None:
+            raise PipeplanError("give a GPU preset or a memory size per device")
+        devices = []
+        for i in range(n):
+            if preset is not None:
+                d = Device.from_preset(preset, name=f"gpu{i}", node=i // devices_per_node,
+                                       memory_bytes=memory_bytes, precision=precision)
+            else:
+                d = Device(name=f"dev{i}", memory_bytes=memory_bytes, node=i // devices_per_node)
+            devices.append(d)
+        intra = Link(bandwidth_bytes_per_s=get_preset(preset).intra_node_bw_gbs * 1e9, latency_s=5e-6) \
+            if preset else Link(bandwidth_bytes_per_s=100e9, latency_s=5e-6)
+        return cls(devices=devices, intra_node=intra)
+
+    # -- JSON ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Cluster":
+        if not isinstance(data, dict):
+            raise PipeplanError("cluster JSON must be an object with keys schema, devices, intra_node, inter_node")
+        if data.get("schema") != SCHEMA:
+            raise PipeplanError(f"cluster schema {data.get('schema')!r} is not supported; expected {SCHEMA!r}")
+        devices = data.get("devices")
+        if not isinstance(devices, list):
+            raise PipeplanError("cluster JSON: 'devices' must be a list")
+        if len(devices) > MAX_DEVICES:
+            raise PipeplanError(f"the cluster has {len(devices)} devices; pipeplan plans at most {MAX_DEVICES}")
+        kwargs: dict[str, Any] = {"devices": [build_dataclass(Device, d, f"cluster devices[{i}]")
+                                              for i, d in enumerate(devices)]}
+        for key in ("intra_node", "inter_node"):
+            if key in data:
+                kwargs[key] = build_dataclass(Link, data[key], f"cluster {key}")
+        extra = sorted(set(data) - {"schema", "devices", "intra_node", "inter_node"})
+        if extra:
+            raise PipeplanError(f"cluster JSON has unknown field(s) {extra}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Cluster":
+        return cls.from_dict(load_json_text(text, "cluster"))
+
+
+def parse_memory(text: str) -> int:
+    """'80GB' -> 80 GiB in bytes, '24GiB', '512MB', or a plain byte count."""
+    s = str(text).strip().upper().replace(" ", "")
+    units = {"TIB": 2**40, "TB": 2**40, "GIB": GiB, "GB": GiB, "MIB": 2**20, "MB": 2**20, "KIB": 1024, "KB": 1024, "B": 1}
+    for unit, scale in units.items():
+        if s.endswith(unit):
+            number = s[: -len(unit)]
+            break
+    else:
+        number, scale = s, 1
+    try:
+        value = float(number)
+    except ValueError:
+        raise PipeplanError(f"cannot read memory size {text!r}; write it like 80GB, 24GiB or 512MB") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise PipeplanError(f"memory size {text!r} must be a positive number")
+    return int(value * scale)

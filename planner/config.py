@@ -1,0 +1,130 @@
+"""The TrainConfig contract: how the pipeline is trained.
+
+Schedules, optimizers and precisions are closed sets named here once; every
+other module refers to these names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from planner._json import build_dataclass, check_number
+from profiler.errors import PipeplanError
+from profiler.gpus import GiB
+from profiler.profile import load_json_text
+
+SCHEMA = "pipeplan.trainconfig/1"
+
+SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBH1", "ZBV")
+"""Pipeline schedules pipeplan plans, simulates and exports."""
+MULTI_CHUNK_SCHEDULES = ("Interleaved1F1B", "ZBV")
+"""Schedules that put several stages (chunks) on each device."""
+OPTIMIZERS = ("adamw", "adam", "sgd", "sgd_momentum")
+PRECISIONS = ("fp32", "bf16_mixed")
+RECOMPUTE = ("off", "on", "auto")
+SOLVERS = ("auto", "highs", "cbc", "dp")
+
+
+def canonical_schedule(name: str) -> str:
+    """Case-insensitive schedule lookup; the error lists the valid names."""
+    for s in SCHEDULES:
+        if s.lower() == str(name).strip().lower().replace("-", "").replace("_", ""):
+            return s
+    aliases = {"zbh1": "ZBH1", "zb-h1": "ZBH1", "interleaved": "Interleaved1F1B", "zbvzerobubble": "ZBV"}
+    key = str(name).strip().lower()
+    if key in aliases:
+        return aliases[key]
+    raise PipeplanError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    schedule: str = "1F1B"
+    """One of SCHEDULES."""
+    num_microbatches: int | None = 8
+    """Micro-batches per step (M). None: pick the fastest valid count for `global_batch`."""
+    global_batch: int | None = None
+    """Samples per optimizer step per pipeline replica; must be micro_batch_size x M."""
+    micro_batch_size: int = 1
+    """Samples per micro-batch; must equal the profile's micro-batch size."""
+    virtual_stages: int = 1
+    """Chunks (stages) per device: >1 only for Interleaved1F1B; ZBV always uses 2."""
+    optimizer: str = "adamw"
+    precision: str = "fp32"
+    recompute: str = "off"
+    """Activation recomputation: "off", "on" (every stage), "auto" (the solver picks per stage)."""
+    reserve_bytes: int = 0
+    """Memory held back on every device (CUDA context, NCCL, allocator fragmentation)."""
+    data_parallel: int = 1
+    """Pipeline replicas (data-parallel degree); each replica gets global_batch samples."""
+    solver: str = "auto"
+    """"auto" (fastest available), "highs", "cbc" or "dp" (chains only)."""
+    time_limit_s: float = 10.0
+    """Solver time limit; on time-out the best plan found is returned with its proven gap."""
+    device_order: str = "fixed"
+    """"fixed": stage i on device i. "auto": the solver may reorder the devices."""
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        self.schedule = canonical_schedule(self.schedule)
+        if self.num_microbatches is not None:
+            check_number(self.num_microbatches, "num_microbatches", positive=True, integer=True)
+        if self.global_batch is not None:
+            check_number(self.global_batch, "global_batch", positive=True, integer=True)
+        check_number(self.micro_batch_size, "micro_batch_size", positive=True, integer=True)
+        check_number(self.virtual_stages, "virtual_stages", positive=True, integer=True)
+        check_number(self.reserve_bytes, "reserve_bytes", integer=True, minimum=0)
+        check_number(self.data_parallel, "data_parallel", positive=True, integer=True)
+        check_number(self.time_limit_s, "time_limit_s", positive=True)
+        for name, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS),
+                              ("recompute", RECOMPUTE), ("solver", SOLVERS), ("device_order", ("fixed", "auto"))):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise PipeplanError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.schedule == "ZBV":
+            self.virtual_stages = 2
+        elif self.schedule != "Interleaved1F1B" and self.virtual_stages != 1:
+            raise PipeplanError(f"virtual_stages={self.virtual_stages} needs schedule Interleaved1F1B; "
+                                f"{self.schedule} runs one stage per device")
+        if self.num_microbatches is None and self.global_batch is None:
+            raise PipeplanError("give num_microbatches, or global_batch to let pipeplan choose the micro-batch count")
+        if self.global_batch is not None:
+            if self.global_batch % self.micro_batch_size:
+                raise PipeplanError(f"global_batch {self.global_batch} is not a multiple of micro_batch_size "
+                                    f"{self.micro_batch_size}")
+            if self.num_microbatches is not None and \
+                    self.num_microbatches * self.micro_batch_size != self.global_batch:
+                raise PipeplanError(
+                    f"{self.num_microbatches} micro-batches of {self.micro_batch_size} make "
+                    f"{self.num_microbatches * self.micro_batch_size} samples, not global_batch {self.global_batch}; "
+                    "fix one of them or leave num_microbatches empty to choose it automatically")
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples per optimizer step per pipeline replica."""
+        if self.num_microbatches is not None:
+            return self.num_microbatches * self.micro_batch_size
+        return int(self.global_batch)
+
+    # -- JSON ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TrainConfig":
+        if isinstance(data, dict) and data.get("schema", SCHEMA) != SCHEMA:
+            raise PipeplanError(f"train config schema {data.get('schema')!r} is not supported; expected {SCHEMA!r}")
+        return build_dataclass(cls, data, "train config")
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "TrainConfig":
+        return cls.from_dict(load_json_text(text, "train config"))
+
+
+DEFAULT_RESERVE_BYTES = 2 * GiB
+"""Suggested reserve on CUDA devices: context + NCCL + cuBLAS workspace (Sailor measures 2-3 GB)."""

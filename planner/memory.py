@@ -1,0 +1,100 @@
+"""The memory model: the one place that says how many bytes a stage needs.
+
+The ILP, the chain DP, the baselines, the simulator, the app and the export all
+call these functions; docs/cost-model.md writes the same formulas down with
+their sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from planner.config import TrainConfig
+
+# Bytes per parameter as (weights, gradients, optimizer state).
+# fp32: weights and grads in fp32; Adam keeps m and v in fp32 (8 B), SGD with
+# momentum one buffer (4 B). bf16_mixed follows the ZeRO paper's accounting
+# (Rajbhandari et al. 2020, sec. 3.1): bf16 weights (2) and grads (2), and an
+# fp32 master copy plus Adam's m and v (4 + 4 + 4 = 12).
+_BYTES_PER_PARAM: dict[tuple[str, str], tuple[int, int, int]] = {
+    ("fp32", "adamw"): (4, 4, 8),
+    ("fp32", "adam"): (4, 4, 8),
+    ("fp32", "sgd"): (4, 4, 0),
+    ("fp32", "sgd_momentum"): (4, 4, 4),
+    ("bf16_mixed", "adamw"): (2, 2, 12),
+    ("bf16_mixed", "adam"): (2, 2, 12),
+    ("bf16_mixed", "sgd"): (2, 2, 4),
+    ("bf16_mixed", "sgd_momentum"): (2, 2, 8),
+}
+
+_DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "bfloat16": 2, "bf16": 2, "fp16": 2, "float64": 8}
+
+
+def bytes_per_param(precision: str, optimizer: str) -> tuple[int, int, int]:
+    """(weight, gradient, optimizer-state) bytes per parameter for this precision and optimizer."""
+    return _BYTES_PER_PARAM[(precision, optimizer)]
+
+
+def activation_scale(profile_dtype: str, precision: str) -> float:
+    """Factor from the profile's activation bytes to the training precision's.
+
+    bf16 mixed precision stores activations in bf16: half of an fp32 profile's bytes.
+    """
+    train_bytes = 2 if precision == "bf16_mixed" else 4
+    return train_bytes / _DTYPE_BYTES.get(profile_dtype, 4)
+
+
+@dataclass(kw_only=True, slots=True)
+class StageMemory:
+    """Peak memory of one stage, in bytes, by what holds it."""
+
+    params: int = 0
+    grads: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    """Saved activations x micro-batches in flight (or boundary inputs with recomputation)."""
+    relay: int = 0
+    """Tensors this stage only passes along (skip connections), x micro-batches in flight."""
+    reserve: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + self.activations + self.relay + self.reserve
+
+    def to_dict(self) -> dict[str, int]:
+        d = asdict(self)
+        d["total"] = self.total
+        return d
+
+
+def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes: float,
+                       relay_bytes: float, in_flight: int, config: TrainConfig,
+                       profile_dtype: str = "float32", recompute: bool = False) -> StageMemory:
+    """Peak bytes of one stage.
+
+    param_count: parameters the stage owns (a tied parameter is counted on every
+        stage that holds a copy).
+    activation_bytes: Σ saved-activation bytes per micro-batch of the stage's layers.
+    input_bytes: bytes per micro-batch the stage receives from the previous one.
+    relay_bytes: bytes per micro-batch passing through the stage untouched.
+    in_flight: micro-batches whose activations the stage holds at its peak, from
+        planner.schedules.in_flight_microbatches for the schedule.
+
+    With recomputation a stage keeps only its inputs per in-flight micro-batch and
+    rebuilds one micro-batch's activations at a time during backward
+    (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
+    """
+    w, g, o = bytes_per_param(config.precision, config.optimizer)
+    scale = activation_scale(profile_dtype, config.precision)
+    if recompute:
+        acts = in_flight * input_bytes * scale + activation_bytes * scale
+    else:
+        acts = in_flight * activation_bytes * scale
+    return StageMemory(
+        params=param_count * w,
+        grads=param_count * g,
+        optimizer=param_count * o,
+        activations=int(round(acts)),
+        relay=int(round(in_flight * relay_bytes * scale)),
+        reserve=config.reserve_bytes,
+    )

@@ -1,0 +1,265 @@
+"""The Profile contract: one model's layer graph at one micro-batch shape.
+
+Units are fixed here once: times in milliseconds, sizes in bytes, FLOPs as
+plain counts, all *per micro-batch*. The JSON format is public and documented
+in docs/formats.md; bump SCHEMA when a field changes meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import networkx as nx
+
+from profiler.errors import PipeplanError
+
+SCHEMA = "pipeplan.profile/1"
+
+
+@dataclass(kw_only=True, slots=True)
+class ProfileNode:
+    """One layer of the model (a transformer block, the embedding, a conv stage...)."""
+
+    id: str
+    """Stable identifier, unique in the profile; usually the module path ("layers.3")."""
+    name: str
+    """Human-readable label."""
+    kind: str
+    """Layer kind: "embedding", "block", "norm", "head", "conv", "mlp", "other"..."""
+    module_path: str
+    """Module FQN prefix that owns this layer's graph nodes ("" for the root)."""
+    fwd_flops: float = 0.0
+    """Forward FLOPs per micro-batch (FlopCounterMode)."""
+    bwd_flops: float = 0.0
+    """Backward FLOPs per micro-batch."""
+    fwd_ms: float = 0.0
+    """Forward time per micro-batch on the profile's reference device."""
+    bwd_ms: float = 0.0
+    """Full backward time (input-grad + weight-grad) per micro-batch."""
+    bwd_input_ms: float | None = None
+    """Input-gradient part of backward (B of zero-bubble schedules), if known."""
+    bwd_weight_ms: float | None = None
+    """Weight-gradient part of backward (W of zero-bubble schedules), if known."""
+    param_bytes: int = 0
+    """Bytes of parameters owned by this layer, in the profile dtype; shared ones counted once."""
+    param_count: int = 0
+    """Number of parameters owned by this layer (shared ones counted once)."""
+    shared_params: list[str] = field(default_factory=list)
+    """FQNs of parameters this layer uses that are tied to/owned by another layer."""
+    activation_bytes: int = 0
+    """Bytes autograd saves for backward per micro-batch (measured, not guessed)."""
+    output_bytes: int = 0
+    """Bytes of this layer's outputs per micro-batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("fwd_flops", "bwd_flops", "fwd_ms", "bwd_ms", "param_bytes",
+                     "param_count", "activation_bytes", "output_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PipeplanError(f"profile node {self.id!r}: {name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise PipeplanError(f"profile node {self.id!r}: {name} must be finite and >= 0, got {value!r}")
+        for name in ("bwd_input_ms", "bwd_weight_ms"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value < 0):
+                raise PipeplanError(f"profile node {self.id!r}: {name} must be null or a finite number >= 0, got {value!r}")
+
+    @property
+    def train_ms(self) -> float:
+        """Forward + backward time per micro-batch on the reference device."""
+        return self.fwd_ms + self.bwd_ms
+
+
+@dataclass(kw_only=True, slots=True)
+class ProfileEdge:
+    """A tensor flowing from one layer to another (skip connections included)."""
+
+    src: str
+    dst: str
+    bytes: int
+    """Bytes per micro-batch of the tensors src sends to dst (forward activations;
+    the gradient flowing back has the same size for float tensors that need grad)."""
+    requires_grad: bool = True
+    """False for tensors with no gradient (masks, integer ids): no backward traffic."""
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelInfo:
+    """What model this profile describes."""
+
+    source: str
+    """"sample:gpt:124M", "hf:config.json", "file:model.py:make" ..."""
+    name: str
+    param_count: int
+    dtype: str = "float32"
+    micro_batch_size: int = 1
+    seq_len: int | None = None
+    image_size: int | None = None
+    input_bytes: int = 0
+    """Bytes of one micro-batch of model inputs (what the first stage receives)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class Provenance:
+    """Where the node times come from."""
+
+    method: str
+    """"measured" or "estimated"."""
+    device: str
+    """"cpu", a CUDA device name, or a GPU preset name for estimates."""
+    reference_tflops: float | None = None
+    """Dense peak TFLOP/s of the reference device; lets a Cluster scale times to other devices."""
+    torch_version: str = ""
+    date: str = ""
+    notes: str = ""
+
+
+@dataclass(kw_only=True, slots=True)
+class Profile:
+    model: ModelInfo
+    provenance: Provenance
+    nodes: list[ProfileNode]
+    """In a topological order of the layer graph."""
+    edges: list[ProfileEdge]
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        ids = [n.id for n in self.nodes]
+        if not ids:
+            raise PipeplanError("profile has no nodes: profile a model with at least one layer")
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise PipeplanError(f"profile node id {dup!r} appears twice: node ids must be unique")
+        position = {i: k for k, i in enumerate(ids)}
+        for e in self.edges:
+            if e.src not in position or e.dst not in position:
+                raise PipeplanError(f"profile edge {e.src!r} -> {e.dst!r} names an unknown node")
+            if position[e.src] >= position[e.dst]:
+                raise PipeplanError(
+                    f"profile edge {e.src!r} -> {e.dst!r} runs backwards: nodes must be listed in topological order")
+            if isinstance(e.bytes, bool) or not isinstance(e.bytes, int) or e.bytes < 0:
+                raise PipeplanError(f"profile edge {e.src!r} -> {e.dst!r}: bytes must be an integer >= 0")
+
+    # -- derived views -------------------------------------------------------
+    def graph(self) -> nx.DiGraph:
+        """The layer graph as a networkx DAG; node attrs are the ProfileNode, edge attr `bytes`."""
+        g = nx.DiGraph()
+        for n in self.nodes:
+            g.add_node(n.id, node=n)
+        for e in self.edges:
+            if g.has_edge(e.src, e.dst):
+                g.edges[e.src, e.dst]["bytes"] += e.bytes
+            else:
+                g.add_edge(e.src, e.dst, bytes=e.bytes, requires_grad=e.requires_grad)
+        return g
+
+    @property
+    def total_param_bytes(self) -> int:
+        return sum(n.param_bytes for n in self.nodes)
+
+    @property
+    def total_flops(self) -> float:
+        return sum(n.fwd_flops + n.bwd_flops for n in self.nodes)
+
+    def fingerprint(self) -> str:
+        """Short content hash; a Plan records it to say which profile it was made from."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    # -- JSON ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Profile":
+        if not isinstance(data, dict):
+            raise PipeplanError("profile JSON must be an object with keys schema, model, provenance, nodes, edges")
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise PipeplanError(
+                f"profile schema {schema!r} is not supported: this pipeplan reads {SCHEMA!r}; "
+                "re-create the profile with `pipeplan profile`")
+        try:
+            return cls(
+                model=_build(ModelInfo, data.get("model"), "model"),
+                provenance=_build(Provenance, data.get("provenance"), "provenance"),
+                nodes=[_build(ProfileNode, n, f"nodes[{i}]") for i, n in enumerate(_list(data, "nodes"))],
+                edges=[_build(ProfileEdge, e, f"edges[{i}]") for i, e in enumerate(_list(data, "edges"))],
+                schema=schema,
+            )
+        except PipeplanError:
+            raise
+        except (TypeError, ValueError) as exc:  # wrong field types deep inside
+            raise PipeplanError(f"profile JSON is malformed: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Profile":
+        return cls.from_dict(load_json_text(text, "profile"))
+
+
+def load_json_text(text: str | bytes, what: str) -> Any:
+    """Parse JSON with one clear error; NaN/Infinity are rejected like any other bad number."""
+    def _reject_constant(name: str) -> Any:
+        raise PipeplanError(f"{what} JSON contains {name}: numbers must be finite")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except PipeplanError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipeplanError(f"{what} is not valid JSON ({exc}); check the file is complete") from None
+    except RecursionError:
+        raise PipeplanError(f"{what} JSON is nested too deeply") from None
+
+
+def _list(data: dict, key: str) -> list:
+    value = data.get(key)
+    if not isinstance(value, list):
+        raise PipeplanError(f"profile JSON: {key!r} must be a list")
+    return value
+
+
+def _build(cls: type, data: Any, where: str):
+    """Construct a dataclass from a dict, naming the offending field on failure."""
+    if not isinstance(data, dict):
+        raise PipeplanError(f"profile JSON: {where} must be an object")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise PipeplanError(f"profile JSON: {where} has unknown field(s) {unknown}")
+    for name, value in data.items():
+        _check_type(known[name], value, f"{where}.{name}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise PipeplanError(f"profile JSON: {where}: {exc}") from None
+
+
+def _check_type(f, value: Any, where: str) -> None:
+    """Light type check from the annotation string (annotations are strings here)."""
+    ann = str(f.type)
+    optional = "None" in ann
+    if value is None:
+        if not optional:
+            raise PipeplanError(f"{where} must not be null")
+        return
+    if ann.startswith("str"):
+        ok = isinstance(value, str)
+    elif ann.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif ann.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ann.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif ann.startswith("list[str]"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = True
+    if not ok:
+        raise PipeplanError(f"{where} has the wrong type ({type(value).__name__}); expected {ann}")
