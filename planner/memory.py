@@ -85,16 +85,41 @@ def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes
     (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
     """
     w, g, o = bytes_per_param(config.precision, config.optimizer)
-    scale = activation_scale(profile_dtype, config.precision)
-    if recompute:
-        acts = in_flight * input_bytes * scale + activation_bytes * scale
-    else:
-        acts = in_flight * activation_bytes * scale
+    c = memory_coefficients(in_flight=in_flight, config=config, profile_dtype=profile_dtype, recompute=recompute)
+    acts = c.per_activation_byte * activation_bytes + c.per_input_byte * input_bytes
     return StageMemory(
         params=param_count * w,
         grads=param_count * g,
         optimizer=param_count * o,
         activations=int(round(acts)),
-        relay=int(round(in_flight * relay_bytes * scale)),
+        relay=int(round(c.per_relay_byte * relay_bytes)),
         reserve=config.reserve_bytes,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryCoefficients:
+    """stage_memory_bytes as a linear function, for solvers (ILP, DP) that need it so:
+    total ~= per_param * param_count + per_activation_byte * activation_bytes
+             + per_input_byte * input_bytes + per_relay_byte * relay_bytes + constant
+    (stage_memory_bytes rounds the activation and relay terms to whole bytes)."""
+
+    per_param: int
+    per_activation_byte: float
+    per_input_byte: float
+    per_relay_byte: float
+    constant: int
+
+
+def memory_coefficients(*, in_flight: int, config: TrainConfig, profile_dtype: str = "float32",
+                        recompute: bool = False) -> MemoryCoefficients:
+    """The coefficients of stage_memory_bytes for one stage; the one place the
+    activation/recompute/relay rule is written."""
+    w, g, o = bytes_per_param(config.precision, config.optimizer)
+    scale = activation_scale(profile_dtype, config.precision)
+    if recompute:
+        per_act, per_input = scale, in_flight * scale
+    else:
+        per_act, per_input = in_flight * scale, 0.0
+    return MemoryCoefficients(per_param=w + g + o, per_activation_byte=per_act, per_input_byte=per_input,
+                              per_relay_byte=in_flight * scale, constant=config.reserve_bytes)
