@@ -39,6 +39,13 @@ class StagePlan:
     """Time to send this stage's outputs (all relayed tensors included) to the next stage, per micro-batch."""
     comm_out_bytes: int
     """Bytes per micro-batch crossing the boundary after this stage."""
+    comm_grad_ms: float = 0.0
+    """Time to move the gradients of those tensors back over the same boundary, per micro-batch
+    (tensors without requires_grad send no gradient)."""
+    relay_bytes: int = 0
+    """Bytes per micro-batch this stage only passes along (produced before it, consumed after it)."""
+    input_bytes: int = 0
+    """Bytes per micro-batch this stage receives from the previous stage (model inputs for stage 0)."""
     recompute: bool
     in_flight: int
     """Micro-batches held in flight at peak (the schedule's memory function)."""
