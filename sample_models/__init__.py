@@ -27,20 +27,18 @@ from .init import init_buffers, init_parameters, materialize, tied_parameter_ali
 from .spec import SampleModel
 
 __all__ = [
-    "SampleModel",
     "REGISTRY",
-    "get_model",
+    "SampleModel",
     "build",
     "count_parameters",
-    "init_parameters",
+    "get_model",
     "init_buffers",
+    "init_parameters",
     "materialize",
     "tied_parameter_aliases",
 ]
 
-REGISTRY: dict[str, SampleModel] = {
-    m.SAMPLE.name: m.SAMPLE for m in (gpt, llama, vit, resnet, unet3d, dlrm, mlp)
-}
+REGISTRY: dict[str, SampleModel] = {m.SAMPLE.name: m.SAMPLE for m in (gpt, llama, vit, resnet, unet3d, dlrm, mlp)}
 
 
 def get_model(name: str) -> SampleModel:

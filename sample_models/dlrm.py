@@ -14,6 +14,7 @@ Target:  clicks (B,) float32 in {0, 1}; loss_fn = mean BCE-with-logits.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ class DLRMConfig:
 
 
 def _mlp_layers(widths: list[int]) -> nn.ModuleList:
-    return nn.ModuleList([nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])])
+    return nn.ModuleList([nn.Linear(a, b) for a, b in itertools.pairwise(widths)])
 
 
 class DLRM(nn.Module):

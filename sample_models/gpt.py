@@ -95,7 +95,7 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        B, T = tokens.shape
+        T = tokens.shape[1]
         pos = torch.arange(T, dtype=torch.long, device=tokens.device)  # (T,)
         x = self.wte(tokens) + self.wpe(pos)  # (B, T, C) + (T, C)
         for layer in self.layers.values():

@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-__all__ = ["init_parameters", "init_buffers", "tied_parameter_aliases", "materialize", "fqn_seed"]
+__all__ = ["fqn_seed", "init_buffers", "init_parameters", "materialize", "tied_parameter_aliases"]
 
 LINEAR_STD = 0.02  # GPT-2 paper / nanoGPT `_init_weights`: normal(0, 0.02) for Linear and Embedding
 _NORM_TOKEN = re.compile(r"(^|[._])(ln|bn|gn)(_?\d*)?([._]|$)")

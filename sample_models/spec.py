@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SampleModel", "resolve_generator", "randint", "randn"]
+__all__ = ["SampleModel", "randint", "randn", "resolve_generator"]
 
 # make_batch(config, batch_size, shape=None, *, generator=None, device="cpu")
 #   -> (inputs tuple, target)
@@ -50,9 +50,7 @@ class SampleModel:
     def config(self, size: str) -> Any:
         """The config for `size`; ValueError naming the valid sizes if unknown."""
         if size not in self.sizes:
-            raise ValueError(
-                f"unknown size {size!r} for model {self.name!r}; valid sizes: {', '.join(self.sizes)}"
-            )
+            raise ValueError(f"unknown size {size!r} for model {self.name!r}; valid sizes: {', '.join(self.sizes)}")
         return self.sizes[size]
 
     def default_shape_for(self, size: str) -> int | None:
@@ -71,9 +69,7 @@ def resolve_generator(generator: torch.Generator | None) -> torch.Generator:
 # batch is the same on every device. On "meta" nothing is drawn.
 
 
-def randint(
-    high: int, size: tuple[int, ...], generator: torch.Generator, device: torch.device | str
-) -> torch.Tensor:
+def randint(high: int, size: tuple[int, ...], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
     """int64 tensor with values in [0, high)."""
     if torch.device(device).type == "meta":
         return torch.empty(size, dtype=torch.long, device="meta")
