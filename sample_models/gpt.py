@@ -106,7 +106,7 @@ class GPT(nn.Module):
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy; logits (B, T, V), target (B, T) int64."""
-    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
 
 
 def make_batch(

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -136,7 +137,10 @@ def tied_parameter_aliases(module: nn.Module) -> dict[str, str]:
 def materialize(module: nn.Module, device: torch.device | str, seed: int, *, prefix: str = "") -> nn.Module:
     """Move a (meta) module to `device` with `to_empty`, keep its tied parameters tied, and
     initialise parameters and buffers. `prefix` is the module's FQN in the full model
-    (e.g. "layers.3."), so values match the full model's. Returns the module."""
+    (e.g. "layers.3."), so values match the full model's. Returns the module.
+
+    Buffers other than BatchNorm statistics cannot be recovered (their values were never
+    computed on meta): they are left uninitialised, with a warning naming them."""
     aliases = tied_parameter_aliases(module)
     module.to_empty(device=device)
     # to_empty replaces each module's Parameter separately, which unties tied weights.
@@ -144,5 +148,11 @@ def materialize(module: nn.Module, device: torch.device | str, seed: int, *, pre
         owner_name, _, leaf = alias.rpartition(".")
         setattr(module.get_submodule(owner_name), leaf, module.get_parameter(canonical))
     init_parameters(((prefix + n, p) for n, p in module.named_parameters()), seed)
-    init_buffers((prefix + n, b) for n, b in module.named_buffers())
+    unknown = init_buffers((prefix + n, b) for n, b in module.named_buffers())
+    if unknown:
+        # e.g. HF Llama's rotary_emb.inv_freq: computed in __init__, lost by to_empty.
+        warnings.warn(
+            f"materialize: buffers left uninitialised after to_empty (recompute them yourself): {unknown}",
+            stacklevel=2,
+        )
     return module
