@@ -1,22 +1,41 @@
 """pipeplan Streamlit app: model -> cluster -> training -> plan -> export.
 
-Run with `pipeplan app` (binds 127.0.0.1). This file only wires widgets to
-library calls; views live in ui/.
+Run with `pipeplan app` (binds 127.0.0.1; `--allow-code` enables .py uploads).
+This file only wires the sections together; each section lives in ui/ and every
+number it shows comes from a profiler/ or planner/ call.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
-from planner.cli.models_cmd import human_count, model_rows
+from profiler.errors import PipeplanError
+from ui.cluster_view import cluster_section
+from ui.export_view import export_section
+from ui.model_view import model_section
+from ui.plan_view import plan_section
+from ui.training_view import training_section
 
 st.set_page_config(page_title="pipeplan", layout="wide")
 st.title("pipeplan: pipeline-parallel training planner")
+st.caption("Cut a model into pipeline stages across your GPUs, see the schedule and memory, download the job.")
 
-st.header("1. Model")
-rows = model_rows()
-st.dataframe(
-    [{"model": r["model"], "size": r["size"], "params": human_count(r["params"]), "spec": r["spec"],
-      "description": r["description"]} for r in rows],
-    hide_index=True,
-)
+choice = model_section()
+cluster_inputs = cluster_section()
+config = training_section(choice.profile.model.micro_batch_size if choice else 1)
+
+cluster = None
+if config is not None:
+    try:
+        cluster = cluster_inputs.cluster(config.precision)
+    except PipeplanError as exc:
+        st.error(f"Cluster: {exc}")
+
+if choice is None or cluster is None or config is None:
+    st.header("4. Plan")
+    st.info("Fix the inputs above to see a plan.")
+else:
+    plan = plan_section(choice.profile, cluster, config,
+                        lambda n: cluster_inputs.cluster(config.precision, n))
+    if plan is not None:
+        export_section(plan, choice.profile, choice.cli_source, choice.cli_flags)

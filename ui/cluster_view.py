@@ -1,0 +1,87 @@
+"""Section 2: the cluster: an "N x preset" quick fill, the device table, the links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from profiler.gpus import GPU_PRESETS, get_preset
+from planner.cluster import Cluster
+from ui.cluster_table import (COLUMNS, INTER_NODE_DEFAULT_GBS, PRESET_CHOICES, base_rows, cluster_from_rows,
+                              rows_for_count)
+
+DEFAULT_DEVICES, DEFAULT_PRESET, DEFAULT_PER_NODE = 4, "A100-80GB", 8
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInputs:
+    """The cluster as the user entered it; ui.cluster_table.cluster_from_rows builds the Cluster."""
+
+    rows: list[dict[str, Any]]
+    intra_node_gbs: float
+    inter_node_gbs: float
+    preset: str
+    devices_per_node: int
+
+    def cluster(self, precision: str, n: int | None = None) -> Cluster:
+        """The Cluster from the table, or (for the device-count sweep) the table resized to n devices."""
+        rows = self.rows if n is None else rows_for_count(self.rows, n, self.devices_per_node)
+        return cluster_from_rows(rows, intra_node_gbs=self.intra_node_gbs, inter_node_gbs=self.inter_node_gbs,
+                                 precision=precision)
+
+
+def device_table_key(n: int, preset: str, devices_per_node: int) -> str:
+    """The data_editor key: a new "N x preset" starts a fresh table (edits to the old one are dropped)."""
+    return f"devices-{n}-{preset}-{devices_per_node}"
+
+
+def device_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The table with typed columns (blank numbers as NaN) so the editor shows number cells."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    for col in ("memory_gib", "tflops", "speed"):
+        frame[col] = frame[col].astype("float64")
+    frame["node"] = frame["node"].astype("int64")
+    return frame
+
+
+def cluster_section() -> ClusterInputs:
+    st.header("2. Cluster")
+    quick = st.columns(4)
+    n = int(quick[0].number_input("Devices", min_value=1, max_value=512, value=DEFAULT_DEVICES, step=1,
+                                  key="n_devices", help="Pipeline stages run on these devices, in table order."))
+    presets = list(GPU_PRESETS)
+    preset = quick[1].selectbox("GPU preset", presets, index=presets.index(DEFAULT_PRESET), key="preset")
+    per_node = int(quick[2].number_input("Devices per node", min_value=1, max_value=64, value=DEFAULT_PER_NODE,
+                                         step=1, key="devices_per_node"))
+    quick[3].caption(f"The table below holds **{n} × {preset}**, {per_node} per node. Edit any row to mix GPUs; "
+                     "changing these three fields refills it.")
+    rows = st.data_editor(
+        device_frame(base_rows(n, preset, per_node)),
+        key=device_table_key(n, preset, per_node),
+        num_rows="dynamic",
+        width="stretch",
+        column_config={
+            "name": st.column_config.TextColumn("Name", required=True),
+            "preset": st.column_config.SelectboxColumn("Preset", options=list(PRESET_CHOICES), required=True,
+                                                       help="A GPU preset, or custom (give memory and speed)"),
+            "memory_gib": st.column_config.NumberColumn("Memory limit GiB", min_value=0.01,
+                                                        help="Blank: the preset's full memory"),
+            "tflops": st.column_config.NumberColumn("Peak TFLOP/s", min_value=0.001,
+                                                    help="Blank: the preset's peak in the training precision"),
+            "speed": st.column_config.NumberColumn("Relative speed", min_value=0.001,
+                                                   help="Overrides TFLOP/s: 1.0 = the profile's reference device"),
+            "node": st.column_config.NumberColumn("Node", min_value=0, step=1, format="%d"),
+        },
+    )
+    links = st.columns(2)
+    intra = links[0].number_input("Link within a node, GB/s", min_value=0.1, max_value=10000.0,
+                                  value=float(get_preset(preset).intra_node_bw_gbs), key=f"intra_gbs_{preset}",
+                                  help="Per direction, e.g. NVLink; the preset's figure by default")
+    inter = links[1].number_input("Link between nodes, GB/s", min_value=0.01, max_value=10000.0,
+                                  value=INTER_NODE_DEFAULT_GBS, key="inter_gbs",
+                                  help="Per direction per GPU, e.g. 25 GB/s = one 200 Gb/s NIC")
+    return ClusterInputs(rows=rows.to_dict("records"), intra_node_gbs=float(intra), inter_node_gbs=float(inter),
+                         preset=preset, devices_per_node=per_node)

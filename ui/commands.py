@@ -1,0 +1,31 @@
+"""The `pipeplan` command lines that reproduce what the app shows (no streamlit).
+
+tests/test_app_units.py parses every line with the real CLI parser, so a flag
+renamed in planner/cli fails a test instead of misleading a user.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from planner.plan import Plan
+
+
+def cli_commands(plan: Plan, cli_source: str, cli_flags: str) -> str:
+    """profile -> plan -> export, with the files the app offers for download (cluster.json)."""
+    c = plan.config
+    lines = []
+    if cli_source.startswith("profile:"):
+        model = cli_source
+    else:
+        lines.append(f"pipeplan profile {shlex.quote(cli_source)} {cli_flags} -o profile.json".replace("  ", " "))
+        model = "profile:profile.json"
+    plan_args = [f"pipeplan plan {shlex.quote(model)} --cluster cluster.json", f"--schedule {c.schedule}",
+                 f"--microbatches {c.num_microbatches}"]
+    if c.schedule == "Interleaved1F1B":
+        plan_args.append(f"--virtual-stages {c.virtual_stages}")
+    plan_args += [f"--optimizer {c.optimizer}", f"--precision {c.precision}", f"--recompute {c.recompute}",
+                  f"--reserve {c.reserve_bytes}B", f"--time-limit {c.time_limit_s:g}", "-o plan.json"]
+    lines.append(" ".join(plan_args))
+    lines.append("pipeplan export plan.json -o job/")
+    return "\n".join(lines)

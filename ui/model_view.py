@@ -1,0 +1,135 @@
+"""Section 1: pick or upload a model and show its summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+import sample_models
+from planner.cli.models_cmd import human_count
+from profiler.errors import PipeplanError
+from profiler.gpus import GPU_PRESETS
+from profiler.profile import Profile
+from ui import cache
+from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, code_execution_allowed
+
+SAMPLE, HF, PROFILE_JSON, PYTHON = "Sample model", "HF config.json", "Profile JSON", "Python file (.py)"
+SHAPE_LABELS = {"seq_len": "Sequence length", "image_size": "Image size (pixels)",
+                "volume_size": "Volume size (voxels per side)"}
+DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_GPU = "gpt", "124M", "A100-80GB"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChoice:
+    """The profiled model and how to reproduce it from the command line."""
+
+    profile: Profile
+    cli_source: str
+    """MODEL argument for `pipeplan profile` ("sample:gpt:124M", "hf:config.json", "profile:profile.json")."""
+    cli_flags: str
+    """Shape and timing flags for `pipeplan profile` ("" for a Profile JSON)."""
+
+
+def _progress_callback(bar) -> cache.ProgressFn:
+    def report(fraction: float, message: str) -> None:
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=str(message))
+    return report
+
+
+def model_section() -> ModelChoice | None:
+    st.header("1. Model")
+    sources = [SAMPLE, HF, PROFILE_JSON] + ([PYTHON] if code_execution_allowed() else [])
+    source = st.radio("Model source", sources, horizontal=True, key="model_source")
+    if code_execution_allowed():
+        st.warning("Code execution is allowed on this server (`--allow-code`): an uploaded .py file runs "
+                   "Python code. Use this only on your own machine, with files you trust.")
+    timing = st.columns(3)
+    gpus = list(GPU_PRESETS)
+    estimate_for = timing[0].selectbox("Estimate layer times for", gpus, index=gpus.index(DEFAULT_GPU),
+                                       key="estimate_for",
+                                       help="Layer times are estimated with a roofline model of this GPU.")
+    batch_size = int(timing[1].number_input("Micro-batch size", min_value=1, max_value=4096, value=2, step=1,
+                                            key="micro_batch_size"))
+    try:
+        if source == SAMPLE:
+            return _sample_model(batch_size, estimate_for, timing[2])
+        return _uploaded_model(source, batch_size, estimate_for, timing[2])
+    except PipeplanError as exc:
+        st.error(f"Cannot load this model: {exc}")
+        return None
+    except ImportError as exc:  # TEMPORARY while profiler.load_profile lands
+        st.error(f"The profiler is not installed yet ({exc}); upload a Profile JSON instead.")
+        return None
+
+
+def _sample_model(batch_size: int, estimate_for: str, shape_col) -> ModelChoice | None:
+    cols = st.columns(3)
+    names = list(sample_models.REGISTRY)
+    name = cols[0].selectbox("Sample model", names, index=names.index(DEFAULT_MODEL), key="sample_model",
+                             format_func=lambda n: f"{n}: {sample_models.REGISTRY[n].description}")
+    entry = sample_models.REGISTRY[name]
+    sizes = list(entry.sizes)
+    size = cols[1].selectbox("Size", sizes, index=sizes.index(DEFAULT_SIZE) if DEFAULT_SIZE in sizes else 0,
+                             key=f"sample_size_{name}",
+                             format_func=lambda s: f"{s} ({human_count(entry.documented_params[s])} params)")
+    measure = cols[2].toggle("Measure on this machine instead", value=False, key="measure",
+                             help="Runs the model on this machine's CPU to time each layer (slow for big models). "
+                                  "Off: times are estimated for the GPU chosen above.")
+    seq_len = None
+    flags = f"--batch-size {batch_size}"
+    if entry.shape_kind in SHAPE_LABELS:
+        default_shape = entry.default_shape_for(size) or 1
+        seq_len = int(shape_col.number_input(SHAPE_LABELS[entry.shape_kind], min_value=1, max_value=1 << 20,
+                                             value=int(default_shape), step=1, key=f"shape_{name}_{size}"))
+        flags += f" --seq-len {seq_len}"
+    flags += " --measure" if measure else f" --estimate-for {estimate_for}"
+    spec = f"sample:{name}:{size}"
+    with st.status(f"Profiling {spec}…", expanded=False) as status:
+        bar = st.progress(0.0)
+        profile = cache.sample_profile(spec, batch_size, seq_len, estimate_for, measure,
+                                       _progress=_progress_callback(bar))
+        status.update(label=f"Profiled {spec}", state="complete")
+    model_summary(profile)
+    return ModelChoice(profile=profile, cli_source=spec, cli_flags=flags)
+
+
+def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) -> ModelChoice | None:
+    kind = {HF: "hf_config", PROFILE_JSON: "profile_json", PYTHON: "python"}[source]
+    types = ["py"] if kind == "python" else ["json"]
+    seq_len = None
+    factory = "make_model"
+    if kind != "profile_json":
+        seq_len = int(shape_col.number_input("Sequence length", min_value=1, max_value=1 << 20, value=1024,
+                                             step=1, key="upload_seq_len"))
+    if kind == "python":
+        factory = st.text_input("Factory function in the file", value="make_model", key="py_factory")
+    upload = st.file_uploader(f"Upload {source}", type=types, key=f"upload_{kind}",
+                              max_upload_size=MAX_UPLOAD_BYTES // 2**20)
+    if upload is None:
+        st.info(f"Upload a {source} to plan it, or pick a sample model.")
+        return None
+    request = ModelRequest(batch_size=batch_size, seq_len=seq_len, estimate_for=estimate_for, factory=factory)
+    with st.status(f"Reading {upload.name}…", expanded=False) as status:
+        profile = cache.uploaded_profile(kind, upload.name, upload.getvalue(), request, code_execution_allowed())
+        status.update(label=f"Profiled {upload.name}", state="complete")
+    model_summary(profile)
+    if kind == "profile_json":
+        return ModelChoice(profile=profile, cli_source=f"profile:{upload.name}", cli_flags="")
+    prefix = "hf" if kind == "hf_config" else "file"
+    target = upload.name if kind == "hf_config" else f"{upload.name}:{factory}"
+    return ModelChoice(profile=profile, cli_source=f"{prefix}:{target}",
+                       cli_flags=f"--batch-size {batch_size} --seq-len {seq_len} --estimate-for {estimate_for}")
+
+
+def model_summary(profile: Profile) -> None:
+    m, p = profile.model, profile.provenance
+    cols = st.columns(4)
+    cols[0].metric("Parameters", human_count(m.param_count))
+    cols[1].metric("Layers", len(profile.nodes))
+    cols[2].metric("FLOPs per sample (fwd+bwd)", f"{profile.total_flops / m.micro_batch_size:.3g}")
+    where = f"estimated for {p.device}" if p.method == "estimated" else f"measured on {p.device}"
+    cols[3].metric("Layer times", where)
+    shape = f"seq len {m.seq_len}" if m.seq_len else (f"image size {m.image_size}" if m.image_size else "")
+    st.caption(f"{m.name} · {m.dtype} · micro-batch {m.micro_batch_size} {('· ' + shape) if shape else ''} · "
+               f"source `{m.source}` · torch {p.torch_version or '?'} · {p.date or ''}")

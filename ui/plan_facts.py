@@ -1,0 +1,76 @@
+"""Read-outs of a Plan for the headline metrics and charts (no streamlit, no cost formulas).
+
+Everything here re-arranges numbers the planner computed: per-device sums of
+the planner's per-stage memory (a device holds several stages under
+Interleaved1F1B and ZBV), and the ratio of the planner's baseline step times
+to the plan's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from planner.memory import StageMemory
+from planner.plan import Plan
+
+MEMORY_PARTS = tuple(f.name for f in fields(StageMemory))
+"""params, grads, optimizer, activations, relay, reserve: the stacked-bar segments."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMemory:
+    device: int
+    name: str
+    stages: tuple[int, ...]
+    memory: StageMemory
+    limit_bytes: int
+
+    @property
+    def fraction(self) -> float:
+        return self.memory.total / self.limit_bytes
+
+
+def device_memory(plan: Plan) -> list[DeviceMemory]:
+    """Memory per device, in cluster order: the sum of its stages' StageMemory against its limit.
+
+    The reserve is held once per device, not once per stage, so it is taken from one stage.
+    """
+    out = []
+    for d, dev in enumerate(plan.cluster.devices):
+        stages = [s for s in plan.stages if s.device == d]
+        if not stages:
+            continue
+        parts = {p: sum(getattr(s.memory, p) for s in stages) for p in MEMORY_PARTS if p != "reserve"}
+        parts["reserve"] = max(s.memory.reserve for s in stages)
+        out.append(DeviceMemory(device=d, name=dev.name, stages=tuple(s.index for s in stages),
+                                memory=StageMemory(**parts), limit_bytes=stages[0].memory_limit_bytes))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Headline:
+    step_time_ms: float
+    throughput_samples_per_s: float
+    bubble_fraction: float
+    fullest: DeviceMemory
+    best_baseline: str | None
+    best_baseline_ms: float | None
+
+    @property
+    def speedup_over_best_baseline(self) -> float | None:
+        """How many times faster the plan is than the fastest baseline that fits (None: no baseline fits)."""
+        if self.best_baseline_ms is None:
+            return None
+        return self.best_baseline_ms / self.step_time_ms
+
+
+def headline(plan: Plan) -> Headline:
+    """The numbers at the top of the Plan section; the plan must be feasible."""
+    if not plan.feasible or plan.step_time_ms is None:
+        raise ValueError("headline() needs a feasible plan")
+    fitting = {name: ms for name, ms in plan.baselines.items() if ms is not None}
+    best = min(fitting, key=fitting.get) if fitting else None
+    return Headline(step_time_ms=plan.step_time_ms, throughput_samples_per_s=plan.throughput_samples_per_s or 0.0,
+                    bubble_fraction=plan.bubble_fraction or 0.0,
+                    fullest=max(device_memory(plan), key=lambda m: m.fraction),
+                    best_baseline=best, best_baseline_ms=fitting.get(best) if best else None)

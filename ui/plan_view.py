@@ -1,0 +1,135 @@
+"""Section 4: the plan: headline metrics, timeline, memory, compute, layers, comparisons, sweep."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from planner.cluster import Cluster
+from planner.config import TrainConfig
+from planner.plan import Diagnosis, Plan
+from profiler.errors import PipeplanError
+from profiler.gpus import GiB
+from profiler.profile import Profile
+from ui import cache, charts
+from ui.compare_view import ClusterForCount, schedule_comparison, sweep
+from ui.plan_facts import device_memory, headline
+
+MAX_TIMELINE_OPS = 10_000
+"""Past this many ops the timeline shows a window of micro-batches plus a summary (shared/notes: go.Bar
+takes ~4 s to draw 25k ops in a browser)."""
+
+
+def solve_plan(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
+    """The cached plan, with a status box while solving; st.error (and None) on bad input."""
+    try:
+        with st.status("Solving the stage cuts…", expanded=False) as status:
+            plan = cache.plan_for(profile, profile.fingerprint(), cluster.to_json(), config.to_json())
+            solver = plan.solver
+            status.update(label=f"Solved with {solver.backend}: {solver.status} in {solver.seconds:.2f} s"
+                          if solver else "Solved", state="complete" if plan.feasible else "error")
+    except PipeplanError as exc:
+        st.error(f"Cannot plan: {exc}")
+        return None
+    return plan
+
+
+def show_diagnosis(diagnosis: Diagnosis | None) -> None:
+    if diagnosis is None:
+        st.error("No plan fits this cluster, and the solver gave no diagnosis.")
+        return
+    lines = [f"**No plan fits.** {diagnosis.message}"]
+    lines += [f"- {p}" for p in diagnosis.problems]
+    if diagnosis.suggestions:
+        lines.append("\n**What would make it fit:**")
+        lines += [f"- {s}" for s in diagnosis.suggestions]
+    if diagnosis.min_devices:
+        lines.append(f"\nSmallest device count that fits: **{diagnosis.min_devices}**.")
+    if diagnosis.min_memory_bytes:
+        lines.append(f"\nSmallest memory per device that fits: **{diagnosis.min_memory_bytes / GiB:.1f} GiB**.")
+    st.error("\n".join(lines))
+
+
+def headline_metrics(plan: Plan) -> None:
+    h = headline(plan)
+    cols = st.columns(5)
+    cols[0].metric("Predicted step time", f"{h.step_time_ms:.1f} ms")
+    cols[1].metric("Throughput", f"{h.throughput_samples_per_s:.1f} samples/s")
+    cols[2].metric("Pipeline bubble", f"{100 * h.bubble_fraction:.1f}%")
+    cols[3].metric("Fullest device memory", f"{100 * h.fullest.fraction:.1f}%",
+                   help=f"{h.fullest.name}: {h.fullest.memory.total / GiB:.2f} of {h.fullest.limit_bytes / GiB:.1f} GiB")
+    speedup = h.speedup_over_best_baseline
+    cols[4].metric("Speed-up over best baseline", f"{speedup:.2f}×" if speedup else "no baseline fits",
+                   help=f"best baseline: {h.best_baseline} at {h.best_baseline_ms:.1f} ms" if h.best_baseline else
+                   "No baseline partition fits in memory")
+    s = plan.solver
+    if s:
+        gap = f", proven gap {100 * s.gap:.2f}%" if s.gap is not None else ""
+        st.caption(f"{plan.config.schedule}, {plan.config.num_microbatches} micro-batches of "
+                   f"{plan.config.micro_batch_size}, {len(plan.stages)} stages on {plan.cluster.num_devices} devices "
+                   f"· solver {s.backend}: {s.status}{gap}, {s.seconds:.2f} s")
+
+
+def timeline_tab(plan: Plan) -> None:
+    try:
+        from planner.timeline_plot import memory_figure, timeline_figure
+    except ModuleNotFoundError:  # TEMPORARY while the simulator lands
+        st.warning("The schedule simulator is not installed yet.")
+        return
+    timeline = cache.timeline_for(plan, plan.to_json())
+    st.plotly_chart(timeline_figure(timeline, max_ops=MAX_TIMELINE_OPS), key="timeline_chart")
+    st.caption(f"Simulated makespan {timeline.makespan_ms:.1f} ms, bubble {100 * timeline.bubble_fraction:.1f}% "
+               "· F forward, B backward, W weight gradient; the number on each bar is the micro-batch.")
+    st.plotly_chart(memory_figure(timeline), key="memory_time_chart")
+
+
+def layers_tab(profile: Profile, plan: Plan) -> None:
+    st.plotly_chart(charts.layer_strip_figure(profile, plan), key="layers_chart")
+    names = {n.id: n.name for n in profile.nodes}
+    st.dataframe([{"stage": s.index, "device": plan.cluster.devices[s.device].name, "layers": len(s.node_ids),
+                   "first": names.get(s.node_ids[0], s.node_ids[0]) if s.node_ids else "",
+                   "last": names.get(s.node_ids[-1], s.node_ids[-1]) if s.node_ids else "",
+                   "params": s.param_count, "fwd+bwd ms": round(s.compute_ms, 3),
+                   "sends MB": round(s.comm_out_bytes / 2**20, 3), "recompute": s.recompute,
+                   "layer ids": ", ".join(s.node_ids)} for s in plan.stages], hide_index=True)
+
+
+def baselines_table(plan: Plan) -> None:
+    rows = [{"partition": "pipeplan (this plan)", "step ms": round(plan.step_time_ms, 2), "vs plan": "1.00×"}]
+    for name, ms in sorted(plan.baselines.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
+        rows.append({"partition": name, "step ms": round(ms, 2) if ms is not None else None,
+                     "vs plan": f"{ms / plan.step_time_ms:.2f}× slower" if ms else "does not fit"})
+    st.dataframe(rows, hide_index=True)
+
+
+def plan_section(profile: Profile, cluster: Cluster, config: TrainConfig,
+                 cluster_for_count: ClusterForCount) -> Plan | None:
+    """Solve and show the plan. Returns the plan when it is feasible (for the export), else None."""
+    st.header("4. Plan")
+    plan = solve_plan(profile, cluster, config)
+    if plan is None:
+        return None
+    if not plan.feasible:
+        show_diagnosis(plan.diagnosis)
+        return None
+    headline_metrics(plan)
+    tabs = st.tabs(["Timeline", "Memory", "Compute", "Layers and cuts", "Schedules and baselines", "Sweep"])
+    with tabs[0]:
+        timeline_tab(plan)
+    with tabs[1]:
+        st.plotly_chart(charts.memory_per_device_figure(plan), key="memory_chart")
+        st.dataframe([{"device": m.name, "stages": ", ".join(map(str, m.stages)),
+                       **{k: round(v / GiB, 3) for k, v in m.memory.to_dict().items()},
+                       "limit": round(m.limit_bytes / GiB, 3), "used %": round(100 * m.fraction, 1)}
+                      for m in device_memory(plan)], hide_index=True)
+        st.caption("GiB per device at its peak. Activations are per micro-batch × micro-batches in flight "
+                   "for the schedule.")
+    with tabs[2]:
+        st.plotly_chart(charts.compute_per_stage_figure(plan), key="compute_chart")
+    with tabs[3]:
+        layers_tab(profile, plan)
+    with tabs[4]:
+        baselines_table(plan)
+        schedule_comparison(profile, cluster, config)
+    with tabs[5]:
+        sweep(profile, cluster_for_count, cluster.num_devices, config)
+    return plan
