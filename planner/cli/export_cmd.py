@@ -1,0 +1,41 @@
+"""`pipeplan export plan.json -o DIR`: write a runnable pipeline-parallel training job."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from profiler.errors import PipeplanError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="write a torchrun training job (train.py, launch.sh, slurm.sbatch...) for a plan",
+                       description="Write train.py, launch.sh, slurm.sbatch, plan.json, README.md and model/ into DIR.")
+    p.add_argument("plan", type=Path, help="plan JSON from `pipeplan plan`")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if needed)")
+    p.add_argument("--model-source", default=None,
+                   help="model to train when the plan's own source has no code, e.g. sample:gpt:tiny or "
+                        "hf:PATH/config.json (default: the plan's model source)")
+    p.add_argument("--zip", action="store_true", help="also write DIR.zip (the same bytes the app offers)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.export import export_plan, export_zip_bytes
+    from planner.plan import Plan
+
+    if not args.plan.is_file():
+        raise PipeplanError(f"plan file {args.plan} does not exist; make one with `pipeplan plan ... -o plan.json`")
+    if args.out.exists() and not args.out.is_dir():
+        raise PipeplanError(f"output {args.out} exists and is not a folder; choose another -o")
+    plan = Plan.from_json(args.plan.read_bytes())
+    written = export_plan(plan, args.out, model_source=args.model_source)
+    if args.zip:
+        zip_path = args.out.with_name(args.out.name + ".zip")
+        zip_path.write_bytes(export_zip_bytes(plan, model_source=args.model_source))
+        written.append(zip_path)
+    stages = len(plan.stages)
+    ranks = len({s.device for s in plan.stages}) * plan.config.data_parallel
+    print(f"wrote {len(written)} files to {args.out}: {stages} stages, {plan.config.schedule}, {ranks} processes")
+    print(f"run:   cd {args.out} && ./launch.sh        check: python train.py --single-process --steps 5")
+    return 0

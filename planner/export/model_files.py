@@ -1,0 +1,78 @@
+"""The model's own code for an exported job: the `model/` package train.py imports.
+
+Decision: the job carries the model's source instead of importing pipeplan, so
+the folder runs anywhere torch runs. A sample model is copied with its
+registry record and its per-FQN initialisation rule (sample_models/spec.py,
+init.py, NAME.py); a Hugging Face model is rebuilt from its config.json (copied)
+with transformers. `model/__init__.py` is a small adapter with the same five
+names either way (see templates/model_sample.py).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from profiler.errors import PipeplanError
+from profiler.profile import ModelInfo
+
+SAMPLE_FILES = ("spec.py", "init.py")
+"""sample_models files every copied sample model needs, besides its own NAME.py."""
+
+
+def template_text(name: str) -> str:
+    return resources.files("planner.export").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _sample_model_files(source: str, info: ModelInfo) -> dict[str, str]:
+    import sample_models
+
+    parts = source.split(":")
+    name = parts[1] if len(parts) > 1 else ""
+    size = parts[2] if len(parts) > 2 and parts[2] else "tiny"
+    if name not in sample_models.REGISTRY:
+        raise PipeplanError(f"model source {source!r}: unknown sample model {name!r}; "
+                            f"choose one of {', '.join(sample_models.REGISTRY)}")
+    spec = sample_models.get_model(name)
+    if size not in spec.sizes:
+        raise PipeplanError(f"model source {source!r}: unknown size {size!r}; choose one of {', '.join(spec.sizes)}")
+    if spec.shape_kind == "none":
+        shape = None
+    elif spec.shape_kind == "seq_len":
+        shape = info.seq_len if info.seq_len is not None else spec.default_shape_for(size)
+    else:  # image_size, volume_size: ModelInfo.image_size holds the side length
+        shape = info.image_size if info.image_size is not None else spec.default_shape_for(size)
+    package = Path(sample_models.__file__).parent
+    files = {f"model/{f}": (package / f).read_text(encoding="utf-8") for f in (*SAMPLE_FILES, f"{name}.py")}
+    files["model/__init__.py"] = (template_text("model_sample.py").replace("@NAME@", name).replace("@SIZE@", size)
+                                  .replace("@SHAPE_KIND@", spec.shape_kind).replace("@SHAPE@", repr(shape)))
+    return files
+
+
+def _hf_model_files(source: str, info: ModelInfo) -> dict[str, str]:
+    import sample_models
+
+    path = Path(source.split(":", 1)[1]).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise PipeplanError(f"model source {source!r}: {path} does not exist; give the HF config.json to copy "
+                            "(pipeplan export --model-source hf:PATH/config.json)")
+    if not info.seq_len:
+        raise PipeplanError("the plan's model has no seq_len; an HF causal LM needs one: re-profile with --seq-len")
+    files = {"model/config.json": path.read_text(encoding="utf-8"),
+             "model/init.py": (Path(sample_models.__file__).parent / "init.py").read_text(encoding="utf-8")}
+    files["model/__init__.py"] = template_text("model_hf.py").replace("@SHAPE@", repr(info.seq_len))
+    return files
+
+
+def model_files(source: str, info: ModelInfo) -> dict[str, str]:
+    """relative path -> text of the job's `model/` package for this model source."""
+    kind = source.split(":", 1)[0]
+    if kind == "sample":
+        return _sample_model_files(source, info)
+    if kind == "hf":
+        return _hf_model_files(source, info)
+    raise PipeplanError(
+        f"cannot export model source {source!r}: export supports sample:NAME[:SIZE] and hf:PATH/config.json. "
+        "For a profile JSON, pass the model it came from with --model-source")
