@@ -1,0 +1,249 @@
+"""The planner's cost model: the time and bytes of any assignment of layers to stages.
+
+Written once here and used by the chain DP, the ILP, the baselines and
+`evaluate_partition`; docs/ilp.md writes the same formulas down.
+
+Conventions (all per micro-batch):
+- A *tensor* is what one producer node sends to its consumers. Profile edges are
+  per (src, dst) pair, so the same output read by two later layers appears as two
+  edges. Edges from one source with the same byte count and requires_grad flag
+  are taken as one tensor read by several consumers (counted once per boundary);
+  edges with different byte counts are different tensors (summed).
+- A tensor produced in stage a and last read in stage c crosses every boundary
+  b with a <= b < c (the torch runtime only talks to adjacent stages) and is
+  relayed (held) by every stage strictly between a and c.
+- Boundary b (between stage b and b+1): forward bytes = sum of crossing tensors,
+  gradient bytes = the requires_grad ones; time = link.transfer_ms(bytes) on the
+  link between the two stages' devices, 0 when both stages share a device.
+- Backward split (zero-bubble B/W): the profile's bwd_input_ms / bwd_weight_ms
+  when both are given; otherwise a layer with parameters splits its backward
+  evenly (for matmul/conv layers dgrad and wgrad cost the same FLOPs), and a
+  layer without parameters has W = 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from planner.cluster import Cluster
+from planner.config import TrainConfig
+from profiler.profile import Profile, ProfileNode
+
+ZERO_BUBBLE_SCHEDULES = ("ZBH1", "ZBV")
+
+
+def backward_split_ms(node: ProfileNode) -> tuple[float, float]:
+    """(B, W): input-gradient and weight-gradient time of a node on the reference device."""
+    if node.bwd_input_ms is not None and node.bwd_weight_ms is not None:
+        return float(node.bwd_input_ms), float(node.bwd_weight_ms)
+    if node.param_count > 0 or node.param_bytes > 0:
+        return node.bwd_ms / 2.0, node.bwd_ms / 2.0
+    return float(node.bwd_ms), 0.0
+
+
+@dataclass(slots=True)
+class Tensor:
+    producer: int
+    """Position of the producing node in the profile's topological order."""
+    consumers: list[int]
+    nbytes: int
+    requires_grad: bool
+
+    @property
+    def last_consumer(self) -> int:
+        return max(self.consumers)
+
+
+@dataclass(slots=True)
+class SharedParam:
+    """A tied parameter: owned by one node, used by others; each stage holding a user keeps a copy."""
+
+    fqn: str
+    size: int
+    """Parameter count; the owner node's param_count (an upper bound when it owns more)."""
+    owner: int
+    """Position of the owning node, -1 if no node owns it (then every user stage holds a copy)."""
+    users: list[int]
+
+
+@dataclass(slots=True)
+class CostTables:
+    """Per-node numbers of a profile in its topological order, ready for the solvers."""
+
+    ids: list[str]
+    fwd: np.ndarray
+    bwd: np.ndarray
+    bwd_input: np.ndarray
+    bwd_weight: np.ndarray
+    params: np.ndarray
+    activation: np.ndarray
+    tensors: list[Tensor]
+    shared: list[SharedParam]
+    model_input_bytes: int
+    dtype: str
+    position: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.ids)
+
+    def is_chain(self) -> bool:
+        """True when the topological order is the only one (consecutive nodes joined by an edge):
+        then every precedence-respecting partition is a set of contiguous intervals."""
+        linked = np.zeros(self.num_nodes, dtype=bool)
+        for t in self.tensors:
+            if t.producer + 1 in t.consumers:
+                linked[t.producer] = True
+        return bool(linked[:-1].all())
+
+
+def build_tables(profile: Profile) -> CostTables:
+    nodes = profile.nodes
+    position = {n.id: k for k, n in enumerate(nodes)}
+    splits = [backward_split_ms(n) for n in nodes]
+    groups: dict[tuple[int, int, bool], list[int]] = {}
+    for e in profile.edges:
+        key = (position[e.src], int(e.bytes), bool(e.requires_grad))
+        groups.setdefault(key, [])
+        dst = position[e.dst]
+        if dst not in groups[key]:
+            groups[key].append(dst)
+    tensors = [Tensor(producer=p, consumers=sorted(c), nbytes=b, requires_grad=rg)
+               for (p, b, rg), c in sorted(groups.items())]
+    owners = sorted(((n.module_path, k) for k, n in enumerate(nodes)), key=lambda t: -len(t[0]))
+    users: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for fqn in n.shared_params:
+            users.setdefault(fqn, []).append(k)
+    shared = []
+    for fqn, us in users.items():
+        owner = next((k for path, k in owners if path and (fqn == path or fqn.startswith(path + "."))), -1)
+        size = nodes[owner].param_count if owner >= 0 else 0
+        shared.append(SharedParam(fqn=fqn, size=int(size), owner=owner, users=sorted(set(us))))
+    return CostTables(
+        ids=[n.id for n in nodes],
+        fwd=np.array([n.fwd_ms for n in nodes], dtype=float),
+        bwd=np.array([n.bwd_ms for n in nodes], dtype=float),
+        bwd_input=np.array([s[0] for s in splits], dtype=float),
+        bwd_weight=np.array([s[1] for s in splits], dtype=float),
+        params=np.array([n.param_count for n in nodes], dtype=np.int64),
+        activation=np.array([n.activation_bytes for n in nodes], dtype=float),
+        tensors=tensors, shared=shared, model_input_bytes=int(profile.model.input_bytes),
+        dtype=profile.model.dtype, position=position)
+
+
+# -- per-stage formulas ---------------------------------------------------------
+
+def stage_compute_ms(fwd_ref, bwd_ref, bwd_weight_ref, speed, recompute):
+    """(fwd, bwd, B, W) of a stage on a device `speed` times faster than the reference.
+    Recomputation re-runs the forward before the input-gradient pass, so it adds fwd to bwd and B.
+    Works on floats and on numpy arrays alike."""
+    fwd = fwd_ref / speed
+    w = bwd_weight_ref / speed
+    bwd = bwd_ref / speed + (fwd if recompute is True else fwd * recompute)
+    return fwd, bwd, bwd - w, w
+
+
+def zero_bubble_weight_factor(schedule: str) -> float:
+    """kappa: how many W passes per stage the schedule hides in the fill/drain bubble.
+    ZB-H1 (Qi et al. 2023): bubble (P-1)(F+B-2W) instead of (P-1)(F+B+W), i.e. kappa = 2."""
+    return 2.0 if schedule in ZERO_BUBBLE_SCHEDULES else 0.0
+
+
+def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, schedule: str,
+                           num_devices: int, virtual_stages: int = 1, stage_bwd_weight=None) -> float:
+    """The closed-form step time (makespan) of one pipeline step.
+
+    T_s = fwd_s + bwd_s + comm_s (comm_s: forward send and gradient send on the boundary after s),
+    D_d = sum of T_s over the stages on device d, v = stages per device,
+    c_s = T_s - kappa * W_s for every stage but the last (kappa from zero_bubble_weight_factor),
+    step = max(M * max_d D_d, (M - 1/v) * max_d D_d + sum_s c_s / v).
+    For 1F1B with v = 1 this is (M-1) max T + sum T; uniform stages give (M+P-1) t (GPipe and 1F1B)
+    and (M v + P - 1) t/v (interleaved). For GPipe with unequal stages it is an upper bound
+    ((M-1)(max F + max B) <= (M-1) max(F+B)).
+    """
+    from planner.schedules import stage_to_device
+
+    M, v = int(num_microbatches), int(virtual_stages)
+    S = len(stage_fwd)
+    T = [float(stage_fwd[s]) + float(stage_bwd[s]) + float(comm[s]) for s in range(S)]
+    placement = stage_to_device(num_devices, schedule, v) if S == num_devices * v else list(range(S))
+    D = [0.0] * (max(placement) + 1)
+    for s, d in enumerate(placement):
+        D[d] += T[s]
+    kappa = zero_bubble_weight_factor(schedule)
+    w = stage_bwd_weight if stage_bwd_weight is not None else [0.0] * S
+    c = sum(T[s] - (kappa * float(w[s]) if s < S - 1 else 0.0) for s in range(S))
+    peak = max(D)
+    return max(M * peak, (M - 1.0 / v) * peak + c / v)
+
+
+def bubble_fraction(stage_fwd, stage_bwd, num_microbatches: int, num_devices: int, step_ms: float) -> float:
+    """Idle share of the devices: 1 - M * sum(compute) / (P * step). (P-1)/(M+P-1) for uniform 1F1B."""
+    busy = num_microbatches * sum(float(f) + float(b) for f, b in zip(stage_fwd, stage_bwd))
+    return max(0.0, 1.0 - busy / (num_devices * step_ms)) if step_ms > 0 else 0.0
+
+
+# -- a whole assignment ------------------------------------------------------------
+
+@dataclass(slots=True)
+class AssignmentCost:
+    """Everything the cost model says about one node -> stage assignment."""
+
+    stage_nodes: list[list[int]]
+    fwd_bytes: list[int]
+    """Per boundary b = 0..S-2 (after stage b)."""
+    grad_bytes: list[int]
+    relay_bytes: list[int]
+    """Per stage."""
+    input_bytes: list[int]
+    param_count: list[int]
+
+
+def assignment_bytes(tables: CostTables, stage_of: list[int], num_stages: int) -> AssignmentCost:
+    """Boundary, relay, input bytes and parameter counts (tied copies included) of an assignment."""
+    S = num_stages
+    fwd_b, grad_b, relay, inp = [0] * max(S - 1, 0), [0] * max(S - 1, 0), [0] * S, [0] * S
+    inp[0] = tables.model_input_bytes
+    for t in tables.tensors:
+        a, c = stage_of[t.producer], max(stage_of[k] for k in t.consumers)
+        for b in range(a, c):
+            fwd_b[b] += t.nbytes
+            inp[b + 1] += t.nbytes
+            if t.requires_grad:
+                grad_b[b] += t.nbytes
+        for s in range(a + 1, c):
+            relay[s] += t.nbytes
+    stage_nodes: list[list[int]] = [[] for _ in range(S)]
+    for k, s in enumerate(stage_of):
+        stage_nodes[s].append(k)
+    params = [int(tables.params[ns].sum()) for ns in stage_nodes]
+    for sp in tables.shared:
+        owner_stage = stage_of[sp.owner] if sp.owner >= 0 else -1
+        for s in {stage_of[u] for u in sp.users}:
+            if s != owner_stage:
+                params[s] += sp.size
+    return AssignmentCost(stage_nodes=stage_nodes, fwd_bytes=fwd_b, grad_bytes=grad_b,
+                          relay_bytes=relay, input_bytes=inp, param_count=params)
+
+
+def boundary_comm_ms(cluster: Cluster, dev_a: int, dev_b: int, nbytes: float) -> float:
+    """Time to move nbytes from the device of one stage to the next one's (0 on the same device)."""
+    if dev_a == dev_b:
+        return 0.0
+    return cluster.link(dev_a, dev_b).transfer_ms(nbytes)
+
+
+def speeds(cluster: Cluster, profile: Profile) -> list[float]:
+    return [cluster.speed_factor(d, profile) for d in range(cluster.num_devices)]
+
+
+def stage_devices(num_devices: int, config: TrainConfig, device_order: list[int] | None = None) -> list[int]:
+    """Device of every stage: the schedule's placement, through an optional device permutation."""
+    from planner.schedules import stage_to_device
+
+    placement = stage_to_device(num_devices, config.schedule, config.virtual_stages)
+    order = device_order or list(range(num_devices))
+    return [order[p] for p in placement]

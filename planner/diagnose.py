@@ -1,0 +1,115 @@
+"""When nothing fits: where it does not fit, by how much, and which changes would fit (each re-solved)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from planner.cluster import Cluster, Device
+from planner.config import TrainConfig
+from planner.evaluate import gib, memory_problems
+from planner.plan import Diagnosis, Plan, SolverInfo
+from profiler.errors import PipeplanError
+from profiler.profile import Profile
+
+MAX_EXTRA_DEVICES_FACTOR = 8
+"""Try up to this many times the current device count when looking for the smallest that fits."""
+
+
+def _with_memory(cluster: Cluster, memory_bytes: int | None) -> Cluster:
+    """The cluster with every device's memory set (None: effectively unlimited)."""
+    mem = memory_bytes if memory_bytes is not None else 2**62
+    return dataclasses.replace(cluster, devices=[dataclasses.replace(d, memory_bytes=mem) for d in cluster.devices])
+
+
+def _with_devices(cluster: Cluster, n: int) -> Cluster:
+    """n devices like the cluster's first one (same type), 8 to a host."""
+    base = cluster.devices[0]
+    devices = [dataclasses.replace(base, name=f"{base.preset or 'dev'}#{i}", node=i // 8) for i in range(n)]
+    return dataclasses.replace(cluster, devices=devices)
+
+
+def _fits(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
+    from planner.solve import solve_once
+
+    try:
+        return solve_once(profile, cluster, config)
+    except PipeplanError:
+        return None
+
+
+def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
+    """Plan(feasible=False) with a Diagnosis; every suggestion in it was checked by re-solving."""
+    from planner.solve import solve_once
+
+    quick = dataclasses.replace(config, time_limit_s=max(1.0, config.time_limit_s / 4))
+    unlimited = solve_once(profile, _with_memory(cluster, None), quick)
+    problems, worst = [], None
+    if unlimited is not None:
+        # the fastest partition ignoring memory, scored against the real limits
+        over = memory_problems(unlimited.stages, cluster, unlimited.config)
+        for d, b in over:
+            stages = [s.index for s in unlimited.stages if s.device == d]
+            problems.append(f"device {d} ({cluster.devices[d].name}, stage {', '.join(map(str, stages))}) needs "
+                            f"{gib(cluster.devices[d].memory_bytes + b)} in the fastest partition, has "
+                            f"{gib(cluster.devices[d].memory_bytes)}: {gib(b)} over")
+        worst = max((b for _, b in over), default=None)
+    # smallest uniform memory per device that fits (bisection on whole MiB)
+    min_mem = None
+    lo, hi = 0, max(d.memory_bytes for d in cluster.devices)
+    while _fits(profile, _with_memory(cluster, hi), quick) is None and hi < 2**50:
+        lo, hi = hi, hi * 2
+    if hi < 2**50:
+        while hi - lo > 2**20:
+            mid = (lo + hi) // 2
+            if _fits(profile, _with_memory(cluster, mid), quick) is None:
+                lo = mid
+            else:
+                hi = mid
+        min_mem = hi
+    # smallest device count of the first device's type that fits
+    min_devices = None
+    P = cluster.num_devices
+    for n in range(P + 1, min(len(profile.nodes) // config.virtual_stages, MAX_EXTRA_DEVICES_FACTOR * P) + 1):
+        if _fits(profile, _with_devices(cluster, n), quick) is not None:
+            min_devices = n
+            break
+    suggestions = []
+    if min_devices is not None:
+        suggestions.append(f"use {min_devices} devices like {cluster.devices[0].name} (fits)")
+    if min_mem is not None:
+        suggestions.append(f"use devices with at least {gib(min_mem)} each (fits)")
+    changes = []
+    if config.recompute != "on":
+        changes.append(("turn activation recomputation on (--recompute on)", {"recompute": "on"}))
+    if config.precision == "fp32":
+        changes.append(("train in bf16 mixed precision (--precision bf16)", {"precision": "bf16_mixed"}))
+    if config.optimizer in ("adam", "adamw"):
+        changes.append(("use SGD with momentum instead of Adam (--optimizer sgd_momentum)",
+                        {"optimizer": "sgd_momentum"}))
+    for schedule in ("1F1B", "ZBH1"):
+        if config.schedule != schedule:
+            changes.append((f"use the {schedule} schedule (--schedule {schedule})",
+                            {"schedule": schedule, "virtual_stages": 1}))
+    if config.num_microbatches and config.micro_batch_size > 1:
+        changes.append(("use micro-batches of 1 sample", {"micro_batch_size": 1,
+                                                         "num_microbatches": config.samples_per_step}))
+    for text, change in changes:
+        try:
+            cfg = dataclasses.replace(quick, **change)
+        except PipeplanError:
+            continue
+        plan = _fits(profile, cluster, cfg)
+        if plan is not None:
+            suggestions.append(f"{text}: fits, predicted step {plan.step_time_ms:.1f} ms")
+    message = "no partition fits in memory on this cluster"
+    if worst is not None:
+        message += f"; even the fastest partition is {gib(worst)} over on its worst device"
+    cfg = config if config.num_microbatches is not None else dataclasses.replace(
+        config, num_microbatches=config.global_batch // config.micro_batch_size, global_batch=None)
+    return Plan(model=profile.model, profile_fingerprint=profile.fingerprint(), cluster=cluster, config=cfg,
+                feasible=False, solver=SolverInfo(backend=config.solver, status="infeasible"),
+                diagnosis=Diagnosis(message=message, problems=problems, suggestions=suggestions,
+                                    min_devices=min_devices, min_memory_bytes=min_mem))
+
+
+__all__ = ["diagnose", "Device"]

@@ -1,0 +1,259 @@
+"""Exact dynamic program over contiguous stages of the topological order.
+
+For a chain (the topological order is unique) every valid partition is a set of
+contiguous intervals, so this is exact; on other DAGs it is the best contiguous
+partition, a warm start and upper bound for the ILP. One stage per device
+(GPipe, 1F1B, ZBH1), devices in a fixed order, each with its own speed, memory
+and links.
+
+The objective step = max(M * maxT, (M-1) * maxT + sum c) (cost.predicted_step_time_ms
+with v = 1) is not separable, so we solve it parametrically: f(t) = min sum c over
+partitions whose stages all have T <= t (a plain DP), and
+    opt = min over candidate t (the stage times that occur) of max(M t, (M-1) t + f(t)).
+f is non-increasing, so over a range [t_a, t_b] of candidates no plan beats
+max(M t_a, (M-1) t_a + f(t_b)); branch and bound on candidate ranges proves optimality
+after a few dozen DP passes. The first feasible t (the bottleneck) is found by bisection.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.cost import CostTables, stage_compute_ms, zero_bubble_weight_factor
+from planner.memory import memory_coefficients
+
+INF = float("inf")
+
+
+@dataclass(slots=True)
+class ChainProblem:
+    """The numbers the DP and the ILP need, for S stages on fixed devices."""
+
+    tables: CostTables
+    num_microbatches: int
+    schedule: str
+    stage_speed: list[float]
+    stage_limit: list[float]
+    """Memory limit of each stage's device, minus a 1-byte margin for stage_memory_bytes' rounding."""
+    stage_in_flight: list[int]
+    recompute_options: tuple[bool, ...]
+    comm_ms_per_cut: list[np.ndarray]
+    """comm_ms_per_cut[s][j]: forward + gradient transfer time of the cut after position j-1 on the
+    link from stage s to s+1 (zeros for the last stage)."""
+    config: object
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_speed)
+
+
+@dataclass(slots=True)
+class DPResult:
+    cuts: list[int] | None
+    """Stage s covers positions cuts[s]..cuts[s+1]-1; None if nothing fits."""
+    recompute: list[bool] | None
+    objective: float
+    lower_bound: float
+    seconds: float
+    optimal: bool
+
+
+def cut_bytes(tables: CostTables) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and gradient bytes crossing the cut at position j (nodes < j before it), j = 0..N."""
+    N = tables.num_nodes
+    fwd, grad = np.zeros(N + 2), np.zeros(N + 2)
+    for t in tables.tensors:
+        a, c = t.producer + 1, t.last_consumer + 1  # crosses cuts a..c-1
+        fwd[a] += t.nbytes
+        fwd[c] -= t.nbytes
+        if t.requires_grad:
+            grad[a] += t.nbytes
+            grad[c] -= t.nbytes
+    return np.cumsum(fwd)[: N + 1], np.cumsum(grad)[: N + 1]
+
+
+def relay_matrix(tables: CostTables) -> np.ndarray:
+    """R[i, j] = bytes of tensors produced before position i and read at or after j (relayed by [i, j))."""
+    N = tables.num_nodes
+    K = np.zeros((N + 1, N + 1))
+    for t in tables.tensors:
+        K[t.producer + 1, t.last_consumer] += t.nbytes
+    # sum over p <= i (rows ascending) and q >= j (columns descending)
+    return np.cumsum(np.cumsum(K, axis=0)[:, ::-1], axis=1)[:, ::-1]
+
+
+class IntervalCosts:
+    """T and c of every interval [j-L, j) on every stage, L = 1..Lmax, best recompute choice."""
+
+    def __init__(self, prob: ChainProblem, max_len: int):
+        tb = prob.tables
+        N, S = tb.num_nodes, prob.num_stages
+        self.N, self.S, self.L = N, S, max_len
+        P = lambda a: np.concatenate([[0.0], np.cumsum(a)])  # noqa: E731
+        pf, pb, pw, pp, pa = P(tb.fwd), P(tb.bwd), P(tb.bwd_weight), P(tb.params.astype(float)), P(tb.activation)
+        fwd_cut, _ = cut_bytes(tb)
+        in_bytes = fwd_cut.copy()
+        in_bytes[0] = tb.model_input_bytes
+        R = relay_matrix(tb)
+        j = np.arange(N + 1)[:, None]
+        lengths = np.arange(1, max_len + 1)[None, :]
+        i = j - lengths
+        valid = i >= 0
+        ic = np.where(valid, i, 0)
+        jj = np.broadcast_to(j, ic.shape)
+        params = pp[jj] - pp[ic]
+        for sp in tb.shared:  # a stage holding a user but not the owner keeps a copy
+            users = np.array(sp.users)
+            has_user = np.zeros_like(valid)
+            for u in users:
+                has_user |= (ic <= u) & (u < jj)
+            holds_owner = (ic <= sp.owner) & (sp.owner < jj) if sp.owner >= 0 else np.zeros_like(valid)
+            params = params + sp.size * (has_user & ~holds_owner)
+        acts = pa[jj] - pa[ic]
+        relay = R[ic, jj]
+        inputs = in_bytes[ic]
+        fref, bref, wref = pf[jj] - pf[ic], pb[jj] - pb[ic], pw[jj] - pw[ic]
+        kappa = zero_bubble_weight_factor(prob.schedule)
+        self.T = np.full((S, N + 1, max_len), INF)
+        self.C = np.full((S, N + 1, max_len), INF)
+        self.Tnorec = np.full((S, N + 1, max_len), INF)
+        self.rec = np.zeros((S, N + 1, max_len), dtype=bool)
+        for s in range(S):
+            comm = prob.comm_ms_per_cut[s][jj]
+            done = ~valid
+            for r in prob.recompute_options:  # "off" first: where it fits it is never slower
+                co = memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
+                                         profile_dtype=tb.dtype, recompute=r)
+                mem = (co.per_param * params + co.per_activation_byte * acts + co.per_input_byte * inputs
+                       + co.per_relay_byte * relay + co.constant)
+                fits = (mem <= prob.stage_limit[s]) & ~done
+                fwd, bwd, _, w = stage_compute_ms(fref, bref, wref, prob.stage_speed[s], r)
+                T = fwd + bwd + comm
+                C = T - (kappa * w if s < S - 1 else 0.0)
+                self.T[s][fits], self.C[s][fits], self.rec[s][fits] = T[fits], C[fits], r
+                done |= fits
+            fwd, bwd, _, _ = stage_compute_ms(fref, bref, wref, prob.stage_speed[s], False)
+            self.Tnorec[s][valid] = (fwd + bwd + comm)[valid]
+            # stage s must end at j in [s+1, N-(S-1-s)]; the last stage ends at N
+            lo, hi = s + 1, N - (S - 1 - s)
+            self.T[s][:lo], self.T[s][hi + 1:] = INF, INF
+            if s == S - 1:
+                self.T[s][:N] = INF
+            self.C[s][~np.isfinite(self.T[s])] = INF
+
+    def solve(self, t: float, want_cuts: bool = True):
+        """f(t): min sum c with every stage T <= t. Returns (value, cuts, recompute, max T)."""
+        N, S, L = self.N, self.S, self.L
+        jidx = np.arange(N + 1)[:, None] - np.arange(1, L + 1)[None, :]
+        jc = np.clip(jidx, 0, N)
+        F = np.full(N + 1, INF)
+        F[0] = 0.0
+        args = np.zeros((S, N + 1), dtype=np.int64)
+        for s in range(S):
+            cand = np.where((self.T[s] <= t) & (jidx >= 0), F[jc] + self.C[s], INF)
+            a = np.argmin(cand, axis=1)
+            args[s] = a
+            F = cand[np.arange(N + 1), a]
+        if not np.isfinite(F[N]):
+            return INF, None, None, INF
+        cuts, rec, j = [N], [], N
+        maxT = 0.0
+        for s in range(S - 1, -1, -1):
+            L_ = int(args[s][j]) + 1
+            maxT = max(maxT, float(self.T[s][j, L_ - 1]))
+            rec.append(bool(self.rec[s][j, L_ - 1]))
+            j -= L_
+            cuts.append(j)
+        return float(F[N]), cuts[::-1], rec[::-1], maxT
+
+
+def step_of(M: int, max_t: float, sum_c: float) -> float:
+    """cost.predicted_step_time_ms for one stage per device, from its two aggregates."""
+    return max(M * max_t, (M - 1) * max_t + sum_c)
+
+
+def band_length(prob: ChainProblem, t_cap: float) -> int:
+    """Longest interval whose no-recompute time can be <= t_cap on some stage."""
+    tb = prob.tables
+    N = tb.num_nodes
+    work = np.concatenate([[0.0], np.cumsum(tb.fwd + tb.bwd)])
+    longest = 1
+    for s in range(prob.num_stages):
+        budget = (t_cap - prob.comm_ms_per_cut[s]) * prob.stage_speed[s]
+        lo = np.searchsorted(work, work - budget - 1e-12 * max(1.0, t_cap), side="left")
+        longest = max(longest, int((np.arange(N + 1) - lo).max()))
+    return min(max(longest, 1), N - prob.num_stages + 1)
+
+
+def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: float = 1e-9) -> DPResult:
+    """The best contiguous partition under the cost model, with a proven lower bound."""
+    start = time.perf_counter()
+    tb, S, M = prob.tables, prob.num_stages, prob.num_microbatches
+    N = tb.num_nodes
+    if N < S:
+        return DPResult(None, None, INF, INF, 0.0, True)
+    # 1) an upper bound: grow t until a partition exists, then tighten by a short bisection.
+    total = float((tb.fwd + tb.bwd).sum())
+    t = max(total / sum(prob.stage_speed), 1e-9)
+    full_len = N - S + 1
+    while True:
+        ic = IntervalCosts(prob, band_length(prob, t))
+        val, cuts, rec, maxT = ic.solve(t)
+        if cuts is not None:
+            break
+        if ic.L >= full_len:
+            finite = ic.T[np.isfinite(ic.T)]
+            if finite.size == 0 or t >= finite.max():
+                return DPResult(None, None, INF, INF, time.perf_counter() - start, True)
+        t *= 2.0
+    lo, hi = 0.0, maxT
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        v2, c2, r2, m2 = ic.solve(mid)
+        if c2 is None:
+            lo = mid
+        else:
+            hi = m2
+    best_val, best_cuts, best_rec, best_maxT = ic.solve(hi)
+    best = step_of(M, best_maxT, best_val)
+    # 2) every stage time that occurs up to best / M is a candidate bottleneck; branch and bound on f.
+    t_cap = best / M
+    ic = IntervalCosts(prob, band_length(prob, t_cap * (1 + 1e-12)))
+    Tv = ic.T[np.isfinite(ic.T)]
+    cand = np.unique(Tv[Tv <= t_cap * (1 + 1e-12)])
+    if len(cand) == 0:
+        cand = np.array([best_maxT])
+    memo: dict[int, float] = {}
+
+    def f(k: int) -> float:
+        nonlocal best, best_cuts, best_rec
+        if k not in memo:
+            v, cuts, rec, maxT = ic.solve(float(cand[k]))
+            memo[k] = v
+            if cuts is not None and step_of(M, maxT, v) < best:
+                best, best_cuts, best_rec = step_of(M, maxT, v), cuts, rec
+        return memo[k]
+
+    stack = [(0, len(cand) - 1)]
+    f(0), f(len(cand) - 1)
+    timed_out = False
+    open_bounds: list[float] = []
+    while stack:
+        a, b = stack.pop()
+        fa, fb = f(a), f(b)
+        bound = max(M * cand[a], (M - 1) * cand[a] + fb)
+        if bound >= best * (1 - rel_tol) or fa == fb or b - a <= 1:
+            continue
+        if time.perf_counter() - start > time_limit_s:
+            timed_out = True
+            open_bounds.append(bound)
+            open_bounds.extend(max(M * cand[x], (M - 1) * cand[x] + f(y)) for x, y in stack)
+            break
+        mid = (a + b) // 2
+        f(mid)
+        stack += [(a, mid), (mid, b)]
+    lower = min([best] + open_bounds) if timed_out else best
+    return DPResult(best_cuts, best_rec, best, lower, time.perf_counter() - start, not timed_out)

@@ -1,0 +1,183 @@
+"""Score any partition with the cost model and build the Plan for it.
+
+Every Plan pipeplan returns (optimal, baseline, manual) is built here, so its
+numbers come from one set of formulas (planner/cost.py, planner/memory.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from planner.cluster import Cluster
+from planner.config import TrainConfig
+from planner.cost import (CostTables, assignment_bytes, boundary_comm_ms, bubble_fraction, build_tables,
+                          predicted_step_time_ms, speeds, stage_compute_ms, stage_devices)
+from planner.memory import stage_memory_bytes
+from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
+from planner.schedules import in_flight_microbatches
+from profiler.errors import PipeplanError
+from profiler.gpus import GiB
+from profiler.profile import Profile
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+                 stage_of: list[int], devices: list[int], recompute: list[bool]) -> list[StagePlan]:
+    """The StagePlans of an assignment (config.num_microbatches must be set)."""
+    S = len(devices)
+    P = cluster.num_devices
+    cost = assignment_bytes(tables, stage_of, S)
+    in_flight = in_flight_microbatches(config.schedule, P, config.num_microbatches, config.virtual_stages)
+    speed = speeds(cluster, profile)
+    stages = []
+    for s in range(S):
+        ns = cost.stage_nodes[s]
+        fwd, bwd, b_in, w = stage_compute_ms(float(tables.fwd[ns].sum()), float(tables.bwd[ns].sum()),
+                                             float(tables.bwd_weight[ns].sum()), speed[devices[s]], recompute[s])
+        if s < S - 1:
+            out_b, grad_b = cost.fwd_bytes[s], cost.grad_bytes[s]
+            comm_f = boundary_comm_ms(cluster, devices[s], devices[s + 1], out_b)
+            comm_b = boundary_comm_ms(cluster, devices[s + 1], devices[s], grad_b)
+        else:
+            out_b, comm_f, comm_b = 0, 0.0, 0.0
+        mem = stage_memory_bytes(param_count=cost.param_count[s], activation_bytes=float(tables.activation[ns].sum()),
+                                 input_bytes=cost.input_bytes[s], relay_bytes=cost.relay_bytes[s],
+                                 in_flight=in_flight[s], config=config, profile_dtype=tables.dtype,
+                                 recompute=recompute[s])
+        stages.append(StagePlan(
+            index=s, device=devices[s], node_ids=[tables.ids[k] for k in ns], fwd_ms=fwd, bwd_ms=bwd,
+            bwd_input_ms=b_in, bwd_weight_ms=w, comm_out_ms=comm_f, comm_out_bytes=int(out_b), comm_grad_ms=comm_b,
+            relay_bytes=int(cost.relay_bytes[s]), input_bytes=int(cost.input_bytes[s]), recompute=bool(recompute[s]),
+            in_flight=in_flight[s], memory=mem, memory_limit_bytes=cluster.devices[devices[s]].memory_bytes,
+            param_count=cost.param_count[s]))
+    return stages
+
+
+def device_memory_bytes(stages: list[StagePlan], reserve_bytes: int) -> dict[int, int]:
+    """Peak bytes per device: its stages' memory, with the reserve counted once."""
+    used: dict[int, int] = {}
+    for st in stages:
+        used[st.device] = used.get(st.device, 0) + st.memory.total - reserve_bytes
+    return {d: u + reserve_bytes for d, u in used.items()}
+
+
+def memory_problems(stages: list[StagePlan], cluster: Cluster, config: TrainConfig) -> list[tuple[int, int]]:
+    """(device, bytes over its limit) for every device that does not fit."""
+    used = device_memory_bytes(stages, config.reserve_bytes)
+    return [(d, u - cluster.devices[d].memory_bytes) for d, u in sorted(used.items())
+            if u > cluster.devices[d].memory_bytes]
+
+
+def step_time_of(stages: list[StagePlan], config: TrainConfig, num_devices: int) -> float:
+    return predicted_step_time_ms([s.fwd_ms for s in stages], [s.bwd_ms for s in stages],
+                                  [s.comm_out_ms + s.comm_grad_ms for s in stages], config.num_microbatches,
+                                  config.schedule, num_devices, config.virtual_stages,
+                                  [s.bwd_weight_ms for s in stages])
+
+
+def make_plan(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+              stage_of: list[int], devices: list[int], recompute: list[bool], solver: SolverInfo) -> Plan:
+    """A Plan for this assignment; feasible=False (with the over-limit devices named) if memory does not fit."""
+    stages = build_stages(profile, tables, cluster, config, stage_of, devices, recompute)
+    P = cluster.num_devices
+    step = step_time_of(stages, config, P)
+    over = memory_problems(stages, cluster, config)
+    diagnosis = None
+    if over:
+        problems = [f"device {d} ({cluster.devices[d].name}) needs {gib(cluster.devices[d].memory_bytes + b)}, "
+                    f"has {gib(cluster.devices[d].memory_bytes)}: {gib(b)} over" for d, b in over]
+        diagnosis = Diagnosis(message="this partition does not fit in memory", problems=problems)
+    return Plan(model=profile.model, profile_fingerprint=profile.fingerprint(), cluster=cluster, config=config,
+                feasible=not over, stages=stages, step_time_ms=step,
+                throughput_samples_per_s=config.samples_per_step * config.data_parallel / (step / 1000.0)
+                if step > 0 else None,
+                bubble_fraction=bubble_fraction([s.fwd_ms for s in stages], [s.bwd_ms for s in stages],
+                                                config.num_microbatches, P, step),
+                solver=solver, diagnosis=diagnosis)
+
+
+def choose_recompute(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+                     stage_of: list[int], devices: list[int]) -> list[bool]:
+    """Per-stage recomputation for config.recompute: all off, all on, or (auto) on exactly where
+    a device would not fit otherwise, largest activation saving first."""
+    S = len(devices)
+    if config.recompute != "auto":
+        return [config.recompute == "on"] * S
+    recompute = [False] * S
+    stages = build_stages(profile, tables, cluster, config, stage_of, devices, recompute)
+    over = dict(memory_problems(stages, cluster, config))
+    if not over:
+        return recompute
+    on = build_stages(profile, tables, cluster, config, stage_of, devices, [True] * S)
+    for d, excess in over.items():
+        saving = sorted(((stages[s].memory.activations - on[s].memory.activations, s)
+                         for s in range(S) if devices[s] == d), reverse=True)
+        for gain, s in saving:
+            if excess <= 0:
+                break
+            if gain > 0:
+                recompute[s] = True
+                excess -= gain
+    return recompute
+
+
+def evaluate_partition(profile: Profile, cluster: Cluster, config: TrainConfig, stage_node_ids: list[list[str]], *,
+                       devices: list[int] | None = None, recompute: list[bool] | None = None,
+                       backend: str = "manual") -> Plan:
+    """Score a given partition (node ids per stage, pipeline order) with the cost model.
+
+    devices: device index of every stage (default: the schedule's placement on the cluster order).
+    recompute: per stage (default from config.recompute; "auto" turns it on only where needed).
+    """
+    from planner.microbatches import microbatch_options, scale_profile
+
+    P = cluster.num_devices
+    S = P * config.virtual_stages
+    if len(stage_node_ids) != S:
+        raise PipeplanError(f"the partition has {len(stage_node_ids)} stages; {config.schedule} on {P} devices "
+                            f"with {config.virtual_stages} stage(s) per device needs {S}")
+    best = None
+    for M, mbs in microbatch_options(config, P):
+        cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
+        prof = scale_profile(profile, mbs)
+        plan = _evaluate_one(prof, cluster, cfg, stage_node_ids, devices, recompute, backend)
+        if best is None or (plan.feasible, -plan.step_time_ms) > (best.feasible, -best.step_time_ms):
+            best = plan
+    return best
+
+
+def _evaluate_one(profile, cluster, config, stage_node_ids, devices, recompute, backend) -> Plan:
+    tables = build_tables(profile)
+    S = len(stage_node_ids)
+    stage_of = [-1] * tables.num_nodes
+    for s, ids in enumerate(stage_node_ids):
+        if not ids:
+            raise PipeplanError(f"stage {s} of the partition is empty: every stage needs at least one layer")
+        for nid in ids:
+            if nid not in tables.position:
+                raise PipeplanError(f"stage {s} names layer {nid!r}, which is not in the profile")
+            if stage_of[tables.position[nid]] != -1:
+                raise PipeplanError(f"layer {nid!r} is assigned to two stages")
+            stage_of[tables.position[nid]] = s
+    missing = [tables.ids[k] for k, s in enumerate(stage_of) if s == -1]
+    if missing:
+        raise PipeplanError(f"{len(missing)} layer(s) are in no stage, e.g. {missing[0]!r}: assign every layer")
+    for t in tables.tensors:
+        for c in t.consumers:
+            if stage_of[c] < stage_of[t.producer]:
+                raise PipeplanError(f"layer {tables.ids[c]!r} (stage {stage_of[c]}) reads the output of "
+                                    f"{tables.ids[t.producer]!r} (stage {stage_of[t.producer]}): "
+                                    "data must flow forward through the stages")
+    devs = devices if devices is not None else stage_devices(cluster.num_devices, config)
+    if len(devs) != S or any(not (0 <= d < cluster.num_devices) for d in devs):
+        raise PipeplanError(f"devices must list one device index in 0..{cluster.num_devices - 1} per stage")
+    rec = recompute if recompute is not None else choose_recompute(profile, tables, cluster, config, stage_of, devs)
+    if len(rec) != S:
+        raise PipeplanError(f"recompute must have one flag per stage ({S})")
+    plan = make_plan(profile, tables, cluster, config, stage_of, list(devs), [bool(r) for r in rec],
+                     SolverInfo(backend=backend, status="heuristic"))
+    plan.solver.objective_ms = plan.step_time_ms
+    return plan

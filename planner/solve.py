@@ -1,0 +1,211 @@
+"""`solve`: the optimal Plan for a Profile on a Cluster under a TrainConfig.
+
+Backend choice ("auto"): the exact DP when the layer graph is a chain and each
+device runs one stage (it proves optimality itself, in a fraction of the ILP's
+time); otherwise the ILP on HiGHS, warm-started and bounded by the DP's best
+contiguous partition. "highs"/"cbc" force the ILP (still warm-started); "dp"
+forces the DP (on a non-chain DAG it returns the best contiguous partition,
+status "heuristic").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+import numpy as np
+
+from planner.baselines import baseline_plans
+from planner.cluster import Cluster
+from planner.config import TrainConfig
+from planner.cost import CostTables, boundary_comm_ms, build_tables, speeds, stage_devices
+from planner.dp import ChainProblem, cut_bytes, solve_chain
+from planner.evaluate import make_plan
+from planner.ilp import ILPProblem, solve_ilp
+from planner.microbatches import microbatch_options, scale_profile
+from planner.plan import Plan, SolverInfo
+from planner.schedules import in_flight_microbatches
+from profiler.errors import PipeplanError
+from profiler.profile import Profile
+
+MAX_DEVICE_ORDERS = 24
+
+
+def recompute_options(config: TrainConfig) -> tuple[bool, ...]:
+    return {"off": (False,), "on": (True,), "auto": (False, True)}[config.recompute]
+
+
+def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+                  devices: list[int]) -> ChainProblem:
+    S, P = len(devices), cluster.num_devices
+    sp = speeds(cluster, profile)
+    fwd_cut, grad_cut = cut_bytes(tables)
+    comm = []
+    for s in range(S):
+        if s == S - 1:
+            comm.append(np.zeros(tables.num_nodes + 1))
+            continue
+        a, b = devices[s], devices[s + 1]
+        comm.append(np.array([boundary_comm_ms(cluster, a, b, fb) + boundary_comm_ms(cluster, b, a, gb)
+                              for fb, gb in zip(fwd_cut, grad_cut)]))
+    return ChainProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
+                        stage_speed=[sp[d] for d in devices],
+                        stage_limit=[cluster.devices[d].memory_bytes - 1 for d in devices],
+                        stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches, 1),
+                        recompute_options=recompute_options(config), comm_ms_per_cut=comm, config=config)
+
+
+def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+                devices: list[int]) -> ILPProblem:
+    S, P = len(devices), cluster.num_devices
+    sp = speeds(cluster, profile)
+    lat, per_byte = [], []
+    for b in range(S - 1):
+        a, c = devices[b], devices[b + 1]
+        if a == c:
+            lat.append(0.0)
+            per_byte.append(0.0)
+        else:
+            link = cluster.link(a, c)
+            lat.append(1000.0 * link.latency_s)
+            per_byte.append(1000.0 / link.bandwidth_bytes_per_s)
+    stages_on = {d: devices.count(d) for d in set(devices)}
+    # each stage's memory includes the reserve; a device counts it once (and keeps a 1-byte rounding margin per stage)
+    limits = {d: cluster.devices[d].memory_bytes + (n - 1) * config.reserve_bytes - n for d, n in stages_on.items()}
+    return ILPProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
+                      virtual_stages=config.virtual_stages, stage_device=devices,
+                      stage_speed=[sp[d] for d in devices], device_limit=limits,
+                      stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
+                                                             config.virtual_stages),
+                      recompute_options=recompute_options(config), link_latency_ms=lat,
+                      link_ms_per_byte=per_byte, config=config)
+
+
+def cuts_to_stage_of(cuts: list[int]) -> list[int]:
+    out = []
+    for s in range(len(cuts) - 1):
+        out += [s] * (cuts[s + 1] - cuts[s])
+    return out
+
+
+def device_orders(cluster: Cluster, config: TrainConfig) -> list[list[int]]:
+    """The device orders to try: the given one, or (device_order="auto") every distinct order of
+    device kinds (memory, speed, host), up to MAX_DEVICE_ORDERS, the given order first."""
+    P = cluster.num_devices
+    identity = list(range(P))
+    if config.device_order != "auto" or P == 1:
+        return [identity]
+    kinds = [(d.memory_bytes, d.speed, d.tflops, d.node) for d in cluster.devices]
+    seen, orders = set(), []
+    for perm in itertools.permutations(range(P)):
+        key = tuple(kinds[p] for p in perm)
+        if key in seen:
+            continue
+        seen.add(key)
+        orders.append(list(perm))
+        if len(orders) >= MAX_DEVICE_ORDERS:
+            break
+    return orders if identity in orders else [identity] + orders[:-1]
+
+
+def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+                devices: list[int], time_limit_s: float) -> Plan | None:
+    """The best plan with this stage -> device map and micro-batch count; None if nothing fits."""
+    backend = config.solver
+    single_chunk = config.virtual_stages == 1
+    chain = tables.is_chain()
+    if backend == "dp" and not single_chunk:
+        raise PipeplanError(f"the dp solver plans one stage per device; {config.schedule} needs the ILP "
+                            "(--solver highs or cbc)")
+    dp = None
+    if single_chunk:
+        dp = solve_chain(chain_problem(profile, tables, cluster, config, devices),
+                         time_limit_s=time_limit_s if backend in ("auto", "dp") else time_limit_s / 2)
+    use_dp = backend == "dp" or (backend == "auto" and chain and single_chunk)
+    if use_dp:
+        if dp.cuts is None:
+            return None
+        status = ("optimal" if dp.optimal else "feasible") if chain else "heuristic"
+        info = SolverInfo(backend="dp", status=status, seconds=dp.seconds)
+        plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute, info)
+        info.objective_ms = plan.step_time_ms
+        info.lower_bound_ms = dp.lower_bound if chain else None
+        info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
+        return plan
+    ilp_backend = "cbc" if backend == "cbc" else "highs"
+    warm = cuts_to_stage_of(dp.cuts) if dp is not None and dp.cuts is not None else None
+    res = solve_ilp(ilp_problem(profile, tables, cluster, config, devices), backend=ilp_backend,
+                    time_limit_s=max(0.5, time_limit_s - (dp.seconds if dp else 0.0)), warm_stage_of=warm,
+                    warm_recompute=dp.recompute if warm else None,
+                    upper_bound=dp.objective if warm else None)
+    if res.stage_of is None:
+        if warm is None:
+            return None
+        # the ILP found nothing better than its cutoff (the DP's objective) within the limit
+        info = SolverInfo(backend=ilp_backend, status="feasible", seconds=res.seconds + dp.seconds)
+        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info)
+        if res.status == "infeasible":  # proven: nothing beats the warm start
+            info.status, info.lower_bound_ms = "optimal", plan.step_time_ms
+        info.objective_ms = plan.step_time_ms
+        info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
+        return plan
+    info = SolverInfo(backend=ilp_backend, status=res.status, seconds=res.seconds + (dp.seconds if dp else 0.0))
+    plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info)
+    info.objective_ms = plan.step_time_ms
+    info.lower_bound_ms = min(res.bound, plan.step_time_ms) if res.bound is not None else None
+    info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
+    return plan
+
+
+def _gap(objective: float | None, bound: float | None) -> float | None:
+    if objective is None or bound is None or objective <= 0:
+        return None
+    return max(0.0, (objective - bound) / objective)
+
+
+def validate(profile: Profile, cluster: Cluster, config: TrainConfig) -> None:
+    S = cluster.num_devices * config.virtual_stages
+    if len(profile.nodes) < S:
+        raise PipeplanError(f"the model has {len(profile.nodes)} layers but {config.schedule} on "
+                            f"{cluster.num_devices} devices needs {S} stages; use at most "
+                            f"{len(profile.nodes) // config.virtual_stages} devices")
+
+
+def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
+    """Best feasible plan over micro-batch counts and device orders; None if nothing fits."""
+    validate(profile, cluster, config)
+    start = time.perf_counter()
+    options = microbatch_options(config, cluster.num_devices)
+    orders = device_orders(cluster, config)
+    budget = config.time_limit_s / (len(options) * len(orders))
+    best = None
+    for M, mbs in options:
+        cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
+        prof = scale_profile(profile, mbs)
+        tables = build_tables(prof)
+        for order in orders:
+            plan = solve_fixed(prof, tables, cluster, cfg, stage_devices(cluster.num_devices, cfg, order), budget)
+            if plan is not None and plan.feasible and (best is None or plan.step_time_ms < best.step_time_ms):
+                best = plan
+    if best is not None:
+        best.solver.seconds = time.perf_counter() - start
+    return best
+
+
+def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
+    """The fastest plan that fits, or Plan(feasible=False) with a Diagnosis saying why and what would fit."""
+    plan = solve_once(profile, cluster, config)
+    if plan is None:
+        from planner.diagnose import diagnose
+
+        return diagnose(profile, cluster, config)
+    plan.config = dataclasses.replace(plan.config, global_batch=config.global_batch) \
+        if config.global_batch is not None and plan.config.num_microbatches * plan.config.micro_batch_size == \
+        config.global_batch else plan.config
+    try:
+        bl = baseline_plans(profile, cluster, plan.config)
+        plan.baselines = {name: (p.step_time_ms if p.feasible else None) for name, p in bl.items()}
+    except PipeplanError:
+        plan.baselines = {}
+    return plan
