@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import networkx as nx
 
 from profiler.errors import PipeplanError
+from profiler.jsonio import build_dataclass, load_json_text
 
 SCHEMA = "pipeplan.profile/1"
 
@@ -204,20 +205,6 @@ class Profile:
         return cls.from_dict(load_json_text(text, "profile"))
 
 
-def load_json_text(text: str | bytes, what: str) -> Any:
-    """Parse JSON with one clear error; NaN/Infinity are rejected like any other bad number."""
-    def _reject_constant(name: str) -> Any:
-        raise PipeplanError(f"{what} JSON contains {name}: numbers must be finite")
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except PipeplanError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipeplanError(f"{what} is not valid JSON ({exc}); check the file is complete") from None
-    except RecursionError:
-        raise PipeplanError(f"{what} JSON is nested too deeply") from None
-
-
 def _list(data: dict, key: str) -> list:
     value = data.get(key)
     if not isinstance(value, list):
@@ -226,40 +213,4 @@ def _list(data: dict, key: str) -> list:
 
 
 def _build(cls: type, data: Any, where: str):
-    """Construct a dataclass from a dict, naming the offending field on failure."""
-    if not isinstance(data, dict):
-        raise PipeplanError(f"profile JSON: {where} must be an object")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise PipeplanError(f"profile JSON: {where} has unknown field(s) {unknown}")
-    for name, value in data.items():
-        _check_type(known[name], value, f"{where}.{name}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise PipeplanError(f"profile JSON: {where}: {exc}") from None
-
-
-def _check_type(f, value: Any, where: str) -> None:
-    """Light type check from the annotation string (annotations are strings here)."""
-    ann = str(f.type)
-    optional = "None" in ann
-    if value is None:
-        if not optional:
-            raise PipeplanError(f"{where} must not be null")
-        return
-    if ann.startswith("str"):
-        ok = isinstance(value, str)
-    elif ann.startswith("bool"):
-        ok = isinstance(value, bool)
-    elif ann.startswith("int"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif ann.startswith("float"):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif ann.startswith("list[str]"):
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-    else:
-        ok = True
-    if not ok:
-        raise PipeplanError(f"{where} has the wrong type ({type(value).__name__}); expected {ann}")
+    return build_dataclass(cls, data, f"profile JSON: {where}")

@@ -1,0 +1,105 @@
+"""Strict JSON reading for every pipeplan contract.
+
+Parsers built on these helpers either return a valid object or raise
+PipeplanError naming the bad field; NaN, Infinity, wrong types and unknown
+fields never get through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import typing
+from dataclasses import fields
+from typing import Any
+
+from profiler.errors import PipeplanError
+
+MAX_JSON_BYTES = 50 * 2**20
+"""Largest JSON document pipeplan reads (a 5000-layer profile is ~5 MB)."""
+
+
+def load_json_text(text: str | bytes, what: str) -> Any:
+    """Parse JSON with one clear error; NaN/Infinity are rejected like any other bad number."""
+    if len(text) > MAX_JSON_BYTES:
+        raise PipeplanError(f"{what} is {len(text) / 2**20:.0f} MiB; pipeplan reads at most "
+                            f"{MAX_JSON_BYTES // 2**20} MiB of JSON")
+
+    def _reject_constant(name: str) -> Any:
+        raise PipeplanError(f"{what} JSON contains {name}: numbers must be finite")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except PipeplanError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipeplanError(f"{what} is not valid JSON ({exc}); check the file is complete") from None
+    except RecursionError:
+        raise PipeplanError(f"{what} JSON is nested too deeply") from None
+
+
+def build_dataclass(cls: type, data: Any, where: str):
+    """Construct `cls(**data)` from a JSON object: unknown fields and wrong types name the field."""
+    if not isinstance(data, dict):
+        raise PipeplanError(f"{where} must be a JSON object")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise PipeplanError(f"{where} has unknown field(s) {unknown}; known fields: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if not _matches(hints[name], value):
+            raise PipeplanError(f"{where}.{name} has the wrong type ({type(value).__name__}); "
+                                f"expected {_describe(hints[name])}")
+    try:
+        return cls(**data)
+    except PipeplanError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise PipeplanError(f"{where}: {exc}") from None
+
+
+def _matches(hint: Any, value: Any) -> bool:
+    """Does a JSON value fit a type hint? Nested dataclasses are converted by the caller."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        return any(_matches(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_matches(item, v) for v in value)
+    if origin is tuple:
+        return isinstance(value, (list, tuple))
+    if origin is dict:
+        args = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(_matches(args[0], k) and _matches(args[1], v) for k, v in value.items())
+    return True  # dataclass-typed fields are built (and checked) by the caller
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "")
+
+
+def check_number(value: Any, where: str, *, positive: bool = False, integer: bool = False,
+                 minimum: float | None = None) -> None:
+    """Raise PipeplanError unless value is a finite number meeting the bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PipeplanError(f"{where} must be a number, got {value!r}")
+    if integer and not isinstance(value, int):
+        raise PipeplanError(f"{where} must be a whole number, got {value!r}")
+    if not math.isfinite(value):
+        raise PipeplanError(f"{where} must be finite, got {value!r}")
+    if positive and value <= 0:
+        raise PipeplanError(f"{where} must be > 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise PipeplanError(f"{where} must be >= {minimum}, got {value!r}")
