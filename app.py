@@ -38,4 +38,4 @@ else:
     plan = plan_section(choice.profile, cluster, config,
                         lambda n: cluster_inputs.cluster(config.precision, n))
     if plan is not None:
-        export_section(plan, choice.profile, choice.cli_source, choice.cli_flags)
+        export_section(plan, choice.profile, choice.cli_source, choice.cli_flags, choice.export_source)

@@ -40,17 +40,8 @@ def uploaded_profile(kind: str, name: str, data: bytes, request: ModelRequest, a
 @st.cache_data(max_entries=64, show_spinner=False)
 def plan_for(_profile: Profile, profile_key: str, cluster_json: str, config_json: str) -> Plan:
     """solve() for one (profile, cluster, config); the JSON texts are the cache key."""
-    try:
-        from planner.solve import solve
-    except ModuleNotFoundError:  # TEMPORARY while planner.solve lands: best baseline stands in
-        import dataclasses
+    from planner.solve import solve
 
-        from planner.baselines import baseline_plans
-        plans = baseline_plans(_profile, Cluster.from_json(cluster_json), TrainConfig.from_json(config_json))
-        fits = [p for p in plans.values() if p.feasible]
-        best = min(fits, key=lambda p: p.step_time_ms) if fits else next(iter(plans.values()))
-        return dataclasses.replace(best, baselines={k: p.step_time_ms if p.feasible else None
-                                                    for k, p in plans.items()})
     return solve(_profile, Cluster.from_json(cluster_json), TrainConfig.from_json(config_json))
 
 
@@ -62,7 +53,7 @@ def timeline_for(_plan: Plan, plan_json: str) -> Timeline:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def export_zip(_plan: Plan, plan_json: str) -> bytes:
+def export_zip(_plan: Plan, plan_json: str, model_source: str | None) -> bytes:
     from planner.export import export_zip_bytes
 
-    return export_zip_bytes(_plan)
+    return export_zip_bytes(_plan, model_source=model_source)

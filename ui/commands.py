@@ -11,7 +11,7 @@ import shlex
 from planner.plan import Plan
 
 
-def cli_commands(plan: Plan, cli_source: str, cli_flags: str) -> str:
+def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str | None = None) -> str:
     """profile -> plan -> export, with the files the app offers for download (cluster.json)."""
     c = plan.config
     lines = []
@@ -27,5 +27,8 @@ def cli_commands(plan: Plan, cli_source: str, cli_flags: str) -> str:
     plan_args += [f"--optimizer {c.optimizer}", f"--precision {c.precision}", f"--recompute {c.recompute}",
                   f"--reserve {c.reserve_bytes}B", f"--time-limit {c.time_limit_s:g}", "-o plan.json"]
     lines.append(" ".join(plan_args))
-    lines.append("pipeplan export plan.json -o job/")
+    export = "pipeplan export plan.json -o job/"
+    if export_source and export_source != plan.model.source:
+        export += f" --model-source {shlex.quote(export_source)}"
+    lines.append(export)
     return "\n".join(lines)

@@ -5,19 +5,21 @@ from __future__ import annotations
 import streamlit as st
 
 from planner.plan import Plan
+from profiler.errors import PipeplanError
 from profiler.profile import Profile
 from ui import cache
 from ui.commands import cli_commands
 
 
-def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str) -> None:
+def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str,
+                   export_source: str | None = None) -> None:
     st.header("5. Export")
     cols = st.columns(4)
     try:
         with st.spinner("Writing the training job…"):
-            data = cache.export_zip(plan, plan.to_json())
-    except Exception as exc:  # noqa: BLE001 - an export bug must not take the rest of the page down
-        st.error(f"Cannot export this plan: {type(exc).__name__}: {exc}")
+            data = cache.export_zip(plan, plan.to_json(), export_source)
+    except PipeplanError as exc:
+        st.error(f"Cannot export this plan: {exc}")
     else:
         cols[0].download_button("Download training job (.zip)", data=data, file_name="pipeplan_job.zip",
                                 mime="application/zip", key="download_zip", on_click="ignore", type="primary")
@@ -29,4 +31,4 @@ def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str
     cols[3].download_button("cluster.json", data=plan.cluster.to_json(indent=2), file_name="cluster.json",
                             mime="application/json", key="download_cluster", on_click="ignore")
     st.markdown("The same job from the command line (`pipeplan export plan.json` writes exactly the zip's files):")
-    st.code(cli_commands(plan, cli_source, cli_flags), language="bash")
+    st.code(cli_commands(plan, cli_source, cli_flags, export_source), language="bash")

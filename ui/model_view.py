@@ -12,7 +12,7 @@ from profiler.errors import PipeplanError
 from profiler.gpus import GPU_PRESETS
 from profiler.profile import Profile
 from ui import cache
-from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, code_execution_allowed
+from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, code_execution_allowed, saved_hf_config
 
 SAMPLE, HF, PROFILE_JSON, PYTHON = "Sample model", "HF config.json", "Profile JSON", "Python file (.py)"
 SHAPE_LABELS = {"seq_len": "Sequence length", "image_size": "Image size (pixels)",
@@ -29,6 +29,8 @@ class ModelChoice:
     """MODEL argument for `pipeplan profile` ("sample:gpt:124M", "hf:config.json", "profile:profile.json")."""
     cli_flags: str
     """Shape and timing flags for `pipeplan profile` ("" for a Profile JSON)."""
+    export_source: str | None = None
+    """Model source the exporter builds the job's model from, when not the profile's own."""
 
 
 def _progress_callback(bar) -> cache.ProgressFn:
@@ -115,11 +117,16 @@ def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) 
         status.update(label=f"Profiled {upload.name}", state="complete")
     model_summary(profile)
     if kind == "profile_json":
-        return ModelChoice(profile=profile, cli_source=f"profile:{upload.name}", cli_flags="")
-    prefix = "hf" if kind == "hf_config" else "file"
-    target = upload.name if kind == "hf_config" else f"{upload.name}:{factory}"
-    return ModelChoice(profile=profile, cli_source=f"{prefix}:{target}",
-                       cli_flags=f"--batch-size {batch_size} --seq-len {seq_len} --estimate-for {estimate_for}")
+        export_source = st.text_input(
+            "Model this profile was made from (for the exported job)", value=profile.model.source,
+            key="profile_export_source", help="sample:NAME:SIZE or hf:PATH/config.json: the job builds this model")
+        return ModelChoice(profile=profile, cli_source=f"profile:{upload.name}", cli_flags="",
+                           export_source=export_source.strip() or None)
+    flags = f"--batch-size {batch_size} --seq-len {seq_len} --estimate-for {estimate_for}"
+    if kind == "hf_config":
+        return ModelChoice(profile=profile, cli_source=f"hf:{upload.name}", cli_flags=flags,
+                           export_source=f"hf:{saved_hf_config(upload.getvalue())}")
+    return ModelChoice(profile=profile, cli_source=f"file:{upload.name}:{factory}", cli_flags=flags)
 
 
 def model_summary(profile: Profile) -> None:

@@ -80,3 +80,17 @@ def profile_from_upload(kind: str, name: str, data: bytes, request: ModelRequest
         return load_profile(f"file:{path}:{request.factory}", batch_size=request.batch_size,
                             seq_len=request.seq_len, estimate_for=request.estimate_for, allow_code=True)
 
+
+
+def saved_hf_config(data: bytes) -> Path:
+    """Keep an uploaded HF config.json on disk (named by its hash) so the exporter can copy it
+    into the job's model/ folder, as `pipeplan export --model-source hf:PATH` does."""
+    import hashlib
+
+    check_upload_size("config.json", data)
+    folder = Path(tempfile.gettempdir()) / f"pipeplan-hf-{hashlib.sha256(data).hexdigest()[:16]}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / "config.json"
+    if not path.exists():
+        path.write_bytes(data)
+    return path

@@ -1,0 +1,188 @@
+"""Unit tests of the app's plain helpers in ui/ (no Streamlit runtime needed)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from planner.cli import build_parser
+from planner.cluster import Cluster
+from planner.config import TrainConfig
+from planner.evaluate import device_memory_bytes
+from planner.solve import solve
+from profiler.errors import PipeplanError
+from profiler.gpus import GPU_PRESETS, GiB
+from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
+from ui import charts
+from ui.cluster_table import CUSTOM, base_rows, cluster_from_rows, rows_for_count
+from ui.commands import cli_commands
+from ui.plan_facts import MEMORY_PARTS, device_memory, headline
+from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, code_execution_allowed, profile_from_upload
+
+
+def synthetic_profile(n: int = 12, *, act_bytes: int = 200_000_000, source: str = "sample:gpt:tiny") -> Profile:
+    """A chain of n blocks with growing cost: enough to make cuts matter."""
+    nodes = [ProfileNode(id=f"layers.{i}", name=f"block {i}", kind="block", module_path=f"layers.{i}",
+                         fwd_flops=1e12, bwd_flops=2e12, fwd_ms=1.0 + 0.1 * i, bwd_ms=2.0 + 0.2 * i,
+                         param_bytes=40_000_000, param_count=10_000_000, activation_bytes=act_bytes,
+                         output_bytes=4_000_000) for i in range(n)]
+    edges = [ProfileEdge(src=f"layers.{i}", dst=f"layers.{i + 1}", bytes=4_000_000) for i in range(n - 1)]
+    return Profile(model=ModelInfo(source=source, name="synthetic", param_count=n * 10_000_000,
+                                   micro_batch_size=2, seq_len=128, input_bytes=1000),
+                   provenance=Provenance(method="estimated", device="A100-80GB", reference_tflops=312),
+                   nodes=nodes, edges=edges)
+
+
+# -- cluster table -------------------------------------------------------------
+
+def test_base_rows_fill_nodes_and_blank_numbers_mean_preset():
+    rows = base_rows(5, "H100-SXM", 2)
+    assert [r["node"] for r in rows] == [0, 0, 1, 1, 2]
+    cluster = cluster_from_rows(rows, intra_node_gbs=450, inter_node_gbs=25, precision="bf16_mixed")
+    assert cluster.num_devices == 5
+    assert all(d.memory_bytes == GPU_PRESETS["H100-SXM"].memory_bytes for d in cluster.devices)
+    assert cluster.devices[0].tflops == GPU_PRESETS["H100-SXM"].bf16_tflops
+    assert cluster.link(0, 1).bandwidth_bytes_per_s == 450e9
+    assert cluster.link(1, 2).bandwidth_bytes_per_s == 25e9
+
+
+def test_mixed_devices_custom_and_overrides():
+    rows = [{"name": "big", "preset": "A100-80GB", "memory_gib": 40.0, "tflops": float("nan"), "speed": None, "node": 0},
+            {"name": "small", "preset": "L4", "memory_gib": None, "tflops": None, "speed": 0.5, "node": 0},
+            {"name": "mine", "preset": CUSTOM, "memory_gib": 12, "tflops": 50, "speed": None, "node": 1}]
+    c = cluster_from_rows(rows, intra_node_gbs=100, inter_node_gbs=10, precision="fp32")
+    assert [d.name for d in c.devices] == ["big", "small", "mine"]
+    assert c.devices[0].memory_bytes == 40 * GiB and c.devices[0].tflops == GPU_PRESETS["A100-80GB"].fp32_tflops
+    assert c.devices[1].memory_bytes == GPU_PRESETS["L4"].memory_bytes and c.devices[1].speed == 0.5
+    assert c.devices[2].preset is None and c.devices[2].memory_bytes == 12 * GiB and c.devices[2].tflops == 50
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"name": "x", "preset": CUSTOM, "memory_gib": None, "node": 0}, "custom device needs a memory limit"),
+    ({"name": "x", "preset": "A100-80GB", "memory_gib": "lots", "node": 0}, "must be numbers"),
+    ({"name": "x", "preset": "A100-80GB", "memory_gib": -1, "node": 0}, "must be positive"),
+    ({"name": "x", "preset": "TPU9", "node": 0}, "unknown GPU preset"),
+])
+def test_bad_cells_name_the_row(row, message):
+    with pytest.raises(PipeplanError, match=message):
+        cluster_from_rows([row], intra_node_gbs=100, inter_node_gbs=10, precision="fp32")
+
+
+def test_empty_table_is_an_error():
+    with pytest.raises(PipeplanError, match="empty"):
+        cluster_from_rows([], intra_node_gbs=100, inter_node_gbs=10, precision="fp32")
+
+
+def test_rows_for_count_truncates_or_extends_with_last_row():
+    rows = [{"name": "a", "preset": "A100-80GB", "node": 0}, {"name": "b", "preset": "L4", "node": 0}]
+    assert [r["name"] for r in rows_for_count(rows, 1, 8)] == ["a"]
+    grown = rows_for_count(rows, 4, 3)
+    assert [(r["name"], r["preset"], r["node"]) for r in grown] == [
+        ("a", "A100-80GB", 0), ("b", "L4", 0), ("gpu2", "L4", 0), ("gpu3", "L4", 1)]
+
+
+# -- uploads -------------------------------------------------------------------
+
+REQ = ModelRequest(batch_size=1, seq_len=64, estimate_for="A100-80GB")
+
+
+def test_profile_json_upload_round_trips():
+    p = synthetic_profile(5)
+    got = profile_from_upload("profile_json", "p.json", p.to_json().encode(), REQ)
+    assert got.to_json() == p.to_json()
+
+
+@pytest.mark.parametrize("kind, data, message", [
+    ("profile_json", b"{not json", "not valid JSON"),
+    ("profile_json", b'{"schema": "other/1"}', "schema"),
+    ("hf_config", b"[1, 2]", "JSON object"),
+    ("hf_config", b"", "empty"),
+    ("profile_json", b" " * (MAX_UPLOAD_BYTES + 1), "limited to 5 MB"),
+])
+def test_bad_uploads_raise_clear_errors(kind, data, message):
+    with pytest.raises(PipeplanError, match=message):
+        profile_from_upload(kind, "f.json", data, REQ)
+
+
+def test_python_upload_refused_without_allow_code(tmp_path):
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('x')\ndef make_model():\n    pass\n".encode()
+    with pytest.raises(PipeplanError, match="allow-code"):
+        profile_from_upload("python", "m.py", code, REQ, allow_code=False)
+    assert not marker.exists()
+
+
+def test_code_execution_flag_is_exactly_one():
+    assert code_execution_allowed({"PIPEPLAN_ALLOW_CODE": "1"})
+    for value in ("", "0", "true", "yes"):
+        assert not code_execution_allowed({"PIPEPLAN_ALLOW_CODE": value})
+    assert not code_execution_allowed({})
+
+
+# -- plan read-outs ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def interleaved_plan():
+    cluster = Cluster.uniform(2, "A100-80GB")
+    config = TrainConfig(schedule="Interleaved1F1B", virtual_stages=2, num_microbatches=4, micro_batch_size=2,
+                         reserve_bytes=GiB, time_limit_s=5)
+    return solve(synthetic_profile(8), cluster, config)
+
+
+def test_device_memory_sums_stages_and_matches_the_planner(interleaved_plan):
+    plan = interleaved_plan
+    assert plan.feasible
+    mems = device_memory(plan)
+    assert [m.stages for m in mems] == [tuple(s.index for s in plan.stages if s.device == d) for d in range(2)]
+    planner_totals = device_memory_bytes(plan.stages, plan.config.reserve_bytes)
+    for m in mems:
+        assert m.memory.total == planner_totals[m.device]
+        assert m.memory.reserve == GiB  # once per device, not once per stage
+        assert m.fraction == pytest.approx(planner_totals[m.device] / plan.cluster.devices[m.device].memory_bytes)
+
+
+def test_headline_numbers_come_from_the_plan(interleaved_plan):
+    plan = interleaved_plan
+    h = headline(plan)
+    assert h.step_time_ms == plan.step_time_ms and h.bubble_fraction == plan.bubble_fraction
+    fitting = {k: v for k, v in plan.baselines.items() if v is not None}
+    assert fitting, "the solver should report baselines"
+    assert h.best_baseline_ms == min(fitting.values())
+    assert h.speedup_over_best_baseline == pytest.approx(min(fitting.values()) / plan.step_time_ms)
+    assert h.speedup_over_best_baseline >= 1 - 1e-9  # the optimum is never slower than a baseline
+
+
+def test_memory_chart_bars_equal_the_plan_bytes(interleaved_plan):
+    fig = charts.memory_per_device_figure(interleaved_plan)
+    bars = {t.name: t for t in fig.data if t.type == "bar"}
+    mems = device_memory(interleaved_plan)
+    for part in MEMORY_PARTS:
+        assert list(bars[charts.MEMORY_LABELS[part]].y) == pytest.approx([getattr(m.memory, part) / GiB for m in mems])
+    limit = next(t for t in fig.data if t.name == "device limit")
+    assert list(limit.y) == pytest.approx([m.limit_bytes / GiB for m in mems])
+    assert all("% used" in t for t in limit.text)
+
+
+def test_layer_strip_colours_every_layer_by_its_stage(interleaved_plan):
+    profile = synthetic_profile(8)
+    fig = charts.layer_strip_figure(profile, interleaved_plan)
+    shown = {x: t.name for t in fig.data for x in t.x}
+    assert sorted(shown) == list(range(8))
+    stage_of = interleaved_plan.node_to_stage
+    assert all(shown[i] == f"stage {stage_of[n.id]}" for i, n in enumerate(profile.nodes))
+
+
+def test_cli_commands_parse_with_the_real_cli(interleaved_plan):
+    text = cli_commands(interleaved_plan, "sample:gpt:tiny", "--batch-size 2 --seq-len 64 --estimate-for A100-80GB",
+                        export_source="hf:/tmp/x/config.json")
+    lines = text.splitlines()
+    assert lines[0].startswith("pipeplan profile sample:gpt:tiny") and lines[-1].startswith("pipeplan export")
+    parser = build_parser()
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "pipeplan"
+        if argv[1] not in parser._subparsers._group_actions[0].choices:
+            pytest.skip(f"`pipeplan {argv[1]}` is not built yet")
+        parser.parse_args(argv[1:])  # SystemExit on an unknown flag
