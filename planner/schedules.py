@@ -1,41 +1,242 @@
-"""Pipeline schedules as data: which stage runs where, and how many
-micro-batches each stage holds in flight.
+"""Pipeline schedules as data: which stage runs where, in which order, and how
+many micro-batches each stage holds in flight.
 
-`in_flight_microbatches` is the one function the memory model uses for every
-schedule; the simulator's timelines are tested against it.
+A schedule is `dict[device, list[Action]]`, like torch.distributed.pipelining's
+`pipeline_order` without the `None` padding: each device runs its actions one
+at a time, in list order. Ops: "F" forward; "B" backward (the full backward,
+or only the input gradient in the zero-bubble schedules ZBH1 and ZBV); "W"
+weight gradient (zero-bubble schedules only).
+
+`in_flight_microbatches` is THE memory function: planner/memory.py, the ILP,
+the DP and the simulator all use it. It walks these orders, so the memory
+model and the simulated timeline cannot disagree. docs/schedules.md derives
+every order, count and closed form.
 """
 
 from __future__ import annotations
 
-from planner.config import TrainConfig
+from functools import lru_cache
+from typing import NamedTuple
+
+from planner.config import TrainConfig, canonical_schedule
+from profiler.errors import PipeplanError
+
+SPLIT_BACKWARD_SCHEDULES = ("ZBH1", "ZBV")
+"""Schedules that run backward as B (input gradient) then W (weight gradient)."""
+
+
+class Action(NamedTuple):
+    """One op of one micro-batch on one stage; prints like torch's `_Action`: "2F0"."""
+
+    stage: int
+    op: str
+    microbatch: int
+
+    def __str__(self) -> str:
+        return f"{self.stage}{self.op}{self.microbatch}"
 
 
 def num_stages(num_devices: int, config: TrainConfig) -> int:
     """Pipeline stages for this many devices: devices x chunks per device."""
-    return num_devices * config.virtual_stages
+    return num_devices * chunks_per_device(config.schedule, config.virtual_stages)
+
+
+def chunks_per_device(schedule: str, virtual_stages: int = 1) -> int:
+    """Stages per device: 2 for ZBV (always), virtual_stages for Interleaved1F1B, else 1."""
+    schedule = canonical_schedule(schedule)
+    if schedule == "ZBV":
+        return 2
+    return virtual_stages if schedule == "Interleaved1F1B" else 1
 
 
 def stage_to_device(num_devices: int, schedule: str, virtual_stages: int) -> list[int]:
     """Device of every stage. Loop placement (stage s on device s mod P) for
-    interleaved schedules, V placement for ZBV (device d holds stages d and 2P-1-d)."""
+    interleaved schedules, V placement for ZBV (device d holds stages d and 2P-1-d),
+    the same maps as torch's `generate_stage_to_rank_mapping(P, S, style)`."""
     P = num_devices
-    if schedule == "ZBV":
+    if canonical_schedule(schedule) == "ZBV":
         return [s if s < P else 2 * P - 1 - s for s in range(2 * P)]
-    return [s % P for s in range(P * virtual_stages)]
+    return [s % P for s in range(P * chunks_per_device(schedule, virtual_stages))]
+
+
+def check_schedule(schedule: str, num_devices: int, num_microbatches: int, virtual_stages: int = 1) -> str:
+    """Validate a schedule's shape against what torch's runtime accepts; return its canonical name.
+
+    Raises PipeplanError naming the constraint and how to satisfy it.
+    """
+    name = canonical_schedule(schedule)
+    for label, value in (("devices", num_devices), ("micro-batches", num_microbatches),
+                         ("virtual_stages", virtual_stages)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PipeplanError(f"{name} needs a whole number of {label} >= 1, got {value!r}")
+    P, M, v = num_devices, num_microbatches, virtual_stages
+    if name == "ZBV":
+        if v not in (1, 2):
+            raise PipeplanError(f"ZBV always runs 2 stages per device (V placement); got virtual_stages={v}. "
+                                "Use Interleaved1F1B for other chunk counts")
+    elif name != "Interleaved1F1B" and v != 1:
+        raise PipeplanError(f"virtual_stages={v} needs schedule Interleaved1F1B; {name} runs one stage per device")
+    if name == "1F1B" and M < P:
+        raise PipeplanError(f"1F1B needs at least as many micro-batches as devices (torch's Schedule1F1B): "
+                            f"got {M} micro-batches for {P} devices; use {P} or more micro-batches, or GPipe")
+    if name in ("Interleaved1F1B", "ZBH1"):
+        rounds = max(1, M // P)
+        if M % rounds:
+            near = sorted({rounds * (M // rounds), (rounds + 1) * P} - {0})
+            raise PipeplanError(
+                f"{name} (torch's {'ScheduleInterleaved1F1B' if name == 'Interleaved1F1B' else 'ScheduleInterleavedZeroBubble'}) "
+                f"runs micro-batches in rounds of equal size: {M} micro-batches on {P} devices make "
+                f"{rounds} rounds, and {M} is not a multiple of {rounds}; use a multiple of {P} "
+                f"(e.g. {' or '.join(map(str, near))}) or at most {P} micro-batches")
+    return name
+
+
+def schedule_actions(schedule: str, num_devices: int, num_microbatches: int,
+                     virtual_stages: int = 1) -> dict[int, list[Action]]:
+    """Per device, the ordered compute actions of one training step (a fresh copy)."""
+    order = _order(check_schedule(schedule, num_devices, num_microbatches, virtual_stages),
+                   num_devices, num_microbatches, virtual_stages)
+    return {d: [Action(*a) for a in acts] for d, acts in enumerate(order)}
 
 
 def in_flight_microbatches(schedule: str, num_devices: int, num_microbatches: int,
                            virtual_stages: int = 1) -> list[int]:
     """Peak number of micro-batches whose activations each stage holds, per stage.
 
-    GPipe: M everywhere. 1F1B and ZB-H1: min(P - s, M) (Megatron's warm-up
-    count + 1). Interleaved and ZBV: derived from the schedule order.
+    Read off the schedule's order: a stage takes a micro-batch's activations at
+    the start of its F and frees them at the end of its B (GPipe, 1F1B,
+    Interleaved1F1B) or of its W (ZBH1, ZBV: the weight gradient still needs the
+    saved inputs, so counting until W never under-estimates). Cached; the ILP
+    calls it for every solve.
     """
-    P, M = num_devices, num_microbatches
-    if schedule == "GPipe":
-        return [M] * P
-    if schedule in ("1F1B", "ZBH1"):
-        return [min(P - s, M) for s in range(P)]
-    S = P * virtual_stages
-    # Interim closed form (Megatron interleaving warm-up); refined by the simulator.
-    return [min(M, 2 * (P - (s % P) - 1) + (virtual_stages - 1) * P + 1) for s in range(S)]
+    name = check_schedule(schedule, num_devices, num_microbatches, virtual_stages)
+    return list(_in_flight(name, num_devices, num_microbatches, virtual_stages))
+
+
+@lru_cache(maxsize=1024)
+def _in_flight(name: str, P: int, M: int, v: int) -> tuple[int, ...]:
+    release = "W" if name in SPLIT_BACKWARD_SCHEDULES else "B"
+    S = P * chunks_per_device(name, v)
+    held, peak = [0] * S, [0] * S
+    for acts in _order(name, P, M, v):
+        for stage, op, _ in acts:
+            if op == "F":
+                held[stage] += 1
+                if held[stage] > peak[stage]:
+                    peak[stage] = held[stage]
+            elif op == release:
+                held[stage] -= 1
+    return tuple(peak)
+
+
+@lru_cache(maxsize=64)
+def _order(name: str, P: int, M: int, v: int) -> tuple[tuple[tuple[int, str, int], ...], ...]:
+    """Per device, the actions as plain (stage, op, microbatch) tuples; name already checked."""
+    builder = {"GPipe": _gpipe, "1F1B": _one_f_one_b, "Interleaved1F1B": _interleaved,
+               "ZBH1": _zb_h1, "ZBV": _zbv}[name]
+    return tuple(tuple(builder(rank, P, M, v)) for rank in range(P))
+
+
+def _gpipe(rank: int, P: int, M: int, v: int) -> list[Action]:
+    """All forwards, then all backwards in the same micro-batch order (torch's ScheduleGPipe)."""
+    return [Action(rank, "F", m) for m in range(M)] + [Action(rank, "B", m) for m in range(M)]
+
+
+def _one_f_one_b(rank: int, P: int, M: int, v: int) -> list[Action]:
+    """Megatron's non-interleaved 1F1B: P-rank-1 warm-up forwards, then F,B pairs, then the remaining B."""
+    warmup = min(P - rank - 1, M)
+    acts = [Action(rank, "F", m) for m in range(warmup)]
+    for i in range(M - warmup):
+        acts += [Action(rank, "F", warmup + i), Action(rank, "B", i)]
+    acts += [Action(rank, "B", m) for m in range(M - warmup, M)]
+    return acts
+
+
+def _rounds(P: int, M: int) -> int:
+    """Micro-batches per round in torch's flexible interleaving (M // rounds, rounds = max(1, M // P))."""
+    return M // max(1, M // P)
+
+
+def _warmup_then_steady(rank: int, P: int, M: int, v: int, warmup: int, zero_bubble: bool) -> list[Action]:
+    """torch's `_get_1f1b_rank_ops` without padding: warm-up forwards, then F,B (and W once
+    `rank` steady steps have passed, for zero bubble), then cool-down B (and W), then leftover W."""
+    per_round = _rounds(P, M)
+    total = v * M
+    # Next micro-batch per (chunk, op): chunk c of this rank is stage c*P + rank.
+    next_f, next_b, next_w = [0] * v, [0] * v, [0] * v
+    acts: list[tuple[int, str, int]] = []
+    backward_chunks: list[int] = []
+    weights_done = 0
+    for k in range(total + warmup):
+        if k < total:
+            c = (k // per_round) % v
+            acts.append((c * P + rank, "F", next_f[c]))
+            next_f[c] += 1
+        if k < warmup:
+            continue
+        c = v - 1 - ((k - warmup) // per_round) % v
+        acts.append((c * P + rank, "B", next_b[c]))
+        next_b[c] += 1
+        backward_chunks.append(c)
+        if zero_bubble and k - warmup >= rank:
+            c = backward_chunks[weights_done]
+            acts.append((c * P + rank, "W", next_w[c]))
+            next_w[c] += 1
+            weights_done += 1
+    while zero_bubble and weights_done < len(backward_chunks):
+        c = backward_chunks[weights_done]
+        acts.append((c * P + rank, "W", next_w[c]))
+        next_w[c] += 1
+        weights_done += 1
+    return acts
+
+
+def _interleaved(rank: int, P: int, M: int, v: int) -> list[Action]:
+    """torch's ScheduleInterleaved1F1B (Megatron interleaving, depth first, flexible rounds):
+    warm-up (v-1)*per_round + 2*(P-1-rank) forwards, capped at v*M."""
+    warmup = min((v - 1) * _rounds(P, M) + 2 * (P - 1 - rank), M * v)
+    return _warmup_then_steady(rank, P, M, v, warmup, zero_bubble=False)
+
+
+def _zb_h1(rank: int, P: int, M: int, v: int) -> list[Action]:
+    """ZB-H1 (Qi et al. 2023, sec. 3.1), as torch's ScheduleInterleavedZeroBubble with one stage
+    per rank: 1F1B with B split into B and W; rank r postpones its first W by r steady steps."""
+    warmup = min(P - 1 - rank, M)
+    return _warmup_then_steady(rank, P, M, 1, warmup, zero_bubble=True)
+
+
+def _zbv(rank: int, P: int, M: int, v: int) -> list[Action]:
+    """torch's ScheduleZBVZeroBubble (Qi et al. 2023, sec. 6): chunk 0 = stage rank, chunk 1 =
+    stage 2P-1-rank; built for max(M, 2P-1) micro-batches, then the extra ones are dropped."""
+    n = max(2 * P - 1, M)
+    stage = (rank, 2 * P - 1 - rank)
+    count = {(c, op): 0 for c in (0, 1) for op in "FBW"}
+    acts: list[Action] = []
+
+    def emit(chunk: int, *ops: str) -> None:
+        for op in ops:
+            acts.append(Action(stage[chunk], op, count[(chunk, op)]))
+            count[(chunk, op)] += 1
+
+    for _ in range(2 * (P - rank) - 1):
+        emit(0, "F")
+    for _ in range(rank):
+        emit(1, "F")
+        emit(0, "F")
+    for _ in range(P - rank):
+        emit(1, "F", "B", "W")
+    while count[(1, "F")] < count[(0, "F")] or count[(0, "F")] < n:
+        if count[(0, "F")] < n:
+            emit(0, "F")
+        emit(0, "B", "W")
+        emit(1, "F", "B", "W")
+    for _ in range(rank):
+        emit(0, "B")
+        emit(1, "B")
+    for _ in range(P - rank):
+        emit(0, "B", "W")
+    while count[(1, "W")] < count[(1, "B")]:
+        emit(1, "W")
+    while count[(0, "W")] < count[(0, "B")]:
+        emit(0, "W")
+    return [a for a in acts if a.microbatch < M]

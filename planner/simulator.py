@@ -1,0 +1,278 @@
+"""The schedule simulator: run a schedule's action order with per-stage times
+and get the Timeline of one training step.
+
+Model (docs/schedules.md, "The simulator"):
+- each device runs its actions in the schedule's order, one at a time, each as
+  soon as the device is free and the action's inputs have arrived;
+- F(s, m) needs F(s-1, m) finished plus the boundary's send time; B(s, m) needs
+  B(s+1, m) finished plus the send time (the last stage's B needs its own F);
+  W(s, m) needs B(s, m);
+- a send between stages on the same device costs 0; otherwise it takes the
+  boundary's comm time, overlaps with compute on both ends (async p2p) and only
+  delays the receiver. send/recv events show each transfer on both devices.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from planner.config import canonical_schedule
+from planner.plan import Plan
+from planner.schedules import SPLIT_BACKWARD_SCHEDULES, _order, check_schedule, chunks_per_device, stage_to_device
+from planner.timeline import Event, Timeline
+from profiler.errors import PipeplanError
+
+_F, _B, _W = 0, 1, 2
+_OP_NAMES = ("F", "B", "W")
+
+
+def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float], *,
+                   schedule: str, num_devices: int, num_microbatches: int, virtual_stages: int = 1,
+                   bwd_input_ms: list[float] | None = None, bwd_weight_ms: list[float] | None = None,
+                   activation_bytes: list[float] | None = None) -> Timeline:
+    """Simulate one step of `schedule` from per-stage times (ms per micro-batch).
+
+    fwd_ms, bwd_ms: per stage (S = devices x chunks per device); bwd_ms is the full backward.
+    comm_ms: per boundary (S-1 values): send time from stage b to b+1, and of the
+        gradient back from b+1 to b.
+    bwd_input_ms, bwd_weight_ms: the B / W split for ZBH1 and ZBV. When one is
+        missing it is bwd_ms minus the other; when both are, B = W = bwd_ms / 2
+        (the zero-bubble paper's T_B = T_W; equal matmul FLOPs for a linear layer).
+    activation_bytes: saved-activation bytes per micro-batch per stage, for the
+        memory curves; without it memory_ms and peak_memory_bytes stay empty.
+    """
+    name = check_schedule(schedule, num_devices, num_microbatches, virtual_stages)
+    P, M = num_devices, num_microbatches
+    v = chunks_per_device(name, virtual_stages)
+    S = P * v
+    fwd = _per_stage(fwd_ms, S, "fwd_ms")
+    bwd = _per_stage(bwd_ms, S, "bwd_ms")
+    comm = _per_stage(comm_ms, S - 1, "comm_ms (one per boundary)")
+    split = name in SPLIT_BACKWARD_SCHEDULES
+    if split:
+        b_dur, w_dur = _split_backward(bwd, bwd_input_ms, bwd_weight_ms, S)
+    else:
+        b_dur, w_dur = bwd, [0.0] * S
+    act = _per_stage(activation_bytes, S, "activation_bytes") if activation_bytes is not None else None
+
+    device_of = stage_to_device(P, name, virtual_stages)
+    # Send time over boundary b (stage b <-> b+1): free within a device.
+    link = [0.0 if device_of[b] == device_of[b + 1] else comm[b] for b in range(S - 1)]
+    compute, transfers = _run(_encoded_order(name, P, M, virtual_stages), S, M, (fwd, b_dur, w_dur), link)
+
+    events = [Event(device=d, stage=s, microbatch=m, op=_OP_NAMES[k], start_ms=t0, end_ms=t1)
+              for d, s, m, k, t0, t1 in compute]
+    events += [Event(device=d, stage=s, microbatch=m, op="send", start_ms=t0, end_ms=t1, peer_stage=peer)
+               for d, s, m, t0, t1, peer in transfers]
+    makespan = max((e.end_ms for e in events), default=0.0)
+    busy = [0.0] * P
+    for d, _, _, _, t0, t1 in compute:
+        busy[d] += t1 - t0
+    bubble_dev = [1.0 - b / makespan if makespan > 0 else 0.0 for b in busy]
+    bubble = 1.0 - sum(busy) / (P * makespan) if makespan > 0 else 0.0
+
+    peak_in_flight, memory_ms, peak_bytes = _holdings(compute, P, S, act, _W if split else _B)
+    return Timeline(schedule=name, num_devices=P, num_microbatches=M, events=events,
+                    makespan_ms=makespan, bubble_fraction=bubble, bubble_per_device=bubble_dev,
+                    memory_ms=memory_ms, peak_memory_bytes=peak_bytes, virtual_stages=v,
+                    stage_device=list(device_of), peak_in_flight=peak_in_flight)
+
+
+@lru_cache(maxsize=32)
+def _encoded_order(name: str, P: int, M: int, v: int) -> tuple[tuple[tuple[int, int, int, int], ...], ...]:
+    """Per device, the actions as (kind, stage, microbatch, stage * M + microbatch)."""
+    kinds = {"F": _F, "B": _B, "W": _W}
+    return tuple(tuple((kinds[op], s, m, s * M + m) for s, op, m in acts) for acts in _order(name, P, M, v))
+
+
+def _run(seq: tuple, S: int, M: int, durations: tuple[list[float], ...],
+         link: list[float]) -> tuple[list[tuple], list[tuple]]:
+    """Execute the orders; returns compute rows (device, stage, mb, kind, start, end) and
+    transfer rows (device, stage, mb, start, end, peer_stage): one per cross-device send.
+
+    Each device advances through its list until an action's input is missing,
+    then waits on that input's key; finishing an op wakes its waiters. Every
+    action is visited O(1) times, so the run is linear in the number of actions.
+    """
+    P = len(seq)
+    SM = S * M
+    done = [-1.0] * (2 * SM)  # end time of F (key idx) and of B (key SM + idx); -1: not yet
+    pos = [0] * P
+    free_at = [0.0] * P
+    waiting: dict[int, list[int]] = {}  # key -> devices waiting for it
+    compute: list[tuple] = []
+    transfers: list[tuple] = []
+    append, transfer = compute.append, transfers.append
+    runnable = list(range(P))
+    while runnable:
+        d = runnable.pop()
+        acts, i, t = seq[d], pos[d], free_at[d]
+        n = len(acts)
+        while i < n:
+            kind, s, m, idx = acts[i]
+            if kind == _F:
+                need, delay = (idx - M, link[s - 1]) if s else (-1, 0.0)
+            elif kind == _B:
+                if s == S - 1:
+                    need, delay = idx, 0.0
+                elif done[idx] < 0.0:  # malformed order: B before this stage's own F
+                    need, delay = idx, 0.0
+                else:
+                    need, delay = SM + idx + M, link[s]
+            else:
+                need, delay = SM + idx, 0.0
+            if need >= 0:
+                ready = done[need]
+                if ready < 0.0:
+                    waiting.setdefault(need, []).append(d)
+                    break
+                ready += delay
+                if ready > t:
+                    t = ready
+            start = t
+            t += durations[kind][s]
+            append((d, s, m, kind, start, t))
+            i += 1
+            if kind == _W:
+                continue
+            if kind == _F:
+                key = idx
+                if s < S - 1 and link[s] > 0.0:
+                    transfer((d, s, m, t, t + link[s], s + 1))
+            else:
+                key = SM + idx
+                if s > 0 and link[s - 1] > 0.0:
+                    transfer((d, s, m, t, t + link[s - 1], s - 1))
+            done[key] = t
+            woken = waiting.pop(key, None)
+            if woken:
+                runnable.extend(woken)
+        pos[d], free_at[d] = i, t
+    stuck = [d for d in range(P) if pos[d] < len(seq[d])]
+    if stuck:
+        d = stuck[0]
+        kind, s, m, _ = seq[d][pos[d]]
+        raise PipeplanError(f"the schedule order deadlocks: device {d} waits forever at {s}{_OP_NAMES[kind]}{m} "
+                            f"(devices stuck: {stuck}); the action order is malformed")
+    return compute, transfers
+
+
+def _holdings(compute: list[tuple], P: int, S: int, act: list[float] | None, release: int
+              ) -> tuple[list[int], list[list[tuple[float, int]]], list[int]]:
+    """Activation holdings over time: a stage takes a micro-batch at its F's start and frees
+    it at the end of its B (W for zero-bubble schedules). Returns peak micro-batches per
+    stage and, with activation bytes, each device's bytes held as steps [(time, bytes)]
+    and their peaks.
+
+    A device's rows are in execution order and its ops do not overlap, so these change
+    points are already sorted in time (a free at t comes before a take at the same t).
+    """
+    held, peak = [0] * S, [0] * S
+    level = [0.0] * P
+    top = [0.0] * P
+    curves: list[list[tuple[float, int]]] = [[(0.0, 0)] for _ in range(P)]
+    for d, s, _, k, t0, t1 in compute:
+        if k == _F:
+            held[s] += 1
+            if held[s] > peak[s]:
+                peak[s] = held[s]
+            if act is None:
+                continue
+            t, level[d] = t0, level[d] + act[s]
+            if level[d] > top[d]:
+                top[d] = level[d]
+        elif k == release:
+            held[s] -= 1
+            if act is None:
+                continue
+            t, level[d] = t1, level[d] - act[s]
+        else:
+            continue
+        curve = curves[d]
+        point = (t, int(round(level[d])) if level[d] > 0 else 0)
+        if curve[-1][0] == t:
+            curve[-1] = point
+        else:
+            curve.append(point)
+    if act is None:
+        return peak, [], []
+    return peak, curves, [int(round(x)) for x in top]
+
+
+def _per_stage(values, n: int, what: str) -> list[float]:
+    if values is None or len(values) != n:
+        got = "nothing" if values is None else f"{len(values)} values"
+        raise PipeplanError(f"{what}: need {n} values, got {got}")
+    out = []
+    for i, x in enumerate(values):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not (0.0 <= x < float("inf")):
+            raise PipeplanError(f"{what}[{i}] must be a finite number >= 0, got {x!r}")
+        out.append(float(x))
+    return out
+
+
+def _split_backward(bwd: list[float], b_in, b_w, S: int) -> tuple[list[float], list[float]]:
+    if b_in is None and b_w is None:
+        return [x / 2 for x in bwd], [x / 2 for x in bwd]
+    if b_in is None:
+        b_w = _per_stage(b_w, S, "bwd_weight_ms")
+        return [max(x - w, 0.0) for x, w in zip(bwd, b_w)], b_w
+    b_in = _per_stage(b_in, S, "bwd_input_ms")
+    if b_w is None:
+        return b_in, [max(x - b, 0.0) for x, b in zip(bwd, b_in)]
+    return b_in, _per_stage(b_w, S, "bwd_weight_ms")
+
+
+def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int | None = None) -> Timeline:
+    """Simulate a Plan's step, optionally with another schedule or micro-batch count.
+
+    Another schedule must place stages on devices the same way (1F1B, GPipe and
+    ZBH1 are interchangeable; Interleaved1F1B keeps the plan's chunk count; ZBV
+    only with ZBV). Activation bytes per micro-batch per stage are
+    (memory.activations + memory.relay) / in_flight: exact without
+    recomputation (docs/schedules.md, "Simulating a plan").
+    """
+    if not plan.stages:
+        why = plan.diagnosis.message if plan.diagnosis else "it has no stages"
+        raise PipeplanError(f"this plan has nothing to simulate: {why}")
+    cfg = plan.config
+    planned_v = chunks_per_device(cfg.schedule, cfg.virtual_stages)
+    name = canonical_schedule(schedule) if schedule else cfg.schedule
+    v = 2 if name == "ZBV" else (planned_v if name == "Interleaved1F1B" else 1)
+    if v != planned_v or (name == "ZBV") != (cfg.schedule == "ZBV"):
+        raise PipeplanError(
+            f"the plan places its stages for {cfg.schedule} ({planned_v} per device"
+            f"{', V placement' if cfg.schedule == 'ZBV' else ''}); {name} needs {v} per device"
+            f"{' in V placement' if name == 'ZBV' else ''}. Re-plan with --schedule {name}")
+    S = len(plan.stages)
+    if S % v:
+        raise PipeplanError(f"the plan has {S} stages, not a multiple of {v} chunks per device")
+    P = S // v
+    M = num_microbatches if num_microbatches is not None else cfg.num_microbatches
+    if M is None:
+        raise PipeplanError("the plan's config has no num_microbatches; pass --microbatches")
+    _check_placement(plan, stage_to_device(P, name, v))
+    act = [(st.memory.activations + st.memory.relay) / st.in_flight if st.in_flight > 0 else 0.0
+           for st in plan.stages]
+    return simulate_times(
+        [st.fwd_ms for st in plan.stages], [st.bwd_ms for st in plan.stages],
+        [st.comm_out_ms for st in plan.stages[:-1]],
+        schedule=name, num_devices=P, num_microbatches=M, virtual_stages=v,
+        bwd_input_ms=_split_or_none([st.bwd_input_ms for st in plan.stages]),
+        bwd_weight_ms=_split_or_none([st.bwd_weight_ms for st in plan.stages]),
+        activation_bytes=act)
+
+
+def _check_placement(plan: Plan, device_of: list[int]) -> None:
+    """Every pipeline rank must map to one cluster device across its chunks."""
+    rank_device: dict[int, int] = {}
+    for st, rank in zip(plan.stages, device_of):
+        if rank_device.setdefault(rank, st.device) != st.device:
+            raise PipeplanError(f"plan stage {st.index} is on device {st.device}, but {plan.config.schedule} "
+                                f"puts it on the same rank as device {rank_device[rank]}; the plan's "
+                                "stage-to-device map does not match the schedule's placement")
+
+
+def _split_or_none(values: list[float]) -> list[float] | None:
+    """A plan without a measured B/W split stores zeros: use the documented default instead."""
+    return None if all(x == 0 for x in values) else values
