@@ -1,14 +1,30 @@
-"""AppTest checks of the Streamlit app (streamlit.testing.v1, no browser)."""
+"""AppTest checks of the Streamlit app (streamlit.testing.v1, no browser).
+
+The app runs in this process, so its ui/ and planner/ modules are the ones
+imported here: tests can record what the app passed to the library.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from test_app_units import synthetic_profile
+from ui.cluster_view import DEFAULT_DEVICES, DEFAULT_PER_NODE, DEFAULT_PRESET, device_table_key
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+GPT2_CONFIG = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 1000, "n_positions": 256,
+               "n_embd": 128, "n_layer": 3, "n_head": 4, "n_inner": None, "activation_function": "gelu_new",
+               "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True}
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +34,134 @@ def _fresh_caches():
     st.cache_resource.clear()
 
 
-def test_default_page_renders_without_exception():
-    at = AppTest.from_file(APP, default_timeout=60).run()
+def run_app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    return at.run()
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+
+
+def specs(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def no_problems(at: AppTest) -> None:
     assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_default_page_renders_a_plan():
+    at = run_app()
+    no_problems(at)
     assert at.title[0].value.startswith("pipeplan")
+    assert metric(at, "Predicted step time").endswith(" ms")
+    assert metric(at, "Layer times") == "estimated for A100-80GB"
+    figs = specs(at)
+    # the pipeline timeline is horizontal bars placed with base= (px.timeline misplots numbers)
+    assert any(t.get("type") == "bar" and t.get("orientation") == "h" and "base" in t
+               for f in figs for t in f["data"]), "no timeline chart"
+    memory = next(f for f in figs if "Memory per device" in json.dumps(f["layout"].get("title", "")))
+    assert len(memory["data"][0]["x"]) == DEFAULT_DEVICES
+    assert any("pipeplan export plan.json" in c.value for c in at.code)
+
+
+def test_changing_the_device_count_changes_the_plan():
+    at = run_app()
+    no_problems(at)
+    before = metric(at, "Predicted step time")
+    at.number_input(key="n_devices").set_value(2).run()
+    no_problems(at)
+    assert metric(at, "Predicted step time") != before
+    memory = next(f for f in specs(at) if "Memory per device" in json.dumps(f["layout"].get("title", "")))
+    assert len(memory["data"][0]["x"]) == 2
+
+
+def test_profile_json_upload_plans_that_profile():
+    at = run_app()
+    at.radio(key="model_source").set_value("Profile JSON").run()
+    assert any("Upload a Profile JSON" in i.value for i in at.info)
+    profile = synthetic_profile(12)
+    at.file_uploader(key="upload_profile_json").upload("synthetic.json", profile.to_json().encode(),
+                                                        "application/json").run()
+    no_problems(at)
+    assert metric(at, "Layers") == "12"
+    assert metric(at, "Parameters") == "120.00M"
+    assert metric(at, "Predicted step time").endswith(" ms")
+
+
+def test_hf_config_upload_plans_that_model():
+    at = run_app()
+    at.radio(key="model_source").set_value("HF config.json").run()
+    at.file_uploader(key="upload_hf_config").upload("config.json", json.dumps(GPT2_CONFIG).encode(),
+                                                    "application/json").run()
+    no_problems(at)
+    assert int(metric(at, "Layers")) >= GPT2_CONFIG["n_layer"]
+    assert metric(at, "Predicted step time").endswith(" ms")
+
+
+def test_bad_upload_shows_an_error_and_keeps_the_rest():
+    at = run_app()
+    at.radio(key="model_source").set_value("Profile JSON").run()
+    at.file_uploader(key="upload_profile_json").upload("broken.json", b"{ not json", "application/json").run()
+    assert not at.exception, at.exception
+    assert any("not valid JSON" in e.value for e in at.error)
+    assert at.number_input(key="n_devices").value == DEFAULT_DEVICES  # the cluster section is still there
+    assert any(h.value == "3. Training" for h in at.header)
+
+
+def test_infeasible_cluster_shows_the_diagnosis():
+    at = AppTest.from_file(APP, default_timeout=120)
+    key = device_table_key(DEFAULT_DEVICES, DEFAULT_PRESET, DEFAULT_PER_NODE)
+    at.session_state[key] = {"edited_rows": {i: {"memory_gib": 0.25} for i in range(DEFAULT_DEVICES)},
+                             "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert any("No plan fits" in e for e in errors), errors
+    assert not any(m.label == "Predicted step time" for m in at.metric)
+    assert not at.get("download_button")  # nothing to export
+    assert any(h.value == "2. Cluster" for h in at.header)
+
+
+def test_python_upload_only_with_code_execution_allowed(monkeypatch):
+    at = run_app()
+    assert "Python file (.py)" not in at.radio(key="model_source").options
+    monkeypatch.setenv("PIPEPLAN_ALLOW_CODE", "1")
+    st.cache_data.clear()
+    at = run_app()
+    assert "Python file (.py)" in at.radio(key="model_source").options
+    assert any("Code execution is allowed" in w.value for w in at.warning)
+
+
+def test_export_bytes_equal_pipeplan_export(monkeypatch, tmp_path):
+    import planner.export as export
+
+    seen = {}
+    real = export.export_zip_bytes
+
+    def recording(plan, **kwargs):
+        data = real(plan, **kwargs)
+        seen.update(plan=plan, kwargs=kwargs, data=data)
+        return data
+
+    monkeypatch.setattr(export, "export_zip_bytes", recording)
+    at = run_app()
+    no_problems(at)
+    assert at.download_button(key="download_zip") is not None
+    assert seen, "the app did not build the export zip"
+    (tmp_path / "plan.json").write_text(seen["plan"].to_json(indent=2))
+    argv = [sys.executable, "-m", "planner.cli", "export", str(tmp_path / "plan.json"), "-o", str(tmp_path / "job")]
+    if seen["kwargs"].get("model_source"):
+        argv += ["--model-source", seen["kwargs"]["model_source"]]
+    subprocess.run(argv, check=True, cwd=ROOT, capture_output=True)
+    with zipfile.ZipFile(io.BytesIO(seen["data"])) as zf:
+        names = sorted(zf.namelist())
+        assert {"train.py", "launch.sh", "slurm.sbatch", "plan.json", "README.md"} <= set(names)
+        written = sorted(str(p.relative_to(tmp_path / "job")) for p in (tmp_path / "job").rglob("*") if p.is_file())
+        assert names == written
+        for name in names:
+            assert zf.read(name) == (tmp_path / "job" / name).read_bytes(), name
