@@ -37,7 +37,7 @@ class ChainProblem:
     schedule: str
     stage_speed: list[float]
     stage_limit: list[float]
-    """Memory limit of each stage's device, minus a 1-byte margin for stage_memory_bytes' rounding."""
+    """Memory limit of each stage's device (bytes)."""
     stage_in_flight: list[int]
     recompute_options: tuple[bool, ...]
     comm_ms_per_cut: list[np.ndarray]
@@ -127,8 +127,9 @@ class IntervalCosts:
             for r in prob.recompute_options:  # "off" first: where it fits it is never slower
                 co = memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
                                          profile_dtype=tb.dtype, recompute=r)
-                mem = (co.per_param * params + co.per_activation_byte * acts + co.per_input_byte * inputs
-                       + co.per_relay_byte * relay + co.constant)
+                # rounded exactly as stage_memory_bytes rounds (both round half to even)
+                mem = (co.per_param * params + np.rint(co.per_activation_byte * acts + co.per_input_byte * inputs)
+                       + np.rint(co.per_relay_byte * relay) + co.constant)
                 fits = (mem <= prob.stage_limit[s]) & ~done
                 fwd, bwd, _, w = stage_compute_ms(fref, bref, wref, prob.stage_speed[s], r)
                 T = fwd + bwd + comm

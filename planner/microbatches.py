@@ -1,9 +1,7 @@
 """Which micro-batch counts a schedule accepts, and the profile at another micro-batch size.
 
-The rules are torch 2.13's (torch/distributed/pipelining/schedules.py):
-Schedule1F1B raises unless M >= number of stages; ScheduleInterleaved1F1B needs
-M to be a multiple of its number of rounds max(1, M // P); ZBV needs at least as
-many micro-batches as stages (2P). GPipe accepts any M; ZBH1 is held to 1F1B's rule.
+The rules (torch 2.13's) live in planner.schedules.check_schedule; this module
+only asks it.
 """
 
 from __future__ import annotations
@@ -11,22 +9,17 @@ from __future__ import annotations
 import dataclasses
 
 from planner.config import TrainConfig
+from planner.schedules import check_schedule
 from profiler.errors import PipeplanError
 from profiler.profile import Profile
 
 
-def schedule_accepts(schedule: str, num_devices: int, num_microbatches: int) -> str | None:
+def schedule_accepts(schedule: str, num_devices: int, num_microbatches: int, virtual_stages: int = 1) -> str | None:
     """None if the schedule runs M micro-batches on P devices, else the reason it does not."""
-    P, M = num_devices, num_microbatches
-    if schedule in ("1F1B", "ZBH1") and M < P:
-        return f"{schedule} needs at least as many micro-batches as stages ({P}), got {M}"
-    if schedule == "ZBV" and M < 2 * P:
-        return f"ZBV needs at least as many micro-batches as stages ({2 * P}), got {M}"
-    if schedule == "Interleaved1F1B":
-        rounds = max(1, M // P)
-        if M % rounds:
-            return (f"Interleaved1F1B needs M to be a multiple of its rounds max(1, M // P) = {rounds}; "
-                    f"got M = {M} on {P} devices (use a multiple of {P})")
+    try:
+        check_schedule(schedule, num_devices, num_microbatches, virtual_stages)
+    except PipeplanError as exc:
+        return str(exc)
     return None
 
 
@@ -37,13 +30,13 @@ def microbatch_options(config: TrainConfig, num_devices: int) -> list[tuple[int,
     With only global_batch: every split of it into M micro-batches of size global_batch / M.
     """
     if config.num_microbatches is not None:
-        why = schedule_accepts(config.schedule, num_devices, config.num_microbatches)
+        why = schedule_accepts(config.schedule, num_devices, config.num_microbatches, config.virtual_stages)
         if why:
-            raise PipeplanError(f"{why}; change --microbatches or the schedule")
+            raise PipeplanError(why)
         return [(config.num_microbatches, config.micro_batch_size)]
     G = int(config.global_batch)
     options = [(G // b, b) for b in range(1, G + 1) if G % b == 0
-               and schedule_accepts(config.schedule, num_devices, G // b) is None]
+               and schedule_accepts(config.schedule, num_devices, G // b, config.virtual_stages) is None]
     if not options:
         raise PipeplanError(f"no split of global batch {G} into micro-batches suits {config.schedule} on "
                             f"{num_devices} devices; use a global batch of at least {2 * num_devices}")

@@ -51,7 +51,7 @@ def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config
                               for fb, gb in zip(fwd_cut, grad_cut)]))
     return ChainProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
                         stage_speed=[sp[d] for d in devices],
-                        stage_limit=[cluster.devices[d].memory_bytes - 1 for d in devices],
+                        stage_limit=[cluster.devices[d].memory_bytes for d in devices],
                         stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches, 1),
                         recompute_options=recompute_options(config), comm_ms_per_cut=comm, config=config)
 
@@ -71,8 +71,9 @@ def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             lat.append(1000.0 * link.latency_s)
             per_byte.append(1000.0 / link.bandwidth_bytes_per_s)
     stages_on = {d: devices.count(d) for d in set(devices)}
-    # each stage's memory includes the reserve; a device counts it once (and keeps a 1-byte rounding margin per stage)
-    limits = {d: cluster.devices[d].memory_bytes + (n - 1) * config.reserve_bytes - n for d, n in stages_on.items()}
+    # each stage's memory includes the reserve; a device counts it once. The ILP cannot round to whole
+    # bytes as stage_memory_bytes does; make_plan re-checks every plan it returns.
+    limits = {d: cluster.devices[d].memory_bytes + (n - 1) * config.reserve_bytes for d, n in stages_on.items()}
     return ILPProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
                       virtual_stages=config.virtual_stages, stage_device=devices,
                       stage_speed=[sp[d] for d in devices], device_limit=limits,
@@ -152,6 +153,11 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
         return plan
     info = SolverInfo(backend=ilp_backend, status=res.status, seconds=res.seconds + (dp.seconds if dp else 0.0))
     plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info)
+    if not plan.feasible:  # within the ILP's un-rounded bytes of a limit: never report a plan that does not fit
+        if warm is None:
+            return None
+        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info)
+        info.status, res.bound = "feasible", None
     info.objective_ms = plan.step_time_ms
     info.lower_bound_ms = min(res.bound, plan.step_time_ms) if res.bound is not None else None
     info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
@@ -161,7 +167,8 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
 def _gap(objective: float | None, bound: float | None) -> float | None:
     if objective is None or bound is None or objective <= 0:
         return None
-    return max(0.0, (objective - bound) / objective)
+    gap = (objective - bound) / objective
+    return 0.0 if gap < 1e-9 else gap  # float noise between the solver's sums and the re-scored plan
 
 
 def validate(profile: Profile, cluster: Cluster, config: TrainConfig) -> None:

@@ -1,0 +1,118 @@
+"""Property tests: the DP, the ILP and brute force agree on random chains; plans are valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from planner_synth import chain_profile  # noqa: E402
+
+from planner.cluster import Cluster, Device  # noqa: E402
+from planner.config import TrainConfig  # noqa: E402
+from planner.cost import build_tables, stage_devices  # noqa: E402
+from planner.evaluate import make_plan  # noqa: E402
+from planner.ilp import solve_ilp  # noqa: E402
+from planner.microbatches import schedule_accepts  # noqa: E402
+from planner.plan import SolverInfo  # noqa: E402
+from planner.solve import chain_problem, cuts_to_stage_of, ilp_problem, solve  # noqa: E402
+from planner.dp import solve_chain  # noqa: E402
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def instances(draw, max_nodes=8, max_devices=3):
+    n = draw(st.integers(2, max_nodes))
+    P = draw(st.integers(1, min(max_devices, n)))
+    times = draw(st.lists(st.floats(0.1, 5.0), min_size=n, max_size=n))
+    params = draw(st.lists(st.integers(0, 1000), min_size=n, max_size=n))
+    acts = draw(st.lists(st.integers(0, 5000), min_size=n, max_size=n))
+    edge_bytes = draw(st.lists(st.integers(1, 10**8), min_size=n - 1, max_size=n - 1))
+    mixed = draw(st.booleans())
+    total_need = sum(params) * 16 + sum(acts) * P
+    # memory from "hardly binding" to "infeasible"
+    mem_frac = draw(st.sampled_from([0.05, 0.2, 0.4, 0.7, 2.0]))
+    devices = []
+    for d in range(P):
+        speed = draw(st.sampled_from([0.5, 1.0, 2.0])) if mixed else 1.0
+        mem = max(1, int(total_need * mem_frac * (draw(st.sampled_from([0.5, 1.0, 1.5])) if mixed else 1.0)))
+        devices.append(Device(name=f"d{d}", memory_bytes=mem, speed=speed, node=d // 2))
+    cluster = Cluster(devices=devices)
+    schedule = draw(st.sampled_from(["1F1B", "GPipe", "ZBH1"]))
+    M = draw(st.integers(P, 3 * P))
+    assume(schedule_accepts(schedule, P, M) is None)
+    recompute = draw(st.sampled_from(["off", "on", "auto"]))
+    cfg = TrainConfig(schedule=schedule, num_microbatches=M, recompute=recompute)
+    return chain_profile(times, params=params, acts=acts, edge_bytes=edge_bytes), cluster, cfg
+
+
+def brute_force(profile, cluster, config):
+    """Every contiguous partition and recompute choice, scored by make_plan: the ground truth."""
+    tables = build_tables(profile)
+    N, S = tables.num_nodes, cluster.num_devices
+    devices = stage_devices(S, config)
+    rec_opts = {"off": [(False,) * S], "on": [(True,) * S],
+                "auto": list(itertools.product([False, True], repeat=S))}[config.recompute]
+    best = None
+    for cuts in itertools.combinations(range(1, N), S - 1):
+        stage_of = cuts_to_stage_of([0, *cuts, N])
+        for rec in rec_opts:
+            plan = make_plan(profile, tables, cluster, config, stage_of, devices, list(rec),
+                             SolverInfo(backend="brute", status="optimal"))
+            if plan.feasible and (best is None or plan.step_time_ms < best):
+                best = plan.step_time_ms
+    return best
+
+
+def check_plan_valid(plan, profile, cluster):
+    ids = [n for s in plan.stages for n in s.node_ids]
+    assert sorted(ids) == sorted(n.id for n in profile.nodes)  # every node exactly once
+    assert all(s.node_ids for s in plan.stages)
+    used = {}
+    for s in plan.stages:
+        used[s.device] = used.get(s.device, 0) + s.memory.total - plan.config.reserve_bytes
+    for d, u in used.items():
+        assert u + plan.config.reserve_bytes <= cluster.devices[d].memory_bytes
+
+
+@SETTINGS
+@given(instances())
+def test_dp_equals_brute_force_and_plans_are_valid(inst):
+    profile, cluster, config = inst
+    truth = brute_force(profile, cluster, config)
+    plan = solve(profile, cluster, dataclasses.replace(config, solver="dp"))
+    if truth is None:
+        assert not plan.feasible and plan.diagnosis is not None
+        return
+    assert plan.feasible
+    assert abs(plan.step_time_ms - truth) <= 1e-9 * truth
+    assert plan.solver.status == "optimal" and plan.solver.gap == 0.0
+    check_plan_valid(plan, profile, cluster)
+    for name, t in plan.baselines.items():
+        assert t is None or plan.step_time_ms <= t * (1 + 1e-9), name
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances(max_nodes=10, max_devices=4), st.sampled_from(["highs", "cbc"]))
+def test_cold_ilp_objective_equals_dp(inst, backend):
+    """The ILP without warm start or bounds reaches the DP's optimum (its own objective and the re-scored plan)."""
+    profile, cluster, config = inst
+    tables = build_tables(profile)
+    devices = stage_devices(cluster.num_devices, config)
+    dp = solve_chain(chain_problem(profile, tables, cluster, config, devices))
+    res = solve_ilp(ilp_problem(profile, tables, cluster, config, devices), backend=backend, time_limit_s=20)
+    if dp.cuts is None:
+        assert res.stage_of is None and res.status == "infeasible"
+        return
+    assert res.status == "optimal"
+    assert abs(res.objective - dp.objective) <= 1e-6 * dp.objective
+    plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute,
+                     SolverInfo(backend=backend, status="optimal"))
+    assert plan.feasible
+    assert abs(plan.step_time_ms - dp.objective) <= 1e-6 * dp.objective
