@@ -30,7 +30,9 @@ GPT2_CONFIG = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "voca
 @pytest.fixture(autouse=True)
 def _fresh_caches():
     # st.cache_data is process-global and survives across AppTest instances.
-    st.cache_data.clear()
+    from ui import cache
+
+    cache.clear()
     st.cache_resource.clear()
 
 

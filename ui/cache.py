@@ -8,6 +8,8 @@ underscore are not hashed; their identity is carried by the key next to them.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 import streamlit as st
@@ -19,17 +21,69 @@ from planner.timeline import Timeline
 from profiler.profile import Profile
 from ui.uploads import ModelRequest, profile_from_upload
 
-ProgressFn = Callable[[float, str], None]
+ProgressFn = Callable[[str, float], None]
+"""progress(message, fraction done): the profiler's progress callback."""
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+class _ProfileCache:
+    """A small thread-safe LRU of sample profiles.
+
+    Not st.cache_data: profiling reports progress to a bar on the page, and
+    st.cache_data refuses (and would replay) element calls made inside a cached
+    function on blocks created outside it.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: OrderedDict[tuple, Profile] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: tuple) -> Profile | None:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        return None
+
+    def put(self, key: tuple, profile: Profile) -> None:
+        with self._lock:
+            self._entries[key] = profile
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_sample_profiles = _ProfileCache(max_entries=16)
+
+
+def cached_sample_profile(spec: str, batch_size: int, seq_len: int | None, estimate_for: str | None,
+                          measure: bool) -> Profile | None:
+    """The profile if it was built before, without building it."""
+    return _sample_profiles.get((spec, batch_size, seq_len, estimate_for, measure))
+
+
 def sample_profile(spec: str, batch_size: int, seq_len: int | None, estimate_for: str | None,
-                   measure: bool, _progress: ProgressFn | None = None) -> Profile:
-    from profiler import load_profile
+                   measure: bool, progress: ProgressFn | None = None) -> Profile:
+    """load_profile for a sample model, built once per (spec, shape, timing source)."""
+    key = (spec, batch_size, seq_len, estimate_for, measure)
+    profile = _sample_profiles.get(key)
+    if profile is None:
+        from profiler import load_profile
 
-    return load_profile(spec, batch_size=batch_size, seq_len=seq_len,
-                        estimate_for=None if measure else estimate_for,
-                        measure=measure or None, progress=_progress)
+        profile = load_profile(spec, batch_size=batch_size, seq_len=seq_len,
+                               estimate_for=None if measure else estimate_for,
+                               measure="cpu" if measure else None, progress=progress)
+        _sample_profiles.put(key, profile)
+    return profile
+
+
+def clear() -> None:
+    """Forget every cached profile, plan, timeline and export (tests start from a cold app)."""
+    _sample_profiles.clear()
+    st.cache_data.clear()
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

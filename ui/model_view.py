@@ -34,7 +34,7 @@ class ModelChoice:
 
 
 def _progress_callback(bar) -> cache.ProgressFn:
-    def report(fraction: float, message: str) -> None:
+    def report(message: str, fraction: float) -> None:
         bar.progress(min(max(float(fraction), 0.0), 1.0), text=str(message))
     return report
 
@@ -85,13 +85,15 @@ def _sample_model(batch_size: int, estimate_for: str, shape_col) -> ModelChoice 
         seq_len = int(shape_col.number_input(SHAPE_LABELS[entry.shape_kind], min_value=1, max_value=1 << 20,
                                              value=int(default_shape), step=1, key=f"shape_{name}_{size}"))
         flags += f" --seq-len {seq_len}"
-    flags += " --measure" if measure else f" --estimate-for {estimate_for}"
+    flags += " --measure cpu" if measure else f" --estimate-for {estimate_for}"
     spec = f"sample:{name}:{size}"
-    with st.status(f"Profiling {spec}…", expanded=False) as status:
-        bar = st.progress(0.0)
-        profile = cache.sample_profile(spec, batch_size, seq_len, estimate_for, measure,
-                                       _progress=_progress_callback(bar))
-        status.update(label=f"Profiled {spec}", state="complete")
+    profile = cache.cached_sample_profile(spec, batch_size, seq_len, estimate_for, measure)
+    if profile is None:  # show progress only when there is work to do
+        with st.status(f"Profiling {spec}…", expanded=True) as status:
+            bar = st.progress(0.0, text="starting")
+            profile = cache.sample_profile(spec, batch_size, seq_len, estimate_for, measure,
+                                           progress=_progress_callback(bar))
+            status.update(label=f"Profiled {spec}", state="complete", expanded=False)
     model_summary(profile)
     return ModelChoice(profile=profile, cli_source=spec, cli_flags=flags)
 
