@@ -37,6 +37,19 @@ def _fits(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | Non
         return None
 
 
+def _valid_for(config: TrainConfig, num_devices: int) -> TrainConfig | None:
+    """The config on num_devices, with the smallest micro-batch count >= the given one that the
+    schedule accepts there (1F1B needs M >= P, ...); None if there is none."""
+    from planner.microbatches import schedule_accepts
+
+    if config.num_microbatches is None:
+        return config
+    for M in range(config.num_microbatches, 4 * num_devices * config.virtual_stages + config.num_microbatches + 1):
+        if schedule_accepts(config.schedule, num_devices, M, config.virtual_stages) is None:
+            return config if M == config.num_microbatches else dataclasses.replace(config, num_microbatches=M)
+    return None
+
+
 def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     """Plan(feasible=False) with a Diagnosis; every suggestion in it was checked by re-solving."""
     from planner.solve import solve_once
@@ -69,13 +82,17 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     # smallest device count of the first device's type that fits
     min_devices = None
     P = cluster.num_devices
+    min_devices_note = ""
     for n in range(P + 1, min(len(profile.nodes) // config.virtual_stages, MAX_EXTRA_DEVICES_FACTOR * P) + 1):
-        if _fits(profile, _with_devices(cluster, n), quick) is not None:
+        cfg_n = _valid_for(quick, n)
+        if cfg_n is not None and _fits(profile, _with_devices(cluster, n), cfg_n) is not None:
             min_devices = n
+            if cfg_n.num_microbatches != quick.num_microbatches:
+                min_devices_note = f" with {cfg_n.num_microbatches} micro-batches"
             break
     suggestions = []
     if min_devices is not None:
-        suggestions.append(f"use {min_devices} devices like {cluster.devices[0].name} (fits)")
+        suggestions.append(f"use {min_devices} devices like {cluster.devices[0].name}{min_devices_note} (fits)")
     if min_mem is not None:
         suggestions.append(f"use devices with at least {gib(min_mem)} each (fits)")
     changes = []

@@ -57,6 +57,30 @@ class ILPResult:
     seconds: float
 
 
+_BANNER_SILENCED = False
+
+
+def _silence_highs_banner() -> None:
+    """highspy prints a banner to fd 1 when the first Highs() of a process is built; swallow it so
+    `pipeplan plan --json` prints only JSON."""
+    global _BANNER_SILENCED
+    if _BANNER_SILENCED or highspy is None:
+        return
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SILENCED = True
+
+
 class _HighsWarm(pulp.HiGHS):
     """pulp's HiGHS with a starting solution handed to highspy before the run."""
 
@@ -253,6 +277,7 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
         solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(round(time_limit_s))), warmStart=bool(start_values),
                                    gapRel=1e-9, threads=1)
     else:
+        _silence_highs_banner()
         solver = _HighsWarm(msg=False, timeLimit=float(time_limit_s), gapRel=1e-9, threads=1)
         solver.start = start_values
     lp.solve(solver)

@@ -40,7 +40,8 @@ def dag_profile(times, edges, *, params=None, acts=None, name="dag") -> Profile:
 
 def unet_profile(depth: int = 4, width: int = 3, seed: int = 0) -> Profile:
     """A U-Net-like DAG: `depth` encoder levels of `width` convs, a bottleneck, mirrored decoder levels,
-    each decoder level reading the encoder level's output through a skip edge."""
+    each decoder level reading the encoder level's output through a skip projection node (a parallel
+    branch, so the topological order is not unique)."""
     rng = random.Random(seed)
     times, edges, acts, params = [], [], [], []
 
@@ -57,7 +58,10 @@ def unet_profile(depth: int = 4, width: int = 3, seed: int = 0) -> Profile:
             if prev is not None:
                 edges.append((prev, k, 40_000 >> level))
             prev = k
-        skips.append(prev)
+        # a 1x1 "skip projection" on a parallel branch: the graph is no longer a chain
+        proj = add(rng.uniform(0.1, 0.5), rng.randint(100, 500), rng.randint(1000, 5000) >> level)
+        edges.append((prev, proj, 40_000 >> level))
+        skips.append(proj)
     k = add(2.0, 8000, 5000)
     edges.append((prev, k, 5000))
     prev = k
