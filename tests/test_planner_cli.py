@@ -1,0 +1,66 @@
+"""`pipeplan plan` on profile: files."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from planner_synth import chain_profile  # noqa: E402
+
+from planner.cli import main  # noqa: E402
+from planner.cluster import Cluster, Device  # noqa: E402
+from planner.plan import Plan  # noqa: E402
+
+
+def write_profile(tmp_path, n=12):
+    prof = chain_profile([1.0 + (i % 3) for i in range(n)], params=[10**6] * n, acts=[10**7] * n)
+    path = tmp_path / "p.json"
+    path.write_text(prof.to_json())
+    return path
+
+
+def test_plan_summary_and_json_output(tmp_path, capsys):
+    path = write_profile(tmp_path)
+    out = tmp_path / "plan.json"
+    assert main(["plan", f"profile:{path}", "--devices", "4", "--memory", "80GB", "--microbatches", "8",
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "step time" in text and "solver dp: optimal" in text and "faster" in text
+    plan = Plan.from_json(out.read_text())
+    assert plan.feasible and len(plan.stages) == 4
+    assert main(["plan", f"profile:{path}", "--devices", "2", "--memory", "80GB", "--json", "--solver", "cbc",
+                 "--schedule", "gpipe", "--precision", "bf16", "--recompute", "auto"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["solver"]["backend"] == "cbc" and data["config"]["schedule"] == "GPipe"
+
+
+def test_plan_with_cluster_file_and_global_batch(tmp_path, capsys):
+    path = write_profile(tmp_path)
+    cluster = Cluster(devices=[Device(name="a100", memory_bytes=80 * 2**30, speed=2.0),
+                               Device(name="l4", memory_bytes=24 * 2**30, speed=1.0, node=1)])
+    cpath = tmp_path / "c.json"
+    cpath.write_text(cluster.to_json())
+    assert main(["plan", f"profile:{path}", "--cluster", str(cpath), "--global-batch", "8", "--json"]) == 0
+    plan = Plan.from_dict(json.loads(capsys.readouterr().out))
+    assert plan.config.num_microbatches * plan.config.micro_batch_size == 8
+    assert len(plan.stages[0].node_ids) > len(plan.stages[1].node_ids)  # the faster device takes more
+
+
+def test_plan_bad_input_is_one_line(tmp_path, capsys):
+    path = write_profile(tmp_path)
+    assert main(["plan", f"profile:{tmp_path / 'missing.json'}", "--devices", "2", "--memory", "8GB"]) == 2
+    assert main(["plan", f"profile:{path}", "--devices", "2"]) == 2
+    assert main(["plan", f"profile:{path}", "--devices", "40", "--memory", "8GB"]) == 2
+    assert main(["plan", f"profile:{path}", "--devices", "4", "--memory", "8GB", "--microbatches", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("pipeplan plan: error:") for line in err)
+    assert "micro-batches" in err[3]
+
+
+def test_plan_infeasible_prints_diagnosis(tmp_path, capsys):
+    path = write_profile(tmp_path, n=6)
+    assert main(["plan", f"profile:{path}", "--devices", "2", "--memory", "20MB", "--microbatches", "2"]) == 1
+    text = capsys.readouterr().out
+    assert "NO PLAN FITS" in text and "smallest memory per device" in text
