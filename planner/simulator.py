@@ -190,7 +190,7 @@ def _holdings(compute: list[tuple], P: int, S: int, act: list[float] | None, rel
             continue
         curve = curves[d]
         point = (t, int(round(level[d])) if level[d] > 0 else 0)
-        if curve[-1][0] == t:
+        if curve[-1][0] == t and len(curve) > 1:  # keep the (0, 0) start
             curve[-1] = point
         else:
             curve.append(point)
