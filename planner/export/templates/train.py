@@ -280,21 +280,22 @@ def retarget_devices(module: StageModule, device: torch.device) -> None:
 
 
 @torch.no_grad()
-def materialize(modules: list[StageModule], device: torch.device, seed: int) -> dict[str, nn.Parameter]:
-    """Real storage for these stages only; a parameter used by two local stages stays one object.
-    Values come from the same per-FQN rule as the unsplit model's, so they are identical."""
+def materialize(module: StageModule, device: torch.device, seed: int) -> dict[str, nn.Parameter]:
+    """Real storage for one stage; returns its parameters by FQN. Values come from the same
+    per-FQN rule as the unsplit model's, so they are identical. A tied parameter used by two
+    stages gets one copy per stage, even on the same rank: zero-bubble schedules compute weight
+    gradients per stage and would mix up two stages' contributions to one shared leaf. The
+    copies get summed gradients and identical updates, so they stay equal."""
     params: dict[str, nn.Parameter] = {}
-    for m in modules:
-        for i, fqn in enumerate(m.param_fqns):
-            if fqn not in params:
-                meta = m.params[i]
-                params[fqn] = nn.Parameter(torch.empty(meta.shape, dtype=meta.dtype, device=device),
-                                           requires_grad=meta.requires_grad)
-            m.params[i] = params[fqn]
-        for i, fqn in enumerate(m.buffer_fqns):
-            buf = getattr(m, f"buf_{i}")
-            setattr(m, f"buf_{i}", torch.empty(buf.shape, dtype=buf.dtype, device=device))
-            model_source.init_buffers([(fqn, getattr(m, f"buf_{i}"))])
+    for i, fqn in enumerate(module.param_fqns):
+        meta = module.params[i]
+        params[fqn] = nn.Parameter(torch.empty(meta.shape, dtype=meta.dtype, device=device),
+                                   requires_grad=meta.requires_grad)
+        module.params[i] = params[fqn]
+    for i, fqn in enumerate(module.buffer_fqns):
+        buf = getattr(module, f"buf_{i}")
+        setattr(module, f"buf_{i}", torch.empty(buf.shape, dtype=buf.dtype, device=device))
+        model_source.init_buffers([(fqn, getattr(module, f"buf_{i}"))])
     model_source.init_parameters(params.items(), seed)
     return params
 
@@ -345,6 +346,27 @@ def all_reduce_mean(grads: list[torch.Tensor], group, size: int) -> None:
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+@torch.no_grad()
+def sync_gradients(copies: dict[str, list[nn.Parameter]], shared: list[tuple[list[str], object]], dp_group,
+                   dp: int) -> None:
+    """Make every copy of every parameter hold the full gradient: sum over the stages that use a
+    tied parameter (local copies, then the other owner ranks), then average over data-parallel
+    replicas. Without the tied sum, training silently diverges."""
+    for ps in copies.values():
+        for p in ps:
+            if p.grad is None:  # unused in this step: a zero gradient keeps collectives aligned
+                p.grad = torch.zeros_like(p)
+        for p in ps[1:]:
+            ps[0].grad.add_(p.grad)
+    for fqns, group in shared:
+        all_reduce_mean([copies[f][0].grad for f in fqns], group, 1)
+    if dp_group is not None:
+        all_reduce_mean([ps[0].grad for ps in copies.values()], dp_group, dp)
+    for ps in copies.values():
+        for p in ps[1:]:
+            p.grad.copy_(ps[0].grad)
 
 
 def max_mem_bytes(device: torch.device) -> int:
@@ -507,14 +529,18 @@ def run_pipeline(args: argparse.Namespace) -> None:
 
     # Everything that can fail on bad input happens before the first collective.
     example, batched = example_batch()
-    check_batch(*get_batch(1, args.dp * M * mb, args.seed), example, batched, M)
+    check_batch(*get_batch(1, args.dp * M * mb, args.seed), example, batched, args.dp * M)
     gm = trace_model(example)
     modules = split_into_stages(gm, SETTINGS["stages"])
     shapes = stage_shapes(modules, example)
     local = [s for s in range(num_stages) if stage_to_rank[s] == pp_rank]
     for s in local:
         retarget_devices(modules[s], device)
-    params = materialize([modules[s] for s in local], device, args.seed)
+    stage_params = {s: materialize(modules[s], device, args.seed) for s in local}
+    copies: dict[str, list[nn.Parameter]] = {}  # FQN -> this rank's copies (one per local stage using it)
+    for s in local:
+        for f, p in stage_params[s].items():
+            copies.setdefault(f, []).append(p)
     owners: dict[str, list[int]] = {}  # FQN -> pipeline ranks whose stages use it
     for s, m in enumerate(modules):
         for f in m.param_fqns:
@@ -534,8 +560,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
             group = dist.new_group([d * pp + r for r in ranks])
             if d == dp_rank and pp_rank in ranks:
                 shared.append((fqns, group))
-    # Each parameter counts once in the global norm: on the lowest pipeline rank that holds it.
-    counted = [p for f, p in params.items() if min(owners[f]) == pp_rank]
+    # Each parameter counts once in the global norm: its first copy on the lowest pipeline rank holding it.
+    counted = [ps[0] for f, ps in copies.items() if min(owners[f]) == pp_rank]
+    all_params = [p for ps in copies.values() for p in ps]
 
     stages = [PipelineStage(modules[s], s, num_stages, device, input_args=shapes[s][0], output_args=shapes[s][1],
                             group=pp_group) for s in local]
@@ -543,8 +570,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
     chunk_spec = tuple(TensorChunkSpec(0) if b else _Replicate for b in batched)
     multi = issubclass(sched_cls, PipelineScheduleMulti)
     schedule = sched_cls(stages if multi else stages[0], M, loss_fn=model_source.loss_fn, args_chunk_spec=chunk_spec)
-    opt = make_optimizer(list(params.values()), args)
-    groups = {f"stage_{s}": {f: params[f] for f in modules[s].param_fqns} for s in local}
+    opt = make_optimizer(all_params, args)
+    groups = {f"stage_{s}": stage_params[s] for s in local}
     start = load_checkpoint(args.checkpoint_dir, groups, opt, rank) if args.resume else 0
     has_first, has_last = 0 in local, num_stages - 1 in local
     lo = dp_rank * M * mb
@@ -558,14 +585,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
             schedule.step(*inputs, target=target, losses=losses)
         else:
             schedule.step(target=target, losses=losses)
-        for p in params.values():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        for fqns, group in shared:
-            all_reduce_mean([params[f].grad for f in fqns], group, 1)  # sum of each stage's contribution
-        if args.dp > 1:
-            all_reduce_mean([p.grad for p in params.values()], dp_group, args.dp)
-        clip_by_global_norm(counted, list(params.values()), args.max_grad_norm, pp_group)
+        sync_gradients(copies, shared, dp_group if args.dp > 1 else None, args.dp)
+        clip_by_global_norm(counted, all_params, args.max_grad_norm, pp_group)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         opt.step()
