@@ -14,6 +14,15 @@ from profiler.errors import PipeplanError
 GB = 10**9
 GiB = 2**30
 
+# Roofline efficiency factors (docs/cost-model.md, "Efficiency factors").
+# Defaults follow published sustained/peak ratios: large GEMMs reach 60-75% of
+# dense peak on A100/H100 in bf16 (NVIDIA cuBLAS and Megatron-LM MFU reports),
+# STREAM-like kernels 80-90% of HBM bandwidth. A calibration run on a real GPU
+# (bench/bench_profiler.py --gpu) is how these get tuned per preset.
+DEFAULT_COMPUTE_EFFICIENCY = 0.65
+DEFAULT_MEMORY_EFFICIENCY = 0.80
+DEFAULT_KERNEL_OVERHEAD_US = 4.0
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GpuPreset:
@@ -29,6 +38,12 @@ class GpuPreset:
     """Per-direction point-to-point bandwidth to a peer in the same node (NVLink/xGMI, or PCIe)."""
     source: str
     """Where the numbers come from."""
+    compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
+    """Fraction of the peak FLOP/s that matmul/conv kernels reach (roofline compute roof)."""
+    memory_efficiency: float = DEFAULT_MEMORY_EFFICIENCY
+    """Fraction of the datasheet bandwidth that streaming kernels reach (roofline memory roof)."""
+    kernel_overhead_us: float = DEFAULT_KERNEL_OVERHEAD_US
+    """Fixed cost per aten op (launch + tail), microseconds; dominates for tiny layers."""
 
     def peak_tflops(self, dtype: str) -> float:
         return self.bf16_tflops if dtype in ("bfloat16", "float16", "bf16", "fp16", "bf16_mixed") else self.fp32_tflops
@@ -62,3 +77,50 @@ def get_preset(name: str) -> GpuPreset:
             return preset
     raise PipeplanError(f"unknown GPU preset {name!r}; choose one of {', '.join(GPU_PRESETS)} "
                         "or describe a custom device (memory, TFLOP/s, bandwidth)")
+
+
+def custom_preset(*, tflops: float, mem_bw_gbs: float, memory_gb: float, name: str = "custom",
+                  fp32_tflops: float | None = None, intra_node_bw_gbs: float = 25.0,
+                  compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
+                  memory_efficiency: float = DEFAULT_MEMORY_EFFICIENCY) -> GpuPreset:
+    """A device that is not in the list: give its bf16 peak, bandwidth and memory.
+
+    fp32_tflops defaults to tflops / 8, a typical tensor-core to fp32 ratio.
+    """
+    values = {"tflops": tflops, "mem_bw_gbs": mem_bw_gbs, "memory_gb": memory_gb,
+              "intra_node_bw_gbs": intra_node_bw_gbs}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+            raise PipeplanError(f"custom device: {key} must be a positive number, got {value!r}")
+    for key, value in (("compute_efficiency", compute_efficiency), ("memory_efficiency", memory_efficiency)):
+        if not 0 < value <= 1:
+            raise PipeplanError(f"custom device: {key} must be in (0, 1], got {value!r}")
+    return GpuPreset(name=name, memory_bytes=int(memory_gb * GB), bf16_tflops=float(tflops),
+                     fp32_tflops=float(fp32_tflops if fp32_tflops else tflops / 8), mem_bw_gbs=float(mem_bw_gbs),
+                     intra_node_bw_gbs=float(intra_node_bw_gbs), source="user-supplied custom device",
+                     compute_efficiency=compute_efficiency, memory_efficiency=memory_efficiency)
+
+
+def resolve_device(spec: str) -> GpuPreset:
+    """A preset name ("A100-80GB") or "custom:TFLOPS,BANDWIDTH_GBS,MEMORY_GB" (e.g. "custom:400,2000,64")."""
+    text = spec.strip()
+    if not text.lower().startswith("custom:"):
+        return get_preset(text)
+    parts = text.split(":", 1)[1].split(",")
+    try:
+        tflops, bw, mem = (float(p) for p in parts)
+    except ValueError:
+        raise PipeplanError(f"custom device {spec!r}: write custom:TFLOPS,BANDWIDTH_GBS,MEMORY_GB, "
+                            "e.g. custom:400,2000,64 (bf16 TFLOP/s, memory bandwidth in GB/s, memory in GB)") from None
+    return custom_preset(tflops=tflops, mem_bw_gbs=bw, memory_gb=mem)
+
+
+def roofline_ms(flops: float, nbytes: float, preset: GpuPreset, dtype: str) -> float:
+    """Time of one kernel: max(compute, memory) + a fixed per-kernel overhead, in ms.
+
+    compute = flops / (compute_efficiency * peak(dtype)); memory = bytes / (memory_efficiency * bandwidth).
+    The one roofline formula of pipeplan; docs/cost-model.md writes it down.
+    """
+    compute_s = flops / (preset.compute_efficiency * preset.peak_tflops(dtype) * 1e12)
+    memory_s = nbytes / (preset.memory_efficiency * preset.mem_bw_gbs * 1e9)
+    return 1e3 * max(compute_s, memory_s) + preset.kernel_overhead_us * 1e-3

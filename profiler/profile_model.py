@@ -1,0 +1,180 @@
+"""`profile_model`: an nn.Module and one micro-batch of inputs -> a Profile.
+
+Steps: trace (profiler.trace) -> one program per layer (profiler.layers) ->
+FLOPs, bytes, saved activations and edges under FakeTensorMode
+(profiler.analyze) -> times, either measured on a real device
+(profiler.timing) or a per-op roofline for a GPU preset (profiler.gpus).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from profiler.analyze import analyze
+from profiler.errors import PipeplanError
+from profiler.gpus import GpuPreset, resolve_device, roofline_ms
+from profiler.layers import build_programs
+from profiler.params import layer_params
+from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
+from profiler.timing import measure_layers
+from profiler.trace import trace_model
+
+DEFAULT_PRESET = "A100-80GB"
+MEASURE_DEVICES = ("cpu", "cuda")
+Progress = Callable[[str, float], None]
+
+_NORMS = ("LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm", "Norm")
+_HEAD_NAMES = ("head", "lm_head", "output", "classifier", "fc", "cls", "decoder")
+
+
+def layer_kind(layer_id: str, module: nn.Module | None, is_last: bool) -> str:
+    """A coarse label for the UI: embedding, block, norm, head, conv, mlp or other."""
+    if module is None:
+        return "other"
+    types = {type(m).__name__ for m in module.modules() if any(True for _ in m.parameters(recurse=False))}
+    last = layer_id.rsplit(".", 1)[-1]
+    if "embed" in layer_id.lower() or types & {"Embedding", "EmbeddingBag"} == types and types:
+        return "embedding"
+    if types and all(any(k in t for k in _NORMS) for t in types):
+        return "norm"
+    if is_last or last in _HEAD_NAMES:
+        return "head"
+    if last.isdigit() and len(list(module.children())) > 1:
+        return "block"
+    if types and all(t.startswith("Conv") for t in types):
+        return "conv"
+    if types and types <= {"Linear"}:
+        return "mlp"
+    return "block" if last.isdigit() else "other"
+
+
+def _model_dtype(model: nn.Module) -> str:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+def _check_measure(measure: str | None, model: nn.Module) -> torch.device | None:
+    if measure is None:
+        return None
+    if measure not in MEASURE_DEVICES:
+        raise PipeplanError(f"--measure {measure!r} is not supported; use cpu or cuda, or --estimate-for PRESET")
+    if measure == "cuda" and not torch.cuda.is_available():
+        raise PipeplanError("--measure cuda: no CUDA device is available here; use --measure cpu or "
+                            "--estimate-for PRESET (e.g. A100-80GB)")
+    devices = {p.device.type for p in model.parameters()}
+    if "meta" in devices:
+        raise PipeplanError("the model is on the meta device (no weights), so it cannot be timed; "
+                            "use an estimate (--estimate-for PRESET) or build it on a real device")
+    if devices and devices != {measure}:
+        raise PipeplanError(f"the model is on {sorted(devices)} but --measure {measure} was asked; move it first")
+    return torch.device(measure)
+
+
+def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None = None, target=None,
+                  source: str, name: str, estimate_for: str | GpuPreset | None = None,
+                  measure: str | None = None, granularity: str = "block", progress: Progress | None = None,
+                  seq_len: int | None = None, image_size: int | None = None,
+                  warmup: int = 2, reps: int = 5) -> Profile:
+    """Profile `model` on one micro-batch `inputs` (dim 0 is the micro-batch).
+
+    measure="cpu"|"cuda": times measured on that device (the model and inputs must be there).
+    Otherwise times are a roofline estimate for `estimate_for` (default A100-80GB); the
+    model may then live on the meta device. loss_fn(output, target), when given, is
+    charged to the layer that produces the output (the last stage computes the loss).
+    """
+    if not isinstance(inputs, tuple):
+        inputs = (inputs,)
+    device = _check_measure(measure, model)
+    if measure is not None and estimate_for is not None:
+        raise PipeplanError("give either --measure or --estimate-for, not both")
+    preset = None
+    if device is None:
+        preset = estimate_for if isinstance(estimate_for, GpuPreset) else resolve_device(estimate_for or DEFAULT_PRESET)
+    dtype = _model_dtype(model)
+    was_training = model.training
+    model.train()
+    try:
+        report = progress or (lambda msg, frac: None)
+        report("tracing", 0.0)
+        traced = trace_model(model, inputs, granularity=granularity)
+        root = traced.graph_module
+        placeholders = [n.name for n in root.graph.nodes if n.op == "placeholder"]
+        programs = build_programs(traced, device=torch.device("cpu"))
+        op_time = (lambda f, b: roofline_ms(f, b, preset, dtype)) if preset else None
+        analysis = analyze(programs, root, placeholders, inputs, traced.node_layer, op_time=op_time,
+                           loss_fn=loss_fn, target=target,
+                           progress=lambda m, f: report(m, 0.1 + 0.4 * f))
+        params = layer_params(model, root, traced, programs)
+        times = None
+        if device is not None:
+            if device.type == "cpu":
+                timed = programs
+            else:
+                timed = build_programs(traced)
+            times = measure_layers(timed, root, placeholders, inputs, device, traced.node_layer,
+                                   loss_fn=loss_fn, target=target, warmup=warmup, reps=reps,
+                                   progress=lambda m, f: report(m, 0.5 + 0.5 * f))
+        report("writing profile", 1.0)
+    finally:
+        model.train(was_training)
+    return _assemble(model, traced, analysis, params, times, preset, device, dtype, source=source, name=name,
+                     inputs=inputs, seq_len=seq_len, image_size=image_size)
+
+
+def _assemble(model, traced, analysis, params, times, preset, device, dtype, *, source, name, inputs,
+              seq_len, image_size) -> Profile:
+    nodes = []
+    for i, lay in enumerate(traced.layers):
+        cost = analysis.costs[lay]
+        try:
+            module = model.get_submodule(lay) if lay != "root" else None
+        except AttributeError:
+            module = None
+        if times is not None:
+            fwd_ms, bwd_ms = times[lay]
+            bwd_in = bwd_w = None
+        else:
+            fwd_ms, bwd_ms = cost.fwd.ms, cost.bwd.ms
+            bwd_in = min(cost.bwd_input.ms, bwd_ms) if cost.bwd_input is not None else 0.0
+            bwd_w = bwd_ms - bwd_in
+        merged = sorted(k for k, v in traced.merged.items() if v == lay)
+        label = f"{lay} ({type(module).__name__})" if module is not None else lay
+        nodes.append(ProfileNode(
+            id=lay, name=label + (f" + {', '.join(merged)}" if merged else ""),
+            kind=layer_kind(lay, module, i == len(traced.layers) - 1),
+            module_path=lay if module is not None else "",
+            fwd_flops=float(cost.fwd.flops), bwd_flops=float(cost.bwd.flops),
+            fwd_ms=fwd_ms, bwd_ms=bwd_ms, bwd_input_ms=bwd_in, bwd_weight_ms=bwd_w,
+            param_bytes=params[lay].bytes, param_count=params[lay].count, shared_params=params[lay].shared,
+            activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes,
+        ))
+    edges = [ProfileEdge(src=s, dst=d, bytes=int(b), requires_grad=bool(rg))
+             for (s, d), (b, rg) in sorted(analysis.edges.items(),
+                                           key=lambda kv: (traced.layers.index(kv[0][0]), traced.layers.index(kv[0][1])))]
+    batch = next((x.shape[0] for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor) and x.dim() > 0), 1)
+    if device is not None:
+        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        provenance = Provenance(method="measured", device=dev_name, reference_tflops=None,
+                                notes=f"median of timed runs per layer, {traced.method} trace")
+    else:
+        provenance = Provenance(method="estimated", device=preset.name, reference_tflops=preset.peak_tflops(dtype),
+                                notes=f"per-op roofline: compute eff {preset.compute_efficiency}, memory eff "
+                                      f"{preset.memory_efficiency}, {preset.kernel_overhead_us} us/op; "
+                                      f"{traced.method} trace")
+    provenance.torch_version = torch.__version__
+    provenance.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    info = ModelInfo(source=source, name=name, param_count=sum(p.numel() for p in model.parameters()), dtype=dtype,
+                     micro_batch_size=int(batch), seq_len=seq_len, image_size=image_size,
+                     input_bytes=int(analysis.input_bytes))
+    for n in nodes:
+        if not all(math.isfinite(v) for v in (n.fwd_ms, n.bwd_ms)):
+            raise PipeplanError(f"layer {n.id}: timing produced a non-finite value")
+    return Profile(model=info, provenance=provenance, nodes=nodes, edges=edges)

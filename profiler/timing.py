@@ -1,0 +1,102 @@
+"""Measure each layer's forward and backward time on the device at hand.
+
+Each layer program runs on its own, with its inputs cut from the producer's
+autograd graph, exactly as a pipeline stage holding just that layer would:
+`warmup` untimed runs, then `reps` timed forward + backward pairs; the median
+of each is kept. CPU: wall clock (time.perf_counter). CUDA: CUDA events around
+each phase, after a synchronize.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from profiler.analyze import detach_input, grad_leaves, grad_targets, loss_closure
+from profiler.layers import LayerProgram, resolve_attr
+
+
+class _Clock:
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def start(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def elapsed_ms(self, start) -> float:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        return (time.perf_counter() - start) * 1e3
+
+
+def measure_layers(programs: list[LayerProgram], root: nn.Module, placeholders: list[str], inputs: tuple,
+                   device: torch.device, node_layer: dict[str, str], *, loss_fn=None, target=None,
+                   warmup: int = 2, reps: int = 5,
+                   progress: Callable[[str, float], None] | None = None) -> dict[str, tuple[float, float]]:
+    """layer id -> (median forward ms, median backward ms) on `device` with real tensors."""
+    clock = _Clock(device)
+    env: dict[str, object] = dict(zip(placeholders, tree_flatten(inputs)[0]))
+    attr_cache: dict[str, object] = {}
+    result: dict[str, tuple[float, float]] = {}
+    for i, prog in enumerate(programs):
+        if progress:
+            progress(f"timing {prog.id}", i / max(len(programs), 1))
+        for attr_name in prog.attr_targets:
+            attr_cache.setdefault(attr_name, resolve_attr(root, attr_name))
+        attrs = [attr_cache[t] for t in prog.attr_targets]
+        own_modules = [root.get_submodule(t) for t in prog.call_modules]
+        fwd_times, bwd_times = [], []
+        outs = None
+        for rep in range(warmup + reps):
+            ins = [tree_map(detach_input, env[n]) for n in prog.input_names]
+            if clock.cuda:
+                torch.cuda.synchronize()
+            t0 = clock.start()
+            outs = prog.module(*ins, *attrs)
+            fwd_ms = clock.elapsed_ms(t0)
+            leaves_in, params = grad_leaves(ins, attrs, own_modules)
+            targets, grads = grad_targets(outs)
+            bwd_ms = 0.0
+            if targets and (leaves_in or params):
+                t0 = clock.start()
+                torch.autograd.grad(targets, leaves_in + params, grads, allow_unused=True)
+                bwd_ms = clock.elapsed_ms(t0)
+            if rep >= warmup:
+                fwd_times.append(fwd_ms)
+                bwd_times.append(bwd_ms)
+        with torch.no_grad():  # keep outputs for the next layers without this layer's graph
+            for name, value in zip(prog.output_names, outs):
+                env[name] = tree_map(lambda t: t.detach().requires_grad_(t.requires_grad)
+                                     if isinstance(t, torch.Tensor) else t, value)
+        result[prog.id] = (statistics.median(fwd_times), statistics.median(bwd_times))
+    loss = loss_closure(root, loss_fn, target)
+    if loss is not None:  # charged to the layer producing the output, like analyze() does
+        names, run = loss
+        fwd_times, bwd_times = [], []
+        for rep in range(warmup + reps):
+            t0 = clock.start()
+            value, leaves = run(env)
+            fwd_ms = clock.elapsed_ms(t0)
+            t0 = clock.start()
+            if leaves and value.requires_grad:
+                torch.autograd.grad(value, leaves, allow_unused=True)
+            bwd_ms = clock.elapsed_ms(t0)
+            if rep >= warmup:
+                fwd_times.append(fwd_ms)
+                bwd_times.append(bwd_ms)
+        lay = node_layer[names[-1]]
+        f, b = result[lay]
+        result[lay] = (f + statistics.median(fwd_times), b + statistics.median(bwd_times))
+    return result
