@@ -20,16 +20,20 @@ st.set_page_config(page_title="pipeplan", layout="wide")
 st.title("pipeplan: pipeline-parallel training planner")
 st.caption("Cut a model into pipeline stages across your GPUs, see the schedule and memory, download the job.")
 
-choice = model_section()
-cluster_inputs = cluster_section()
-config = training_section(choice.profile.model.micro_batch_size if choice else 1)
+model_tab, cluster_tab, training_tab = st.tabs(["1. Model", "2. Cluster", "3. Training"])
+with model_tab:
+    choice = model_section()
+with cluster_tab:
+    cluster_inputs = cluster_section()
+with training_tab:
+    config = training_section(choice.profile.model.micro_batch_size if choice else 1)
 
 cluster = None
 if config is not None:
     try:
         cluster = cluster_inputs.cluster(config.precision)
     except PipeplanError as exc:
-        st.error(f"Cluster: {exc}")
+        st.error(f"Cluster (tab 2): {exc}")
 
 if choice is None or cluster is None or config is None:
     st.header("4. Plan")

@@ -80,9 +80,10 @@ def browser():
 
 
 def timeline_rows(page) -> list[str]:
-    """The device labels on the timeline's y axis (the first chart on the page)."""
+    """The device rows on the timeline's y axis (the first chart on the page), without comm rows."""
     chart = page.locator('[data-testid="stPlotlyChart"]').first
-    return chart.locator(".yaxislayer-above .ytick text").all_inner_texts()
+    ticks = chart.locator(".yaxislayer-above .ytick text").all_inner_texts()
+    return [t for t in ticks if t.startswith("dev ") and not t.endswith("comm")]
 
 
 def wait_for(predicate, timeout_s: float, what: str):
@@ -107,6 +108,7 @@ def test_plan_change_devices_and_download(server, browser, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "app_plan.png"), full_page=False)
     page.locator('[data-testid="stPlotlyChart"]').first.screenshot(path=str(ARTIFACTS / "app_timeline.png"))
 
+    page.get_by_role("tab", name="2. Cluster").click()
     devices = page.get_by_label("Devices", exact=True)
     devices.fill("2")
     devices.press("Enter")

@@ -48,7 +48,6 @@ def device_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def cluster_section() -> ClusterInputs:
-    st.header("2. Cluster")
     quick = st.columns(4)
     n = int(quick[0].number_input("Devices", min_value=1, max_value=512, value=DEFAULT_DEVICES, step=1,
                                   key="n_devices", help="Pipeline stages run on these devices, in table order."))
@@ -62,6 +61,7 @@ def cluster_section() -> ClusterInputs:
         device_frame(base_rows(n, preset, per_node)),
         key=device_table_key(n, preset, per_node),
         num_rows="dynamic",
+        placeholder="preset",
         width="stretch",
         column_config={
             "name": st.column_config.TextColumn("Name", required=True),

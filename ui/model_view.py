@@ -40,7 +40,6 @@ def _progress_callback(bar) -> cache.ProgressFn:
 
 
 def model_section() -> ModelChoice | None:
-    st.header("1. Model")
     sources = [SAMPLE, HF, PROFILE_JSON] + ([PYTHON] if code_execution_allowed() else [])
     source = st.radio("Model source", sources, horizontal=True, key="model_source")
     if code_execution_allowed():
@@ -137,8 +136,7 @@ def model_summary(profile: Profile) -> None:
     cols[0].metric("Parameters", human_count(m.param_count))
     cols[1].metric("Layers", len(profile.nodes))
     cols[2].metric("FLOPs per sample (fwd+bwd)", f"{profile.total_flops / m.micro_batch_size:.3g}")
-    where = f"estimated for {p.device}" if p.method == "estimated" else f"measured on {p.device}"
-    cols[3].metric("Layer times", where)
+    cols[3].metric("Layer times estimated for" if p.method == "estimated" else "Layer times measured on", p.device)
     shape = f"seq len {m.seq_len}" if m.seq_len else (f"image size {m.image_size}" if m.image_size else "")
     st.caption(f"{m.name} · {m.dtype} · micro-batch {m.micro_batch_size} {('· ' + shape) if shape else ''} · "
                f"source `{m.source}` · torch {p.torch_version or '?'} · {p.date or ''}")

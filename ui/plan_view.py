@@ -70,13 +70,18 @@ def headline_metrics(plan: Plan) -> None:
 
 
 def timeline_tab(plan: Plan) -> None:
-    try:
-        from planner.timeline_plot import memory_figure, timeline_figure
-    except ModuleNotFoundError:  # TEMPORARY while the simulator lands
-        st.warning("The schedule simulator is not installed yet.")
-        return
+    from planner.timeline_plot import choose_window, memory_figure, timeline_figure
+
     timeline = cache.timeline_for(plan, plan.to_json())
-    st.plotly_chart(timeline_figure(timeline, max_ops=MAX_TIMELINE_OPS), key="timeline_chart")
+    lo, hi = choose_window(timeline, MAX_TIMELINE_OPS, None)
+    window = None
+    if (lo, hi) != (0, timeline.num_microbatches):
+        # Too many ops to draw responsively: let the user slide a window of the same width.
+        width = hi - lo
+        start = st.slider("First micro-batch shown", 0, timeline.num_microbatches - width, 0, key="mb_window")
+        window = (start, start + width)
+    st.plotly_chart(timeline_figure(timeline, max_ops=MAX_TIMELINE_OPS, microbatch_window=window),
+                    key="timeline_chart")
     st.caption(f"Simulated makespan {timeline.makespan_ms:.1f} ms, bubble {100 * timeline.bubble_fraction:.1f}% "
                "· F forward, B backward, W weight gradient; the number on each bar is the micro-batch.")
     st.plotly_chart(memory_figure(timeline), key="memory_time_chart")

@@ -14,7 +14,6 @@ RECOMPUTE_LABELS = {"off": "off", "on": "on (every stage)", "auto": "auto (solve
 
 def training_section(micro_batch_size: int) -> TrainConfig | None:
     """The TrainConfig from the widgets, or None after showing st.error for a bad combination."""
-    st.header("3. Training")
     c = st.columns(4)
     mode = c[0].radio("Micro-batches per step", ["fixed", AUTO], horizontal=True, key="mb_mode",
                       help="automatic: pipeplan picks the fastest count that divides the global batch")
