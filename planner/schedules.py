@@ -122,8 +122,7 @@ def _in_flight(name: str, P: int, M: int, v: int) -> tuple[int, ...]:
         for stage, op, _ in acts:
             if op == "F":
                 held[stage] += 1
-                if held[stage] > peak[stage]:
-                    peak[stage] = held[stage]
+                peak[stage] = max(peak[stage], held[stage])
             elif op == release:
                 held[stage] -= 1
     return tuple(peak)

@@ -113,9 +113,7 @@ def _run(seq: tuple, S: int, M: int, durations: tuple[list[float], ...],
             if kind == _F:
                 need, delay = (idx - M, link[s - 1]) if s else (-1, 0.0)
             elif kind == _B:
-                if s == S - 1:
-                    need, delay = idx, 0.0
-                elif done[idx] < 0.0:  # malformed order: B before this stage's own F
+                if s == S - 1 or done[idx] < 0.0:
                     need, delay = idx, 0.0
                 else:
                     need, delay = SM + idx + M, link[s]
@@ -127,8 +125,7 @@ def _run(seq: tuple, S: int, M: int, durations: tuple[list[float], ...],
                     waiting.setdefault(need, []).append(d)
                     break
                 ready += delay
-                if ready > t:
-                    t = ready
+                t = max(t, ready)
             start = t
             t += durations[kind][s]
             append((d, s, m, kind, start, t))
@@ -174,13 +171,11 @@ def _holdings(compute: list[tuple], P: int, S: int, act: list[float] | None, rel
     for d, s, _, k, t0, t1 in compute:
         if k == _F:
             held[s] += 1
-            if held[s] > peak[s]:
-                peak[s] = held[s]
+            peak[s] = max(peak[s], held[s])
             if act is None:
                 continue
             t, level[d] = t0, level[d] + act[s]
-            if level[d] > top[d]:
-                top[d] = level[d]
+            top[d] = max(top[d], level[d])
         elif k == release:
             held[s] -= 1
             if act is None:
@@ -189,14 +184,14 @@ def _holdings(compute: list[tuple], P: int, S: int, act: list[float] | None, rel
         else:
             continue
         curve = curves[d]
-        point = (t, int(round(level[d])) if level[d] > 0 else 0)
+        point = (t, round(level[d]) if level[d] > 0 else 0)
         if curve[-1][0] == t and len(curve) > 1:  # keep the (0, 0) start
             curve[-1] = point
         else:
             curve.append(point)
     if act is None:
         return peak, [], []
-    return peak, curves, [int(round(x)) for x in top]
+    return peak, curves, [round(x) for x in top]
 
 
 def _per_stage(values, n: int, what: str) -> list[float]:

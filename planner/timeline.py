@@ -66,7 +66,7 @@ class Timeline:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Timeline":
+    def from_dict(cls, data: Any) -> Timeline:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise PipeplanError(f"timeline JSON must be an object with schema {SCHEMA!r}")
         d = dict(data)
@@ -78,5 +78,5 @@ class Timeline:
         return build_dataclass(cls, d, "timeline")
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Timeline":
+    def from_json(cls, text: str | bytes) -> Timeline:
         return cls.from_dict(load_json_text(text, "timeline"))

@@ -84,9 +84,9 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
              f"makespan {timeline.makespan_ms:.2f} ms · bubble {100 * timeline.bubble_fraction:.1f}%")
     fig.update_layout(
         title=title, barmode="overlay", bargap=0.15, height=max(260, 60 * len(rows) + 140),
-        xaxis=dict(title="time (ms)", type="linear"),
-        yaxis=dict(categoryorder="array", categoryarray=list(reversed(rows)), type="category"),
-        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0), margin=dict(l=10, r=10, t=90, b=40),
+        xaxis={"title": "time (ms)", "type": "linear"},
+        yaxis={"categoryorder": "array", "categoryarray": list(reversed(rows)), "type": "category"},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}, margin={"l": 10, "r": 10, "t": 90, "b": 40},
     )
     if windowed:
         total = len(timeline.compute_events())
@@ -97,8 +97,8 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
                   f"{100 * timeline.bubble_fraction:.1f}%, per device "
                   + ", ".join(f"{100 * b:.1f}%" for b in timeline.bubble_per_device[:8])
                   + ("…" if P > 8 else "")),
-            xref="paper", yref="paper", x=0, y=-0.12, showarrow=False, align="left", font=dict(size=11))
-        fig.update_layout(margin=dict(b=80))
+            xref="paper", yref="paper", x=0, y=-0.12, showarrow=False, align="left", font={"size": 11})
+        fig.update_layout(margin={"b": 80})
     return fig
 
 
@@ -139,9 +139,9 @@ def memory_figure(timeline: Timeline) -> go.Figure:
                                  name=f"{device_label(timeline, d)} (peak {peak:.3g} {unit})",
                                  hovertemplate=f"dev {d}<br>%{{x:.3f}} ms<br>%{{y:.3g}} {unit}<extra></extra>"))
     fig.update_layout(title=f"Activation memory held per device ({timeline.schedule})",
-                      xaxis=dict(title="time (ms)", type="linear"), yaxis=dict(title=f"activations ({unit})"),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
-                      height=360, margin=dict(l=10, r=10, t=90, b=40))
+                      xaxis={"title": "time (ms)", "type": "linear"}, yaxis={"title": f"activations ({unit})"},
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0},
+                      height=360, margin={"l": 10, "r": 10, "t": 90, "b": 40})
     return fig
 
 

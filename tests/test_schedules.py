@@ -9,14 +9,20 @@ from unittest import mock
 import pytest
 
 from planner.config import TrainConfig
-from planner.schedules import (Action, check_schedule, in_flight_microbatches, num_stages, schedule_actions,
-                               stage_to_device)
+from planner.schedules import (
+    Action,
+    check_schedule,
+    in_flight_microbatches,
+    num_stages,
+    schedule_actions,
+    stage_to_device,
+)
 from profiler.errors import PipeplanError
 
 pipelining = pytest.importorskip("torch.distributed.pipelining")
-from torch.distributed.pipelining import PipelineStage  # noqa: E402
-from torch.distributed.pipelining._schedule_visualizer import get_schedule_ops  # noqa: E402
-from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble  # noqa: E402
+from torch.distributed.pipelining import PipelineStage
+from torch.distributed.pipelining._schedule_visualizer import get_schedule_ops
+from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble
 
 COMPUTE = {"F", "B", "I", "W"}
 SHAPES = [(P, M) for P in (1, 2, 3, 4, 6) for M in (1, 2, 3, 4, 5, 7, 8, 12)]

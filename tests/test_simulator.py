@@ -225,7 +225,7 @@ def test_random_times_respect_devices_and_dependencies(case):
 
     # Critical-path lower bound: the busiest device, and one micro-batch's full chain.
     busiest = max(sum(e.end_ms - e.start_ms for e in ops.values() if e.device == d) for d in range(P))
-    chain = sum(fwd) + sum((b_in if split else bwd)) + 2 * sum(link) + (b_w[0] if split else 0.0)
+    chain = sum(fwd) + sum(b_in if split else bwd) + 2 * sum(link) + (b_w[0] if split else 0.0)
     assert tl.makespan_ms >= max(busiest, chain) - 1e-7
     assert 0.0 <= tl.bubble_fraction < 1.0
 
