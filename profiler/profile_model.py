@@ -20,6 +20,7 @@ from profiler.analyze import analyze
 from profiler.errors import PipeplanError
 from profiler.gpus import GpuPreset, resolve_device, roofline_ms
 from profiler.layers import build_programs
+from profiler.memcheck import check_fits_for_measuring
 from profiler.params import layer_params
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 from profiler.timing import measure_layers
@@ -115,6 +116,9 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
         params = layer_params(model, root, traced, programs)
         times = None
         if device is not None:
+            needed = 2 * sum(p.bytes for p in params.values()) + analysis.input_bytes + \
+                sum(c.activation_bytes for c in analysis.costs.values())
+            check_fits_for_measuring(needed, device.type, name)
             if device.type == "cpu":
                 timed = programs
             else:
