@@ -86,5 +86,6 @@ def baseline_plans(profile: Profile, cluster: Cluster, config: TrainConfig) -> d
     from planner.evaluate import evaluate_partition
 
     S = cluster.num_devices * config.virtual_stages
-    return {name: evaluate_partition(profile, cluster, config, parts, backend=name)
+    fingerprint = profile.fingerprint()
+    return {name: evaluate_partition(profile, cluster, config, parts, backend=name, fingerprint=fingerprint)
             for name, parts in baseline_partitions(profile, S).items()}

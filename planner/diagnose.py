@@ -129,4 +129,4 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
                                     min_devices=min_devices, min_memory_bytes=min_mem))
 
 
-__all__ = ["diagnose", "Device"]
+__all__ = ["Device", "diagnose"]

@@ -44,6 +44,8 @@ class ChainProblem:
     """comm_ms_per_cut[s][j]: forward + gradient transfer time of the cut after position j-1 on the
     link from stage s to s+1 (zeros for the last stage)."""
     config: object
+    relay: np.ndarray | None = None
+    """relay_matrix(tables), computed once on first use."""
 
     @property
     def num_stages(self) -> int:
@@ -92,12 +94,14 @@ class IntervalCosts:
         tb = prob.tables
         N, S = tb.num_nodes, prob.num_stages
         self.N, self.S, self.L = N, S, max_len
-        P = lambda a: np.concatenate([[0.0], np.cumsum(a)])  # noqa: E731
+        P = lambda a: np.concatenate([[0.0], np.cumsum(a)])
         pf, pb, pw, pp, pa = P(tb.fwd), P(tb.bwd), P(tb.bwd_weight), P(tb.params.astype(float)), P(tb.activation)
         fwd_cut, _ = cut_bytes(tb)
         in_bytes = fwd_cut.copy()
         in_bytes[0] = tb.model_input_bytes
-        R = relay_matrix(tb)
+        if prob.relay is None:
+            prob.relay = relay_matrix(tb)
+        R = prob.relay
         j = np.arange(N + 1)[:, None]
         lengths = np.arange(1, max_len + 1)[None, :]
         i = j - lengths
@@ -144,20 +148,23 @@ class IntervalCosts:
             if s == S - 1:
                 self.T[s][:N] = INF
             self.C[s][~np.isfinite(self.T[s])] = INF
+        self.start = np.clip(i, 0, N)
+        """start position of each (j, L) interval (clipped; invalid ones have C = inf)."""
 
     def solve(self, t: float, want_cuts: bool = True):
         """f(t): min sum c with every stage T <= t. Returns (value, cuts, recompute, max T)."""
-        N, S, L = self.N, self.S, self.L
-        jidx = np.arange(N + 1)[:, None] - np.arange(1, L + 1)[None, :]
-        jc = np.clip(jidx, 0, N)
+        N, S = self.N, self.S
         F = np.full(N + 1, INF)
         F[0] = 0.0
         args = np.zeros((S, N + 1), dtype=np.int64)
+        rows = np.arange(N + 1)
         for s in range(S):
-            cand = np.where((self.T[s] <= t) & (jidx >= 0), F[jc] + self.C[s], INF)
+            cand = F[self.start]
+            cand += self.C[s]
+            np.putmask(cand, self.T[s] > t, INF)
             a = np.argmin(cand, axis=1)
             args[s] = a
-            F = cand[np.arange(N + 1), a]
+            F = cand[rows, a]
         if not np.isfinite(F[N]):
             return INF, None, None, INF
         cuts, rec, j = [N], [], N
@@ -211,7 +218,7 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
                 return DPResult(None, None, INF, INF, time.perf_counter() - start, True)
         t *= 2.0
     lo, hi = 0.0, maxT
-    for _ in range(12):
+    for _ in range(6):
         mid = (lo + hi) / 2
         v2, c2, r2, m2 = ic.solve(mid)
         if c2 is None:
@@ -222,7 +229,9 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
     best = step_of(M, best_maxT, best_val)
     # 2) every stage time that occurs up to best / M is a candidate bottleneck; branch and bound on f.
     t_cap = best / M
-    ic = IntervalCosts(prob, band_length(prob, t_cap * (1 + 1e-12)))
+    need = band_length(prob, t_cap * (1 + 1e-12))
+    if need > ic.L:  # usually the bands built above already cover every useful interval
+        ic = IntervalCosts(prob, need)
     Tv = ic.T[np.isfinite(ic.T)]
     cand = np.unique(Tv[Tv <= t_cap * (1 + 1e-12)])
     if len(cand) == 0:

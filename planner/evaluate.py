@@ -10,8 +10,17 @@ import dataclasses
 
 from planner.cluster import Cluster
 from planner.config import TrainConfig
-from planner.cost import (CostTables, assignment_bytes, boundary_comm_ms, bubble_fraction, build_tables,
-                          predicted_step_time_ms, speeds, stage_compute_ms, stage_devices)
+from planner.cost import (
+    CostTables,
+    assignment_bytes,
+    boundary_comm_ms,
+    bubble_fraction,
+    build_tables,
+    predicted_step_time_ms,
+    speeds,
+    stage_compute_ms,
+    stage_devices,
+)
 from planner.memory import stage_memory_bytes
 from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
 from planner.schedules import in_flight_microbatches
@@ -79,7 +88,8 @@ def step_time_of(stages: list[StagePlan], config: TrainConfig, num_devices: int)
 
 
 def make_plan(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
-              stage_of: list[int], devices: list[int], recompute: list[bool], solver: SolverInfo) -> Plan:
+              stage_of: list[int], devices: list[int], recompute: list[bool], solver: SolverInfo,
+              fingerprint: str | None = None) -> Plan:
     """A Plan for this assignment; feasible=False (with the over-limit devices named) if memory does not fit."""
     stages = build_stages(profile, tables, cluster, config, stage_of, devices, recompute)
     P = cluster.num_devices
@@ -90,8 +100,8 @@ def make_plan(profile: Profile, tables: CostTables, cluster: Cluster, config: Tr
         problems = [f"device {d} ({cluster.devices[d].name}) needs {gib(cluster.devices[d].memory_bytes + b)}, "
                     f"has {gib(cluster.devices[d].memory_bytes)}: {gib(b)} over" for d, b in over]
         diagnosis = Diagnosis(message="this partition does not fit in memory", problems=problems)
-    return Plan(model=profile.model, profile_fingerprint=profile.fingerprint(), cluster=cluster, config=config,
-                feasible=not over, stages=stages, step_time_ms=step,
+    return Plan(model=profile.model, profile_fingerprint=fingerprint or profile.fingerprint(), cluster=cluster,
+                config=config, feasible=not over, stages=stages, step_time_ms=step,
                 throughput_samples_per_s=config.samples_per_step * config.data_parallel / (step / 1000.0)
                 if step > 0 else None,
                 bubble_fraction=bubble_fraction([s.fwd_ms for s in stages], [s.bwd_ms for s in stages],
@@ -126,11 +136,12 @@ def choose_recompute(profile: Profile, tables: CostTables, cluster: Cluster, con
 
 def evaluate_partition(profile: Profile, cluster: Cluster, config: TrainConfig, stage_node_ids: list[list[str]], *,
                        devices: list[int] | None = None, recompute: list[bool] | None = None,
-                       backend: str = "manual") -> Plan:
+                       backend: str = "manual", fingerprint: str | None = None) -> Plan:
     """Score a given partition (node ids per stage, pipeline order) with the cost model.
 
     devices: device index of every stage (default: the schedule's placement on the cluster order).
     recompute: per stage (default from config.recompute; "auto" turns it on only where needed).
+    fingerprint: profile.fingerprint(), if the caller has it already (it costs a JSON dump of the profile).
     """
     from planner.microbatches import microbatch_options, scale_profile
 
@@ -140,16 +151,17 @@ def evaluate_partition(profile: Profile, cluster: Cluster, config: TrainConfig, 
         raise PipeplanError(f"the partition has {len(stage_node_ids)} stages; {config.schedule} on {P} devices "
                             f"with {config.virtual_stages} stage(s) per device needs {S}")
     best = None
+    fingerprint = fingerprint or profile.fingerprint()
     for M, mbs in microbatch_options(config, P):
         cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
         prof = scale_profile(profile, mbs)
-        plan = _evaluate_one(prof, cluster, cfg, stage_node_ids, devices, recompute, backend)
+        plan = _evaluate_one(prof, cluster, cfg, stage_node_ids, devices, recompute, backend, fingerprint)
         if best is None or (plan.feasible, -plan.step_time_ms) > (best.feasible, -best.step_time_ms):
             best = plan
     return best
 
 
-def _evaluate_one(profile, cluster, config, stage_node_ids, devices, recompute, backend) -> Plan:
+def _evaluate_one(profile, cluster, config, stage_node_ids, devices, recompute, backend, fingerprint) -> Plan:
     tables = build_tables(profile)
     S = len(stage_node_ids)
     stage_of = [-1] * tables.num_nodes
@@ -178,6 +190,6 @@ def _evaluate_one(profile, cluster, config, stage_node_ids, devices, recompute, 
     if len(rec) != S:
         raise PipeplanError(f"recompute must have one flag per stage ({S})")
     plan = make_plan(profile, tables, cluster, config, stage_of, list(devs), [bool(r) for r in rec],
-                     SolverInfo(backend=backend, status="heuristic"))
+                     SolverInfo(backend=backend, status="heuristic"), fingerprint)
     plan.solver.objective_ms = plan.step_time_ms
     return plan

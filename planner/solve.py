@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 
-from planner.baselines import baseline_plans
+from planner.baselines import baseline_partitions
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.cost import CostTables, boundary_comm_ms, build_tables, speeds, stage_devices
 from planner.dp import ChainProblem, cut_bytes, solve_chain
-from planner.evaluate import make_plan
+from planner.evaluate import evaluate_partition, make_plan
 from planner.ilp import ILPProblem, solve_ilp
 from planner.microbatches import microbatch_options, scale_profile
 from planner.plan import Plan, SolverInfo
@@ -111,7 +111,7 @@ def device_orders(cluster: Cluster, config: TrainConfig) -> list[list[int]]:
 
 
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
-                devices: list[int], time_limit_s: float) -> Plan | None:
+                devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> Plan | None:
     """The best plan with this stage -> device map and micro-batch count; None if nothing fits."""
     backend = config.solver
     single_chunk = config.virtual_stages == 1
@@ -129,7 +129,8 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             return None
         status = ("optimal" if dp.optimal else "feasible") if chain else "heuristic"
         info = SolverInfo(backend="dp", status=status, seconds=dp.seconds)
-        plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute, info)
+        plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute, info,
+                         fingerprint)
         info.objective_ms = plan.step_time_ms
         info.lower_bound_ms = dp.lower_bound if chain else None
         info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
@@ -145,18 +146,18 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             return None
         # the ILP found nothing better than its cutoff (the DP's objective) within the limit
         info = SolverInfo(backend=ilp_backend, status="feasible", seconds=res.seconds + dp.seconds)
-        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info)
+        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint)
         if res.status == "infeasible":  # proven: nothing beats the warm start
             info.status, info.lower_bound_ms = "optimal", plan.step_time_ms
         info.objective_ms = plan.step_time_ms
         info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
         return plan
     info = SolverInfo(backend=ilp_backend, status=res.status, seconds=res.seconds + (dp.seconds if dp else 0.0))
-    plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info)
+    plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info, fingerprint)
     if not plan.feasible:  # within the ILP's un-rounded bytes of a limit: never report a plan that does not fit
         if warm is None:
             return None
-        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info)
+        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint)
         info.status, res.bound = "feasible", None
     info.objective_ms = plan.step_time_ms
     info.lower_bound_ms = min(res.bound, plan.step_time_ms) if res.bound is not None else None
@@ -187,12 +188,14 @@ def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan 
     orders = device_orders(cluster, config)
     budget = config.time_limit_s / (len(options) * len(orders))
     best = None
+    fingerprint = profile.fingerprint()
     for M, mbs in options:
         cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
         prof = scale_profile(profile, mbs)
         tables = build_tables(prof)
         for order in orders:
-            plan = solve_fixed(prof, tables, cluster, cfg, stage_devices(cluster.num_devices, cfg, order), budget)
+            plan = solve_fixed(prof, tables, cluster, cfg, stage_devices(cluster.num_devices, cfg, order), budget,
+                               fingerprint)
             if plan is not None and plan.feasible and (best is None or plan.step_time_ms < best.step_time_ms):
                 best = plan
     if best is not None:
@@ -211,7 +214,11 @@ def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
         if config.global_batch is not None and plan.config.num_microbatches * plan.config.micro_batch_size == \
         config.global_batch else plan.config
     try:
-        bl = baseline_plans(profile, cluster, plan.config)
+
+        S = cluster.num_devices * plan.config.virtual_stages
+        bl = {name: evaluate_partition(profile, cluster, plan.config, parts, backend=name,
+                                       fingerprint=plan.profile_fingerprint)
+              for name, parts in baseline_partitions(profile, S).items()}
         plan.baselines = {name: (p.step_time_ms if p.feasible else None) for name, p in bl.items()}
     except PipeplanError:
         plan.baselines = {}

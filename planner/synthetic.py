@@ -1,4 +1,5 @@
-"""Hand-made synthetic profiles for the planner tests (no torch needed)."""
+"""Synthetic profiles (no torch needed) for the planner tests and benchmarks: chains, DAGs, a
+U-Net-like graph and a GPT-like transformer with tied embeddings."""
 
 from __future__ import annotations
 
@@ -73,3 +74,33 @@ def unet_profile(depth: int = 4, width: int = 3, seed: int = 0) -> Profile:
                 edges.append((skips[level], k, 40_000 >> level))
             prev = k
     return dag_profile(times, edges, params=params, acts=acts, name="unet")
+
+
+def gpt_like_profile(layers: int = 12, d_model: int = 768, vocab: int = 50257, seq_len: int = 1024,
+                     micro_batch: int = 1, block_ms: float = 2.0) -> Profile:
+    """A GPT-2-like chain: embedding, `layers` blocks, final norm, LM head tied to the embedding.
+    Sizes follow GPT-2 (12 d^2 params per block); activation bytes ~ 34 s b d + 5 a s^2 b per block
+    (Korthikanti et al. 2022, fp32 here), times proportional to FLOPs."""
+    s, b, d, heads = seq_len, micro_batch, d_model, max(1, d_model // 64)
+    hidden = 4 * s * b * d
+    block_params = 12 * d * d + 13 * d
+    nodes = [ProfileNode(id="wte", name="embedding", kind="embedding", module_path="wte", fwd_ms=0.05 * block_ms,
+                         bwd_ms=0.1 * block_ms, param_count=vocab * d + s * d, param_bytes=4 * (vocab * d + s * d),
+                         activation_bytes=hidden, output_bytes=hidden)]
+    for i in range(layers):
+        nodes.append(ProfileNode(id=f"h.{i}", name=f"block {i}", kind="block", module_path=f"h.{i}",
+                                 fwd_ms=block_ms, bwd_ms=2 * block_ms, param_count=block_params,
+                                 param_bytes=4 * block_params, activation_bytes=2 * (34 * s * b * d + 5 * heads * s * s * b),
+                                 output_bytes=hidden))
+    nodes.append(ProfileNode(id="ln_f", name="final norm", kind="norm", module_path="ln_f", fwd_ms=0.01 * block_ms,
+                             bwd_ms=0.02 * block_ms, param_count=2 * d, param_bytes=8 * d, activation_bytes=hidden,
+                             output_bytes=hidden))
+    head_ms = block_ms * vocab / (6 * d)
+    nodes.append(ProfileNode(id="lm_head", name="LM head", kind="head", module_path="lm_head", fwd_ms=head_ms,
+                             bwd_ms=2 * head_ms, param_count=0, shared_params=["wte.weight"],
+                             activation_bytes=hidden + 4 * s * b * vocab, output_bytes=4 * s * b * vocab))
+    edges = [ProfileEdge(src=a.id, dst=c.id, bytes=hidden) for a, c in zip(nodes, nodes[1:])]
+    total = sum(n.param_count for n in nodes)
+    return Profile(model=ModelInfo(source="synthetic:gpt", name=f"gpt-like-{layers}x{d_model}", param_count=total,
+                                   seq_len=s, micro_batch_size=b, input_bytes=8 * s * b),
+                   provenance=Provenance(method="estimated", device="synthetic"), nodes=nodes, edges=edges)

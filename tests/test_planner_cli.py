@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from planner_synth import chain_profile  # noqa: E402
-
-from planner.cli import main  # noqa: E402
-from planner.cluster import Cluster, Device  # noqa: E402
-from planner.plan import Plan  # noqa: E402
+from planner.cli import main
+from planner.cluster import Cluster, Device
+from planner.plan import Plan
+from planner.synthetic import chain_profile
 
 
 def write_profile(tmp_path, n=12):

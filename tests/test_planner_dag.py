@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from planner_synth import chain_profile, dag_profile, unet_profile  # noqa: E402
-
-from planner.baselines import baseline_plans  # noqa: E402
-from planner.cluster import Cluster, Device  # noqa: E402
-from planner.config import TrainConfig  # noqa: E402
-from planner.cost import predicted_step_time_ms  # noqa: E402
-from planner.evaluate import evaluate_partition  # noqa: E402
-from planner.memory import stage_memory_bytes  # noqa: E402
-from planner.solve import solve  # noqa: E402
-from profiler.gpus import GiB  # noqa: E402
+from planner.baselines import baseline_plans
+from planner.cluster import Cluster, Device
+from planner.config import TrainConfig
+from planner.cost import predicted_step_time_ms
+from planner.evaluate import evaluate_partition
+from planner.memory import stage_memory_bytes
+from planner.solve import solve
+from planner.synthetic import chain_profile, dag_profile, unet_profile
+from profiler.gpus import GiB
 
 
 def skip_dag():

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
-from pathlib import Path
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from planner_synth import chain_profile  # noqa: E402
-
-from planner.cluster import Cluster, Device  # noqa: E402
-from planner.config import TrainConfig  # noqa: E402
-from planner.cost import build_tables, stage_devices  # noqa: E402
-from planner.evaluate import make_plan  # noqa: E402
-from planner.ilp import solve_ilp  # noqa: E402
-from planner.microbatches import schedule_accepts  # noqa: E402
-from planner.plan import SolverInfo  # noqa: E402
-from planner.solve import chain_problem, cuts_to_stage_of, ilp_problem, solve  # noqa: E402
-from planner.dp import solve_chain  # noqa: E402
+from planner.cluster import Cluster, Device
+from planner.config import TrainConfig
+from planner.cost import build_tables, stage_devices
+from planner.dp import solve_chain
+from planner.evaluate import make_plan
+from planner.ilp import solve_ilp
+from planner.microbatches import schedule_accepts
+from planner.plan import SolverInfo
+from planner.solve import chain_problem, cuts_to_stage_of, ilp_problem, solve
+from planner.synthetic import chain_profile
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
