@@ -115,3 +115,16 @@ def test_pp2_dp2_matches_single_process_with_same_global_batch(tmp_path):
     job = export(tmp_path, "dp", plan)
     # --dp defaults to the plan's data_parallel (2): the reference sees all 2 x 4 micro-batches
     assert_same_losses(run_job(job, ["--steps", str(STEPS)], 4), run_job(job, ["--steps", str(STEPS)], None))
+
+
+def test_hf_llama_tiny_config(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config.save_pretrained(tmp_path / "hf")
+    stages = [["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1"],
+              ["model.layers.2", "model.layers.3", "model.norm", "lm_head"]]
+    plan = hand_plan(f"hf:{tmp_path / 'hf' / 'config.json'}", stages, seq_len=16)
+    job = export(tmp_path, "llama", plan)
+    assert (job / "model" / "config.json").is_file()
+    assert_same_losses(run_job(job, ["--steps", str(STEPS)], 2), run_job(job, ["--steps", str(STEPS)], None))

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .init import init_buffers, init_parameters, materialize
+from . import init as _init
+from .init import init_parameters
 
 SEQ_LEN = @SHAPE@
 """The sequence length the plan was profiled at; every micro-batch has this shape."""
@@ -56,3 +57,37 @@ def loss_fn(output, target):
     """Mean next-token cross-entropy. The unsplit model returns a ModelOutput, the last stage its logits."""
     logits = output.logits if hasattr(output, "logits") else output
     return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
+
+
+@lru_cache(maxsize=1)
+def _computed_buffers() -> dict:
+    """FQN -> value of buffers HF computes in __init__ (RoPE inv_freq): building on meta loses
+    them, so the (parameter-free, small) modules holding them are rebuilt on the CPU."""
+    with torch.device("meta"):
+        model = build_model()
+    values = {}
+    for name, module in model.named_modules():
+        if any(True for _ in module.buffers(recurse=False)) and not any(True for _ in module.parameters(recurse=False)):
+            with torch.device("cpu"):
+                fresh = type(module)(config=model.config)
+            values.update({f"{name}.{b}": v for b, v in fresh.named_buffers(recurse=False)})
+    return values
+
+
+@torch.no_grad()
+def init_buffers(named_buffers):
+    """Computed buffers get their real values; others follow init.py. Returns unknown FQNs."""
+    unknown = []
+    for fqn, buf in named_buffers:
+        if fqn in _computed_buffers():
+            buf.copy_(_computed_buffers()[fqn])
+        else:
+            unknown += _init.init_buffers([(fqn, buf)])
+    return unknown
+
+
+def materialize(module, device, seed):
+    """init.materialize (per-FQN parameters), then the computed buffers."""
+    _init.materialize(module, device, seed)
+    init_buffers(module.named_buffers())
+    return module

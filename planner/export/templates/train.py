@@ -131,25 +131,23 @@ def assign_stages(gm: torch.fx.GraphModule, stages: list[list[str]]) -> dict[str
     if missing:
         raise JobError(f"plan layers {missing} are not modules of this model (or compute nothing); "
                        "was plan.json made for another model?")
-    # Ops outside every layer (root-level adds, aranges, reshapes) run in the stage of
-    # their first consumer, but never before the stage that produces their inputs.
-    latest: dict[str, int] = {}
-    for n in reversed(compute):
-        if n.name in owned:
-            latest[n.name] = owned[n.name]
-        else:
-            users = [latest[u.name] for u in n.users if u.name in latest]
-            latest[n.name] = min(users) if users else -1
+    # Ops outside every layer (root-level adds, masks, the DLRM interaction) follow pipeplan's layer
+    # rule (profiler/trace.py, rule 3): they join the latest stage that produced one of their inputs;
+    # ops fed only by model inputs or constants join their earliest consumer's stage.
     stage: dict[str, int] = {}
     for n in compute:
-        earliest = max([stage[a.name] for a in n.all_input_nodes if a.name in stage], default=0)
+        producers = [stage[a.name] for a in n.all_input_nodes if a.name in stage]
         if n.name in owned:
-            if owned[n.name] < earliest:
+            if producers and owned[n.name] < max(producers):
                 raise JobError(f"op {n.name} (module {module_path(n)!r}) is in stage {owned[n.name]} but uses a value "
-                               f"from stage {earliest}: the plan's stages are not in the model's data-flow order")
+                               f"from stage {max(producers)}: the plan's stages are not in the model's data-flow order")
             stage[n.name] = owned[n.name]
-        else:
-            stage[n.name] = max(earliest, latest[n.name])
+        elif producers:
+            stage[n.name] = max(producers)
+    for n in reversed(compute):
+        if n.name not in stage:
+            consumers = [stage[u.name] for u in n.users if u.name in stage]
+            stage[n.name] = min(consumers) if consumers else 0
     return stage
 
 
@@ -271,11 +269,11 @@ def stage_shapes(modules: list[StageModule], example_inputs: tuple) -> list[tupl
 
 
 def retarget_devices(module: StageModule, device: torch.device) -> None:
-    """A meta trace burns device="meta" into ops such as arange; point them at the real device."""
+    """A meta trace burns device="meta" into ops such as arange and aten.to; point them at the real device."""
+    fix = lambda a: device if isinstance(a, torch.device) and a.type == "meta" else a  # noqa: E731
     for node in module.submod.graph.nodes:
-        dev = node.kwargs.get("device")
-        if isinstance(dev, torch.device) and dev.type == "meta":
-            node.update_kwarg("device", device)
+        node.args = tuple(fix(a) for a in node.args)
+        node.kwargs = {k: fix(v) for k, v in node.kwargs.items()}
     module.submod.recompile()
 
 
@@ -295,7 +293,8 @@ def materialize(module: StageModule, device: torch.device, seed: int) -> dict[st
     for i, fqn in enumerate(module.buffer_fqns):
         buf = getattr(module, f"buf_{i}")
         setattr(module, f"buf_{i}", torch.empty(buf.shape, dtype=buf.dtype, device=device))
-        model_source.init_buffers([(fqn, getattr(module, f"buf_{i}"))])
+        if model_source.init_buffers([(fqn, getattr(module, f"buf_{i}"))]):
+            raise JobError(f"buffer {fqn} has no known initial value: give it one in model/__init__.py init_buffers")
     model_source.init_parameters(params.items(), seed)
     return params
 
