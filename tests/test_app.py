@@ -29,10 +29,10 @@ GPT2_CONFIG = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "voca
 
 @pytest.fixture(autouse=True)
 def _fresh_caches():
-    # st.cache_data is process-global and survives across AppTest instances.
-    from ui import cache
-
-    cache.clear()
+    # st.cache_data is process-global and survives across AppTest instances: clear plans and
+    # timelines. Sample profiles (ui.cache's own LRU) are kept: they are deterministic and the
+    # slowest thing to rebuild (~20 s for gpt 124M on 2 shared cores).
+    st.cache_data.clear()
     st.cache_resource.clear()
 
 

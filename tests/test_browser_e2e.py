@@ -82,7 +82,7 @@ def browser():
 def timeline_rows(page) -> list[str]:
     """The device rows on the timeline's y axis (the first chart on the page), without comm rows."""
     chart = page.locator('[data-testid="stPlotlyChart"]').first
-    ticks = chart.locator(".yaxislayer-above .ytick text").all_inner_texts()
+    ticks = chart.locator(".yaxislayer-above .ytick text").all_text_contents()
     return [t for t in ticks if t.startswith("dev ") and not t.endswith("comm")]
 
 
@@ -105,6 +105,10 @@ def test_plan_change_devices_and_download(server, browser, tmp_path):
     rows_before = wait_for(lambda: timeline_rows(page), 30, "timeline rows")
     assert len(rows_before) == 4, rows_before
     step_before = page.locator('[data-testid="stMetric"]', has_text="Predicted step time").inner_text()
+    # The plan view: scrolled so the Plan section's headline and timeline fill the window.
+    page.locator('[data-testid="stHeading"]', has_text="4. Plan").first.evaluate(
+        "el => el.scrollIntoView({block: 'start'})")
+    time.sleep(0.5)
     page.screenshot(path=str(ARTIFACTS / "app_plan.png"), full_page=False)
     page.locator('[data-testid="stPlotlyChart"]').first.screenshot(path=str(ARTIFACTS / "app_timeline.png"))
 

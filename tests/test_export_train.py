@@ -128,3 +128,55 @@ def test_hf_llama_tiny_config(tmp_path):
     job = export(tmp_path, "llama", plan)
     assert (job / "model" / "config.json").is_file()
     assert_same_losses(run_job(job, ["--steps", str(STEPS)], 2), run_job(job, ["--steps", str(STEPS)], None))
+
+
+def test_checkpoint_kill_resume_matches_uninterrupted(tmp_path):
+    job = export(tmp_path, "ckpt", hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), seq_len=32))
+    args = ["--steps", "6", "--checkpoint-every", "3"]
+    full = run_job(job, [*args, "--checkpoint-dir", str(tmp_path / "full_ckpt")], 2)
+    assert [d["step"] for d in full] == [1, 2, 3, 4, 5, 6]
+    # Second run: kill the whole torchrun process group once step 3 (checkpointed) is logged.
+    ckpt = tmp_path / "ckpt_dir"
+    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py", *args,
+           "--checkpoint-dir", str(ckpt)]
+    proc = subprocess.Popen(cmd, cwd=job, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 300
+        for line in proc.stdout:
+            seen += json_lines(line)
+            if seen and seen[-1]["step"] == 3 or time.monotonic() > deadline:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert seen and seen[-1]["step"] == 3, "the run was not killed right after the step-3 checkpoint"
+    assert (ckpt / "latest").read_text() == "3"
+    resumed = run_job(job, [*args, "--checkpoint-dir", str(ckpt), "--resume"], 2)
+    assert [d["step"] for d in resumed] == [4, 5, 6]
+    assert losses(seen[:3]) == losses(full[:3])
+    diffs = [abs(a - b) for a, b in zip(losses(resumed), losses(full[3:]))]
+    assert max(diffs) <= 1e-6, f"resumed {losses(resumed)} vs uninterrupted {losses(full[3:])}"
+
+
+def test_mismatched_micro_batch_shape_fails_clearly_before_any_process_group(tmp_path):
+    job = export(tmp_path, "bad", hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), seq_len=32))
+    # The user's real data has 31 tokens per sample, the plan was made at 32.
+    train = job / "train.py"
+    text = train.read_text()
+    hook = "    return model_source.make_batch(num_samples, generator=generator)\n"
+    assert hook in text
+    train.write_text(text.replace(hook, "    inputs, target = model_source.make_batch(num_samples, generator=generator)\n"
+                                        "    return (inputs[0][:, :31],), target[:, :31]\n"))
+    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py", "--steps", "2"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=job, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "train.py: error: get_batch input 0 has shape (8, 31)" in proc.stderr
+    assert "need (8, 32)" in proc.stderr
+    assert "Received data size" not in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 100
+    single = subprocess.run([sys.executable, "train.py", "--single-process", "--steps", "1"], cwd=job, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 2 and single.stderr.startswith("train.py: error: get_batch input 0")

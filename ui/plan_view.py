@@ -53,7 +53,7 @@ def headline_metrics(plan: Plan) -> None:
     h = headline(plan)
     cols = st.columns(5)
     cols[0].metric("Predicted step time", f"{h.step_time_ms:.1f} ms")
-    cols[1].metric("Throughput", f"{h.throughput_samples_per_s:.1f} samples/s")
+    cols[1].metric("Throughput, samples/s", f"{h.throughput_samples_per_s:,.1f}")
     cols[2].metric("Pipeline bubble", f"{100 * h.bubble_fraction:.1f}%")
     cols[3].metric("Fullest device memory", f"{100 * h.fullest.fraction:.1f}%",
                    help=f"{h.fullest.name}: {h.fullest.memory.total / GiB:.2f} of {h.fullest.limit_bytes / GiB:.1f} GiB")
