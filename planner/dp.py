@@ -196,6 +196,23 @@ def band_length(prob: ChainProblem, t_cap: float) -> int:
     return min(max(longest, 1), N - prob.num_stages + 1)
 
 
+def memory_band_length(prob: ChainProblem) -> int:
+    """Longest interval that can fit in memory on some stage: params and saved activations only grow
+    with the interval (relay and input bytes are >= 0), so this bounds every feasible interval."""
+    tb = prob.tables
+    N = tb.num_nodes
+    longest = 1
+    for s in range(prob.num_stages):
+        cos = [memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config, profile_dtype=tb.dtype,
+                                   recompute=r) for r in prob.recompute_options]
+        per_act = min(c.per_activation_byte for c in cos)
+        lower = np.concatenate([[0.0], np.cumsum(cos[0].per_param * tb.params + per_act * tb.activation)])
+        budget = prob.stage_limit[s] - cos[0].constant
+        lo = np.searchsorted(lower, lower - budget - 1e-9 * max(1.0, budget), side="left")
+        longest = max(longest, int((np.arange(N + 1) - lo).max()))
+    return max(longest, 1)
+
+
 def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: float = 1e-9) -> DPResult:
     """The best contiguous partition under the cost model, with a proven lower bound."""
     start = time.perf_counter()
@@ -206,9 +223,9 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
     # 1) an upper bound: grow t until a partition exists, then tighten by a short bisection.
     total = float((tb.fwd + tb.bwd).sum())
     t = max(total / sum(prob.stage_speed), 1e-9)
-    full_len = N - S + 1
+    full_len = min(N - S + 1, memory_band_length(prob))
     while True:
-        ic = IntervalCosts(prob, band_length(prob, t))
+        ic = IntervalCosts(prob, min(band_length(prob, t), full_len))
         val, cuts, rec, maxT = ic.solve(t)
         if cuts is not None:
             break
@@ -229,7 +246,7 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
     best = step_of(M, best_maxT, best_val)
     # 2) every stage time that occurs up to best / M is a candidate bottleneck; branch and bound on f.
     t_cap = best / M
-    need = band_length(prob, t_cap * (1 + 1e-12))
+    need = min(band_length(prob, t_cap * (1 + 1e-12)), full_len)
     if need > ic.L:  # usually the bands built above already cover every useful interval
         ic = IntervalCosts(prob, need)
     Tv = ic.T[np.isfinite(ic.T)]
@@ -266,4 +283,4 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
         f(mid)
         stack += [(a, mid), (mid, b)]
     lower = min([best] + open_bounds) if timed_out else best
-    return DPResult(best_cuts, best_rec, best, lower, time.perf_counter() - start, not timed_out)
+    return DPResult(best_cuts, best_rec, float(best), float(lower), time.perf_counter() - start, not timed_out)
