@@ -74,7 +74,7 @@ def test_order_equals_torch(torch_name, name, v):
         if expected is not None:
             assert got == expected, f"{name} P={P} M={M}"
             checked += 1
-    assert checked > 30
+    assert checked >= len(SHAPES) * 3 // 4
 
 
 def test_zbh1_equals_torch_interleaved_zero_bubble_with_one_stage_per_rank():
