@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from planner.schedules import SPLIT_BACKWARD_SCHEDULES, _rounds, check_schedule, in_flight_microbatches
-from planner.simulator import _encoded_order, _run, simulate_times
+from planner.simulator import _encode, _encoded_order, _run, simulate_times
 from planner.timeline import Timeline
 from profiler.errors import PipeplanError
 
@@ -267,9 +267,11 @@ def test_bad_inputs_are_explained(kwargs, match):
 
 
 def test_malformed_order_is_reported_as_a_deadlock():
-    # torch's own example of an un-runnable order: rank 0 runs B0 before rank 1 can produce it.
-    seq = (((0, 0, 0, 0), (1, 0, 0, 0), (0, 0, 1, 1), (1, 0, 1, 1)),
-           ((0, 1, 0, 2), (0, 1, 1, 3), (1, 1, 0, 2), (1, 1, 1, 3)))
+    # torch's own example of an un-runnable order: rank 0 waits for 1B0 while rank 1 waits for 0F1.
+    order = ([(0, "F", 0), (0, "B", 0), (0, "F", 1), (0, "B", 1)],
+             [(1, "F", 0), (1, "F", 1), (1, "B", 0), (1, "B", 1)])
     with pytest.raises(PipeplanError, match="deadlocks"):
-        _run(seq, 2, 2, ([1.0] * 2, [1.0] * 2, [0.0] * 2), [0.0])
+        _run(_encode(order, 2, 2), 2, 2, ([1.0] * 2, [1.0] * 2, [0.0] * 2), [0.0])
+    with pytest.raises(PipeplanError, match="runs 0B0 before 0F0"):
+        _encode(([(0, "B", 0), (0, "F", 0)], [(1, "F", 0), (1, "B", 0)]), 2, 1)
     assert _run(_encoded_order("1F1B", 2, 2, 1), 2, 2, ([1.0] * 2, [1.0] * 2, [0.0] * 2), [0.0])[0]
