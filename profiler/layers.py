@@ -34,9 +34,13 @@ class LayerProgram:
 
 def retarget_devices(graph: fx.Graph, device: torch.device) -> None:
     """Rewrite `device=` arguments burned into the graph (export on meta writes device='meta')."""
+    def fix(a):
+        return device if isinstance(a, torch.device) and a != device else a
+
     for node in graph.nodes:
-        if isinstance(node.kwargs.get("device"), torch.device) and node.kwargs["device"] != device:
-            node.kwargs = {**node.kwargs, "device": device}
+        if node.op == "call_function":
+            node.args = tuple(fix(a) for a in node.args)
+            node.kwargs = {k: fix(v) for k, v in node.kwargs.items()}
 
 
 def build_programs(traced: TracedModel, device: torch.device | None = None) -> list[LayerProgram]:

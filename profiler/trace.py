@@ -161,7 +161,7 @@ def _user_frame(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     torch_dir = torch.__file__.rsplit("/", 2)[0]
     for fr in reversed(frames):
-        if not fr.filename.startswith(torch_dir) and "/profiler/" not in fr.filename:
+        if not fr.filename.startswith((torch_dir, "<")) and "/profiler/" not in fr.filename:
             code = (fr.line or linecache.getline(fr.filename, fr.lineno)).strip()
             return f"{fr.filename.rsplit('/', 1)[-1]}:{fr.lineno} in {fr.name}: `{code}`"
     return ""
