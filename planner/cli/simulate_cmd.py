@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from profiler.errors import PipeplanError
+from profiler.jsonio import read_json_file
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -29,13 +30,15 @@ def summary(timeline, plan) -> dict:
     names = {}
     for st, dev in zip(plan.stages, timeline.stage_device):
         names.setdefault(dev, plan.cluster.devices[st.device].name)
+    busy = [0.0] * timeline.num_devices
+    for e in timeline.compute_events():
+        busy[e.device] += e.end_ms - e.start_ms
     per_device = []
     for d in range(timeline.num_devices):
-        busy = sum(e.end_ms - e.start_ms for e in timeline.events if e.device == d and e.op in ("F", "B", "W"))
         per_device.append({
             "device": d, "name": names.get(d, f"dev {d}"),
             "stages": [s for s, dev in enumerate(timeline.stage_device) if dev == d],
-            "busy_ms": busy, "bubble": timeline.bubble_per_device[d],
+            "busy_ms": busy[d], "bubble": timeline.bubble_per_device[d],
             "peak_activation_bytes": timeline.peak_memory_bytes[d] if timeline.peak_memory_bytes else None,
             "peak_in_flight": [timeline.peak_in_flight[s] for s, dev in enumerate(timeline.stage_device)
                                if dev == d],
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.plan)
     if not path.is_file():
         raise PipeplanError(f"plan file {str(path)!r} not found; write one with `pipeplan plan ... -o plan.json`")
-    plan = Plan.from_json(path.read_bytes())
+    plan = Plan.from_json(read_json_file(path, "plan"))
     timeline = simulate(plan, schedule=args.schedule, num_microbatches=args.microbatches)
     info = summary(timeline, plan)
     if args.timeline_json:
