@@ -110,7 +110,7 @@ def run(quick: bool) -> dict:
         "chain_1000_8": case_chain(1000, 8, seed=0, time_limit=10),
         "chain_1000_8_mixed": case_chain(1000, 8, seed=1, time_limit=10, mixed=True),
         "unet_dag_200_8": case_unet(8, time_limit=10),
-        "chain_2000_64": case_chain(2000, 64, seed=2, time_limit=6),
+        "chain_2000_64": case_chain(2000, 64, seed=2, time_limit=10),
         "resolve_gpt124m_8": case_resolve(),
     }
     if not quick:

@@ -71,9 +71,9 @@ def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             lat.append(1000.0 * link.latency_s)
             per_byte.append(1000.0 / link.bandwidth_bytes_per_s)
     stages_on = {d: devices.count(d) for d in set(devices)}
-    # each stage's memory includes the reserve; a device counts it once. The ILP cannot round to whole
-    # bytes as stage_memory_bytes does; make_plan re-checks every plan it returns.
-    limits = {d: cluster.devices[d].memory_bytes + (n - 1) * config.reserve_bytes for d, n in stages_on.items()}
+    # the ILP's stage memory leaves the reserve out; a device holds it once. The ILP cannot round to
+    # whole bytes as stage_memory_bytes does; make_plan re-checks every plan it returns.
+    limits = {d: cluster.devices[d].memory_bytes - config.reserve_bytes for d in stages_on}
     return ILPProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
                       virtual_stages=config.virtual_stages, stage_device=devices,
                       stage_speed=[sp[d] for d in devices], device_limit=limits,

@@ -44,7 +44,8 @@ def instances(draw, max_nodes=8, max_devices=3):
     M = draw(st.integers(P, 3 * P))
     assume(schedule_accepts(schedule, P, M) is None)
     recompute = draw(st.sampled_from(["off", "on", "auto"]))
-    cfg = TrainConfig(schedule=schedule, num_microbatches=M, recompute=recompute)
+    reserve = draw(st.sampled_from([0, 0, max(1, total_need // (4 * P))]))
+    cfg = TrainConfig(schedule=schedule, num_microbatches=M, recompute=recompute, reserve_bytes=reserve)
     return chain_profile(times, params=params, acts=acts, edge_bytes=edge_bytes), cluster, cfg
 
 
@@ -106,7 +107,7 @@ def test_cold_ilp_objective_equals_dp(inst, backend):
     if dp.cuts is None:
         assert res.stage_of is None and res.status == "infeasible"
         return
-    assert res.status == "optimal"
+    assert res.status == "optimal", (res, profile.to_json(), cluster.to_json(), config.to_json())
     assert abs(res.objective - dp.objective) <= 1e-6 * dp.objective
     plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute,
                      SolverInfo(backend=backend, status="optimal"))
