@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,7 @@ from planner.cli import build_parser
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.evaluate import device_memory_bytes
+from planner.plan import Plan
 from planner.solve import solve
 from profiler.errors import PipeplanError
 from profiler.gpus import GPU_PRESETS, GiB
@@ -183,6 +186,34 @@ def test_cli_commands_parse_with_the_real_cli(interleaved_plan):
     for line in lines:
         argv = shlex.split(line)
         assert argv[0] == "pipeplan"
-        if argv[1] not in parser._subparsers._group_actions[0].choices:
-            pytest.skip(f"`pipeplan {argv[1]}` is not built yet")
-        parser.parse_args(argv[1:])  # SystemExit on an unknown flag
+        parser.parse_args(argv[1:])  # SystemExit on an unknown flag or subcommand
+
+
+def test_cli_commands_reproduce_the_apps_plan(tmp_path):
+    """Run the printed commands for real: the CLI's plan has the app's cuts and step time."""
+    from profiler import load_profile
+
+    flags = "--batch-size 2 --seq-len 32 --estimate-for A100-80GB"
+    profile = load_profile("sample:gpt:tiny", batch_size=2, seq_len=32, estimate_for="A100-80GB")
+    cluster = cluster_from_rows(base_rows(2, "L4", 8) + [{"name": "big", "preset": "A100-80GB", "node": 1}],
+                                intra_node_gbs=25, inter_node_gbs=10, precision="bf16_mixed")
+    config = TrainConfig(schedule="1F1B", num_microbatches=4, micro_batch_size=2, precision="bf16_mixed",
+                         reserve_bytes=GiB, time_limit_s=5)
+    plan = solve(profile, cluster, config)
+    assert plan.feasible
+    (tmp_path / "cluster.json").write_text(cluster.to_json())
+    for line in cli_commands(plan, "sample:gpt:tiny", flags).splitlines():
+        argv = [sys.executable, "-m", "planner.cli", *shlex.split(line)[1:]]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=_env())
+        assert done.returncode == 0, (line, done.stderr)
+    cli_plan = Plan.from_json((tmp_path / "plan.json").read_text())
+    assert cli_plan.module_fqns_per_stage() == plan.module_fqns_per_stage()
+    assert cli_plan.step_time_ms == pytest.approx(plan.step_time_ms)
+    assert (tmp_path / "job" / "train.py").is_file()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -21,7 +21,9 @@ def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str
         lines.append(f"pipeplan profile {shlex.quote(cli_source)} {cli_flags} -o profile.json".replace("  ", " "))
         model = "profile:profile.json"
     plan_args = [f"pipeplan plan {shlex.quote(model)} --cluster cluster.json", f"--schedule {c.schedule}",
-                 f"--microbatches {c.num_microbatches}"]
+                 f"--microbatches {c.num_microbatches}",
+                 # explicit: `pipeplan plan` otherwise plans at micro-batch 1, rescaling the profile
+                 f"--batch-size {c.micro_batch_size}"]
     if c.schedule == "Interleaved1F1B":
         plan_args.append(f"--virtual-stages {c.virtual_stages}")
     plan_args += [f"--optimizer {c.optimizer}", f"--precision {c.precision}", f"--recompute {c.recompute}",

@@ -59,9 +59,6 @@ def model_section() -> ModelChoice | None:
     except PipeplanError as exc:
         st.error(f"Cannot load this model: {exc}")
         return None
-    except ImportError as exc:  # TEMPORARY while profiler.load_profile lands
-        st.error(f"The profiler is not installed yet ({exc}); upload a Profile JSON instead.")
-        return None
 
 
 def _sample_model(batch_size: int, estimate_for: str, shape_col) -> ModelChoice | None:

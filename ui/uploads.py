@@ -63,7 +63,7 @@ def profile_from_upload(kind: str, name: str, data: bytes, request: ModelRequest
         from profiler import profile_hf_config
 
         return profile_hf_config(config, batch_size=request.batch_size, seq_len=request.seq_len,
-                                 estimate_for=request.estimate_for)
+                                 estimate_for=request.estimate_for, source=f"hf:{name}")
     # kind == "python"
     if not allow_code:
         raise PipeplanError("Python model files run code; this server does not allow it. "
