@@ -49,6 +49,29 @@ def run_job(job: Path, args: list[str], nproc: int | None, timeout: float = 300)
     return json_lines(proc.stdout)
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts each worker in its own session,
+    so killing torchrun's process group would leave the workers running)."""
+    def children(p: int) -> list[int]:
+        out = []
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                out += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return out
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children(p)
+    for p in reversed(found):  # workers first, then torchrun
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def losses(lines: list[dict]) -> list[float]:
     return [d["loss"] for d in lines]
 
@@ -144,12 +167,15 @@ def test_checkpoint_kill_resume_matches_uninterrupted(tmp_path):
     seen = []
     try:
         deadline = time.monotonic() + 300
-        for line in proc.stdout:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
             seen += json_lines(line)
-            if seen and seen[-1]["step"] == 3 or time.monotonic() > deadline:
+            if seen and seen[-1]["step"] == 3:
                 break
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.wait()
     assert seen and seen[-1]["step"] == 3, "the run was not killed right after the step-3 checkpoint"
     assert (ckpt / "latest").read_text() == "3"
@@ -175,7 +201,8 @@ def test_mismatched_micro_batch_shape_fails_clearly_before_any_process_group(tmp
     assert proc.returncode != 0
     assert "train.py: error: get_batch input 0 has shape (8, 31)" in proc.stderr
     assert "need (8, 32)" in proc.stderr
-    assert "Received data size" not in proc.stderr and "Traceback" not in proc.stderr
+    # no traceback from the job itself (torchrun still reports the failed worker its own way)
+    assert "Received data size" not in proc.stderr and 'train.py", line' not in proc.stderr
     assert time.monotonic() - start < 100
     single = subprocess.run([sys.executable, "train.py", "--single-process", "--steps", "1"], cwd=job, env=_env(),
                             capture_output=True, text=True, timeout=120)
