@@ -8,6 +8,7 @@ micro-batch number as text. Colours are Okabe-Ito (colour-blind safe).
 
 from __future__ import annotations
 
+import numpy as np
 import plotly.graph_objects as go
 
 from planner.schedules import SPLIT_BACKWARD_SCHEDULES
@@ -150,11 +151,15 @@ def _bars(events: list[Event], ys: list[str], name: str, color: str, *, text: li
     marker: dict = {"color": color, "line": {"width": 0.5, "color": "white"}}
     if patterns and any(patterns):
         marker["pattern"] = {"shape": patterns, "fillmode": "overlay", "fgcolor": "rgba(0,0,0,0.35)"}
+    # numpy arrays: plotly validates nested Python lists element by element (seconds at 10^4 bars).
+    start = np.fromiter((e.start_ms for e in events), dtype=float, count=len(events))
+    end = np.fromiter((e.end_ms for e in events), dtype=float, count=len(events))
+    stage_mb = np.array([(e.stage, e.microbatch) for e in events], dtype=float).reshape(-1, 2)
     return go.Bar(
-        orientation="h", y=ys, base=[e.start_ms for e in events], x=[e.end_ms - e.start_ms for e in events],
+        orientation="h", y=ys, base=start, x=end - start,
         name=name, marker=marker, width=width, text=text, textposition="inside" if text else "none",
         insidetextanchor="middle", textfont={"size": 10}, cliponaxis=False,
-        customdata=[[e.stage, e.microbatch, e.start_ms, e.end_ms, e.peer_stage] for e in events],
+        customdata=np.column_stack([stage_mb, start, end]),
         hovertemplate=(f"{name}<br>stage %{{customdata[0]}}, micro-batch %{{customdata[1]}}"
                        "<br>%{customdata[2]:.3f} → %{customdata[3]:.3f} ms<extra></extra>"),
     )

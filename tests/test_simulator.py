@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -248,6 +249,13 @@ def test_timeline_json_round_trip():
 def test_timeline_json_rejects_garbage():
     with pytest.raises(PipeplanError, match="schema"):
         Timeline.from_json('{"schema": "nope"}')
+    good = uniform("1F1B", 2, 2).to_dict()
+    for bad_event, match in (({"op": "X"}, "op is 'X'"), ({"device": "0"}, r"events\[0\]\.device"),
+                             ({"colour": 1}, "unknown field")):
+        doc = json.loads(json.dumps(good))
+        doc["events"][0].update(bad_event)
+        with pytest.raises(PipeplanError, match=match):
+            Timeline.from_dict(doc)
 
 
 @pytest.mark.parametrize("kwargs,match", [
