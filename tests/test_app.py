@@ -103,6 +103,14 @@ def test_hf_config_upload_plans_that_model():
     no_problems(at)
     assert int(metric(at, "Layers")) >= GPT2_CONFIG["n_layer"]
     assert metric(at, "Predicted step time").endswith(" ms")
+    # too long a sequence for the config: a clear error, the rest of the page intact
+    at.number_input(key="upload_seq_len").set_value(4096).run()
+    assert not at.exception, at.exception
+    assert any("max_position_embeddings" in e.value for e in at.error)
+    assert at.number_input(key="n_devices").value == DEFAULT_DEVICES
+    at.number_input(key="upload_seq_len").set_value(128).run()
+    no_problems(at)
+    assert "seq len 128" in " ".join(c.value for c in at.caption)
 
 
 def test_bad_upload_shows_an_error_and_keeps_the_rest():

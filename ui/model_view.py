@@ -100,8 +100,9 @@ def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) 
     seq_len = None
     factory = "make_model"
     if kind != "profile_json":
-        seq_len = int(shape_col.number_input("Sequence length", min_value=1, max_value=1 << 20, value=1024,
-                                             step=1, key="upload_seq_len"))
+        value = shape_col.number_input("Sequence length", min_value=1, max_value=1 << 20, value=None, step=1,
+                                       key="upload_seq_len", placeholder="the model's default")
+        seq_len = None if value is None else int(value)
     if kind == "python":
         factory = st.text_input("Factory function in the file", value="make_model", key="py_factory")
     upload = st.file_uploader(f"Upload {source}", type=types, key=f"upload_{kind}",
@@ -120,7 +121,7 @@ def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) 
             key="profile_export_source", help="sample:NAME:SIZE or hf:PATH/config.json: the job builds this model")
         return ModelChoice(profile=profile, cli_source=f"profile:{upload.name}", cli_flags="",
                            export_source=export_source.strip() or None)
-    flags = f"--batch-size {batch_size} --seq-len {seq_len} --estimate-for {estimate_for}"
+    flags = f"--batch-size {batch_size}{f' --seq-len {seq_len}' if seq_len else ''} --estimate-for {estimate_for}"
     if kind == "hf_config":
         return ModelChoice(profile=profile, cli_source=f"hf:{upload.name}", cli_flags=flags,
                            export_source=f"hf:{saved_hf_config(upload.getvalue())}")
