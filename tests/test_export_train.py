@@ -72,6 +72,20 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+_SINGLE: dict[tuple, list[dict]] = {}
+
+
+def single_reference(job: Path, plan, steps: int = STEPS) -> list[dict]:
+    """`train.py --single-process` for this job; cached, since it depends only on the model, data,
+    micro-batching and steps (not on the split or schedule), so several tests share one run."""
+    cfg = plan.config
+    key = (plan.model.source, plan.model.seq_len, plan.model.image_size, cfg.num_microbatches,
+           cfg.micro_batch_size, cfg.data_parallel, steps)
+    if key not in _SINGLE:
+        _SINGLE[key] = run_job(job, ["--steps", str(steps)], None)
+    return _SINGLE[key]
+
+
 def losses(lines: list[dict]) -> list[float]:
     return [d["loss"] for d in lines]
 
@@ -94,50 +108,46 @@ def export(tmp_path: Path, name: str, plan) -> Path:
     return job
 
 
+def check_equivalence(tmp_path: Path, name: str, plan, nproc: int) -> None:
+    job = export(tmp_path, name, plan)
+    assert_same_losses(run_job(job, ["--steps", str(STEPS)], nproc), single_reference(job, plan))
+
+
 def test_gpt_1f1b_and_gpipe_match_single_process(tmp_path):
     for schedule in ("1F1B", "GPipe"):
-        job = export(tmp_path, schedule, hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), schedule=schedule,
-                                                    seq_len=32))
-        if schedule == "1F1B":
-            single = run_job(job, ["--steps", str(STEPS)], None)
-        assert_same_losses(run_job(job, ["--steps", str(STEPS)], 2), single)
+        check_equivalence(tmp_path, schedule, hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), schedule=schedule,
+                                                        seq_len=32), 2)
 
 
 def test_unet3d_skips_across_stages(tmp_path):
     # down.0 and down.1 outputs skip to up.2 / up.1 in stage 1: relayed through the boundary
     stages = [["down.0", "down.1"], ["down.2", "bottleneck", "up.0", "up.1", "up.2", "head"]]
-    job = export(tmp_path, "unet", hand_plan("sample:unet3d:tiny", stages, num_microbatches=2, micro_batch_size=1,
-                                             image_size=16))
-    assert_same_losses(run_job(job, ["--steps", str(STEPS)], 2), run_job(job, ["--steps", str(STEPS)], None))
+    check_equivalence(tmp_path, "unet", hand_plan("sample:unet3d:tiny", stages, num_microbatches=2,
+                                                  micro_batch_size=1, image_size=16), 2)
 
 
 def test_dlrm(tmp_path):
     stages = [["bottom_mlp", "embeddings"], ["top_mlp"]]
-    job = export(tmp_path, "dlrm", hand_plan("sample:dlrm:tiny", stages, num_microbatches=4, micro_batch_size=4))
-    assert_same_losses(run_job(job, ["--steps", str(STEPS)], 2), run_job(job, ["--steps", str(STEPS)], None))
+    check_equivalence(tmp_path, "dlrm", hand_plan("sample:dlrm:tiny", stages, num_microbatches=4, micro_batch_size=4), 2)
 
 
 def test_gpt_four_ranks_two_stages_each(tmp_path):
     layers = ["wte", "wpe", *[f"layers.{i}" for i in range(4)], "ln_f", "lm_head"]
     plan = hand_plan("sample:gpt:tiny", [[x] for x in layers], schedule="Interleaved1F1B", virtual_stages=2,
                      num_microbatches=4, seq_len=32)
-    job = export(tmp_path, "i1f1b", plan)
-    assert_same_losses(run_job(job, ["--steps", str(STEPS)], 4), run_job(job, ["--steps", str(STEPS)], None))
+    check_equivalence(tmp_path, "i1f1b", plan, 4)
 
 
 def test_gpt_zbv_two_ranks(tmp_path):
     # V placement: rank 0 holds stages 0 and 3, so the tied wte / lm_head share one Parameter there
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(4), schedule="ZBV", num_microbatches=4, seq_len=32)
-    job = export(tmp_path, "zbv", plan)
-    assert json.loads((job / "plan.json").read_text())["config"]["schedule"] == "ZBV"
-    assert_same_losses(run_job(job, ["--steps", str(STEPS)], 2), run_job(job, ["--steps", str(STEPS)], None))
+    check_equivalence(tmp_path, "zbv", plan, 2)
 
 
 def test_pp2_dp2_matches_single_process_with_same_global_batch(tmp_path):
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), data_parallel=2, seq_len=32)
-    job = export(tmp_path, "dp", plan)
     # --dp defaults to the plan's data_parallel (2): the reference sees all 2 x 4 micro-batches
-    assert_same_losses(run_job(job, ["--steps", str(STEPS)], 4), run_job(job, ["--steps", str(STEPS)], None))
+    check_equivalence(tmp_path, "dp", plan, 4)
 
 
 def test_hf_llama_tiny_config(tmp_path):
@@ -148,9 +158,8 @@ def test_hf_llama_tiny_config(tmp_path):
     stages = [["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1"],
               ["model.layers.2", "model.layers.3", "model.norm", "lm_head"]]
     plan = hand_plan(f"hf:{tmp_path / 'hf' / 'config.json'}", stages, seq_len=16)
-    job = export(tmp_path, "llama", plan)
-    assert (job / "model" / "config.json").is_file()
-    assert_same_losses(run_job(job, ["--steps", str(STEPS)], 2), run_job(job, ["--steps", str(STEPS)], None))
+    check_equivalence(tmp_path, "llama", plan, 2)
+    assert (tmp_path / "llama" / "model" / "config.json").is_file()
 
 
 def test_checkpoint_kill_resume_matches_uninterrupted(tmp_path):
@@ -207,3 +216,17 @@ def test_mismatched_micro_batch_shape_fails_clearly_before_any_process_group(tmp
     single = subprocess.run([sys.executable, "train.py", "--single-process", "--steps", "1"], cwd=job, env=_env(),
                             capture_output=True, text=True, timeout=120)
     assert single.returncode == 2 and single.stderr.startswith("train.py: error: get_batch input 0")
+
+
+def test_profile_solve_export_flow(tmp_path):
+    """The real flow: a profile of GPT tiny, the solver's plan for 2 devices, the exported job."""
+    from planner.cluster import Cluster
+    from planner.config import TrainConfig
+    from planner.solve import solve
+    from profiler import load_profile
+
+    profile = load_profile("sample:gpt:tiny", batch_size=2, seq_len=32)
+    plan = solve(profile, Cluster.uniform(2, memory_bytes=8 << 30),
+                 TrainConfig(schedule="1F1B", num_microbatches=4, micro_batch_size=2))
+    assert plan.feasible and len(plan.stages) == 2
+    check_equivalence(tmp_path, "solved", plan, 2)
