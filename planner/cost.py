@@ -161,8 +161,13 @@ def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, sc
     c_s = T_s - kappa * W_s for every stage but the last (kappa from zero_bubble_weight_factor),
     step = max(M * max_d D_d, (M - 1/v) * max_d D_d + sum_s c_s / v).
     For 1F1B with v = 1 this is (M-1) max T + sum T; uniform stages give (M+P-1) t (GPipe and 1F1B)
-    and (M v + P - 1) t/v (interleaved). For GPipe with unequal stages it is an upper bound
-    ((M-1)(max F + max B) <= (M-1) max(F+B)).
+    and (M v + P - 1) t/v (interleaved).
+    It is what the DP and the ILP minimise; a Plan's step_time_ms is the simulated makespan
+    (evaluate.with_timeline). For 1F1B this form is an upper bound on the simulated makespan (it
+    charges both sends to the sender; the simulator overlaps them with compute). For GPipe without
+    communication it is a lower bound: the simulator gives sum F + (M-1) max F + sum B + (M-1) max B,
+    and max F + max B >= max(F+B). For interleaved and zero-bubble schedules with unequal stages it
+    is an estimate either way (tests/test_planner_timeline.py).
     """
     from planner.schedules import stage_to_device
 

@@ -89,24 +89,52 @@ def step_time_of(stages: list[StagePlan], config: TrainConfig, num_devices: int)
 
 def make_plan(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
               stage_of: list[int], devices: list[int], recompute: list[bool], solver: SolverInfo,
-              fingerprint: str | None = None) -> Plan:
-    """A Plan for this assignment; feasible=False (with the over-limit devices named) if memory does not fit."""
+              fingerprint: str | None = None, *, timeline: bool = True) -> Plan:
+    """A Plan for this assignment; feasible=False (with the over-limit devices named) if memory does not fit.
+
+    solver.objective_ms is set to the closed form (cost.predicted_step_time_ms), the number the DP
+    and the ILP minimise. With timeline=True, step_time_ms and bubble_fraction are the simulated
+    timeline's makespan and bubble (see with_timeline); with timeline=False they hold the closed form,
+    for callers that rank many candidates and simulate only the winner.
+    """
     stages = build_stages(profile, tables, cluster, config, stage_of, devices, recompute)
     P = cluster.num_devices
-    step = step_time_of(stages, config, P)
+    closed = step_time_of(stages, config, P)
+    solver.objective_ms = closed
     over = memory_problems(stages, cluster, config)
     diagnosis = None
     if over:
         problems = [f"device {d} ({cluster.devices[d].name}) needs {gib(cluster.devices[d].memory_bytes + b)}, "
                     f"has {gib(cluster.devices[d].memory_bytes)}: {gib(b)} over" for d, b in over]
         diagnosis = Diagnosis(message="this partition does not fit in memory", problems=problems)
-    return Plan(model=profile.model, profile_fingerprint=fingerprint or profile.fingerprint(), cluster=cluster,
-                config=config, feasible=not over, stages=stages, step_time_ms=step,
-                throughput_samples_per_s=config.samples_per_step * config.data_parallel / (step / 1000.0)
-                if step > 0 else None,
-                bubble_fraction=bubble_fraction([s.fwd_ms for s in stages], [s.bwd_ms for s in stages],
-                                                config.num_microbatches, P, step),
-                solver=solver, diagnosis=diagnosis)
+    plan = Plan(model=profile.model, profile_fingerprint=fingerprint or profile.fingerprint(), cluster=cluster,
+                config=config, feasible=not over, stages=stages, solver=solver, diagnosis=diagnosis)
+    _set_step(plan, closed, bubble_fraction([s.fwd_ms for s in stages], [s.bwd_ms for s in stages],
+                                            config.num_microbatches, P, closed))
+    return with_timeline(plan) if timeline else plan
+
+
+def _set_step(plan: Plan, step_ms: float, bubble: float) -> None:
+    cfg = plan.config
+    plan.step_time_ms = step_ms
+    plan.bubble_fraction = bubble
+    plan.throughput_samples_per_s = cfg.samples_per_step * cfg.data_parallel / (step_ms / 1000.0) \
+        if step_ms > 0 else None
+
+
+def with_timeline(plan: Plan) -> Plan:
+    """Set the plan's step time, throughput and bubble from its simulated timeline, in place.
+
+    The timeline is the truth: the closed form (kept in plan.solver.objective_ms) is exact for
+    uniform stages, an upper bound for 1F1B and only an estimate for the other schedules
+    (docs/ilp.md, "Objective and simulated step time"), and the app headlines the makespan of the
+    timeline it draws, which is this number.
+    """
+    from planner.simulator import simulate
+
+    tl = simulate(plan)
+    _set_step(plan, tl.makespan_ms, tl.bubble_fraction)
+    return plan
 
 
 def choose_recompute(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -156,9 +184,10 @@ def evaluate_partition(profile: Profile, cluster: Cluster, config: TrainConfig, 
         cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
         prof = scale_profile(profile, mbs)
         plan = _evaluate_one(prof, cluster, cfg, stage_node_ids, devices, recompute, backend, fingerprint)
-        if best is None or (plan.feasible, -plan.step_time_ms) > (best.feasible, -best.step_time_ms):
+        # ranked by the closed form, as solve() ranks micro-batch counts; only the winner is simulated
+        if best is None or (plan.feasible, -plan.solver.objective_ms) > (best.feasible, -best.solver.objective_ms):
             best = plan
-    return best
+    return with_timeline(best)
 
 
 def _evaluate_one(profile, cluster, config, stage_node_ids, devices, recompute, backend, fingerprint) -> Plan:
@@ -189,7 +218,5 @@ def _evaluate_one(profile, cluster, config, stage_node_ids, devices, recompute, 
     rec = recompute if recompute is not None else choose_recompute(profile, tables, cluster, config, stage_of, devs)
     if len(rec) != S:
         raise PipeplanError(f"recompute must have one flag per stage ({S})")
-    plan = make_plan(profile, tables, cluster, config, stage_of, list(devs), [bool(r) for r in rec],
-                     SolverInfo(backend=backend, status="heuristic"), fingerprint)
-    plan.solver.objective_ms = plan.step_time_ms
-    return plan
+    return make_plan(profile, tables, cluster, config, stage_of, list(devs), [bool(r) for r in rec],
+                     SolverInfo(backend=backend, status="heuristic"), fingerprint, timeline=False)

@@ -21,7 +21,7 @@ from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.cost import CostTables, boundary_comm_ms, build_tables, speeds, stage_devices
 from planner.dp import ChainProblem, cut_bytes, solve_chain
-from planner.evaluate import evaluate_partition, make_plan
+from planner.evaluate import evaluate_partition, make_plan, with_timeline
 from planner.ilp import ILPProblem, solve_ilp
 from planner.microbatches import microbatch_options, scale_profile
 from planner.plan import Plan, SolverInfo
@@ -112,7 +112,8 @@ def device_orders(cluster: Cluster, config: TrainConfig) -> list[list[int]]:
 
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
                 devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> Plan | None:
-    """The best plan with this stage -> device map and micro-batch count; None if nothing fits."""
+    """The best plan with this stage -> device map and micro-batch count; None if nothing fits.
+    Its step_time_ms is still the closed form (solver.objective_ms): solve_once simulates the winner."""
     backend = config.solver
     single_chunk = config.virtual_stages == 1
     chain = tables.is_chain()
@@ -130,10 +131,9 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
         status = ("optimal" if dp.optimal else "feasible") if chain else "heuristic"
         info = SolverInfo(backend="dp", status=status, seconds=dp.seconds)
         plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute, info,
-                         fingerprint)
-        info.objective_ms = plan.step_time_ms
+                         fingerprint, timeline=False)
         info.lower_bound_ms = dp.lower_bound if chain else None
-        info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
+        info.gap = _gap(info.objective_ms, info.lower_bound_ms)
         return plan
     ilp_backend = "cbc" if backend == "cbc" else "highs"
     warm = cuts_to_stage_of(dp.cuts) if dp is not None and dp.cuts is not None else None
@@ -146,22 +146,23 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             return None
         # the ILP found nothing better than its cutoff (the DP's objective) within the limit
         info = SolverInfo(backend=ilp_backend, status="feasible", seconds=res.seconds + dp.seconds)
-        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint)
+        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint,
+                         timeline=False)
         if res.status == "infeasible":  # proven: nothing beats the warm start
-            info.status, info.lower_bound_ms = "optimal", plan.step_time_ms
-        info.objective_ms = plan.step_time_ms
-        info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
+            info.status, info.lower_bound_ms = "optimal", info.objective_ms
+        info.gap = _gap(info.objective_ms, info.lower_bound_ms)
         return plan
     info = SolverInfo(backend=ilp_backend, status=res.status, seconds=res.seconds + (dp.seconds if dp else 0.0))
-    plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info, fingerprint)
+    plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info, fingerprint,
+                     timeline=False)
     if not plan.feasible:  # within the ILP's un-rounded bytes of a limit: never report a plan that does not fit
         if warm is None:
             return None
-        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint)
+        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint,
+                         timeline=False)
         info.status, res.bound = "feasible", None
-    info.objective_ms = plan.step_time_ms
-    info.lower_bound_ms = min(res.bound, plan.step_time_ms) if res.bound is not None else None
-    info.gap = _gap(plan.step_time_ms, info.lower_bound_ms)
+    info.lower_bound_ms = min(res.bound, info.objective_ms) if res.bound is not None else None
+    info.gap = _gap(info.objective_ms, info.lower_bound_ms)
     return plan
 
 
@@ -196,30 +197,60 @@ def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan 
         for order in orders:
             plan = solve_fixed(prof, tables, cluster, cfg, stage_devices(cluster.num_devices, cfg, order), budget,
                                fingerprint)
-            if plan is not None and plan.feasible and (best is None or plan.step_time_ms < best.step_time_ms):
+            # candidates are ranked by the closed form the solvers minimise (an upper bound on the
+            # 1F1B makespan); simulating every (M, order) candidate would cost a timeline each
+            if plan is not None and plan.feasible and (best is None or
+                                                       plan.solver.objective_ms < best.solver.objective_ms):
                 best = plan
     if best is not None:
+        with_timeline(best)
         best.solver.seconds = time.perf_counter() - start
     return best
 
 
 def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
-    """The fastest plan that fits, or Plan(feasible=False) with a Diagnosis saying why and what would fit."""
+    """The fastest plan that fits, or Plan(feasible=False) with a Diagnosis saying why and what would fit.
+
+    The solvers minimise the closed form (solver.objective_ms); the plan's step time is its simulated
+    makespan. The baselines are scored the same way, and should one of them simulate faster than the
+    solver's plan (the closed form charges sends serially and is only an estimate for GPipe and the
+    zero-bubble schedules), that partition is returned instead, with solver.backend naming it and
+    status "heuristic": pipeplan never recommends a plan its own timeline shows to be slower than a
+    baseline it lists next to it.
+    """
     plan = solve_once(profile, cluster, config)
     if plan is None:
         from planner.diagnose import diagnose
 
         return diagnose(profile, cluster, config)
-    plan.config = dataclasses.replace(plan.config, global_batch=config.global_batch) \
-        if config.global_batch is not None and plan.config.num_microbatches * plan.config.micro_batch_size == \
-        config.global_batch else plan.config
+    plan.config = dataclasses.replace(plan.config, global_batch=_given_global_batch(plan, config))
     try:
-
         S = cluster.num_devices * plan.config.virtual_stages
         bl = {name: evaluate_partition(profile, cluster, plan.config, parts, backend=name,
                                        fingerprint=plan.profile_fingerprint)
               for name, parts in baseline_partitions(profile, S).items()}
-        plan.baselines = {name: (p.step_time_ms if p.feasible else None) for name, p in bl.items()}
     except PipeplanError:
         plan.baselines = {}
+        return plan
+    baselines = {name: (p.step_time_ms if p.feasible else None) for name, p in bl.items()}
+    plan.baselines = baselines
+    faster = [(p.step_time_ms, name) for name, p in bl.items()
+              if p.feasible and p.step_time_ms < plan.step_time_ms * (1 - 1e-9)]
+    if faster:
+        name = min(faster)[1]
+        found = plan.solver
+        plan = bl[name]
+        plan.config = dataclasses.replace(plan.config, global_batch=_given_global_batch(plan, config))
+        plan.baselines = baselines
+        plan.solver = SolverInfo(backend=name, status="heuristic", objective_ms=plan.solver.objective_ms,
+                                 lower_bound_ms=found.lower_bound_ms, seconds=found.seconds,
+                                 gap=_gap(plan.solver.objective_ms, found.lower_bound_ms))
     return plan
+
+
+def _given_global_batch(plan: Plan, config: TrainConfig) -> int | None:
+    """config.global_batch when the plan's micro-batches add up to it (the CLI and app show it)."""
+    if config.global_batch is not None and \
+            plan.config.num_microbatches * plan.config.micro_batch_size == config.global_batch:
+        return config.global_batch
+    return None
