@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
-
 from test_app_units import synthetic_profile
+
 from ui.cluster_view import DEFAULT_DEVICES, DEFAULT_PER_NODE, DEFAULT_PRESET, device_table_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_python_upload_only_with_code_execution_allowed(monkeypatch):
 
 
 def test_export_bytes_equal_pipeplan_export(monkeypatch, tmp_path):
-    import planner.export as export
+    from planner import export
 
     seen = {}
     real = export.export_zip_bytes

@@ -204,7 +204,7 @@ def test_cli_commands_reproduce_the_apps_plan(tmp_path):
     (tmp_path / "cluster.json").write_text(cluster.to_json())
     for line in cli_commands(plan, "sample:gpt:tiny", flags).splitlines():
         argv = [sys.executable, "-m", "planner.cli", *shlex.split(line)[1:]]
-        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=_env())
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=_env(), check=False)
         assert done.returncode == 0, (line, done.stderr)
     cli_plan = Plan.from_json((tmp_path / "plan.json").read_text())
     assert cli_plan.module_fqns_per_stage() == plan.module_fqns_per_stage()

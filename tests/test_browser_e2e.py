@@ -39,7 +39,11 @@ def free_port() -> int:
 def server():
     port = free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "streamlit.log", "w")
+    with open(ARTIFACTS / "streamlit.log", "w") as log:
+        yield from _serve(port, log)
+
+
+def _serve(port: int, log):
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -63,7 +67,6 @@ def server():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

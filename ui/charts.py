@@ -29,8 +29,8 @@ def stage_colour(stage: int) -> str:
 
 def _legend_top(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     # A horizontal legend at the default spot overlaps the x tick labels: put it above.
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=70, b=10),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 70, "b": 10},
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0})
     return fig
 
 
@@ -44,7 +44,7 @@ def memory_per_device_figure(plan: Plan) -> go.Figure:
         fig.add_bar(x=labels, y=values, name=MEMORY_LABELS[part], marker_color=MEMORY_COLOURS[part],
                     hovertemplate="%{x}<br>" + MEMORY_LABELS[part] + ": %{y:.2f} GiB<extra></extra>")
     fig.add_scatter(x=labels, y=[m.limit_bytes / GiB for m in mems], mode="markers+text", name="device limit",
-                    marker=dict(symbol="line-ew-open", size=40, line=dict(width=3, color=LIMIT_COLOUR)),
+                    marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3, "color": LIMIT_COLOUR}},
                     text=[f"limit {m.limit_bytes / GiB:.0f} GiB · {100 * m.fraction:.0f}% used" for m in mems],
                     textposition="top center", hovertemplate="%{x}<br>limit %{y:.2f} GiB<extra></extra>")
     fig.update_layout(barmode="stack", yaxis_title="GiB")
@@ -99,7 +99,7 @@ def sweep_figure(xs: Sequence[int], step_ms: Sequence[float | None], x_title: st
     """Predicted step time against device or micro-batch count; gaps where no plan fits."""
     fig = go.Figure()
     fig.add_scatter(x=list(xs), y=list(step_ms), mode="lines+markers+text", name="step time",
-                    marker=dict(color=OKABE_ITO[0]), text=[f"{v:.0f}" if v else "no fit" for v in step_ms],
+                    marker={"color": OKABE_ITO[0]}, text=[f"{v:.0f}" if v else "no fit" for v in step_ms],
                     textposition="top center", hovertemplate=x_title + " %{x}: %{y:.1f} ms<extra></extra>")
     fig.add_vline(x=current, line_dash="dot", annotation_text="current")
     fig.update_layout(xaxis_title=x_title, yaxis_title="predicted step time, ms")

@@ -8,10 +8,16 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from profiler.gpus import GPU_PRESETS, get_preset
 from planner.cluster import Cluster
-from ui.cluster_table import (COLUMNS, INTER_NODE_DEFAULT_GBS, PRESET_CHOICES, base_rows, cluster_from_rows,
-                              rows_for_count)
+from profiler.gpus import GPU_PRESETS, get_preset
+from ui.cluster_table import (
+    COLUMNS,
+    INTER_NODE_DEFAULT_GBS,
+    PRESET_CHOICES,
+    base_rows,
+    cluster_from_rows,
+    rows_for_count,
+)
 
 DEFAULT_DEVICES, DEFAULT_PRESET, DEFAULT_PER_NODE = 4, "A100-80GB", 8
 

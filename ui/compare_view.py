@@ -68,13 +68,13 @@ def sweep(profile: Profile, cluster_for_count: ClusterForCount, current_devices:
                                     value=min(64, max(8, 2 * current_devices)), key="sweep_max_devices"))
         xs = list(range(1, top + 1))
         current = current_devices
-        point = lambda x: (cluster_for_count(x), config)  # noqa: E731
+        point = lambda x: (cluster_for_count(x), config)
     else:
         top = int(c[1].number_input("Up to micro-batches", min_value=1, max_value=1024, value=64,
                                     key="sweep_max_mb"))
         xs = [m for m in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024) if m <= top]
         current = config.num_microbatches or 0
-        point = lambda x: (cluster_for_count(current_devices),  # noqa: E731
+        point = lambda x: (cluster_for_count(current_devices),
                            dataclasses.replace(config, num_microbatches=x, global_batch=None))
     key = ("sweep", what, tuple(xs), profile.fingerprint(), cluster_for_count(current_devices).to_json(),
            config.to_json())
