@@ -9,7 +9,8 @@ Model (docs/schedules.md, "The simulator"):
   W(s, m) needs B(s, m);
 - a send between stages on the same device costs 0; otherwise it takes the
   boundary's comm time, overlaps with compute on both ends (async p2p) and only
-  delays the receiver. send/recv events show each transfer on both devices.
+  delays the receiver. Each transfer is a "send" event on the sender and a
+  "recv" event (same interval) on the receiver.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
     compute, transfers = _run(_encoded_order(name, P, M, virtual_stages), S, M, (fwd, b_dur, w_dur), link)
 
     events = [_event(d, s, m, _OP_NAMES[k], t0, t1, -1) for d, s, m, k, t0, t1 in compute]
+    # Each transfer shows on both ends: "send" on the sender, "recv" (same interval) on the receiver.
     events += [_event(d, s, m, "send", t0, t1, peer) for d, s, m, t0, t1, peer in transfers]
+    events += [_event(device_of[peer], peer, m, "recv", t0, t1, s) for _, s, m, t0, t1, peer in transfers]
     makespan = max((e.end_ms for e in events), default=0.0)
     busy = [0.0] * P
     for d, _, _, _, t0, t1 in compute:

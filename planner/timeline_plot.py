@@ -23,7 +23,7 @@ CHUNK_PATTERNS = ("", "/", ".", "x", "\\", "+", "-", "|")
 def op_labels(timeline: Timeline) -> dict[str, str]:
     split = timeline.schedule in SPLIT_BACKWARD_SCHEDULES
     return {"F": "F forward", "B": "B input grad" if split else "B backward", "W": "W weight grad",
-            "send": "send (async transfer)", "idle": "idle (bubble)"}
+            "send": "send/recv (async transfer)", "idle": "idle (bubble)"}
 
 
 def device_label(timeline: Timeline, d: int) -> str:
@@ -50,7 +50,7 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
     windowed = (lo, hi) != (0, timeline.num_microbatches)
     labels = op_labels(timeline)
     P = timeline.num_devices
-    has_comm = any(e.op == "send" for e in timeline.events)
+    has_comm = any(e.op in ("send", "recv") for e in timeline.events)
     rows: list[str] = []
     for d in range(P):
         rows.append(device_label(timeline, d))
@@ -58,7 +58,7 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
             rows.append(f"dev {d} comm")
     chunk_of = _chunk_of_stage(timeline)
 
-    shown = [e for e in timeline.events if lo <= e.microbatch < hi and e.op in ("F", "B", "W", "send")]
+    shown = [e for e in timeline.events if lo <= e.microbatch < hi and e.op in ("F", "B", "W", "send", "recv")]
     fig = go.Figure()
     for op in ("F", "B", "W"):
         evs = [e for e in shown if e.op == op]
@@ -66,14 +66,12 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
             fig.add_trace(_bars(evs, [rows[_row(e.device, has_comm)] for e in evs], labels[op], COLORS[op],
                                 text=[str(e.microbatch) for e in evs],
                                 patterns=[CHUNK_PATTERNS[chunk_of[e.stage] % len(CHUNK_PATTERNS)] for e in evs]))
-    sends = [e for e in shown if e.op == "send"]
-    if sends:
-        # Each transfer appears on the sender's and the receiver's comm row.
-        both = sends + sends
-        ys = [f"dev {e.device} comm" for e in sends] + \
-             [f"dev {timeline.stage_device[e.peer_stage]} comm" for e in sends]
-        fig.add_trace(_bars(both, ys, labels["send"], COLORS["send"],
-                            text=[f"{e.stage}→{e.peer_stage}" for e in both], width=0.5))
+    transfers = [e for e in shown if e.op in ("send", "recv")]
+    if transfers:
+        # A transfer shows on the sender's comm row (send) and the receiver's (recv).
+        fig.add_trace(_bars(transfers, [f"dev {e.device} comm" for e in transfers], labels["send"], COLORS["send"],
+                            text=[f"{e.stage}→{e.peer_stage}" if e.op == "send" else f"{e.peer_stage}→{e.stage}"
+                                  for e in transfers], width=0.5))
     if not windowed:
         gaps = idle_intervals(timeline)
         idle = [Event(device=d, stage=-1, microbatch=-1, op="idle", start_ms=a, end_ms=b)

@@ -230,11 +230,17 @@ def test_random_times_respect_devices_and_dependencies(case):
     assert tl.makespan_ms >= max(busiest, chain) - 1e-7
     assert 0.0 <= tl.bubble_fraction < 1.0
 
-    # Transfers: one send per cross-device hop, each as long as its link.
-    sends = [e for e in tl.events if e.op == "send"]
-    assert len(sends) == 2 * M * sum(1 for x in link if x > 0)
-    for e in sends:
-        assert e.end_ms - e.start_ms == pytest.approx(link[min(e.stage, e.peer_stage)])
+    # Transfers: a send and a matching recv per cross-device hop, each as long as its link.
+    sends = sorted((e.stage, e.peer_stage, e.microbatch, e.start_ms, e.end_ms) for e in tl.events if e.op == "send")
+    recvs = sorted((e.peer_stage, e.stage, e.microbatch, e.start_ms, e.end_ms) for e in tl.events if e.op == "recv")
+    assert sends == recvs and len(sends) == 2 * M * sum(1 for x in link if x > 0)
+    for e in tl.events:
+        if e.op in ("send", "recv"):
+            assert e.device == dev[e.stage] and abs(e.stage - e.peer_stage) == 1
+            assert e.end_ms - e.start_ms == pytest.approx(link[min(e.stage, e.peer_stage)])
+            sender, receiver = (e.stage, e.peer_stage) if e.op == "send" else (e.peer_stage, e.stage)
+            op = "F" if receiver == sender + 1 else "B"  # activations go down, gradients come back
+            assert e.start_ms == ops[(sender, op, e.microbatch)].end_ms
 
 
 # -- contracts and errors ---------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_timeline_figure_bars_match_events():
     tl = simulate(hand_plan("ZBH1"))
     fig = timeline_figure(tl)
     by_name = {t.name: t for t in fig.data}
-    assert {"F forward", "B input grad", "W weight grad", "send (async transfer)"} <= set(by_name)
+    assert {"F forward", "B input grad", "W weight grad", "send/recv (async transfer)"} <= set(by_name)
     f = by_name["F forward"]
     assert isinstance(f, go.Bar) and f.orientation == "h" and f.marker.color == COLORS["F"]
     evs = [e for e in tl.events if e.op == "F"]
