@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_export_plans import gpt_tiny_stages, hand_plan  # noqa: E402
+from test_export_plans import gpt_tiny_stages, hand_plan
 
-from planner.cli import main as cli_main  # noqa: E402
-from planner.export import export_plan, export_zip_bytes, render_job  # noqa: E402
-from profiler.errors import PipeplanError  # noqa: E402
+from planner.cli import main as cli_main
+from planner.export import export_plan, export_zip_bytes, render_job
+from profiler.errors import PipeplanError
 
 JOB_FILES = {"train.py", "launch.sh", "slurm.sbatch", "plan.json", "README.md",
              "model/__init__.py", "model/init.py", "model/spec.py", "model/gpt.py"}
@@ -158,3 +158,24 @@ def test_train_py_rejects_plan_layers_the_model_lacks(tmp_path):
     example, _ = train.example_batch()
     with pytest.raises(train.JobError, match=r"plan layers \['layers.9'\] are not modules of this model"):
         train.split_into_stages(train.trace_model(example), train.SETTINGS["stages"])
+
+
+def test_exported_python_passes_the_projects_lint(tmp_path):
+    import shutil
+    import subprocess
+
+    ruff = Path(sys.executable).parent / "ruff"
+    ruff = str(ruff) if ruff.exists() else shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    export_plan(gpt_plan(), tmp_path / "gpt")
+    config = tmp_path / "hf" / "config.json"
+    config.parent.mkdir()
+    config.write_text(json.dumps({"model_type": "llama", "vocab_size": 128, "hidden_size": 32,
+                                  "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}))
+    export_plan(hand_plan(f"hf:{config}", [["model.embed_tokens", "model.layers.0"], ["model.layers.1", "lm_head"]],
+                          seq_len=8), tmp_path / "llama")
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    proc = subprocess.run([ruff, "check", "--config", str(pyproject), "--output-format", "concise",
+                           str(tmp_path / "gpt"), str(tmp_path / "llama")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_export_plans import gpt_tiny_stages, hand_plan  # noqa: E402
+from test_export_plans import gpt_tiny_stages, hand_plan
 
-from planner.export import export_plan  # noqa: E402
+from planner.export import export_plan
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,8 @@ def run_job(job: Path, args: list[str], nproc: int | None, timeout: float = 300)
         cmd = [sys.executable, "train.py", "--single-process", *args]
     else:
         cmd = [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "train.py", *args]
-    proc = subprocess.run(cmd, cwd=job, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=job, env=_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json_lines(proc.stdout)
 
@@ -206,7 +207,7 @@ def test_mismatched_micro_batch_shape_fails_clearly_before_any_process_group(tmp
                                         "    return (inputs[0][:, :31],), target[:, :31]\n"))
     cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py", "--steps", "2"]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=job, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=job, env=_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "train.py: error: get_batch input 0 has shape (8, 31)" in proc.stderr
     assert "need (8, 32)" in proc.stderr
@@ -214,7 +215,7 @@ def test_mismatched_micro_batch_shape_fails_clearly_before_any_process_group(tmp
     assert "Received data size" not in proc.stderr and 'train.py", line' not in proc.stderr
     assert time.monotonic() - start < 100
     single = subprocess.run([sys.executable, "train.py", "--single-process", "--steps", "1"], cwd=job, env=_env(),
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert single.returncode == 2 and single.stderr.startswith("train.py: error: get_batch input 0")
 
 

@@ -23,7 +23,7 @@ from .init import init_parameters
 SEQ_LEN = @SHAPE@
 """The sequence length the plan was profiled at; every micro-batch has this shape."""
 
-__all__ = ["build_model", "make_batch", "loss_fn", "init_parameters", "init_buffers", "materialize"]
+__all__ = ["build_model", "init_buffers", "init_parameters", "loss_fn", "make_batch", "materialize"]
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ CONFIG = SAMPLE.sizes["@SIZE@"]
 SHAPE = @SHAPE@
 """The @SHAPE_KIND@ the plan was profiled at; every micro-batch has this shape."""
 
-__all__ = ["build_model", "make_batch", "loss_fn", "init_parameters", "init_buffers", "materialize"]
+__all__ = ["build_model", "init_buffers", "init_parameters", "loss_fn", "make_batch", "materialize"]
 
 
 def build_model():

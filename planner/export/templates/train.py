@@ -35,12 +35,11 @@ import sys
 import time
 from pathlib import Path
 
+import model as model_source  # ./model: the model's own code, copied by pipeplan
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.fx.passes.split_module import split_module
-
-import model as model_source  # ./model: the model's own code, copied by pipeplan
 
 # Generated from plan.json by `pipeplan export`; re-export to change the split.
 SETTINGS = json.loads(r"""
@@ -175,10 +174,6 @@ class StageModule(nn.Module):
         for i, f in enumerate(self.buffer_fqns):
             self.register_buffer(f"buf_{i}", root.get_buffer(f), persistent=False)
 
-    def named_fqn_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        return list(zip(self.param_fqns, self.params)) + \
-            [(f, getattr(self, f"buf_{i}")) for i, f in enumerate(self.buffer_fqns)]
-
     def forward(self, *inputs: torch.Tensor):
         env = dict(zip(self.in_names, inputs))
         env.update(zip(self.param_names, self.params))
@@ -262,7 +257,7 @@ def stage_shapes(modules: list[StageModule], example_inputs: tuple) -> list[tupl
     for m in modules:
         out = m(*args)
         outs = out if isinstance(out, tuple) else (out,)
-        meta = lambda ts: tuple(torch.empty_like(t, device="meta").requires_grad_(t.requires_grad) for t in ts)  # noqa: E731
+        meta = lambda ts: tuple(torch.empty_like(t, device="meta").requires_grad_(t.requires_grad) for t in ts)
         shapes.append((meta(args), meta(outs)))
         args = outs
     return shapes
@@ -270,7 +265,7 @@ def stage_shapes(modules: list[StageModule], example_inputs: tuple) -> list[tupl
 
 def retarget_devices(module: StageModule, device: torch.device) -> None:
     """A meta trace burns device="meta" into ops such as arange and aten.to; point them at the real device."""
-    fix = lambda a: device if isinstance(a, torch.device) and a.type == "meta" else a  # noqa: E731
+    fix = lambda a: device if isinstance(a, torch.device) and a.type == "meta" else a
     for node in module.submod.graph.nodes:
         node.args = tuple(fix(a) for a in node.args)
         node.kwargs = {k: fix(v) for k, v in node.kwargs.items()}
