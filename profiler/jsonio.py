@@ -11,6 +11,7 @@ import json
 import math
 import typing
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from profiler.errors import PipeplanError
@@ -35,6 +36,22 @@ def load_json_text(text: str | bytes, what: str) -> Any:
         raise PipeplanError(f"{what} is not valid JSON ({exc}); check the file is complete") from None
     except RecursionError:
         raise PipeplanError(f"{what} JSON is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more than 4300 digits
+        raise PipeplanError(f"{what} JSON has a number pipeplan cannot read ({exc}); "
+                            "numbers must be ordinary integers or floats") from None
+
+
+def read_json_file(path: str | Path, what: str) -> bytes:
+    """The bytes of a JSON file, refused from its size before reading (a sparse 20 GiB file is not read)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise PipeplanError(f"{what} file {str(p)!r} is {size / 2**20:.0f} MiB; pipeplan reads at most "
+                                f"{MAX_JSON_BYTES // 2**20} MiB of JSON")
+        return p.read_bytes()
+    except OSError as exc:
+        raise PipeplanError(f"cannot read {what} file {str(p)!r}: {exc.strerror}") from None
 
 
 def build_dataclass(cls: type, data: Any, where: str):
@@ -97,6 +114,8 @@ def check_number(value: Any, where: str, *, positive: bool = False, integer: boo
         raise PipeplanError(f"{where} must be a number, got {value!r}")
     if integer and not isinstance(value, int):
         raise PipeplanError(f"{where} must be a whole number, got {value!r}")
+    if isinstance(value, int) and abs(value) > 2**63:
+        raise PipeplanError(f"{where} is too large ({len(str(abs(value)))} digits); use a realistic value")
     if not math.isfinite(value):
         raise PipeplanError(f"{where} must be finite, got {value!r}")
     if positive and value <= 0:
