@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from profiler.errors import PipeplanError
+from profiler.jsonio import read_json_file
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         raise PipeplanError(f"plan file {args.plan} does not exist; make one with `pipeplan plan ... -o plan.json`")
     if args.out.exists() and not args.out.is_dir():
         raise PipeplanError(f"output {args.out} exists and is not a folder; choose another -o")
-    plan = Plan.from_json(args.plan.read_bytes())
+    plan = Plan.from_json(read_json_file(args.plan, "plan"))
     written = export_plan(plan, args.out, model_source=args.model_source)
     if args.zip:
         zip_path = args.out.with_name(args.out.name + ".zip")

@@ -10,6 +10,7 @@ from planner.config import TrainConfig
 from planner.plan import Plan
 from profiler.errors import PipeplanError
 from profiler.gpus import GiB
+from profiler.jsonio import read_json_file
 from profiler.profile import Profile
 
 
@@ -47,7 +48,7 @@ def load_model(spec: str, args: argparse.Namespace) -> Profile:
         path = Path(spec[len("profile:"):])
         if not path.is_file():
             raise PipeplanError(f"profile file {str(path)!r} does not exist")
-        return Profile.from_json(path.read_bytes())
+        return Profile.from_json(read_json_file(path, "profile"))
     if not any(spec.startswith(p) for p in ("sample:", "hf:", "file:")):
         raise PipeplanError(f"cannot read model {spec!r}: write profile:PATH.json, sample:NAME[:SIZE], "
                             "hf:PATH/config.json or file:PATH.py:FACTORY")
@@ -65,7 +66,7 @@ def build_cluster(args: argparse.Namespace) -> Cluster:
         path = Path(args.cluster)
         if not path.is_file():
             raise PipeplanError(f"cluster file {str(path)!r} does not exist")
-        cluster = Cluster.from_json(path.read_bytes())
+        cluster = Cluster.from_json(read_json_file(path, "cluster"))
         if args.devices is not None and args.devices != cluster.num_devices:
             raise PipeplanError(f"--devices {args.devices} but the cluster file lists {cluster.num_devices} devices")
         return cluster
