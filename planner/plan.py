@@ -144,6 +144,11 @@ class Plan:
                 s["memory"] = build_dataclass(StageMemory, mem, f"plan stages[{i}].memory")
                 stages.append(build_dataclass(StagePlan, s, f"plan stages[{i}]"))
             d["stages"] = stages
+            n_dev = d["cluster"].num_devices
+            for i, s in enumerate(stages):
+                if isinstance(s.device, int) and not 0 <= s.device < n_dev:
+                    raise PipeplanError(f"plan stages[{i}] runs on device {s.device}, but the plan's cluster has "
+                                        f"{n_dev} devices (0..{n_dev - 1}); re-create the plan with `pipeplan plan`")
             if d.get("solver") is not None:
                 d["solver"] = build_dataclass(SolverInfo, d["solver"], "plan solver")
             if d.get("diagnosis") is not None:
