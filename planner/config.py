@@ -25,6 +25,9 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "sgd_momentum")
 PRECISIONS = ("fp32", "bf16_mixed")
 RECOMPUTE = ("off", "on", "auto")
 SOLVERS = ("auto", "highs", "cbc", "dp")
+MAX_MICROBATCHES = 4096
+"""Most micro-batches per step (the app's limit too): more would make planning and simulation crawl."""
+MAX_GLOBAL_BATCH = 1 << 20
 
 
 def canonical_schedule(name: str) -> str:
@@ -71,8 +74,14 @@ class TrainConfig:
         self.schedule = canonical_schedule(self.schedule)
         if self.num_microbatches is not None:
             check_number(self.num_microbatches, "num_microbatches", positive=True, integer=True)
+            if self.num_microbatches > MAX_MICROBATCHES:
+                raise PipeplanError(f"num_microbatches {self.num_microbatches} is more than pipeplan plans "
+                                    f"(at most {MAX_MICROBATCHES}); use larger micro-batches")
         if self.global_batch is not None:
             check_number(self.global_batch, "global_batch", positive=True, integer=True)
+            if self.global_batch > MAX_GLOBAL_BATCH:
+                raise PipeplanError(f"global_batch {self.global_batch} is more than pipeplan plans "
+                                    f"(at most {MAX_GLOBAL_BATCH} samples per step per pipeline)")
         check_number(self.micro_batch_size, "micro_batch_size", positive=True, integer=True)
         check_number(self.virtual_stages, "virtual_stages", positive=True, integer=True)
         check_number(self.reserve_bytes, "reserve_bytes", integer=True, minimum=0)

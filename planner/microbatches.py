@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from planner.config import TrainConfig
+from planner.config import MAX_MICROBATCHES, TrainConfig
 from planner.schedules import check_schedule
 from profiler.errors import PipeplanError
 from profiler.profile import Profile
@@ -35,7 +35,7 @@ def microbatch_options(config: TrainConfig, num_devices: int) -> list[tuple[int,
             raise PipeplanError(why)
         return [(config.num_microbatches, config.micro_batch_size)]
     G = int(config.global_batch)
-    options = [(G // b, b) for b in range(1, G + 1) if G % b == 0
+    options = [(G // b, b) for b in range(1, G + 1) if G % b == 0 and G // b <= MAX_MICROBATCHES
                and schedule_accepts(config.schedule, num_devices, G // b, config.virtual_stages) is None]
     if not options:
         raise PipeplanError(f"no split of global batch {G} into micro-batches suits {config.schedule} on "
