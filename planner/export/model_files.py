@@ -60,7 +60,25 @@ def _hf_model_files(source: str, info: ModelInfo) -> dict[str, str]:
                             "(pipeplan export --model-source hf:PATH/config.json)")
     if not info.seq_len:
         raise PipeplanError("the plan's model has no seq_len; an HF causal LM needs one: re-profile with --seq-len")
-    files = {"model/config.json": path.read_text(encoding="utf-8"),
+    # Only a real HF config is copied into the job: a plan's model source comes from a file the user may
+    # not have written (an uploaded profile), and must not smuggle another file (hf:/etc/passwd) into it.
+    from profiler.jsonio import load_json_text, read_json_file
+
+    text = read_json_file(path, "HF config")
+    try:
+        config = load_json_text(text, f"model source {source!r}")
+    except PipeplanError:
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise PipeplanError(f"model source {source!r}: {path} is not an HF config.json (a JSON object with a "
+                            "model_type); pass the model's config.json with --model-source hf:PATH/config.json")
+    from profiler.hf import SUPPORTED
+
+    if SUPPORTED.get(config["model_type"]) != "causal-lm":
+        raise PipeplanError(f"model source {source!r}: export trains HF causal LMs "
+                            f"({', '.join(t for t, task in SUPPORTED.items() if task == 'causal-lm')}); "
+                            f"{config['model_type']!r} is not one")
+    files = {"model/config.json": text.decode("utf-8"),
              "model/init.py": (Path(sample_models.__file__).parent / "init.py").read_text(encoding="utf-8")}
     files["model/__init__.py"] = template_text("model_hf.py").replace("@SHAPE@", repr(info.seq_len))
     return files
