@@ -31,6 +31,8 @@ SUPPORTED: dict[str, str] = {
 _AUTO = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
          "image-classification": "AutoModelForImageClassification"}
 MAX_CONFIG_BYTES = 4 * 2**20
+MAX_HF_LAYERS = 1024
+"""More layers than any real model: building a million-layer config on meta takes hours."""
 DEFAULT_SEQ_LEN = 1024
 
 
@@ -60,6 +62,12 @@ def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int |
     if model_type not in SUPPORTED:
         raise PipeplanError(f"HF model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED)} "
                             "(causal LMs, BERT-style masked LMs, ViT/ResNet image classifiers)")
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "depths"):
+        value = data.get(key)
+        count = sum(v for v in value if isinstance(v, int)) if isinstance(value, list) else value
+        if isinstance(count, int) and not isinstance(count, bool) and count > MAX_HF_LAYERS:
+            raise PipeplanError(f"HF config {key}={count} is more layers than pipeplan profiles "
+                                f"(at most {MAX_HF_LAYERS}); check the config.json")
     try:
         import transformers
     except ImportError:
