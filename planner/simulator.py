@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from planner.config import canonical_schedule
+from planner.config import MAX_MICROBATCHES, canonical_schedule
 from planner.plan import Plan
 from planner.schedules import SPLIT_BACKWARD_SCHEDULES, _order, check_schedule, chunks_per_device, stage_to_device
 from planner.timeline import Event, Timeline
@@ -276,6 +276,8 @@ def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int |
     M = num_microbatches if num_microbatches is not None else cfg.num_microbatches
     if M is None:
         raise PipeplanError("the plan's config has no num_microbatches; pass --microbatches")
+    if isinstance(M, int) and M > MAX_MICROBATCHES:
+        raise PipeplanError(f"{M} micro-batches is more than pipeplan simulates (at most {MAX_MICROBATCHES})")
     _check_placement(plan, stage_to_device(P, name, v))
     act = [(st.memory.activations + st.memory.relay) / st.in_flight if st.in_flight > 0 else 0.0
            for st in plan.stages]

@@ -96,6 +96,7 @@ def test_cli_simulate_table_json_html(tmp_path, capsys):
     (["--schedule", "ZBV"], "Re-plan"),
     (["--microbatches", "0"], "micro-batches >= 1"),
     (["--schedule", "nosuch"], "unknown schedule"),
+    (["--microbatches", "100000000"], "at most"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, match):
     path = tmp_path / "plan.json"
