@@ -253,10 +253,15 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
             t.nbytes * relay[k, s] for k, t in enumerate(tb.tensors) if (k, s) in relay)
     for d, limit in prob.device_limit.items():
         lp += pulp.lpSum(mem_act[s] for s in range(S) if prob.stage_device[s] == d) <= limit
-    T = [(fsum[s] + bsum[s] + rec_time[s]) * (1.0 / prob.stage_speed[s]) + comm[s] for s in range(S)]
-    W = [wsum[s] * (1.0 / prob.stage_speed[s]) for s in range(S)]
-    dmax = pulp.LpVariable("Dmax", lowBound=0, upBound=t_cap * (1 + 1e-7) if t_cap else None)
-    step = pulp.LpVariable("step", lowBound=0, upBound=upper_bound * (1 + 1e-7) if upper_bound else None)
+    # Times enter the model in units of `unit` ms, chosen so that the objective is about 1000: HiGHS
+    # stops at an absolute gap of 1e-6 and works to feasibility tolerances of ~1e-7, which for a
+    # 0.2 ms step would be a 5e-6 relative gap, not the 1e-9 asked for.
+    unit = _time_unit(prob, upper_bound)
+    T = [(fsum[s] + bsum[s] + rec_time[s]) * (1.0 / (prob.stage_speed[s] * unit)) + comm[s] * (1.0 / unit)
+         for s in range(S)]
+    W = [wsum[s] * (1.0 / (prob.stage_speed[s] * unit)) for s in range(S)]
+    dmax = pulp.LpVariable("Dmax", lowBound=0, upBound=t_cap / unit * (1 + 1e-7) if t_cap else None)
+    step = pulp.LpVariable("step", lowBound=0, upBound=upper_bound / unit * (1 + 1e-7) if upper_bound else None)
     for d in set(prob.stage_device):
         lp += pulp.lpSum(T[s] for s in range(S) if prob.stage_device[s] == d) <= dmax
     kappa = zero_bubble_weight_factor(prob.schedule)
@@ -282,11 +287,15 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
         solver.start = start_values
     lp.solve(solver)
     seconds = time.perf_counter() - start
-    status = pulp.LpStatus[lp.status]
-    has_solution = lp.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible) or \
-        (status == "Optimal")
-    if status == "Infeasible":
+    # pulp reports a run stopped by the time limit with an incumbent as LpStatusOptimal (HiGHS
+    # kTimeLimit, CBC "Stopped on time - objective value ..."); only sol_status tells them apart:
+    # LpSolutionOptimal is a proof, LpSolutionIntegerFeasible an incumbent without one.
+    if lp.status == pulp.LpStatusInfeasible or lp.sol_status == pulp.LpSolutionInfeasible:
         return ILPResult(None, None, "infeasible", None, None, seconds)
+    has_solution = lp.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if has_solution and backend != "cbc" and lp.sol_status != pulp.LpSolutionOptimal:
+        # pulp maps kTimeLimit to IntegerFeasible even when HiGHS holds no incumbent at all
+        has_solution = int(lp.solverModel.getInfo().primal_solution_status) == 2  # kSolutionStatusFeasible
     if not has_solution or step.varValue is None:
         return ILPResult(None, None, "timeout", None, None, seconds)
     stage_of = []
@@ -296,14 +305,26 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
             s += 1
         stage_of.append(s)
     rec = [bool(r) if isinstance(r, bool) else (r.varValue or 0) > 0.5 for r in rec_var]
-    objective = float(pulp.value(lp.objective))
-    optimal = lp.sol_status == pulp.LpSolutionOptimal or status == "Optimal"
+    objective = float(pulp.value(lp.objective)) * unit
+    optimal = lp.sol_status == pulp.LpSolutionOptimal
     bound = None
     if backend != "cbc":
         try:
-            bound = float(lp.solverModel.getInfo().mip_dual_bound)
+            bound = float(lp.solverModel.getInfo().mip_dual_bound) * unit
         except Exception:
             bound = None
+    if bound is not None and bound >= objective * (1 - 1e-9):
+        optimal = True  # the time limit struck after the search had closed the gap
     if optimal:
         bound = objective if bound is None else max(min(bound, objective), 0.0)
     return ILPResult(stage_of, rec, "optimal" if optimal else "feasible", objective, bound, seconds)
+
+
+def _time_unit(prob: ILPProblem, upper_bound: float | None) -> float:
+    """ms per model time unit: about 1/1000 of the step (the known bound, else a work estimate)."""
+    if upper_bound is not None and upper_bound > 0:
+        return upper_bound / 1000.0
+    tb = prob.tables
+    work = float((tb.fwd + tb.bwd).sum()) / max(sum(prob.stage_speed), 1e-12)
+    estimate = (prob.num_microbatches + len(prob.stage_device)) * work / max(prob.virtual_stages, 1)
+    return estimate / 1000.0 if estimate > 0 else 1.0
