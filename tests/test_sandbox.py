@@ -1,0 +1,83 @@
+"""The file: source runs user code only when allowed, in a limited child process."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from profiler.errors import PipeplanError
+from profiler.sandbox import profile_file_factory
+from profiler.sources import load_profile
+
+USER_FILE = textwrap.dedent("""
+    import os
+    import torch
+    from torch import nn
+
+    def make(batch_size=2):
+        assert "PIPEPLAN_TEST_SECRET" not in os.environ, "the secret leaked into the sandbox"
+        assert os.getcwd() != START_DIR
+        print("garbage on stdout \\x00 {not json")
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+        return model, (torch.randn(batch_size, 16),), (lambda o, t: ((o - t) ** 2).mean()), torch.randn(batch_size, 4)
+
+    def boom():
+        raise RuntimeError("factory exploded")
+
+    def spin():
+        while True:
+            pass
+
+    def eat():
+        hoard = []
+        while True:
+            hoard.append(bytearray(10**8))
+""")
+
+
+@pytest.fixture()
+def user_file(tmp_path, monkeypatch):
+    path = tmp_path / "user_model.py"
+    path.write_text(USER_FILE.replace("START_DIR", repr(str(tmp_path))))
+    monkeypatch.setenv("PIPEPLAN_TEST_SECRET", "hunter2")
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+def test_code_needs_explicit_permission(user_file):
+    with pytest.raises(PipeplanError, match="--allow-code"):
+        load_profile(f"file:{user_file}:make")
+
+
+def test_factory_profiles_in_a_clean_child(user_file):
+    prof = load_profile(f"file:{user_file}:make", allow_code=True, batch_size=3)
+    assert [n.id for n in prof.nodes] == ["0", "1", "2"]
+    assert prof.model.micro_batch_size == 3
+    assert prof.total_param_bytes == (16 * 32 + 32 + 32 * 4 + 4) * 4
+
+
+def test_factory_that_raises_gives_its_message(user_file):
+    with pytest.raises(PipeplanError, match="RuntimeError: factory exploded"):
+        profile_file_factory(f"{user_file}:boom", timeout_s=120)
+
+
+def test_factory_that_hangs_is_stopped(user_file):
+    with pytest.raises(PipeplanError, match="did not finish within 5 s"):
+        profile_file_factory(f"{user_file}:spin", timeout_s=5)
+
+
+def test_factory_that_eats_memory_is_stopped(user_file):
+    with pytest.raises(PipeplanError, match="more than 3 GiB"):
+        profile_file_factory(f"{user_file}:eat", timeout_s=120, memory_bytes=3 * 2**30)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("file:nothere.py:make", "does not exist"),
+    ("file:model.txt:make", "file:PATH.py:FACTORY"),
+    ("file:model.py:not-a-name", "file:PATH.py:FACTORY"),
+])
+def test_bad_file_specs(spec, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipeplanError, match=message):
+        load_profile(spec, allow_code=True)
