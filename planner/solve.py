@@ -41,14 +41,17 @@ def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config
     S, P = len(devices), cluster.num_devices
     sp = speeds(cluster, profile)
     fwd_cut, grad_cut = cut_bytes(tables)
-    comm = []
+    comm, per_link = [], {}
     for s in range(S):
         if s == S - 1:
             comm.append(np.zeros(tables.num_nodes + 1))
             continue
         a, b = devices[s], devices[s + 1]
-        comm.append(np.array([boundary_comm_ms(cluster, a, b, fb) + boundary_comm_ms(cluster, b, a, gb)
-                              for fb, gb in zip(fwd_cut, grad_cut)]))
+        key = "same" if a == b else ("intra" if cluster.devices[a].node == cluster.devices[b].node else "inter")
+        if key not in per_link:  # one array per distinct link: the DP shares work between equal stages
+            per_link[key] = np.array([boundary_comm_ms(cluster, a, b, fb) + boundary_comm_ms(cluster, b, a, gb)
+                                      for fb, gb in zip(fwd_cut, grad_cut)])
+        comm.append(per_link[key])
     return ChainProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
                         stage_speed=[sp[d] for d in devices],
                         stage_limit=[cluster.devices[d].memory_bytes for d in devices],
