@@ -17,11 +17,12 @@ import random
 import time
 from pathlib import Path
 
-from planner.cluster import Cluster, Device
+from planner.baselines import baseline_plans
+from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
 from planner.cost import build_tables, stage_devices
 from planner.ilp import solve_ilp
-from planner.solve import ilp_problem, solve
+from planner.solve import ilp_problem, solve, solve_once
 from planner.synthetic import chain_profile, gpt_like_profile, unet_profile
 from profiler.gpus import GiB
 
@@ -43,11 +44,27 @@ def timed(fn):
 
 
 def summarize(plan, seconds):
+    """seconds/status/gap: the solver's own (closed-form objective); step_ms: the simulated timeline;
+    best_baseline_over_optimal: the best fitting baseline's simulated step over the plan's."""
+    if not plan.baselines:
+        plan.baselines = {n: (p.step_time_ms if p.feasible else None)
+                          for n, p in baseline_plans(plan_profile[id(plan)], plan.cluster, plan.config).items()}
     best_baseline = min((t for t in plan.baselines.values() if t is not None), default=None)
     return {"seconds": round(seconds, 3), "solver_seconds": round(plan.solver.seconds, 3),
             "backend": plan.solver.backend, "status": plan.solver.status,
-            "gap": plan.solver.gap, "step_ms": plan.step_time_ms,
+            "gap": plan.solver.gap, "objective_ms": plan.solver.objective_ms, "step_ms": plan.step_time_ms,
             "best_baseline_over_optimal": None if best_baseline is None else best_baseline / plan.step_time_ms}
+
+
+plan_profile: dict[int, object] = {}
+
+
+def optimise(prof, cluster, cfg):
+    """The optimiser alone (solve_once: DP or ILP, timeline of the winner), timed; the targets are about it.
+    solve() would add the three baselines and could swap in one that simulates faster."""
+    plan, sec = timed(lambda: solve_once(prof, cluster, cfg))
+    plan_profile[id(plan)] = prof
+    return plan, sec
 
 
 def memory_need(prof, P: int) -> float:
@@ -62,14 +79,14 @@ def case_chain(n: int, P: int, seed: int, time_limit: float, mixed: bool = False
     devices = [Device(name=f"d{i}", memory_bytes=int(need / P * 1.5), speed=(2.0 if mixed and i % 2 else 1.0),
                       node=i // 8) for i in range(P)]
     cfg = TrainConfig(num_microbatches=2 * P, time_limit_s=time_limit)
-    plan, sec = timed(lambda: solve(prof, Cluster(devices=devices), cfg))
+    plan, sec = optimise(prof, Cluster(devices=devices), cfg)
     return summarize(plan, sec)
 
 
 def case_unet(P: int, time_limit: float):
     prof = unet_profile(depth=6, width=16, seed=1)
     cfg = TrainConfig(num_microbatches=2 * P, time_limit_s=time_limit)
-    plan, sec = timed(lambda: solve(prof, Cluster.uniform(P, memory_bytes=GiB), cfg))
+    plan, sec = optimise(prof, Cluster.uniform(P, memory_bytes=GiB), cfg)
     out = summarize(plan, sec)
     out["nodes"] = len(prof.nodes)
     return out
@@ -105,6 +122,73 @@ def case_resolve(P: int = 8):
     return out
 
 
+REALISTIC = {"gpt": "124M", "llama": "7B", "vit": "B/16", "resnet": "ResNet-50", "unet3d": "base",
+             "dlrm": "criteo-kaggle", "mlp": "base"}
+
+
+def mixed_cluster() -> Cluster:
+    devices = [Device.from_preset("A100-80GB", name=f"a100-{i}", node=0) for i in range(2)]
+    devices += [Device.from_preset("L4", name=f"l4-{i}", node=1) for i in range(2)]
+    return Cluster(devices=devices, intra_node=Link(bandwidth_bytes_per_s=300e9, latency_s=5e-6),
+                   inter_node=Link(bandwidth_bytes_per_s=12.5e9, latency_s=10e-6))
+
+
+def case_sample_models() -> dict:
+    """Realistic sizes (profiled on meta, times estimated for A100-80GB), bf16 mixed, Adam, recompute auto:
+    the plan's simulated step against each baseline's, on 4 and 8 A100-80GB and on 2 x A100 + 2 x L4."""
+    from profiler.sources import load_profile
+
+    out = {}
+    for name, size in REALISTIC.items():
+        prof, load_s = timed(lambda: load_profile(f"sample:{name}:{size}", estimate_for="A100-80GB"))
+        row = {"layers": len(prof.nodes), "profile_seconds": round(load_s, 1)}
+        clusters = {"4xA100": Cluster.uniform(4, "A100-80GB"), "8xA100": Cluster.uniform(8, "A100-80GB"),
+                    "2xA100+2xL4": mixed_cluster()}
+        for label, cluster in clusters.items():
+            P = cluster.num_devices
+            cfg = TrainConfig(num_microbatches=2 * P, precision="bf16_mixed", recompute="auto", time_limit_s=10,
+                              device_order="auto" if label.startswith("2x") else "fixed")
+            if len(prof.nodes) < P:
+                row[label] = "fewer layers than devices"
+                continue
+            plan, sec = timed(lambda: solve(prof, cluster, cfg))
+            if not plan.feasible:
+                row[label] = {"feasible": False, "diagnosis": plan.diagnosis.message}
+                continue
+            row[label] = {"seconds": round(sec, 2), "backend": plan.solver.backend, "status": plan.solver.status,
+                          "step_ms": round(plan.step_time_ms, 3),
+                          "baseline_over_plan": {b: (None if t is None else round(t / plan.step_time_ms, 4))
+                                                 for b, t in plan.baselines.items()}}
+        out[f"{name}:{size}"] = row
+    return out
+
+
+def case_llama7b_memory_bound() -> dict:
+    """Real Llama 7B profile, fp32 + AdamW on 4 x 24 GB: fits, or the diagnosis' minimum is verified."""
+    from profiler.sources import load_profile
+
+    prof = load_profile("sample:llama:7B", estimate_for="A100-80GB")
+    cfg = TrainConfig(num_microbatches=8, optimizer="adamw", precision="fp32", time_limit_s=4)
+    plan, sec = timed(lambda: solve(prof, Cluster.uniform(4, memory_bytes=24 * GiB), cfg))
+    out = {"seconds": round(sec, 2), "feasible": plan.feasible}
+    if plan.feasible:
+        return out
+    d = plan.diagnosis
+    out.update(message=d.message, problems=d.problems, suggestions=d.suggestions, min_devices=d.min_devices,
+               min_memory_gib=None if d.min_memory_bytes is None else d.min_memory_bytes / GiB)
+    if d.min_memory_bytes is not None:
+        out["fits_at_min_memory"] = solve(prof, Cluster.uniform(4, memory_bytes=d.min_memory_bytes), cfg).feasible
+        out["fits_2MiB_below"] = solve(prof, Cluster.uniform(4, memory_bytes=d.min_memory_bytes - 2**21),
+                                       cfg).feasible
+    if d.min_devices is not None:
+        n = d.min_devices
+        on = [solve(prof, Cluster.uniform(k, memory_bytes=24 * GiB),
+                    TrainConfig(num_microbatches=max(8, k), optimizer="adamw", precision="fp32",
+                                time_limit_s=4)).feasible for k in (n - 1, n)]
+        out["fits_with_min_devices"], out["fits_with_one_fewer"] = on[1], on[0]
+    return out
+
+
 def run(quick: bool) -> dict:
     results = {
         "chain_1000_8": case_chain(1000, 8, seed=0, time_limit=10),
@@ -114,6 +198,8 @@ def run(quick: bool) -> dict:
         "resolve_gpt124m_8": case_resolve(),
     }
     if not quick:
+        results["sample_models"] = case_sample_models()
+        results["llama7b_fp32_adam_4x24GB"] = case_llama7b_memory_bound()
         results["reference_cold_ilp_chain_1000_8"] = case_cold_ilp(1000, 8, seed=0, time_limit=60)
         ref = results["reference_cold_ilp_chain_1000_8"]["seconds"]
         results["chain_1000_8"]["speedup_vs_cold_ilp"] = ref / max(results["chain_1000_8"]["seconds"], 1e-9)
