@@ -56,9 +56,9 @@ def scale_profile(profile: Profile, micro_batch_size: int) -> Profile:
             n, fwd_flops=n.fwd_flops * f, bwd_flops=n.bwd_flops * f, fwd_ms=n.fwd_ms * f, bwd_ms=n.bwd_ms * f,
             bwd_input_ms=None if n.bwd_input_ms is None else n.bwd_input_ms * f,
             bwd_weight_ms=None if n.bwd_weight_ms is None else n.bwd_weight_ms * f,
-            activation_bytes=int(round(n.activation_bytes * f)), output_bytes=int(round(n.output_bytes * f)))
+            activation_bytes=round(n.activation_bytes * f), output_bytes=round(n.output_bytes * f))
 
     model = dataclasses.replace(profile.model, micro_batch_size=micro_batch_size,
-                                input_bytes=int(round(profile.model.input_bytes * f)))
+                                input_bytes=round(profile.model.input_bytes * f))
     return Profile(model=model, provenance=profile.provenance, nodes=[node(n) for n in profile.nodes],
-                   edges=[dataclasses.replace(e, bytes=int(round(e.bytes * f))) for e in profile.edges])
+                   edges=[dataclasses.replace(e, bytes=round(e.bytes * f)) for e in profile.edges])

@@ -40,6 +40,8 @@ def read_config(config_json: dict | str | bytes | Path) -> dict[str, Any]:
     """The config as a dict, from a dict, JSON text, or a path to config.json."""
     if isinstance(config_json, dict):
         return config_json
+    if not isinstance(config_json, (str, bytes, Path)):
+        raise PipeplanError("HF config JSON must be an object (the contents of config.json)")
     if isinstance(config_json, Path) or (isinstance(config_json, str) and not config_json.lstrip().startswith("{")):
         path = Path(config_json)
         if not path.is_file():

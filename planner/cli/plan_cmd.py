@@ -95,8 +95,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def summary(plan: Plan) -> str:
     """A short human summary of a Plan."""
-    lines = [f"{plan.model.name}: {plan.config.schedule}, {plan.config.num_microbatches} micro-batches of "
-             f"{plan.config.micro_batch_size}, {plan.cluster.num_devices} devices"]
+    lines = [(f"{plan.model.name}: {plan.config.schedule}, {plan.config.num_microbatches} micro-batches of "
+              f"{plan.config.micro_batch_size}, {plan.cluster.num_devices} devices")]
     if not plan.feasible:
         d = plan.diagnosis
         lines.append(f"NO PLAN FITS: {d.message}")
