@@ -132,6 +132,9 @@ def load_job_module(job: Path):
                           ["top_mlp.0", "top_mlp.1", "top_mlp.2"]], {}),
     ("sample:unet3d:tiny", [["down.0", "down.1"], ["down.2", "bottleneck", "up.0", "up.1", "up.2", "head"]],
      {"image_size": 16, "micro_batch_size": 1}),
+    # one layer per stage: the root-level add (wte + wpe) runs after wpe's stage, the arange before it
+    ("sample:gpt:tiny", [[x] for x in ["wte", "wpe", *[f"layers.{i}" for i in range(4)], "ln_f", "lm_head"]],
+     {"seq_len": 32}),
 ])
 def test_train_py_stage_rule_agrees_with_profiler_layer_rule(tmp_path, source, stages, kw):
     """Every graph op runs in the stage that holds the profile layer the profiler assigned it to,
@@ -148,7 +151,9 @@ def test_train_py_stage_rule_agrees_with_profiler_layer_rule(tmp_path, source, s
     expected = {name: layer_stage[lay] for name, lay in traced.node_layer.items()}
     assert node_stage == expected
     modules = train.split_into_stages(train.trace_model(example), train.SETTINGS["stages"])
-    assert len(modules) == 2 and all(m.param_fqns for m in modules)
+    assert len(modules) == len(stages) and all(m.param_fqns for m in modules)
+    shapes = train.stage_shapes(modules, example)
+    assert all(out[0].requires_grad for _, out in shapes), "every stage output carries a gradient"
 
 
 def test_train_py_rejects_plan_layers_the_model_lacks(tmp_path):

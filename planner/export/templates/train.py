@@ -193,6 +193,14 @@ def split_into_stages(gm: torch.fx.GraphModule, stages: list[list[str]]) -> list
     empty = [s for s in range(num_stages) if s not in used]
     if empty:
         raise JobError(f"stages {empty} compute nothing; every stage needs at least one layer")
+    # Order ops by (stage, original position): still a valid topological order, since no op uses a
+    # later stage's value, and split_module then emits the stages in pipeline order.
+    position = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    for n in sorted((n for n in gm.graph.nodes if n.name in node_stage),
+                    key=lambda n: (node_stage[n.name], position[n.name])):
+        output.prepend(n)
+    gm.recompile()
     split = split_module(gm, None, lambda n: node_stage[n.name], keep_original_order=True)
     canonical = {id(p): fqn for fqn, p in gm.named_parameters()}
     producer: dict[str, int] = {}
