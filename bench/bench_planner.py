@@ -140,7 +140,8 @@ def case_sample_models() -> dict:
 
     out = {}
     for name, size in REALISTIC.items():
-        prof, load_s = timed(lambda: load_profile(f"sample:{name}:{size}", estimate_for="A100-80GB"))
+        spec = f"sample:{name}:{size}"
+        prof, load_s = timed(lambda spec=spec: load_profile(spec, estimate_for="A100-80GB"))
         row = {"layers": len(prof.nodes), "profile_seconds": round(load_s, 1)}
         clusters = {"4xA100": Cluster.uniform(4, "A100-80GB"), "8xA100": Cluster.uniform(8, "A100-80GB"),
                     "2xA100+2xL4": mixed_cluster()}
@@ -151,7 +152,7 @@ def case_sample_models() -> dict:
             if len(prof.nodes) < P:
                 row[label] = "fewer layers than devices"
                 continue
-            plan, sec = timed(lambda: solve(prof, cluster, cfg))
+            plan, sec = timed(lambda prof=prof, cluster=cluster, cfg=cfg: solve(prof, cluster, cfg))
             if not plan.feasible:
                 row[label] = {"feasible": False, "diagnosis": plan.diagnosis.message}
                 continue

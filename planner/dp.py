@@ -252,7 +252,7 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
     full_len = min(N - S + 1, memory_band_length(prob))
     while True:
         ic = IntervalCosts(prob, min(band_length(prob, t), full_len))
-        val, cuts, rec, maxT = ic.solve(t)
+        _, cuts, _, maxT = ic.solve(t)
         if cuts is not None:
             break
         if ic.L >= full_len:
@@ -264,7 +264,7 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
     lo, hi = 0.0, maxT
     for _ in range(BISECTION_STEPS):
         mid = (lo + hi) / 2
-        v2, c2, r2, m2 = ic.solve(mid)
+        _, c2, _, m2 = ic.solve(mid)
         if c2 is None:
             lo = mid
         else:

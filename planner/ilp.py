@@ -93,8 +93,8 @@ class _HighsWarm(pulp.HiGHS):
                 sol.col_value = [float(self.start.get(v.name, v.lowBound or 0.0)) for v in lp.variables()]
                 sol.value_valid = True
                 lp.solverModel.setSolution(sol)
-            except Exception:  # a warm start is an optimisation only
-                pass
+            except (AttributeError, TypeError, ValueError, RuntimeError):
+                self.start = None  # a warm start is an optimisation only: solve without it
         lp.solverModel.run()
 
 
@@ -279,7 +279,7 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
             for var in lp.variables():
                 if var.name in start_values:
                     var.setInitialValue(start_values[var.name])
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(round(time_limit_s))), warmStart=bool(start_values),
+        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, round(time_limit_s)), warmStart=bool(start_values),
                                    gapRel=1e-9, threads=1)
     else:
         _silence_highs_banner()
@@ -295,7 +295,7 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
     has_solution = lp.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
     if has_solution and backend != "cbc" and lp.sol_status != pulp.LpSolutionOptimal:
         # pulp maps kTimeLimit to IntegerFeasible even when HiGHS holds no incumbent at all
-        has_solution = int(lp.solverModel.getInfo().primal_solution_status) == 2  # kSolutionStatusFeasible
+        has_solution = lp.solverModel.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
     if not has_solution or step.varValue is None:
         return ILPResult(None, None, "timeout", None, None, seconds)
     stage_of = []
@@ -311,7 +311,7 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
     if backend != "cbc":
         try:
             bound = float(lp.solverModel.getInfo().mip_dual_bound) * unit
-        except Exception:
+        except (AttributeError, TypeError, ValueError, RuntimeError):  # an older highspy: no bound known
             bound = None
     if bound is not None and bound >= objective * (1 - 1e-9):
         optimal = True  # the time limit struck after the search had closed the gap

@@ -3,6 +3,7 @@ U-Net-like graph and a GPT-like transformer with tied embeddings."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
@@ -99,7 +100,7 @@ def gpt_like_profile(layers: int = 12, d_model: int = 768, vocab: int = 50257, s
     nodes.append(ProfileNode(id="lm_head", name="LM head", kind="head", module_path="lm_head", fwd_ms=head_ms,
                              bwd_ms=2 * head_ms, param_count=0, shared_params=["wte.weight"],
                              activation_bytes=hidden + 4 * s * b * vocab, output_bytes=4 * s * b * vocab))
-    edges = [ProfileEdge(src=a.id, dst=c.id, bytes=hidden) for a, c in zip(nodes, nodes[1:])]
+    edges = [ProfileEdge(src=a.id, dst=c.id, bytes=hidden) for a, c in itertools.pairwise(nodes)]
     total = sum(n.param_count for n in nodes)
     return Profile(model=ModelInfo(source="synthetic:gpt", name=f"gpt-like-{layers}x{d_model}", param_count=total,
                                    seq_len=s, micro_batch_size=b, input_bytes=8 * s * b),
