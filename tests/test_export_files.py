@@ -184,3 +184,32 @@ def test_exported_python_passes_the_projects_lint(tmp_path):
     proc = subprocess.run([ruff, "check", "--config", str(pyproject), "--output-format", "concise",
                            str(tmp_path / "gpt"), str(tmp_path / "llama")], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_launch_scripts_parse_and_refuse_bad_layouts(tmp_path):
+    import subprocess
+
+    job = tmp_path / "job"
+    export_plan(gpt_plan(), job)
+    for script in ("launch.sh", "slurm.sbatch"):
+        assert subprocess.run(["bash", "-n", str(job / script)], check=False).returncode == 0, script
+    uneven = subprocess.run([str(job / "launch.sh"), "--nnodes", "3"], capture_output=True, text=True, check=False)
+    assert uneven.returncode == 2 and "do not split evenly over 3 nodes" in uneven.stderr
+    no_endpoint = subprocess.run([str(job / "launch.sh"), "--nnodes", "2", "--node-rank", "1"], capture_output=True,
+                                 text=True, check=False)
+    assert no_endpoint.returncode == 2 and "--rdzv-endpoint" in no_endpoint.stderr
+
+
+def test_train_py_wrong_process_count_is_one_clear_line(tmp_path):
+    import os
+    import subprocess
+
+    job = tmp_path / "job"
+    export_plan(gpt_plan(), job)
+    env = dict(os.environ, WORLD_SIZE="3", RANK="0", LOCAL_RANK="0")
+    proc = subprocess.run([sys.executable, "train.py", "--steps", "1"], cwd=job, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("train.py: error: world size is 3 but the plan needs 2 pipeline ranks x 1 "
+                                   "data-parallel replicas = 2 processes: run `torchrun --nproc-per-node 2 train.py` "
+                                   "(or --single-process)")
