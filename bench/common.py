@@ -1,0 +1,89 @@
+"""Shared helpers of the benchmark modules: environment record, timing, peak RSS, results I/O.
+
+Every results file carries `env` (machine, CPU count, load, torch version, date) so a number
+is never read without knowing where it came from.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(os.environ.get("PIPEPLAN_BENCH_RESULTS") or Path(__file__).parent / "results")
+"""Where results go; PIPEPLAN_BENCH_RESULTS overrides it (the smoke test writes to a temporary folder)."""
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "machine": f"{platform.node()} ({platform.machine()}, {cpu})",
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux ru_maxrss is in KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def current_rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Timer:
+    """with Timer() as t: ...; t.wall, t.cpu (seconds)."""
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+
+
+def write_result(name: str, data: dict[str, Any], quick: bool) -> Path:
+    """bench/results/<name>.json with the environment and mode added."""
+    out = {"benchmark": name, "quick": quick, "env": environment(), **data}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(out, indent=2, allow_nan=False, default=_default) + "\n")
+    return path
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def rnd(x: float | None, digits: int = 4) -> float | None:
+    if x is None:
+        return None
+    return float(f"{x:.{digits}g}")
