@@ -60,3 +60,14 @@ def test_plan_infeasible_prints_diagnosis(tmp_path, capsys):
     assert main(["plan", f"profile:{path}", "--devices", "2", "--memory", "20MB", "--microbatches", "2"]) == 1
     text = capsys.readouterr().out
     assert "NO PLAN FITS" in text and "smallest memory per device" in text
+
+
+def test_plan_defaults_to_the_profiles_micro_batch_size(tmp_path, capsys):
+    profile = chain_profile([1.0] * 6)
+    profile.model.micro_batch_size = 4
+    path = tmp_path / "mb4.json"
+    path.write_text(profile.to_json())
+    assert main(["plan", f"profile:{path}", "--devices", "2", "--memory", "80GB", "--json"]) == 0
+    plan = Plan.from_json(capsys.readouterr().out)
+    assert plan.config.micro_batch_size == 4
+    assert plan.throughput_samples_per_s == 4 * plan.config.num_microbatches * 1000.0 / plan.step_time_ms

@@ -80,14 +80,16 @@ def build_cluster(args: argparse.Namespace) -> Cluster:
     raise PipeplanError("say what the devices are: --gpu PRESET, --memory 80GB or --cluster FILE")
 
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
+def build_config(args: argparse.Namespace, profile_micro_batch_size: int = 1) -> TrainConfig:
+    """The TrainConfig the flags describe; the micro-batch size defaults to the profile's own,
+    so a profile made at micro-batch 4 is planned at 4, not silently rescaled."""
     precision = {"bf16": "bf16_mixed", "bf16_mixed": "bf16_mixed", "fp32": "fp32"}.get(args.precision.lower())
     if precision is None:
         raise PipeplanError(f"unknown precision {args.precision!r}; choose fp32 or bf16")
     if args.microbatches is None and args.global_batch is None:
         args.microbatches = 8
     return TrainConfig(schedule=args.schedule, num_microbatches=args.microbatches, global_batch=args.global_batch,
-                       micro_batch_size=args.batch_size or 1, virtual_stages=args.virtual_stages,
+                       micro_batch_size=args.batch_size or profile_micro_batch_size, virtual_stages=args.virtual_stages,
                        optimizer=args.optimizer.lower(), precision=precision, recompute=args.recompute,
                        reserve_bytes=parse_memory(args.reserve) if args.reserve not in ("0", "") else 0,
                        solver=args.solver, time_limit_s=args.time_limit, device_order=args.device_order)
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         raise PipeplanError(f"--devices must be >= 1, got {args.devices}")
     profile = load_model(args.model, args)
     cluster = build_cluster(args)
-    config = build_config(args)
+    config = build_config(args, profile.model.micro_batch_size)
     plan = solve(profile, cluster, config)
     if args.output:
         Path(args.output).write_text(plan.to_json(indent=2))
