@@ -1,0 +1,135 @@
+"""Hostile inputs through the app: the plain upload handler the app calls (ui.uploads.profile_from_upload),
+then the running app (AppTest) in one session: each bad upload or table edit shows st.error, no exception,
+no payload runs, and the app still plans afterwards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from hostile.corpus import CASES, Base, by_name
+from hostile.harness import base_documents, markers_absent
+from profiler.errors import PipeplanError
+from ui.cluster_view import DEFAULT_DEVICES, DEFAULT_PER_NODE, DEFAULT_PRESET, device_table_key
+from ui.uploads import ModelRequest, profile_from_upload
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+UPLOAD_KIND = {"profile": "profile_json", "archive": "profile_json", "hf": "hf_config", "code": "python"}
+HANDLER_CASES = [c for c in CASES if c.kind in UPLOAD_KIND and c.app]
+
+
+@pytest.fixture(scope="module")
+def base() -> Base:
+    return base_documents()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    from ui import cache
+
+    cache.clear()
+    st.cache_resource.clear()
+
+
+@pytest.mark.parametrize("case", HANDLER_CASES, ids=lambda c: c.name)
+def test_upload_handler_refuses(case, base, tmp_path):
+    path = case.build(tmp_path, base)
+    data = path.read_bytes()
+    request = ModelRequest(batch_size=1, seq_len=64)
+    with pytest.raises(PipeplanError) as err:
+        profile_from_upload(UPLOAD_KIND[case.kind], path.name, data, request, allow_code=False)
+    msg = str(err.value)
+    assert "\n" not in msg.strip() and len(msg) < 600, msg
+    if case.kind == "code":
+        assert "--allow-code" in msg
+    markers_absent(tmp_path, case)
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_app_survives_hostile_uploads_then_plans(base, tmp_path):
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    assert not at.exception and not _errors(at)
+    at.radio(key="model_source").set_value("Profile JSON").run()
+    cases = by_name()
+    for name in ("profile_truncated", "profile_nan", "profile_unknown_schema", "profile_5000_digit_int",
+                 "pt2_with_pickle_payload_as_profile", "zip_bomb_1gib", "profile_huge_60mib"):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = cases[name].build(folder, base)
+        # named .json: the widget's type filter is only a hint to the browser, an attacker renames the file
+        at.file_uploader(key="upload_profile_json").upload(f"{name}.json", path.read_bytes(), "application/json").run()
+        assert not at.exception, (name, at.exception)
+        errs = _errors(at)
+        assert any("Cannot load this model" in e for e in errs), (name, errs)
+        markers_absent(folder, cases[name])
+    # the app still answers: a good profile plans
+    good = json.dumps(base.profile).encode()
+    at.file_uploader(key="upload_profile_json").upload("good.json", good, "application/json").run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert any(m.label == "Predicted step time" for m in at.metric)
+
+
+def test_app_refuses_remote_code_config_and_python_upload(base, tmp_path):
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    sources = at.radio(key="model_source").options
+    assert "Python file (.py)" not in sources, "the .py upload must be hidden unless code execution is allowed"
+    at.radio(key="model_source").set_value("HF config.json").run()
+    for name in ("hf_trust_remote_code_architecture", "hf_known_type_with_auto_map", "hf_million_layers"):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = by_name()[name].build(folder, base)
+        at.file_uploader(key="upload_hf_config").upload("config.json", path.read_bytes(), "application/json").run()
+        assert not at.exception, (name, at.exception)
+        assert any("Cannot load this model" in e for e in _errors(at)), (name, _errors(at))
+        markers_absent(folder, by_name()[name])
+    at.radio(key="model_source").set_value("Sample model").run()
+    assert not at.exception and not _errors(at)
+    assert any(m.label == "Predicted step time" for m in at.metric)
+
+
+def _edit_devices(at: AppTest, edits: dict) -> AppTest:
+    key = device_table_key(DEFAULT_DEVICES, DEFAULT_PRESET, DEFAULT_PER_NODE)
+    at.session_state[key] = {"edited_rows": {}, "added_rows": [], "deleted_rows": [], **edits}
+    return at.run()
+
+
+@pytest.mark.parametrize("edits, expect", [
+    ({"edited_rows": {0: {"memory_gib": 0.0}}}, r"device row 0 .*memory limit must be positive"),
+    ({"edited_rows": {1: {"memory_gib": -8.0}}}, r"device row 1 .*memory limit must be positive"),
+    ({"edited_rows": {2: {"preset": "custom"}}}, r"device row 2 .*needs a memory limit"),
+    ({"added_rows": [{}]}, r"device row 4"),
+    ({"deleted_rows": [0, 1, 2, 3]}, r"device table is empty"),
+], ids=["zero_memory", "negative_memory", "custom_without_memory", "empty_row", "no_devices"])
+def test_app_cluster_table_errors_name_the_row(edits, expect):
+    import re
+
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    _edit_devices(at, edits)
+    assert not at.exception
+    errs = _errors(at)
+    assert any(e.startswith("Cluster (tab 2)") and re.search(expect, e) for e in errs), errs
+    _edit_devices(at, {})  # the user fixes the table: the app plans again
+    assert not at.exception and not _errors(at), _errors(at)
+    assert any(m.label == "Predicted step time" for m in at.metric)
+
+
+def test_app_training_settings_name_the_field():
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.radio(key="mb_mode").set_value("automatic").run()
+    at.number_input(key="global_batch").set_value(17).run()  # micro-batch size 2 does not divide 17
+    assert not at.exception
+    assert any("global_batch 17 is not a multiple of micro_batch_size 2" in e for e in _errors(at)), _errors(at)
+    at.number_input(key="n_devices").set_value(8).run()
+    at.radio(key="mb_mode").set_value("fixed").run()
+    at.number_input(key="num_microbatches").set_value(2).run()  # 1F1B on 8 devices needs >= 8
+    assert not at.exception
+    assert any("needs at least as many micro-batches as devices" in e for e in _errors(at)), _errors(at)
+    at.number_input(key="num_microbatches").set_value(8).run()
+    assert not at.exception and not _errors(at), _errors(at)
