@@ -304,7 +304,7 @@ def run_section(d: dict) -> str:
     rows = [[r["name"], r["status"], r["seconds"], (r.get("error") or "")[:120]] for r in d["runs"]]
     return "\n\n".join(["## Suite run", provenance(d, "run"),
                         table(["benchmark", "status", "seconds", "error"], rows),
-                        f"Total: {f(d['total_seconds'])} s."])
+                        f"Total: {f(d['total_seconds'])} s (sum of the benchmarks; groups may run in parallel)."])
 
 
 def generate() -> list[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import time
 import traceback
@@ -30,6 +31,15 @@ MODULES = [
     ("export", "bench.bench_export"),
 ]
 OPTIONAL = {"bench.bench_profiler", "bench.bench_export"}
+
+
+def _previous_runs(quick: bool) -> list[dict]:
+    path = RESULTS_DIR / "run.json"
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    return d.get("runs", []) if d.get("quick") == quick else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
             runs.append({"name": name, "module": modname, "status": status, "seconds": round(time.perf_counter() - t0, 2),
                          "error": error})
             print(f"[bench] {name}: {status} in {runs[-1]['seconds']} s", flush=True)
-        write_result("run", {"runs": runs, "total_seconds": round(time.perf_counter() - t_all, 2)}, args.quick)
+        if args.only:  # keep the other benchmarks' entries of an earlier run (runs may be split in groups)
+            prev = _previous_runs(args.quick)
+            names = {r["name"] for r in runs}
+            runs = [r for r in prev if r["name"] not in names] + runs
+            runs.sort(key=lambda r: [n for n, _ in MODULES].index(r["name"]) if r["name"] in dict(MODULES) else 99)
+        write_result("run", {"runs": runs, "total_seconds": round(sum(r["seconds"] for r in runs), 2),
+                             "wall_seconds_this_invocation": round(time.perf_counter() - t_all, 2)}, args.quick)
     from bench.report import generate
 
     for path in generate():
