@@ -614,6 +614,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         torch.manual_seed(args.seed)
         random.seed(args.seed)
+        if SETTINGS["precision"] != "fp32" and int(os.environ.get("RANK", "0")) == 0:
+            # static stages fix the dtypes of tensors crossing stages; autocast would change them
+            print(f"train.py: note: the plan assumes {SETTINGS['precision']}; this job trains in fp32",
+                  file=sys.stderr, flush=True)
         if args.single_process:
             run_single_process(args)
         else:
