@@ -6,7 +6,7 @@ Writes bench/results/scale.json. Runs in a fresh child process so that its peak 
 profile `sample:llama:70B` (seq 4096, micro-batch 1, estimate mode for A100-80GB: the model is
 built on the meta device and traced under FakeTensor, no weights exist), then plan it on 64
 A100-80GB (8 per host), 1F1B, 128 micro-batches, bf16 mixed AdamW, recompute chosen by the
-solver. Peak RSS (ru_maxrss) after imports, after profiling and after planning; wall and CPU
+solver. Peak RSS (VmHWM) after imports, after profiling and after planning; wall and CPU
 seconds of each phase. --quick plans gpt:124M on 8 devices instead (smoke test only).
 """
 

@@ -42,7 +42,14 @@ def environment() -> dict[str, Any]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux ru_maxrss is in KiB)."""
+    """This process's peak resident set size: VmHWM (reset by exec, unlike ru_maxrss, which Linux
+    carries over from the parent across fork + exec), else ru_maxrss (KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 

@@ -295,7 +295,7 @@ def scale_section(d: dict) -> str:
     return "\n\n".join([
         "## 5. Scale: profile and plan the Llama 70B shape on 64 devices",
         f"One fresh child process; {d['schedule']}, {d['precision']} {d['optimizer']}, recompute `{d['recompute']}`. "
-        "Peak RSS is the process's ru_maxrss after each phase (cumulative).",
+        "Peak RSS is the child process's high-water mark (VmHWM) after each phase (cumulative).",
         provenance(d, "scale"),
         table(["phase", "wall s", "CPU s", "peak RSS MiB"], rows), res])
 
