@@ -18,7 +18,8 @@ simulated step is faster than the solver's closed-form optimum; both are recorde
 Proven gap = (objective - best bound) / objective (CBC reports a bound only when it proves
 optimality). `plan_over_dp` is the step time of the backend's partition, re-scored by the
 cost model, over the DP optimum: 1.0 = the optimum, > 1 = stopped short.
-Cold ILPs whose binary count (N x (S-1)) exceeds MAX_COLD_BINARIES are skipped (recorded):
+Cold ILPs whose binary count (N x (S-1)) exceeds MAX_COLD_BINARIES, and CBC runs above
+MAX_CBC_BINARIES, are skipped (recorded):
 beyond that they find no incumbent within the time limit on this machine (PuLP's model
 building alone takes tens of seconds), and pipeplan never solves them cold.
 """
@@ -39,6 +40,8 @@ from planner.solve import ilp_problem, solve
 from planner.synthetic import chain_profile
 
 MAX_COLD_BINARIES = 8_000
+MAX_CBC_BINARIES = 4_000
+"""CBC (warm and cold) runs only up to here: beyond it PuLP's CBC path alone takes minutes on this machine."""
 
 
 def random_chain(n: int, seed: int):
@@ -62,6 +65,9 @@ def one_case(n: int, S: int, seed: int, ilp_limit: float, dp_limit: float) -> di
     row = {"nodes": n, "stages": S, "microbatches": M, "seed": seed}
     dp_opt = None
     for backend in ("dp", "highs", "cbc"):
+        if backend == "cbc" and n * (S - 1) > MAX_CBC_BINARIES:
+            row[backend] = {"status": "skipped", "reason": f"{n * (S - 1)} binaries > {MAX_CBC_BINARIES} (CBC)"}
+            continue
         cfg = TrainConfig(num_microbatches=M, solver=backend, time_limit_s=dp_limit if backend == "dp" else ilp_limit)
         with Timer() as t:
             plan = solve(prof, cluster, cfg)
@@ -78,8 +84,9 @@ def one_case(n: int, S: int, seed: int, ilp_limit: float, dp_limit: float) -> di
     for backend in ("highs", "cbc"):
         key = f"{backend}_cold"
         binaries = n * (S - 1)
-        if binaries > MAX_COLD_BINARIES:
-            row[key] = {"status": "skipped", "reason": f"{binaries} binaries > {MAX_COLD_BINARIES}"}
+        limit = MAX_CBC_BINARIES if backend == "cbc" else MAX_COLD_BINARIES
+        if binaries > limit:
+            row[key] = {"status": "skipped", "reason": f"{binaries} binaries > {limit}"}
             continue
         prob = ilp_problem(prof, tables, cluster, cfg, stage_devices(S, cfg))
         with Timer() as t:
@@ -122,7 +129,7 @@ def run(quick: bool) -> dict:
         print(f"  solver N={base_n} S={S}: {_line(by_stages[-1])}", flush=True)
     data = {"instances": "random chains (bench.bench_solver.random_chain), 1F1B, M = 2 x stages, fp32 AdamW, "
                          "memory limit 1.5 x even share",
-            "ilp_time_limit_s": ilp_limit, "dp_time_limit_s": dp_limit, "max_cold_binaries": MAX_COLD_BINARIES,
+            "ilp_time_limit_s": ilp_limit, "dp_time_limit_s": dp_limit, "max_cold_binaries": MAX_COLD_BINARIES, "max_cbc_binaries": MAX_CBC_BINARIES,
             "size_sweep": {"stages": base_s, "rows": by_size},
             "stage_sweep": {"nodes": base_n, "rows": by_stages}}
     write_result("solver", data, quick)

@@ -139,7 +139,8 @@ def solver_section(d: dict, planner: dict | None) -> str:
              "Random chains; `dp` = the exact chain DP (pipeplan's default on chains); `highs`/`cbc` = "
              "`solve(..., solver=...)`, the ILP warm-started and bounded by the DP (the product path); "
              "`*_cold` = the ILP alone with no warm start, time limit "
-             f"{d['ilp_time_limit_s']} s, skipped above {d['max_cold_binaries']} binaries. A status `timeout` "
+             f"{d['ilp_time_limit_s']} s, skipped above {d['max_cold_binaries']} binaries (CBC, warm or cold, above "
+             f"{d.get('max_cbc_binaries', '—')}). A status `timeout` "
              "means no incumbent within the limit. Seconds are wall time on a shared machine. "
              f"Instances: {d['instances']}.",
              provenance(d, "solver")]
