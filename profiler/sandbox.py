@@ -62,6 +62,20 @@ def _child_env(workdir: str) -> dict[str, str]:
     return env
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's process group (its own session) and reap the child."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.communicate(timeout=10)
+    except (subprocess.TimeoutExpired, ValueError):
+        pass
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else ""
@@ -80,17 +94,22 @@ def profile_file_factory(rest: str, *, batch_size: int = 1, seq_len: int | None 
         request["output"] = str(out_file)
         if progress:
             progress(f"running {path.name}:{factory} in a sandboxed process", 0.0)
+        # Popen, not run(): on time-out the whole process group (the child called setsid) is killed, so a
+        # grandchild cannot outlive the sandbox; output is decoded with errors="replace" (garbage bytes).
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "profiler._sandbox_child", json.dumps(request)],
+            cwd=workdir, env=_child_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            encoding="utf-8", errors="replace", preexec_fn=_limits(memory_bytes), stdin=subprocess.DEVNULL)
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "profiler._sandbox_child", json.dumps(request)],
-                cwd=workdir, env=_child_env(workdir), capture_output=True, text=True, timeout=timeout_s,
-                preexec_fn=_limits(memory_bytes), stdin=subprocess.DEVNULL)
+            _, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            _kill_group(proc)
             raise PipeplanError(f"{path.name}:{factory} did not finish within {timeout_s:.0f} s and was stopped; "
                                 "make the factory build the model quickly (no training, no downloads)") from None
+        _kill_group(proc)  # leftovers the factory started
         if proc.returncode != 0:
-            err = _last_line(proc.stderr)
-            if proc.returncode < 0 or "MemoryError" in proc.stderr or "std::bad_alloc" in proc.stderr:
+            err = _last_line(stderr)
+            if proc.returncode < 0 or "MemoryError" in stderr or "std::bad_alloc" in stderr:
                 raise PipeplanError(f"{path.name}:{factory} was stopped (exit {proc.returncode}): it used more than "
                                     f"{memory_bytes / 2**30:.0f} GiB or crashed. {err}".strip())
             raise PipeplanError(f"{path.name}:{factory} failed: {err or f'exit code {proc.returncode}'}")
