@@ -359,13 +359,13 @@ CASES: list[Case] = [
 
 SANDBOX_CASES: dict[str, str] = {
     # factory -> regex of the one-line error with --allow-code (sandboxed child process)
-    "loop_forever": r"(?i)time|limit|seconds",
+    "loop_forever": r"did not finish within 15 s",
     "alloc_50gb": r"(?i)memory|limit",
     "os_exit": r"(?i)exit|without|profile",
     "garbage_stdout": r"(?i)profile|output|exit",
     "raises": r"(?i)factory exploded|RuntimeError",
     "read_secret": r"(?i)environment secrets seen|RuntimeError",
-    "spawn_orphan": r"(?i)time|limit|seconds",
+    "spawn_orphan": r"did not finish within 15 s",
 }
 
 
