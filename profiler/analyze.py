@@ -111,6 +111,34 @@ def grad_targets(outs) -> tuple[list, list]:
     return tensors, [torch.ones_like(o) for o in tensors]
 
 
+def structure_key(prog: LayerProgram, ins: list, attrs: list) -> tuple:
+    """Two layers with equal keys run the same ops on the same shapes (repeated transformer blocks)."""
+    index: dict[object, int] = {}
+    ops = []
+
+    def norm(a):
+        if isinstance(a, torch.fx.Node):
+            return ("node", index[a])
+        if isinstance(a, (list, tuple)):
+            return tuple(norm(x) for x in a)
+        return repr(a)
+
+    for i, node in enumerate(prog.module.graph.nodes):
+        index[node] = i
+        target = str(node.target) if node.op in ("call_function", "call_method") else node.op
+        ops.append((node.op, target, norm(node.args), tuple((k, norm(v)) for k, v in node.kwargs.items())))
+    metas = tuple((tuple(t.shape), t.dtype, t.requires_grad) if isinstance(t, torch.Tensor) else repr(t)
+                  for t in tree_flatten((ins, attrs))[0])
+    return tuple(ops), metas, tuple(prog.call_modules and ["fx"])
+
+
+def _copy_cost(cost: LayerCost) -> LayerCost:
+    def c(t: OpTotals | None) -> OpTotals | None:
+        return None if t is None else OpTotals(flops=t.flops, bytes=t.bytes, ms=t.ms)
+    return LayerCost(fwd=c(cost.fwd), bwd=c(cost.bwd), bwd_input=c(cost.bwd_input),
+                     activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes)
+
+
 def model_outputs(root: nn.Module) -> list[str]:
     """Names of the graph nodes the model returns (flattened)."""
     out = next(n for n in reversed(root.graph.nodes) if n.op == "output")
@@ -131,6 +159,17 @@ def loss_closure(root: nn.Module, loss_fn: Callable | None, target, convert: Cal
     return names, run
 
 
+def _add_edges(edges: dict, prog: LayerProgram, ins: list, node_layer: dict[str, str]) -> None:
+    for name, value in zip(prog.input_names, ins):
+        src = node_layer.get(name)
+        if src is None or src == prog.id:
+            continue
+        tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+        entry = edges.setdefault((src, prog.id), [0, False])
+        entry[0] += sum(tensor_bytes(t) for t in tensors)
+        entry[1] = entry[1] or any(t.requires_grad for t in tensors)
+
+
 def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[str], inputs: tuple,
             node_layer: dict[str, str], *, op_time: Callable[[float, float], float] | None = None,
             loss_fn: Callable | None = None, target=None, progress: Progress | None = None) -> Analysis:
@@ -149,6 +188,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
     keep_alive: list[torch.Tensor] = []  # saved tensors stay referenced so storage keys stay unique
     seen: set[int] = set()
     mode = OpCostMode(op_time)
+    previous_key, previous_cost = None, None
     for prog in programs:  # convert outside the fake mode: it refuses real tensors
         for attr_name in prog.attr_targets:
             if attr_name not in attr_cache:
@@ -164,6 +204,18 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             ins = [tree_map(detach_input, env[n]) for n in prog.input_names]
             attrs = [attr_cache[t] for t in prog.attr_targets]
             own_modules = [root.get_submodule(t) for t in prog.call_modules]
+            key = structure_key(prog, ins, attrs) if not prog.call_modules else None
+            if key is not None and key == previous_key:
+                # Same ops on the same shapes as the layer before (block k of a stack): its costs
+                # are identical, so only the forward runs, to hand real outputs on.
+                outs = prog.module(*ins, *attrs)
+                cost = _copy_cost(previous_cost)
+                for name, value in zip(prog.output_names, outs):
+                    env[name] = value
+                keep_alive.extend(t for t in tree_flatten(list(outs))[0] if isinstance(t, torch.Tensor))
+                costs[prog.id] = cost
+                _add_edges(edges, prog, ins, node_layer)
+                continue
             cost = LayerCost()
             packed: list[torch.Tensor] = []
 
@@ -200,14 +252,8 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             keep_alive.extend(t for t in tree_flatten(list(outs))[0] if isinstance(t, torch.Tensor))
             cost.output_bytes = sum(out_storages.values())
             costs[prog.id] = cost
-            for name, value in zip(prog.input_names, ins):
-                src = node_layer.get(name)
-                if src is None or src == prog.id:
-                    continue
-                tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
-                entry = edges.setdefault((src, prog.id), [0, False])
-                entry[0] += sum(tensor_bytes(t) for t in tensors)
-                entry[1] = entry[1] or any(t.requires_grad for t in tensors)
+            previous_key, previous_cost = key, cost
+            _add_edges(edges, prog, ins, node_layer)
         loss = loss_closure(root, loss_fn, target)
         if loss is not None:  # the last stage computes the loss: charge it to the output's layer
             names, run = loss
