@@ -9,7 +9,8 @@ Writes bench/results/export.json with
   split, schedule, micro-batches, tied-gradient sync, clipping and AdamW (target: <= 5%
   overhead). Runs alternate (exported, hand-written, exported, ...) so machine load hits both.
 
-Step time = median over the steps after the first two (warm-up) of each run's JSON lines.
+Step time = median over the steps after the first two (warm-up) of each run's JSON lines, and
+the fastest such step (less sensitive to other processes on a shared machine); both are reported.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ def _step_ms(lines: list[dict]) -> float:
     return 1000 * statistics.median(d["step_time_s"] for d in lines[2:])
 
 
+def _best_step_ms(lines: list[dict]) -> float:
+    """The fastest step after warm-up: what the script costs when the shared machine lets it run."""
+    return 1000 * min(d["step_time_s"] for d in lines[2:])
+
+
 def plan_gpt_tiny():
     """Profile measured on this CPU (1 thread, as each torchrun rank gets), plan for 2 devices of speed 1.0."""
     import torch
@@ -179,7 +185,7 @@ def run(quick: bool) -> dict:
     if not ({"wte", "wpe"} <= set(first) and "lm_head" in split[1]):
         raise RuntimeError(f"the hand-written baseline assumes embeddings in stage 0 and the head in stage 1: {split}")
     k = sum(1 for n in first if n.startswith("layers."))
-    exported, handwritten = [], []
+    exported, handwritten, exported_best, handwritten_best = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job"
         export_plan(plan, job)
@@ -190,6 +196,8 @@ def run(quick: bool) -> dict:
                                            str(SEQ_LEN)])
             exported.append(_step_ms(ours))
             handwritten.append(_step_ms(theirs))
+            exported_best.append(_best_step_ms(ours))
+            handwritten_best.append(_best_step_ms(theirs))
             # same weights, same first batch: the two scripts do the same work (later steps differ: LR schedule)
             first_loss_diff = abs(_first_loss(ours) - _first_loss(theirs))
     measured = statistics.median(exported)
@@ -207,6 +215,9 @@ def run(quick: bool) -> dict:
         "measured_over_predicted_plus_optimizer": measured / (plan.step_time_ms + opt_ms),
         "handwritten_step_ms": baseline,
         "exported_overhead_vs_handwritten": measured / baseline - 1,
+        "exported_best_step_ms": min(exported_best),
+        "handwritten_best_step_ms": min(handwritten_best),
+        "exported_overhead_vs_handwritten_best": min(exported_best) / min(handwritten_best) - 1,
         "target_overhead": TARGET_OVERHEAD,
         "first_step_loss_diff": first_loss_diff,
         "exported_runs_ms": exported, "handwritten_runs_ms": handwritten,
