@@ -21,6 +21,12 @@ from profiler.analyze import detach_input, grad_leaves, grad_targets, loss_closu
 from profiler.layers import LayerProgram, resolve_attr
 
 
+# Layers slower than this (first run, fwd + bwd) get 1 warm-up and 3 timed runs:
+# GPT-124M at seq 1024 on 2 CPU cores would otherwise take minutes.
+SLOW_LAYER_MS = 100.0
+SLOW_LAYER_REPS = 3
+
+
 class _Clock:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -59,7 +65,9 @@ def measure_layers(programs: list[LayerProgram], root: nn.Module, placeholders: 
         own_modules = [root.get_submodule(t) for t in prog.call_modules]
         fwd_times, bwd_times = [], []
         outs = None
-        for rep in range(warmup + reps):
+        n_warm, n_reps = warmup, reps
+        rep = 0
+        while rep < n_warm + n_reps:
             ins = [tree_map(detach_input, env[n]) for n in prog.input_names]
             if clock.cuda:
                 torch.cuda.synchronize()
@@ -73,9 +81,13 @@ def measure_layers(programs: list[LayerProgram], root: nn.Module, placeholders: 
                 t0 = clock.start()
                 torch.autograd.grad(targets, leaves_in + params, grads, allow_unused=True)
                 bwd_ms = clock.elapsed_ms(t0)
-            if rep >= warmup:
+            if rep == 0 and fwd_ms + bwd_ms > SLOW_LAYER_MS:
+                # a slow layer is already warm after one run, and 3 timings are stable
+                n_warm, n_reps = min(warmup, 1), min(reps, SLOW_LAYER_REPS)
+            elif rep >= n_warm:
                 fwd_times.append(fwd_ms)
                 bwd_times.append(bwd_ms)
+            rep += 1
         with torch.no_grad():  # keep outputs for the next layers without this layer's graph
             for name, value in zip(prog.output_names, outs):
                 env[name] = tree_map(lambda t: t.detach().requires_grad_(t.requires_grad)
@@ -85,7 +97,8 @@ def measure_layers(programs: list[LayerProgram], root: nn.Module, placeholders: 
     if loss is not None:  # charged to the layer producing the output, like analyze() does
         names, run = loss
         fwd_times, bwd_times = [], []
-        for rep in range(warmup + reps):
+        loss_warmup = min(warmup, 1)  # one fused op chain: warm after one run
+        for rep in range(loss_warmup + min(reps, SLOW_LAYER_REPS)):
             t0 = clock.start()
             value, leaves = run(env)
             fwd_ms = clock.elapsed_ms(t0)
@@ -93,7 +106,7 @@ def measure_layers(programs: list[LayerProgram], root: nn.Module, placeholders: 
             if leaves and value.requires_grad:
                 torch.autograd.grad(value, leaves, allow_unused=True)
             bwd_ms = clock.elapsed_ms(t0)
-            if rep >= warmup:
+            if rep >= loss_warmup:
                 fwd_times.append(fwd_ms)
                 bwd_times.append(bwd_ms)
         lay = node_layer[names[-1]]
