@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import resource
@@ -77,11 +78,22 @@ class Timer:
 
 def write_result(name: str, data: dict[str, Any], quick: bool) -> Path:
     """bench/results/<name>.json with the environment and mode added."""
-    out = {"benchmark": name, "quick": quick, "env": environment(), **data}
+    out = _finite({"benchmark": name, "quick": quick, "env": environment(), **data})
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(out, indent=2, allow_nan=False, default=_default) + "\n")
     return path
+
+
+def _finite(o: Any) -> Any:
+    """inf/nan -> None (JSON has neither; e.g. a solver bound that was never found)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _default(o: Any) -> Any:
