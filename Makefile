@@ -15,7 +15,7 @@ PORT ?= 8501
 
 $(VENV)/.pipeplan-installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
 	$(PY) -m pip install -e ".[dev,hf]"
 	@touch $@
 
