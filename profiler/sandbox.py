@@ -7,7 +7,10 @@ and then in a child process (`python -m profiler._sandbox_child`) with:
 - an address-space limit (RLIMIT_AS) and no core dumps,
 - a clean environment (PATH, PYTHONPATH to pipeplan, thread counts; no tokens,
   no cloud credentials, no proxies),
-- its working directory in a fresh temporary folder.
+- its working directory in a fresh temporary folder,
+- an audit hook in the child (installed before the user's file is imported) that refuses writes
+  outside that folder and the factory's own folder, new processes, network connections and
+  ctypes (see profiler._sandbox_child.install_guard and docs/security.md).
 The child writes the Profile JSON to a file; the parent parses and validates
 it with Profile.from_json. Nothing is unpickled, nothing is imported from the
 child. Stdout/stderr are only used for the error message.
@@ -92,6 +95,7 @@ def profile_file_factory(rest: str, *, batch_size: int = 1, seq_len: int | None 
     with tempfile.TemporaryDirectory(prefix="pipeplan-sandbox-") as workdir:
         out_file = Path(workdir) / "profile.json"
         request["output"] = str(out_file)
+        request["writable"] = [workdir, str(path.parent)]
         if progress:
             progress(f"running {path.name}:{factory} in a sandboxed process", 0.0)
         # Popen, not run(): on time-out the whole process group (the child called setsid) is killed, so a

@@ -365,7 +365,8 @@ SANDBOX_CASES: dict[str, str] = {
     "garbage_stdout": r"(?i)profile|output|exit",
     "raises": r"(?i)factory exploded|RuntimeError",
     "read_secret": r"(?i)environment secrets seen|RuntimeError",
-    "spawn_orphan": r"did not finish within 15 s",
+    "spawn_orphan": r"sandbox blocked subprocess\.Popen.*may not start processes",
+    "write_outside": r"sandbox blocked writing \S*PWNED-write_outside \(outside the factory's folder\)",
 }
 
 
