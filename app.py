@@ -42,4 +42,5 @@ else:
     plan = plan_section(choice.profile, cluster, config,
                         lambda n: cluster_inputs.cluster(config.precision, n))
     if plan is not None:
-        export_section(plan, choice.profile, choice.cli_source, choice.cli_flags, choice.export_source)
+        export_section(plan, choice.profile, choice.cli_source, choice.cli_flags, choice.export_source,
+                       choice.export_error)

@@ -217,3 +217,27 @@ def _env() -> dict[str, str]:
 
     root = str(Path(__file__).resolve().parents[1])
     return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+# -- export source of an uploaded Profile JSON: never a server path typed or named in the profile ----------
+
+def test_profile_export_source_is_a_sample_or_the_uploaded_config(tmp_path):
+    from ui.model_view import profile_export_source, save_session_config
+
+    assert profile_export_source("sample:gpt:tiny", None) == "sample:gpt:tiny"
+    for server_path in ("hf:/etc/passwd", "hf:/srv/models/llama/config.json", "file:/x/model.py:make"):
+        with pytest.raises(PipeplanError, match=r"upload the config\.json it was made from") as err:
+            profile_export_source(server_path, None)
+        assert "\n" not in str(err.value)
+    saved = save_session_config(b'{"model_type": "gpt2"}', tmp_path / "session")
+    assert saved.read_bytes() == b'{"model_type": "gpt2"}' and saved.name == "config.json"
+    assert saved.is_relative_to(tmp_path / "session")
+    assert profile_export_source("hf:/etc/passwd", saved) == f"hf:{saved}"
+    with pytest.raises(PipeplanError, match="limited to|MiB|MB"):
+        save_session_config(b" " * (MAX_UPLOAD_BYTES + 1), tmp_path / "session")
+
+
+def test_app_has_no_free_text_export_source():
+    """The text field that let a user type `hf:/any/server/path` is gone."""
+    source = (Path(__file__).resolve().parents[1] / "ui" / "model_view.py").read_text()
+    assert "profile_export_source\"" not in source and "st.text_input(\n            \"Model this profile" not in source

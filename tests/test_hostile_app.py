@@ -133,3 +133,21 @@ def test_app_training_settings_name_the_field():
     assert any("needs at least as many micro-batches as devices" in e for e in _errors(at)), _errors(at)
     at.number_input(key="num_microbatches").set_value(8).run()
     assert not at.exception and not _errors(at), _errors(at)
+
+
+def test_profile_json_cannot_point_the_export_at_a_server_file(base, tmp_path):
+    """A profile whose model.source names a server path: the app asks for the config.json instead of
+    reading the path, and exports once the user uploads it."""
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.radio(key="model_source").set_value("Profile JSON").run()
+    doc = json.loads(json.dumps(base.profile))
+    doc["model"]["source"] = "hf:/etc/passwd"
+    at.file_uploader(key="upload_profile_json").upload("p.json", json.dumps(doc).encode(), "application/json").run()
+    assert not at.exception
+    assert not [t for t in at.text_input if "made from" in (t.label or "")], "no free-text model source"
+    errs = _errors(at)
+    assert any("Cannot export this plan" in e and "upload the config.json" in e for e in errs), errs
+    cfg = json.dumps({"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 100}).encode()
+    at.file_uploader(key="profile_export_config").upload("config.json", cfg, "application/json").run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert not any("/etc/passwd" in c.value for c in at.code)

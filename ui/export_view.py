@@ -12,10 +12,12 @@ from ui.commands import cli_commands
 
 
 def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str,
-                   export_source: str | None = None) -> None:
+                   export_source: str | None = None, export_error: str | None = None) -> None:
     st.header("5. Export")
     cols = st.columns(4)
     try:
+        if export_error:
+            raise PipeplanError(export_error)
         with st.spinner("Writing the training job…"):
             data = cache.export_zip(plan, plan.to_json(), export_source)
     except PipeplanError as exc:

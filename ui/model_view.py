@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -12,7 +15,7 @@ from profiler.errors import PipeplanError
 from profiler.gpus import GPU_PRESETS
 from profiler.profile import Profile
 from ui import cache
-from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, code_execution_allowed, saved_hf_config
+from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, check_upload_size, code_execution_allowed
 
 SAMPLE, HF, PROFILE_JSON, PYTHON = "Sample model", "HF config.json", "Profile JSON", "Python file (.py)"
 SHAPE_LABELS = {"seq_len": "Sequence length", "image_size": "Image size (pixels)",
@@ -31,6 +34,35 @@ class ModelChoice:
     """Shape and timing flags for `pipeplan profile` ("" for a Profile JSON)."""
     export_source: str | None = None
     """Model source the exporter builds the job's model from, when not the profile's own."""
+    export_error: str | None = None
+    """Why the job cannot be exported (a Profile JSON whose model config was not uploaded)."""
+
+
+def save_session_config(data: bytes, folder: str | Path) -> Path:
+    """Keep an uploaded HF config.json in this session's private folder, so the exporter can copy it."""
+    check_upload_size("config.json", data)
+    path = Path(folder) / hashlib.sha256(data).hexdigest()[:16] / "config.json"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def profile_export_source(profile_source: str, uploaded_config: Path | None) -> str:
+    """The model the exported job builds for an uploaded Profile JSON. Never a server path named in the
+    profile: its own source only if it is a sample model, otherwise the config.json the user uploaded."""
+    if uploaded_config is not None:
+        return f"hf:{uploaded_config}"
+    if profile_source.startswith("sample:"):
+        return profile_source
+    raise PipeplanError(f"this profile was made from {profile_source[:200]!r}; upload the config.json it was made "
+                        "from (below the profile) to export a training job")
+
+
+def _session_dir() -> str:
+    folder = st.session_state.get("_pipeplan_session_dir")
+    if folder is None or not Path(folder).is_dir():
+        folder = st.session_state["_pipeplan_session_dir"] = tempfile.mkdtemp(prefix="pipeplan-session-")
+    return folder
 
 
 def _progress_callback(bar) -> cache.ProgressFn:
@@ -116,15 +148,22 @@ def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) 
         status.update(label=f"Profiled {upload.name}", state="complete")
     model_summary(profile)
     if kind == "profile_json":
-        export_source = st.text_input(
-            "Model this profile was made from (for the exported job)", value=profile.model.source,
-            key="profile_export_source", help="sample:NAME:SIZE or hf:PATH/config.json: the job builds this model")
+        config = None
+        if not profile.model.source.startswith("sample:"):
+            cfg_upload = st.file_uploader("HF config.json this profile was made from (for the exported job)",
+                                          type=["json"], key="profile_export_config",
+                                          max_upload_size=MAX_UPLOAD_BYTES // 2**20)
+            config = None if cfg_upload is None else save_session_config(cfg_upload.getvalue(), _session_dir())
+        try:
+            export_source, export_error = profile_export_source(profile.model.source, config), None
+        except PipeplanError as exc:
+            export_source, export_error = None, str(exc)
         return ModelChoice(profile=profile, cli_source=f"profile:{upload.name}", cli_flags="",
-                           export_source=export_source.strip() or None)
+                           export_source=export_source, export_error=export_error)
     flags = f"--batch-size {batch_size}{f' --seq-len {seq_len}' if seq_len else ''} --estimate-for {estimate_for}"
     if kind == "hf_config":
         return ModelChoice(profile=profile, cli_source=f"hf:{upload.name}", cli_flags=flags,
-                           export_source=f"hf:{saved_hf_config(upload.getvalue())}")
+                           export_source=f"hf:{save_session_config(upload.getvalue(), _session_dir())}")
     return ModelChoice(profile=profile, cli_source=f"file:{upload.name}:{factory}", cli_flags=flags)
 
 
