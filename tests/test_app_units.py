@@ -241,3 +241,19 @@ def test_app_has_no_free_text_export_source():
     """The text field that let a user type `hf:/any/server/path` is gone."""
     source = (Path(__file__).resolve().parents[1] / "ui" / "model_view.py").read_text()
     assert "profile_export_source\"" not in source and "st.text_input(\n            \"Model this profile" not in source
+
+
+@pytest.mark.parametrize("empty", [{}, {"name": None, "preset": None, "memory_gib": None},
+                                   {"name": "  ", "preset": "", "memory_gib": None, "node": 0}])
+def test_empty_device_row_says_so(empty):
+    rows = base_rows(2, "L4", 8)
+    rows.insert(1, empty)
+    with pytest.raises(PipeplanError) as err:
+        cluster_from_rows(rows, intra_node_gbs=25, inter_node_gbs=10, precision="bf16_mixed")
+    assert str(err.value) == "device row 1 is empty: fill it in or delete it"
+
+
+def test_row_with_only_a_name_still_asks_for_memory():
+    with pytest.raises(PipeplanError, match=r"device row 0 \(x\): a custom device needs a memory limit"):
+        cluster_from_rows([{"name": "x", "preset": CUSTOM}], intra_node_gbs=25, inter_node_gbs=10,
+                          precision="bf16_mixed")

@@ -32,7 +32,8 @@ def base_rows(n: int, preset: str, devices_per_node: int) -> list[dict[str, Any]
 
 
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
+                                                                               and not value.strip())
 
 
 def cluster_from_rows(rows: list[dict[str, Any]], *, intra_node_gbs: float, inter_node_gbs: float,
@@ -42,6 +43,8 @@ def cluster_from_rows(rows: list[dict[str, Any]], *, intra_node_gbs: float, inte
         raise PipeplanError("the device table is empty: add at least one device")
     devices = []
     for i, row in enumerate(rows):
+        if all(_blank(row.get(k)) for k in ("name", "preset", "memory_gib")):
+            raise PipeplanError(f"device row {i} is empty: fill it in or delete it")
         name = row.get("name")
         name = f"gpu{i}" if _blank(name) else str(name)
         preset = row.get("preset")
