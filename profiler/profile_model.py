@@ -23,6 +23,7 @@ from profiler.layers import build_programs
 from profiler.memcheck import check_fits_for_measuring
 from profiler.params import layer_params
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
+from profiler.repeat import expand, find_runs, shortened
 from profiler.timing import measure_layers
 from profiler.trace import trace_model
 
@@ -83,13 +84,16 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
                   source: str, name: str, estimate_for: str | GpuPreset | None = None,
                   measure: str | None = None, granularity: str = "block", progress: Progress | None = None,
                   seq_len: int | None = None, image_size: int | None = None,
-                  warmup: int = 2, reps: int = 5) -> Profile:
+                  warmup: int = 2, reps: int = 5, shorten: bool = True) -> Profile:
     """Profile `model` on one micro-batch `inputs` (dim 0 is the micro-batch).
 
     measure="cpu"|"cuda": times measured on that device (the model and inputs must be there).
     Otherwise times are a roofline estimate for `estimate_for` (default A100-80GB); the
     model may then live on the meta device. loss_fn(output, target), when given, is
     charged to the layer that produces the output (the last stage computes the loss).
+    shorten: for estimates, trace only the first three blocks of each stack of identical
+    blocks and copy block 1 to the rest when that provably equals the full trace
+    (profiler.repeat); shorten=False always traces the whole model.
     """
     if not isinstance(inputs, tuple):
         inputs = (inputs,)
@@ -105,15 +109,31 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
     try:
         report = progress or (lambda msg, frac: None)
         report("tracing", 0.0)
-        traced = trace_model(model, inputs, granularity=granularity)
-        root = traced.graph_module
-        placeholders = [n.name for n in root.graph.nodes if n.op == "placeholder"]
-        programs = build_programs(traced, device=torch.device("cpu"))
         op_time = (lambda f, b: roofline_ms(f, b, preset, dtype)) if preset else None
-        analysis = analyze(programs, root, placeholders, inputs, traced.node_layer, op_time=op_time,
-                           loss_fn=loss_fn, target=target,
-                           progress=lambda m, f: report(m, 0.1 + 0.4 * f))
-        params = layer_params(model, root, traced, programs)
+
+        def trace_and_analyse():
+            traced = trace_model(model, inputs, granularity=granularity)
+            root = traced.graph_module
+            placeholders = [n.name for n in root.graph.nodes if n.op == "placeholder"]
+            programs = build_programs(traced, device=torch.device("cpu"))
+            analysis = analyze(programs, root, placeholders, inputs, traced.node_layer, op_time=op_time,
+                               loss_fn=loss_fn, target=target,
+                               progress=lambda m, f: report(m, 0.1 + 0.4 * f))
+            return traced, root, placeholders, programs, analysis, layer_params(model, root, traced, programs)
+
+        expanded = None
+        runs = find_runs(model) if shorten and device is None and granularity == "block" else []
+        if runs:  # estimates of repeated blocks: trace the first three of each stack (profiler.repeat)
+            try:
+                with shortened(model, runs):
+                    traced, _, _, programs, analysis, params = trace_and_analyse()
+                    expanded = expand(runs, traced, programs, analysis, params, model)
+            except Exception:  # the shortened model does not run (forward indexes blocks by number)
+                expanded = None
+        if expanded is not None:
+            traced, analysis, params = expanded
+        else:
+            traced, root, placeholders, programs, analysis, params = trace_and_analyse()
         times = None
         if device is not None:
             needed = 2 * sum(p.bytes for p in params.values()) + analysis.input_bytes + \

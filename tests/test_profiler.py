@@ -161,3 +161,67 @@ def test_measuring_a_meta_model_is_refused():
     inputs, _ = spec.make_batch(spec.sizes["tiny"], 2, device="meta")
     with pytest.raises(PipeplanError, match="estimate"):
         profile_model(model, inputs, source="s", name="m", measure="cpu")
+
+
+def _profile_both(model, inputs, loss_fn, target, monkeypatch):
+    """(shortened-trace profile, full-trace profile, whether the shortened one was used)."""
+    import profiler.profile_model as pm
+
+    used = []
+    real_expand = pm.expand
+    monkeypatch.setattr(pm, "expand", lambda *a, **k: used.append(real_expand(*a, **k)) or used[-1])
+    short = profile_model(model, inputs, loss_fn=loss_fn, target=target, source="s", name="m")
+    full = profile_model(model, inputs, loss_fn=loss_fn, target=target, source="s", name="m", shorten=False)
+    short.provenance.date = full.provenance.date
+    return short, full, bool(used) and used[-1] is not None
+
+
+@pytest.mark.parametrize("name", ["llama6", "gpt", "vit", "mlp"])
+def test_shortened_trace_equals_the_full_trace(name, monkeypatch):
+    if name == "llama6":
+        from sample_models.llama import Llama, LlamaConfig, loss_fn
+        torch.manual_seed(0)
+        model = Llama(LlamaConfig(dim=64, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=512, ffn_dim=192,
+                                  max_seq_len=64))
+        inputs, target = (torch.randint(0, 512, (2, 16)),), torch.randint(0, 512, (2, 16))
+    else:
+        spec = sample_models.get_model(name)
+        model, loss_fn = sample_models.build(name, "tiny"), spec.loss_fn
+        inputs, target = spec.make_batch(spec.sizes["tiny"], 2)
+    short, full, used = _profile_both(model, inputs, loss_fn, target, monkeypatch)
+    assert used
+    assert [n.id for n in short.nodes] == [n.id for n in full.nodes]
+    for a, b in zip(short.nodes, full.nodes):
+        assert a == b, a.id
+    assert short.edges == full.edges
+    assert short == full
+
+
+class _SumOfBlocks(torch.nn.Module):
+    """Every block's output feeds the head: not a pure chain, so no shortened trace."""
+
+    def __init__(self, n=5, odd=False):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+                                           for _ in range(n)])
+        if odd:
+            self.blocks[3].scale = 2.0
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        outs = []
+        for b in self.blocks:
+            x = b(x)
+            outs.append(x)
+        return self.head(sum(outs))
+
+
+def test_shortened_trace_falls_back_when_blocks_are_not_a_chain(monkeypatch):
+    from profiler.repeat import find_runs
+
+    model = _SumOfBlocks()
+    assert [r.path for r in find_runs(model)] == ["blocks"]
+    loss = lambda out, t: torch.nn.functional.cross_entropy(out, t)  # noqa: E731
+    short, full, used = _profile_both(model, (torch.randn(4, 8),), loss, torch.tensor([0, 1, 0, 1]), monkeypatch)
+    assert not used and short == full
+    assert find_runs(_SumOfBlocks(odd=True)) == []  # block 3 has another attribute
