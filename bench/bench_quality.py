@@ -20,6 +20,7 @@ import argparse
 import json
 
 from bench.common import Timer, rnd, write_result
+from planner.baselines import baseline_plans
 from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
 from planner.cost import speeds
@@ -75,6 +76,12 @@ def case(profile, cluster_name: str, cluster: Cluster, schedule: str, v: int, ti
     if not plan.feasible:
         row.update(status="infeasible", reason=plan.diagnosis.message if plan.diagnosis else "",
                    suggestions=(plan.diagnosis.suggestions if plan.diagnosis else [])[:3])
+        # A baseline that fits shows the "infeasible" is the solver finding no plan in its time limit.
+        try:
+            bl = baseline_plans(profile, cluster, cfg)
+            row["baselines_ms"] = {k: (rnd(p.step_time_ms, 6) if p.feasible else None) for k, p in bl.items()}
+        except PipeplanError:
+            pass
         return row
     opt = plan.step_time_ms
     row.update(status="ok", optimal_ms=rnd(opt, 6), backend=plan.solver.backend, solver_status=plan.solver.status,

@@ -84,8 +84,12 @@ def quality_section(d: dict, figs: list[Path]) -> str:
     for r in d["rows"]:
         case = f"{r['model']}:{r['size']}"
         if r["status"] != "ok":
-            rows.append([case, r["cluster"], r["schedule"], r["status"], "—", "—", "—", "—", "—",
-                         (r.get("reason") or "")[:90]])
+            note = (r.get("reason") or "")[:90]
+            fits = {k: v for k, v in (r.get("baselines_ms") or {}).items() if v is not None}
+            if fits:
+                note += "; but baselines fit (" + ", ".join(f"{k} {f(v, 4)} ms" for k, v in fits.items()) + \
+                    "): the solver found no plan within its time limit"
+            rows.append([case, r["cluster"], r["schedule"], r["status"], "—", "—", "—", "—", "—", note])
             continue
         b = r["baseline_over_optimal"]
         rows.append([case, r["cluster"], r["schedule"], f(r["optimal_ms"], 4), f(b.get("uniform_layers")),
@@ -346,6 +350,14 @@ GAPS = """## Reading the numbers
 
 - **Plan quality** compares partitions under one cost model; it says how much the cut matters when
   the model is right, not how right the model is. Sections 3 and 4 check the model.
+- **"infeasible" under Interleaved1F1B** with a 1F1B plan of the same model and cluster that fits
+  is not a memory limit. Multi-chunk schedules have no DP warm start, so the ILP starts cold; on
+  this loaded 2-core machine it found no incumbent within the 10 s (wall) limit, and `solve()` then
+  reports its memory diagnosis ("no partition fits"). From the next run on, such rows also list the
+  baselines that fit. This is a planner finding (a warm start for interleaved plans, and a
+  diagnosis that says "time limit" when it is one), not a property of the models.
+- **"heuristic"** in the solver column: a baseline partition simulated faster than the solver's
+  closed-form optimum, so `solve()` returned it (see ilp.md, "Objective and simulated step time").
 - **CPU step time.** The tiny models' layers take fractions of a millisecond to a few ms, so the
   measured step carries costs the model does not have: the pipelining runtime's Python work per
   micro-batch and action, gloo's loopback send/recv (the cluster's default link says 100 GB/s and
