@@ -8,6 +8,7 @@ the profile's time divided by `speed_factor(device, profile)`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,7 +50,7 @@ class Device:
 
     @classmethod
     def from_preset(cls, preset: str, *, name: str | None = None, node: int = 0,
-                    memory_bytes: int | None = None, precision: str = "bf16_mixed") -> "Device":
+                    memory_bytes: int | None = None, precision: str = "bf16_mixed") -> Device:
         p = get_preset(preset)
         return cls(name=name or p.name, preset=p.name, memory_bytes=memory_bytes or p.memory_bytes,
                    tflops=p.peak_tflops(precision), node=node)
@@ -104,7 +105,7 @@ class Cluster:
 
     @classmethod
     def uniform(cls, n: int, preset: str | None = None, *, memory_bytes: int | None = None,
-                devices_per_node: int = 8, precision: str = "bf16_mixed") -> "Cluster":
+                devices_per_node: int = 8, precision: str = "bf16_mixed") -> Cluster:
         """n identical devices, `devices_per_node` to a host."""
         check_number(n, "device count", positive=True, integer=True)
         if preset is None and memory_bytes is None:
@@ -129,7 +130,7 @@ class Cluster:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Cluster":
+    def from_dict(cls, data: Any) -> Cluster:
         if not isinstance(data, dict):
             raise PipeplanError("cluster JSON must be an object with keys schema, devices, intra_node, inter_node")
         if data.get("schema") != SCHEMA:
@@ -150,7 +151,7 @@ class Cluster:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Cluster":
+    def from_json(cls, text: str | bytes) -> Cluster:
         return cls.from_dict(load_json_text(text, "cluster"))
 
 
@@ -168,6 +169,6 @@ def parse_memory(text: str) -> int:
         value = float(number)
     except ValueError:
         raise PipeplanError(f"cannot read memory size {text!r}; write it like 80GB, 24GiB or 512MB") from None
-    if not value > 0 or value != value or value == float("inf"):
+    if not (value > 0 and math.isfinite(value)):
         raise PipeplanError(f"memory size {text!r} must be a positive number")
     return int(value * scale)

@@ -125,13 +125,13 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TrainConfig":
+    def from_dict(cls, data: Any) -> TrainConfig:
         if isinstance(data, dict) and data.get("schema", SCHEMA) != SCHEMA:
             raise PipeplanError(f"train config schema {data.get('schema')!r} is not supported; expected {SCHEMA!r}")
         return build_dataclass(cls, data, "train config")
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "TrainConfig":
+    def from_json(cls, text: str | bytes) -> TrainConfig:
         return cls.from_dict(load_json_text(text, "train config"))
 
 

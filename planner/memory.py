@@ -91,8 +91,8 @@ def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes
         params=param_count * w,
         grads=param_count * g,
         optimizer=param_count * o,
-        activations=int(round(acts)),
-        relay=int(round(c.per_relay_byte * relay_bytes)),
+        activations=round(acts),
+        relay=round(c.per_relay_byte * relay_bytes),
         reserve=config.reserve_bytes,
     )
 

@@ -126,7 +126,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Plan":
+    def from_dict(cls, data: Any) -> Plan:
         if not isinstance(data, dict):
             raise PipeplanError("plan JSON must be an object")
         if data.get("schema") != SCHEMA:
@@ -158,5 +158,5 @@ class Plan:
         return build_dataclass(cls, d, "plan")
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Plan":
+    def from_json(cls, text: str | bytes) -> Plan:
         return cls.from_dict(load_json_text(text, "plan"))

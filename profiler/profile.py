@@ -188,7 +188,7 @@ class Profile:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Profile":
+    def from_dict(cls, data: Any) -> Profile:
         if not isinstance(data, dict):
             raise PipeplanError("profile JSON must be an object with keys schema, model, provenance, nodes, edges")
         schema = data.get("schema")
@@ -210,7 +210,7 @@ class Profile:
             raise PipeplanError(f"profile JSON is malformed: {exc}") from None
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Profile":
+    def from_json(cls, text: str | bytes) -> Profile:
         return cls.from_dict(load_json_text(text, "profile"))
 
 
