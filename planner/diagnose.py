@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from planner.cluster import Cluster, Device
 from planner.config import TrainConfig
@@ -13,6 +14,11 @@ from profiler.profile import Profile
 
 MAX_EXTRA_DEVICES_FACTOR = 8
 """Try up to this many times the current device count when looking for the smallest that fits."""
+
+DIAGNOSIS_TIME_FACTOR = 6.0
+MIN_DIAGNOSIS_SECONDS = 30.0
+"""The diagnosis re-solves many variants; it stops starting new ones after
+max(MIN_DIAGNOSIS_SECONDS, DIAGNOSIS_TIME_FACTOR * time_limit_s) and says so."""
 
 
 def _with_memory(cluster: Cluster, memory_bytes: int | None) -> Cluster:
@@ -54,6 +60,17 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     """Plan(feasible=False) with a Diagnosis; every suggestion in it was checked by re-solving."""
     from planner.solve import solve_once
 
+    started = time.perf_counter()
+    budget = max(MIN_DIAGNOSIS_SECONDS, DIAGNOSIS_TIME_FACTOR * config.time_limit_s)
+    skipped: list[str] = []
+
+    def out_of_time(what: str) -> bool:
+        if time.perf_counter() - started <= budget:
+            return False
+        if what not in skipped:
+            skipped.append(what)
+        return True
+
     quick = dataclasses.replace(config, time_limit_s=max(1.0, config.time_limit_s / 4))
     unlimited = solve_once(profile, _with_memory(cluster, None), quick)
     problems, worst = [], None
@@ -69,10 +86,13 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     # smallest uniform memory per device that fits (bisection on whole MiB)
     min_mem = None
     lo, hi = 0, max(d.memory_bytes for d in cluster.devices)
-    while _fits(profile, _with_memory(cluster, hi), quick) is None and hi < 2**50:
+    while hi < 2**50 and not out_of_time("the smallest memory per device") and \
+            _fits(profile, _with_memory(cluster, hi), quick) is None:
         lo, hi = hi, hi * 2
-    if hi < 2**50:
+    if hi < 2**50 and "the smallest memory per device" not in skipped:
         while hi - lo > 2**20:
+            if out_of_time("the smallest memory per device (the figure given fits, but may not be the least)"):
+                break
             mid = (lo + hi) // 2
             if _fits(profile, _with_memory(cluster, mid), quick) is None:
                 lo = mid
@@ -84,6 +104,8 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     P = cluster.num_devices
     min_devices_note = ""
     for n in range(P + 1, min(len(profile.nodes) // config.virtual_stages, MAX_EXTRA_DEVICES_FACTOR * P) + 1):
+        if out_of_time("the smallest device count"):
+            break
         cfg_n = _valid_for(quick, n)
         if cfg_n is not None and _fits(profile, _with_devices(cluster, n), cfg_n) is not None:
             min_devices = n
@@ -115,12 +137,17 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
             cfg = dataclasses.replace(quick, **change)
         except PipeplanError:
             continue
+        if out_of_time("other changes (recompute, precision, optimizer, schedule, micro-batch size)"):
+            break
         plan = _fits(profile, cluster, cfg)
         if plan is not None:
             suggestions.append(f"{text}: fits, predicted step {plan.step_time_ms:.1f} ms")
     message = "no partition fits in memory on this cluster"
     if worst is not None:
         message += f"; even the fastest partition is {gib(worst)} over on its worst device"
+    if skipped:
+        message += (f". The diagnosis was cut short after {time.perf_counter() - started:.0f} s "
+                    f"(limit {budget:.0f} s); not searched: {'; '.join(skipped)}")
     cfg = config if config.num_microbatches is not None else dataclasses.replace(
         config, num_microbatches=config.global_batch // config.micro_batch_size, global_batch=None)
     return Plan(model=profile.model, profile_fingerprint=profile.fingerprint(), cluster=cluster, config=cfg,

@@ -14,6 +14,7 @@ itself and its ancestors exceeds what stages 0..s can do in UB/M each (same for 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -297,7 +298,16 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
         # pulp maps kTimeLimit to IntegerFeasible even when HiGHS holds no incumbent at all
         has_solution = lp.solverModel.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
     if not has_solution or step.varValue is None:
-        return ILPResult(None, None, "timeout", None, None, seconds)
+        # no incumbent (none better than the cutoff, when one was given); HiGHS may still have
+        # proven a bound, which holds for any plan better than the cutoff
+        bound = None
+        if backend != "cbc":
+            try:
+                b = float(lp.solverModel.getInfo().mip_dual_bound)
+                bound = b * unit if math.isfinite(b) and b > 0 else None
+            except (AttributeError, TypeError, ValueError, RuntimeError):
+                bound = None
+        return ILPResult(None, None, "timeout", None, bound, seconds)
     stage_of = []
     for i in range(N):
         s = 0

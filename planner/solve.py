@@ -37,7 +37,9 @@ def recompute_options(config: TrainConfig) -> tuple[bool, ...]:
 
 
 def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
-                  devices: list[int]) -> ChainProblem:
+                  devices: list[int], stage_limit: list[float] | None = None) -> ChainProblem:
+    """The DP's problem for these stages. With several stages per device (Interleaved1F1B, ZBV) pass
+    stage_limit (the caller's split of each device's memory); in-flight counts follow the schedule."""
     S, P = len(devices), cluster.num_devices
     sp = speeds(cluster, profile)
     fwd_cut, grad_cut = cut_bytes(tables)
@@ -54,8 +56,10 @@ def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config
         comm.append(per_link[key])
     return ChainProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
                         stage_speed=[sp[d] for d in devices],
-                        stage_limit=[cluster.devices[d].memory_bytes for d in devices],
-                        stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches, 1),
+                        stage_limit=stage_limit if stage_limit is not None
+                        else [cluster.devices[d].memory_bytes for d in devices],
+                        stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
+                                                               config.virtual_stages),
                         recompute_options=recompute_options(config), comm_ms_per_cut=comm, config=config)
 
 
@@ -113,59 +117,134 @@ def device_orders(cluster: Cluster, config: TrainConfig) -> list[list[int]]:
     return orders if identity in orders else [identity] + orders[:-1]
 
 
+@dataclasses.dataclass(slots=True)
+class _Warm:
+    """A feasible starting plan for the ILP: its assignment, recompute flags and closed-form objective."""
+
+    stage_of: list[int]
+    recompute: list[bool]
+    objective: float
+    source: str
+    seconds: float
+
+
+def chunk_split_limits(cluster: Cluster, config: TrainConfig, devices: list[int]) -> list[float]:
+    """Per-stage memory limits that split each device's memory (less the reserve, held once) evenly
+    between its stages: stages that each fit their share fit their device together."""
+    chunks = {d: devices.count(d) for d in set(devices)}
+    reserve = config.reserve_bytes
+    return [float((cluster.devices[d].memory_bytes - reserve) // chunks[d] + reserve) for d in devices]
+
+
+def multi_chunk_warm_start(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+                           devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> _Warm | None:
+    """The best feasible plan among the baseline partitions and a contiguous DP over all P*v stages
+    with each device's memory split evenly between its chunks (conservative, but what it finds fits);
+    None if none of them fits. Every candidate is re-scored and memory-checked by make_plan."""
+    from planner.evaluate import choose_recompute
+
+    start = time.perf_counter()
+    S = len(devices)
+    candidates: list[tuple[list[int], list[bool], str]] = []
+    try:
+        parts = baseline_partitions(profile, S)
+    except PipeplanError:
+        parts = {}
+    for name, stages in parts.items():
+        stage_of = [0] * tables.num_nodes
+        for k, ids in enumerate(stages):
+            for nid in ids:
+                stage_of[tables.position[nid]] = k
+        if any(stage_of[c] < stage_of[t.producer] for t in tables.tensors for c in t.consumers):
+            continue  # the profile's listed order is not the tables' topological order here
+        candidates.append((stage_of, choose_recompute(profile, tables, cluster, config, stage_of, devices), name))
+    dp = solve_chain(chain_problem(profile, tables, cluster, config, devices,
+                                   chunk_split_limits(cluster, config, devices)),
+                     time_limit_s=max(0.05, time_limit_s / 4))
+    if dp.cuts is not None:
+        candidates.append((cuts_to_stage_of(dp.cuts), dp.recompute, "dp"))
+    best = None
+    for stage_of, rec, name in candidates:
+        plan = make_plan(profile, tables, cluster, config, stage_of, devices, rec,
+                         SolverInfo(backend=name, status="heuristic"), fingerprint, timeline=False)
+        if plan.feasible and (best is None or plan.solver.objective_ms < best.objective):
+            best = _Warm(stage_of, list(rec), plan.solver.objective_ms, name, 0.0)
+    if best is not None:
+        best.seconds = time.perf_counter() - start
+    return best
+
+
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
                 devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> Plan | None:
     """The best plan with this stage -> device map and micro-batch count; None if nothing fits.
-    Its step_time_ms is still the closed form (solver.objective_ms): solve_once simulates the winner."""
+    Its step_time_ms is still the closed form (solver.objective_ms): solve_once simulates the winner.
+
+    The ILP is always warm-started and cut off by a plan known to fit (the DP's for one stage per
+    device; the best of the baselines and a chunk-split DP for several), so a run that times out
+    still returns that plan; None only when the ILP proved infeasibility or found nothing and no
+    candidate fits."""
     backend = config.solver
     single_chunk = config.virtual_stages == 1
     chain = tables.is_chain()
     if backend == "dp" and not single_chunk:
         raise PipeplanError(f"the dp solver plans one stage per device; {config.schedule} needs the ILP "
                             "(--solver highs or cbc)")
-    dp = None
+    warm: _Warm | None = None
+    proven_bound = None  # a lower bound proven before the ILP (the DP's, on a chain)
+    dp_seconds = 0.0
     if single_chunk:
         dp = solve_chain(chain_problem(profile, tables, cluster, config, devices),
                          time_limit_s=time_limit_s if backend in ("auto", "dp") else time_limit_s / 2)
-    use_dp = backend == "dp" or (backend == "auto" and chain and single_chunk)
-    if use_dp:
-        if dp.cuts is None:
-            return None
-        status = ("optimal" if dp.optimal else "feasible") if chain else "heuristic"
-        info = SolverInfo(backend="dp", status=status, seconds=dp.seconds)
-        plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute, info,
-                         fingerprint, timeline=False)
-        info.lower_bound_ms = dp.lower_bound if chain else None
-        info.gap = _gap(info.objective_ms, info.lower_bound_ms)
-        return plan
+        dp_seconds = dp.seconds
+        use_dp = backend == "dp" or (backend == "auto" and chain)
+        if use_dp:
+            if dp.cuts is None:
+                return None
+            status = ("optimal" if dp.optimal else "feasible") if chain else "heuristic"
+            info = SolverInfo(backend="dp", status=status, seconds=dp.seconds)
+            plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute,
+                             info, fingerprint, timeline=False)
+            info.lower_bound_ms = dp.lower_bound if chain else None
+            info.gap = _gap(info.objective_ms, info.lower_bound_ms)
+            return plan
+        if dp.cuts is not None:
+            warm = _Warm(cuts_to_stage_of(dp.cuts), list(dp.recompute), dp.objective, "dp", dp.seconds)
+        if chain:  # the DP is exact on a chain: its bound holds whatever the ILP does
+            proven_bound = dp.lower_bound if dp.cuts is not None else None
+    else:
+        warm = multi_chunk_warm_start(profile, tables, cluster, config, devices, time_limit_s, fingerprint)
+        dp_seconds = warm.seconds if warm is not None else 0.0
     ilp_backend = "cbc" if backend == "cbc" else "highs"
-    warm = cuts_to_stage_of(dp.cuts) if dp is not None and dp.cuts is not None else None
     res = solve_ilp(ilp_problem(profile, tables, cluster, config, devices), backend=ilp_backend,
-                    time_limit_s=max(0.5, time_limit_s - (dp.seconds if dp else 0.0)), warm_stage_of=warm,
-                    warm_recompute=dp.recompute if warm else None,
-                    upper_bound=dp.objective if warm else None)
-    if res.stage_of is None:
-        if warm is None:
-            return None
-        # the ILP found nothing better than its cutoff (the DP's objective) within the limit
-        info = SolverInfo(backend=ilp_backend, status="feasible", seconds=res.seconds + dp.seconds)
-        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint,
+                    time_limit_s=max(0.5, time_limit_s - dp_seconds),
+                    warm_stage_of=warm.stage_of if warm else None,
+                    warm_recompute=warm.recompute if warm else None,
+                    upper_bound=warm.objective if warm else None)
+    seconds = res.seconds + dp_seconds
+    plan = None
+    if res.stage_of is not None:
+        info = SolverInfo(backend=ilp_backend, status=res.status, seconds=seconds)
+        plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info, fingerprint,
                          timeline=False)
+        if not plan.feasible:  # within the ILP's un-rounded bytes of a limit: never report a plan that does not fit
+            plan = None
+        elif warm is not None and warm.objective < plan.solver.objective_ms * (1 - 1e-12):
+            plan = None  # the incumbent is no better than the start (float noise): keep the start
+    if plan is None:
+        if warm is None:
+            return None  # the ILP proved infeasibility, or found nothing and no candidate fits
+        # the ILP found nothing better than its cutoff (the warm start) within the limit
+        info = SolverInfo(backend=ilp_backend, status="feasible", seconds=seconds)
+        plan = make_plan(profile, tables, cluster, config, warm.stage_of, devices, warm.recompute, info,
+                         fingerprint, timeline=False)
         if res.status == "infeasible":  # proven: nothing beats the warm start
-            info.status, info.lower_bound_ms = "optimal", info.objective_ms
-        info.gap = _gap(info.objective_ms, info.lower_bound_ms)
-        return plan
-    info = SolverInfo(backend=ilp_backend, status=res.status, seconds=res.seconds + (dp.seconds if dp else 0.0))
-    plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info, fingerprint,
-                     timeline=False)
-    if not plan.feasible:  # within the ILP's un-rounded bytes of a limit: never report a plan that does not fit
-        if warm is None:
-            return None
-        plan = make_plan(profile, tables, cluster, config, warm, devices, dp.recompute, info, fingerprint,
-                         timeline=False)
-        info.status, res.bound = "feasible", None
-    info.lower_bound_ms = min(res.bound, info.objective_ms) if res.bound is not None else None
+            info.status, res.bound = "optimal", info.objective_ms
+    bounds = [b for b in (res.bound, proven_bound) if b is not None]
+    info = plan.solver
+    info.lower_bound_ms = min(max(bounds), info.objective_ms) if bounds else None
     info.gap = _gap(info.objective_ms, info.lower_bound_ms)
+    if info.gap == 0.0:
+        info.status = "optimal"  # proven by the ILP, or by the DP on a chain (one stage per device)
     return plan
 
 
