@@ -25,6 +25,9 @@ from profiler.layers import LayerProgram, resolve_attr
 # GPT-124M at seq 1024 on 2 CPU cores would otherwise take minutes.
 SLOW_LAYER_MS = 100.0
 SLOW_LAYER_REPS = 3
+# Layers slower than this on their first run are warm already (one-time costs are
+# milliseconds against seconds), so the first run counts as the first timing.
+VERY_SLOW_LAYER_MS = 1000.0
 
 
 class _Clock:
@@ -84,7 +87,9 @@ def measure_layers(programs: list[LayerProgram], root: nn.Module, placeholders: 
             if rep == 0 and fwd_ms + bwd_ms > SLOW_LAYER_MS:
                 # a slow layer is already warm after one run, and 3 timings are stable
                 n_warm, n_reps = min(warmup, 1), min(reps, SLOW_LAYER_REPS)
-            elif rep >= n_warm:
+                if fwd_ms + bwd_ms > VERY_SLOW_LAYER_MS:
+                    n_warm = 0
+            if rep >= n_warm:
                 fwd_times.append(fwd_ms)
                 bwd_times.append(bwd_ms)
             rep += 1
