@@ -350,12 +350,10 @@ GAPS = """## Reading the numbers
 
 - **Plan quality** compares partitions under one cost model; it says how much the cut matters when
   the model is right, not how right the model is. Sections 3 and 4 check the model.
-- **"infeasible" under Interleaved1F1B** with a 1F1B plan of the same model and cluster that fits
-  is not a memory limit. Multi-chunk schedules have no DP warm start, so the ILP starts cold; on
-  this loaded 2-core machine it found no incumbent within the 10 s (wall) limit, and `solve()` then
-  reports its memory diagnosis ("no partition fits"). From the next run on, such rows also list the
-  baselines that fit. This is a planner finding (a warm start for interleaved plans, and a
-  diagnosis that says "time limit" when it is one), not a property of the models.
+- **Interleaved1F1B and ZBV** plans start the ILP from the fastest fitting candidate among the
+  baselines and a chunk-split chain DP (each chunk gets its device's memory divided by its chunks).
+  When the ILP finds nothing better within the time limit, that candidate is returned with status
+  "feasible" or "heuristic"; "infeasible" appears only when the ILP proves it or no candidate fits.
 - **"heuristic"** in the solver column: a baseline partition simulated faster than the solver's
   closed-form optimum, so `solve()` returned it (see ilp.md, "Objective and simulated step time").
 - **CPU step time.** The tiny models' layers take fractions of a millisecond to a few ms, so the
