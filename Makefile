@@ -30,8 +30,10 @@ test: install
 bench: install
 	$(PY) -m bench.run
 
+# The quick smoke run writes its results and page under bench/results/quick/, so it
+# never overwrites the full run's results or docs/benchmarks.md.
 bench-quick: install
-	$(PY) -m bench.run --quick
+	PIPEPLAN_BENCH_RESULTS=bench/results/quick PIPEPLAN_BENCH_DOCS=bench/results/quick $(PY) -m bench.run --quick
 
 lint: install
 	$(VENV)/bin/ruff check .
