@@ -35,6 +35,10 @@ class Device:
     """Explicit speed relative to the profile's reference device (1.0 = same). Overrides tflops."""
     node: int = 0
     """Host index: devices with the same node talk over the intra-node link."""
+    action_overhead_ms: float = 0.0
+    """Fixed cost of every forward and backward action of the pipeline runtime on this device
+    (Python dispatch, p2p bookkeeping), on top of the profile's layer times. Measured by
+    `pipeplan calibrate`; 0 by default (negligible next to GPU layers of real models)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -47,6 +51,7 @@ class Device:
         if self.speed is not None:
             check_number(self.speed, f"device {self.name!r} speed", positive=True)
         check_number(self.node, f"device {self.name!r} node", integer=True, minimum=0)
+        check_number(self.action_overhead_ms, f"device {self.name!r} action_overhead_ms", minimum=0)
 
     @classmethod
     def from_preset(cls, preset: str, *, name: str | None = None, node: int = 0,

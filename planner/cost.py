@@ -19,6 +19,12 @@ Conventions (all per micro-batch):
   when both are given; otherwise a layer with parameters splits its backward
   evenly (for matmul/conv layers dgrad and wgrad cost the same FLOPs), and a
   layer without parameters has W = 0.
+- Runtime terms (docs/cost-model.md, "Runtime overheads"): every forward and
+  every backward action of a stage costs its device's `action_overhead_ms` on
+  top of the layer times; once per step, after the pipeline drains, each device
+  runs the optimizer step of its stages (stage_optimizer_ms). The DP and the ILP
+  minimise the pipeline part without these terms (constant per stage, they do
+  not move the best cut on one kind of device); every Plan's numbers include them.
 """
 
 from __future__ import annotations
@@ -83,6 +89,8 @@ class CostTables:
     shared: list[SharedParam]
     model_input_bytes: int
     dtype: str
+    optimizer: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Per node: its AdamW step time on the reference device (0 where the profile has none)."""
     position: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -131,19 +139,33 @@ def build_tables(profile: Profile) -> CostTables:
         params=np.array([n.param_count for n in nodes], dtype=np.int64),
         activation=np.array([n.activation_bytes for n in nodes], dtype=float),
         tensors=tensors, shared=shared, model_input_bytes=int(profile.model.input_bytes),
-        dtype=profile.model.dtype, position=position)
+        dtype=profile.model.dtype, position=position,
+        optimizer=np.array([n.optimizer_ms or 0.0 for n in nodes], dtype=float))
 
 
 # -- per-stage formulas ---------------------------------------------------------
 
-def stage_compute_ms(fwd_ref, bwd_ref, bwd_weight_ref, speed, recompute):
+def stage_compute_ms(fwd_ref, bwd_ref, bwd_weight_ref, speed, recompute, action_overhead_ms=0.0):
     """(fwd, bwd, B, W) of a stage on a device `speed` times faster than the reference.
     Recomputation re-runs the forward before the input-gradient pass, so it adds fwd to bwd and B.
-    Works on floats and on numpy arrays alike."""
+    The device's per-action runtime overhead is added once to the forward and once to the
+    backward (to B when W is separate). Works on floats and on numpy arrays alike."""
     fwd = fwd_ref / speed
     w = bwd_weight_ref / speed
     bwd = bwd_ref / speed + (fwd if recompute is True else fwd * recompute)
-    return fwd, bwd, bwd - w, w
+    return fwd + action_overhead_ms, bwd + action_overhead_ms, bwd - w + action_overhead_ms, w
+
+
+OPTIMIZER_STEP_TRAFFIC_BYTES = {"adamw": 36, "adam": 36, "sgd_momentum": 28, "sgd": 20}
+"""Bytes each optimizer step moves per parameter, clipping included: the gradient read for the
+norm and read+written when scaled (12 B), the weight read+written (8 B), plus 8 B per state
+tensor (AdamW: exp_avg and exp_avg_sq; SGD momentum: one buffer). The profile's optimizer times
+are AdamW's (profiler.gpus.ADAMW_STEP_BYTES_PER_PARAM = 36); other optimizers scale by this ratio."""
+
+
+def stage_optimizer_ms(adamw_ref_ms: float, optimizer: str, speed: float) -> float:
+    """A stage's optimizer step on its device, from its nodes' AdamW times on the reference device."""
+    return adamw_ref_ms * OPTIMIZER_STEP_TRAFFIC_BYTES[optimizer] / OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"] / speed
 
 
 def zero_bubble_weight_factor(schedule: str) -> float:
@@ -153,13 +175,15 @@ def zero_bubble_weight_factor(schedule: str) -> float:
 
 
 def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, schedule: str,
-                           num_devices: int, virtual_stages: int = 1, stage_bwd_weight=None) -> float:
+                           num_devices: int, virtual_stages: int = 1, stage_bwd_weight=None,
+                           stage_optimizer=None) -> float:
     """The closed-form step time (makespan) of one pipeline step.
 
     T_s = fwd_s + bwd_s + comm_s (comm_s: forward send and gradient send on the boundary after s),
     D_d = sum of T_s over the stages on device d, v = stages per device,
     c_s = T_s - kappa * W_s for every stage but the last (kappa from zero_bubble_weight_factor),
-    step = max(M * max_d D_d, (M - 1/v) * max_d D_d + sum_s c_s / v).
+    step = max(M * max_d D_d, (M - 1/v) * max_d D_d + sum_s c_s / v) + max_d O_d,
+    O_d = the optimizer steps of the stages on device d (stage_optimizer; they run after the drain).
     For 1F1B with v = 1 this is (M-1) max T + sum T; uniform stages give (M+P-1) t (GPipe and 1F1B)
     and (M v + P - 1) t/v (interleaved).
     It is what the DP and the ILP minimise; a Plan's step_time_ms is the simulated makespan
@@ -182,7 +206,10 @@ def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, sc
     w = stage_bwd_weight if stage_bwd_weight is not None else [0.0] * S
     c = sum(T[s] - (kappa * float(w[s]) if s < S - 1 else 0.0) for s in range(S))
     peak = max(D)
-    return max(M * peak, (M - 1.0 / v) * peak + c / v)
+    optimizer = [0.0] * len(D)
+    for s, d in enumerate(placement):
+        optimizer[d] += float(stage_optimizer[s]) if stage_optimizer is not None else 0.0
+    return max(M * peak, (M - 1.0 / v) * peak + c / v) + max(optimizer)
 
 
 def bubble_fraction(stage_fwd, stage_bwd, num_microbatches: int, num_devices: int, step_ms: float) -> float:

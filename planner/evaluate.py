@@ -20,6 +20,7 @@ from planner.cost import (
     speeds,
     stage_compute_ms,
     stage_devices,
+    stage_optimizer_ms,
 )
 from planner.memory import stage_memory_bytes
 from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
@@ -44,8 +45,10 @@ def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config:
     stages = []
     for s in range(S):
         ns = cost.stage_nodes[s]
+        device = cluster.devices[devices[s]]
         fwd, bwd, b_in, w = stage_compute_ms(float(tables.fwd[ns].sum()), float(tables.bwd[ns].sum()),
-                                             float(tables.bwd_weight[ns].sum()), speed[devices[s]], recompute[s])
+                                             float(tables.bwd_weight[ns].sum()), speed[devices[s]], recompute[s],
+                                             device.action_overhead_ms)
         if s < S - 1:
             out_b, grad_b = cost.fwd_bytes[s], cost.grad_bytes[s]
             comm_f = boundary_comm_ms(cluster, devices[s], devices[s + 1], out_b)
@@ -61,7 +64,8 @@ def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config:
             bwd_input_ms=b_in, bwd_weight_ms=w, comm_out_ms=comm_f, comm_out_bytes=int(out_b), comm_grad_ms=comm_b,
             relay_bytes=int(cost.relay_bytes[s]), input_bytes=int(cost.input_bytes[s]), recompute=bool(recompute[s]),
             in_flight=in_flight[s], memory=mem, memory_limit_bytes=cluster.devices[devices[s]].memory_bytes,
-            param_count=cost.param_count[s]))
+            param_count=cost.param_count[s],
+            optimizer_ms=stage_optimizer_ms(float(tables.optimizer[ns].sum()), config.optimizer, speed[devices[s]])))
     return stages
 
 
@@ -84,7 +88,7 @@ def step_time_of(stages: list[StagePlan], config: TrainConfig, num_devices: int)
     return predicted_step_time_ms([s.fwd_ms for s in stages], [s.bwd_ms for s in stages],
                                   [s.comm_out_ms + s.comm_grad_ms for s in stages], config.num_microbatches,
                                   config.schedule, num_devices, config.virtual_stages,
-                                  [s.bwd_weight_ms for s in stages])
+                                  [s.bwd_weight_ms for s in stages], [s.optimizer_ms for s in stages])
 
 
 def make_plan(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,

@@ -52,6 +52,9 @@ class StagePlan:
     memory: StageMemory
     memory_limit_bytes: int
     param_count: int
+    optimizer_ms: float = 0.0
+    """Time of this stage's optimizer step (global-norm clipping + update) once per training step;
+    0 when the profile has no optimizer times (planner.cost.stage_optimizer_ms)."""
 
     @property
     def compute_ms(self) -> float:

@@ -30,7 +30,8 @@ _OP_NAMES = ("F", "B", "W")
 def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float], *,
                    schedule: str, num_devices: int, num_microbatches: int, virtual_stages: int = 1,
                    bwd_input_ms: list[float] | None = None, bwd_weight_ms: list[float] | None = None,
-                   activation_bytes: list[float] | None = None) -> Timeline:
+                   activation_bytes: list[float] | None = None,
+                   optimizer_ms: list[float] | None = None) -> Timeline:
     """Simulate one step of `schedule` from per-stage times (ms per micro-batch).
 
     fwd_ms, bwd_ms: per stage (S = devices x chunks per device); bwd_ms is the full backward.
@@ -41,6 +42,9 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
         (the zero-bubble paper's T_B = T_W; equal matmul FLOPs for a linear layer).
     activation_bytes: saved-activation bytes per micro-batch per stage, for the
         memory curves; without it memory_ms and peak_memory_bytes stay empty.
+    optimizer_ms: per stage, its optimizer step (clipping + update). Clipping by the global
+        norm needs every gradient, so every device starts its optimizer step when the last
+        backward or transfer ends, and runs its stages' steps back to back (an "O" event).
     """
     name = check_schedule(schedule, num_devices, num_microbatches, virtual_stages)
     P, M = num_devices, num_microbatches
@@ -65,10 +69,19 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
     # Each transfer shows on both ends: "send" on the sender, "recv" (same interval) on the receiver.
     events += [_event(d, s, m, "send", t0, t1, peer) for d, s, m, t0, t1, peer in transfers]
     events += [_event(device_of[peer], peer, m, "recv", t0, t1, s) for _, s, m, t0, t1, peer in transfers]
-    makespan = max((e.end_ms for e in events), default=0.0)
+    drained = max((e.end_ms for e in events), default=0.0)
     busy = [0.0] * P
     for d, _, _, _, t0, t1 in compute:
         busy[d] += t1 - t0
+    if optimizer_ms is not None:
+        opt = _per_stage(optimizer_ms, S, "optimizer_ms")
+        for d in range(P):
+            own = [s for s in range(S) if device_of[s] == d]
+            step = sum(opt[s] for s in own)
+            if step > 0:
+                events.append(_event(d, own[0], -1, "O", drained, drained + step, -1))
+                busy[d] += step
+    makespan = max((e.end_ms for e in events), default=0.0)
     bubble_dev = [1.0 - b / makespan if makespan > 0 else 0.0 for b in busy]
     bubble = 1.0 - sum(busy) / (P * makespan) if makespan > 0 else 0.0
 
@@ -287,7 +300,7 @@ def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int |
         schedule=name, num_devices=P, num_microbatches=M, virtual_stages=v,
         bwd_input_ms=_split_or_none([st.bwd_input_ms for st in plan.stages]),
         bwd_weight_ms=_split_or_none([st.bwd_weight_ms for st in plan.stages]),
-        activation_bytes=act)
+        activation_bytes=act, optimizer_ms=[st.optimizer_ms for st in plan.stages])
 
 
 def _check_placement(plan: Plan, device_of: list[int]) -> None:

@@ -12,8 +12,10 @@ from profiler.profile import load_json_text
 
 SCHEMA = "pipeplan.timeline/1"
 
-OPS = ("F", "B", "W", "send", "recv")
-"""F: forward. B: backward (full, or input-grad only when W is separate). W: weight-grad."""
+OPS = ("F", "B", "W", "send", "recv", "O")
+"""F: forward. B: backward (full, or input-grad only when W is separate). W: weight-grad.
+O: the device's optimizer step (clipping + update of all its stages' parameters) after the
+pipeline drains; its microbatch is -1."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -56,8 +58,12 @@ class Timeline:
         return len(self.stage_device) or self.num_devices * self.virtual_stages
 
     def compute_events(self) -> list[Event]:
-        """F, B and W events only (no transfers)."""
+        """F, B and W events only (no transfers, no optimizer step)."""
         return [e for e in self.events if e.op in ("F", "B", "W")]
+
+    def busy_events(self) -> list[Event]:
+        """What keeps a device busy: F, B, W and its optimizer step."""
+        return [e for e in self.events if e.op in ("F", "B", "W", "O")]
 
     def to_dict(self) -> dict[str, Any]:
         # Built by hand: dataclasses.asdict deep-copies every event (~4 s at 10^5 events).

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from planner.schedules import SPLIT_BACKWARD_SCHEDULES
 from planner.timeline import Event, Timeline
 
-COLORS = {"F": "#0072B2", "B": "#E69F00", "W": "#009E73", "send": "#CC79A7", "idle": "#D9D9D9"}
+COLORS = {"F": "#0072B2", "B": "#E69F00", "W": "#009E73", "O": "#56B4E9", "send": "#CC79A7", "idle": "#D9D9D9"}
 """Okabe-Ito blue, orange, bluish green, reddish purple; light grey for idle time."""
 CHUNK_PATTERNS = ("", "/", ".", "x", "\\", "+", "-", "|")
 """Bar pattern per chunk (virtual stage) of a device, so interleaved chunks differ without colour."""
@@ -23,7 +23,7 @@ CHUNK_PATTERNS = ("", "/", ".", "x", "\\", "+", "-", "|")
 def op_labels(timeline: Timeline) -> dict[str, str]:
     split = timeline.schedule in SPLIT_BACKWARD_SCHEDULES
     return {"F": "F forward", "B": "B input grad" if split else "B backward", "W": "W weight grad",
-            "send": "send/recv (async transfer)", "idle": "idle (bubble)"}
+            "O": "optimizer step", "send": "send/recv (async transfer)", "idle": "idle (bubble)"}
 
 
 def device_label(timeline: Timeline, d: int) -> str:
@@ -66,6 +66,10 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
             fig.add_trace(_bars(evs, [rows[_row(e.device, has_comm)] for e in evs], labels[op], COLORS[op],
                                 text=[str(e.microbatch) for e in evs],
                                 patterns=[CHUNK_PATTERNS[chunk_of[e.stage] % len(CHUNK_PATTERNS)] for e in evs]))
+    steps = [e for e in timeline.events if e.op == "O"]
+    if steps:
+        fig.add_trace(_bars(steps, [rows[_row(e.device, has_comm)] for e in steps], labels["O"], COLORS["O"],
+                            text=["opt"] * len(steps)))
     transfers = [e for e in shown if e.op in ("send", "recv")]
     if transfers:
         # A transfer shows on the sender's comm row (send) and the receiver's (recv).
@@ -102,9 +106,9 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
 
 
 def idle_intervals(timeline: Timeline) -> list[list[tuple[float, float]]]:
-    """Per device, the gaps with no F/B/W running, from 0 to the makespan."""
+    """Per device, the gaps with no F/B/W or optimizer step running, from 0 to the makespan."""
     spans: list[list[tuple[float, float]]] = [[] for _ in range(timeline.num_devices)]
-    for e in timeline.compute_events():
+    for e in timeline.busy_events():
         spans[e.device].append((e.start_ms, e.end_ms))
     gaps: list[list[tuple[float, float]]] = []
     eps = 1e-9 * max(1.0, timeline.makespan_ms)

@@ -124,3 +124,19 @@ def roofline_ms(flops: float, nbytes: float, preset: GpuPreset, dtype: str) -> f
     compute_s = flops / (preset.compute_efficiency * preset.peak_tflops(dtype) * 1e12)
     memory_s = nbytes / (preset.memory_efficiency * preset.mem_bw_gbs * 1e9)
     return 1e3 * max(compute_s, memory_s) + preset.kernel_overhead_us * 1e-3
+
+
+ADAMW_STEP_BYTES_PER_PARAM = 36
+"""Memory traffic of one fp32 AdamW step with global-norm clipping, per parameter: the gradient is
+read for the norm (4 B) and read and written when scaled (8 B); the weight, exp_avg and exp_avg_sq
+are each read and written (24 B). The step does ~10 FLOPs per parameter, so it is memory-bound."""
+
+
+def optimizer_step_ms(param_count: int, preset: GpuPreset) -> float:
+    """Roofline time of one AdamW step (with clipping) over `param_count` parameters: what an
+    estimated profile charges a layer for its share of the optimizer step (fused multi-tensor kernels,
+    so one kernel overhead per layer)."""
+    if param_count <= 0:
+        return 0.0
+    return roofline_ms(0.0, param_count * ADAMW_STEP_BYTES_PER_PARAM, preset, "float32")
+

@@ -25,6 +25,8 @@ class LayerParams:
     count: int = 0
     bytes: int = 0
     shared: list[str] = field(default_factory=list)
+    owned: list[str] = field(default_factory=list)
+    """FQNs of the parameters counted in `count` (what this layer's optimizer step updates)."""
 
 
 def _module_of(fqn: str) -> str:
@@ -67,6 +69,7 @@ def layer_params(model: nn.Module, root: nn.Module, traced: TracedModel,
             owner = min(users[id(p)], key=order.__getitem__) if users[id(p)] else traced.layers[0]
         result[owner].count += p.numel()
         result[owner].bytes += p.numel() * p.element_size()
+        result[owner].owned.append(fqn)
         touching = users[id(p)] | alias_layers[id(p)] | {owner}
         if len(touching) > 1:
             for lay in sorted(touching, key=order.__getitem__):

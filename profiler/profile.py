@@ -55,6 +55,10 @@ class ProfileNode:
     """Bytes autograd saves for backward per micro-batch (measured, not guessed)."""
     output_bytes: int = 0
     """Bytes of this layer's outputs per micro-batch."""
+    optimizer_ms: float | None = None
+    """Time of one optimizer step (AdamW, with global-norm clipping) on this layer's own parameters
+    on the reference device: measured, or the roofline estimate (profiler.gpus.optimizer_step_ms).
+    None (older profiles): the planner charges no optimizer time for this layer."""
 
     def __post_init__(self) -> None:
         for name in ("fwd_flops", "bwd_flops", "fwd_ms", "bwd_ms", "param_bytes",
@@ -64,7 +68,7 @@ class ProfileNode:
                 raise PipeplanError(f"profile node {self.id!r}: {name} must be a number, got {value!r}")
             if not math.isfinite(value) or value < 0:
                 raise PipeplanError(f"profile node {self.id!r}: {name} must be finite and >= 0, got {value!r}")
-        for name in ("bwd_input_ms", "bwd_weight_ms"):
+        for name in ("bwd_input_ms", "bwd_weight_ms", "optimizer_ms"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or value < 0):

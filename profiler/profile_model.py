@@ -18,13 +18,13 @@ from torch.utils._pytree import tree_flatten
 
 from profiler.analyze import analyze
 from profiler.errors import PipeplanError
-from profiler.gpus import GpuPreset, resolve_device, roofline_ms
+from profiler.gpus import GpuPreset, optimizer_step_ms, resolve_device, roofline_ms
 from profiler.layers import build_programs
 from profiler.memcheck import check_fits_for_measuring
 from profiler.params import layer_params
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 from profiler.repeat import expand, find_runs, shortened
-from profiler.timing import measure_layers
+from profiler.timing import measure_layers, measure_optimizer_ms
 from profiler.trace import trace_model
 
 DEFAULT_PRESET = "A100-80GB"
@@ -134,7 +134,7 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
             traced, analysis, params = expanded
         else:
             traced, root, placeholders, programs, analysis, params = trace_and_analyse()
-        times = None
+        times = optimizer_times = None
         if device is not None:
             needed = 2 * sum(p.bytes for p in params.values()) + analysis.input_bytes + \
                 sum(c.activation_bytes for c in analysis.costs.values())
@@ -145,15 +145,18 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
                 timed = build_programs(traced)
             times = measure_layers(timed, root, placeholders, inputs, device, traced.node_layer,
                                    loss_fn=loss_fn, target=target, warmup=warmup, reps=reps,
-                                   progress=lambda m, f: report(m, 0.5 + 0.5 * f))
+                                   progress=lambda m, f: report(m, 0.5 + 0.45 * f))
+            optimizer_times = measure_optimizer_ms(model, {lay: p.owned for lay, p in params.items()}, device,
+                                                   progress=lambda m, f: report(m, 0.95 + 0.05 * f))
         report("writing profile", 1.0)
     finally:
         model.train(was_training)
-    return _assemble(model, traced, analysis, params, times, preset, device, dtype, source=source, name=name,
+    return _assemble(model, traced, analysis, params, times, optimizer_times, preset, device, dtype,
+                     source=source, name=name,
                      inputs=inputs, seq_len=seq_len, image_size=image_size)
 
 
-def _assemble(model, traced, analysis, params, times, preset, device, dtype, *, source, name, inputs,
+def _assemble(model, traced, analysis, params, times, optimizer_times, preset, device, dtype, *, source, name, inputs,
               seq_len, image_size) -> Profile:
     nodes = []
     for i, lay in enumerate(traced.layers):
@@ -165,10 +168,12 @@ def _assemble(model, traced, analysis, params, times, preset, device, dtype, *, 
         if times is not None:
             fwd_ms, bwd_ms = times[lay]
             bwd_in = bwd_w = None
+            optimizer_ms = optimizer_times.get(lay, 0.0)
         else:
             fwd_ms, bwd_ms = cost.fwd.ms, cost.bwd.ms
             bwd_in = min(cost.bwd_input.ms, bwd_ms) if cost.bwd_input is not None else 0.0
             bwd_w = bwd_ms - bwd_in
+            optimizer_ms = optimizer_step_ms(params[lay].count, preset)
         merged = sorted(k for k, v in traced.merged.items() if v == lay)
         label = f"{lay} ({type(module).__name__})" if module is not None else lay
         nodes.append(ProfileNode(
@@ -178,7 +183,7 @@ def _assemble(model, traced, analysis, params, times, preset, device, dtype, *, 
             fwd_flops=float(cost.fwd.flops), bwd_flops=float(cost.bwd.flops),
             fwd_ms=fwd_ms, bwd_ms=bwd_ms, bwd_input_ms=bwd_in, bwd_weight_ms=bwd_w,
             param_bytes=params[lay].bytes, param_count=params[lay].count, shared_params=params[lay].shared,
-            activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes,
+            activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes, optimizer_ms=optimizer_ms,
         ))
     edges = [ProfileEdge(src=s, dst=d, bytes=int(b), requires_grad=bool(rg))
              for (s, d), (b, rg) in sorted(analysis.edges.items(),

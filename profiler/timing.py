@@ -121,3 +121,44 @@ def measure_layers(programs: list[LayerProgram], root: nn.Module, placeholders: 
         f, b = result[lay]
         result[lay] = (f + statistics.median(fwd_times), b + statistics.median(bwd_times))
     return result
+
+
+OPTIMIZER_WARMUP = 2
+OPTIMIZER_REPS = 5
+
+
+def measure_optimizer_ms(model: nn.Module, owned: dict[str, list[str]], device: torch.device, *,
+                         progress: Callable[[str, float], None] | None = None) -> dict[str, float]:
+    """layer id -> median time of one AdamW step with global-norm clipping on the layer's own
+    parameters, on `device`.
+
+    It runs what an exported job's step runs after the schedule (the clip's squared norm and scale,
+    then torch.optim.AdamW with its defaults for the device), on copies of the parameters with
+    random gradients, so the model is untouched. Small layers are dominated by per-tensor
+    dispatch, which is why this is measured per layer rather than derived from the byte count.
+    """
+    clock = _Clock(device)
+    result: dict[str, float] = {}
+    layers = [lay for lay, fqns in owned.items() if fqns]
+    for i, lay in enumerate(layers):
+        if progress:
+            progress(f"timing the optimizer step of {lay}", i / max(len(layers), 1))
+        params = []
+        for fqn in owned[lay]:
+            p = nn.Parameter(model.get_parameter(fqn).detach().to(device, torch.float32).clone())
+            p.grad = torch.randn_like(p)
+            params.append(p)
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        times = []
+        for rep in range(OPTIMIZER_WARMUP + OPTIMIZER_REPS):
+            t0 = clock.start()
+            norm_sq = sum(p.grad.pow(2).sum() for p in params)
+            scale = torch.clamp(1.0 / (norm_sq.sqrt() + 1e-6), max=1.0)
+            for p in params:
+                p.grad.mul_(scale)
+            opt.step()
+            ms = clock.elapsed_ms(t0)
+            if rep >= OPTIMIZER_WARMUP:
+                times.append(ms)
+        result[lay] = statistics.median(times)
+    return result

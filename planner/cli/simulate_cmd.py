@@ -31,7 +31,7 @@ def summary(timeline, plan) -> dict:
     for st, dev in zip(plan.stages, timeline.stage_device):
         names.setdefault(dev, plan.cluster.devices[st.device].name)
     busy = [0.0] * timeline.num_devices
-    for e in timeline.compute_events():
+    for e in timeline.busy_events():
         busy[e.device] += e.end_ms - e.start_ms
     per_device = []
     for d in range(timeline.num_devices):
