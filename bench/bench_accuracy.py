@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from bench.common import Timer, rnd, write_result
+from planner.calibrate import Calibration, calibrate, calibrated_cluster
 from planner.cluster import Cluster, Device
 from planner.config import TrainConfig
 from planner.export import export_plan
@@ -125,11 +126,15 @@ def baseline_rss() -> dict[int, int]:
     return peaks
 
 
-def two_cpu_cluster() -> Cluster:
+def two_cpu_cluster(calibration: Calibration | None = None) -> Cluster:
+    """2 CPU devices of speed 1.0: with the calibrated link and per-action overhead when given,
+    else the default links and no overhead."""
+    if calibration is not None:
+        return calibrated_cluster(calibration, 2, 64 * GiB, name="cpu")
     return Cluster(devices=[Device(name=f"cpu{i}", memory_bytes=64 * GiB, speed=1.0) for i in range(2)])
 
 
-def case(name: str, base: dict[int, int], workdir: Path) -> dict:
+def case(name: str, base: dict[int, int], workdir: Path, calibration: Calibration | None) -> dict:
     row: dict = {"model": name, "size": "tiny", "micro_batch_size": MICRO_BATCH, "microbatches": MICROBATCHES}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -142,7 +147,8 @@ def case(name: str, base: dict[int, int], workdir: Path) -> dict:
     row["nodes"] = len(prof.nodes)
     cfg = TrainConfig(schedule="1F1B", num_microbatches=MICROBATCHES, micro_batch_size=MICRO_BATCH,
                       precision="fp32", optimizer="adamw")
-    plan = solve(prof, two_cpu_cluster(), cfg)
+    plan = solve(prof, two_cpu_cluster(calibration), cfg)
+    uncalibrated = solve(prof, two_cpu_cluster(), cfg).step_time_ms
     if not plan.feasible:
         row.update(status="infeasible", reason=plan.diagnosis.message if plan.diagnosis else "")
         return row
@@ -170,6 +176,9 @@ def case(name: str, base: dict[int, int], workdir: Path) -> dict:
                measured_step_ms=rnd(measured, 5), measured_step_ms_stdev=rnd(statistics.pstdev(later), 3),
                measured_step_ms_median=rnd(statistics.median(later), 5),
                predicted_step_ms=rnd(pred, 5), measured_over_predicted=rnd(measured / pred),
+               predicted_uncalibrated_ms=rnd(uncalibrated, 5),
+               measured_over_predicted_uncalibrated=rnd(measured / uncalibrated),
+               predicted_optimizer_ms=rnd(max(s.optimizer_ms for s in plan.stages), 4),
                predicted_compute_ms=rnd(sum(s.fwd_ms + s.bwd_ms for s in plan.stages) * MICROBATCHES, 5),
                predicted_comm_ms=rnd(sum(s.comm_out_ms + s.comm_grad_ms for s in plan.stages) * MICROBATCHES, 5),
                bubble_fraction=rnd(plan.bubble_fraction), stages=stages,
@@ -182,9 +191,13 @@ def run(quick: bool) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pipeplan-bench-") as tmp:
         base = baseline_rss()
+        calibration = calibrate()
+        print(f"  calibration: link {calibration.latency_s * 1e3:.3f} ms + bytes / "
+              f"{calibration.bandwidth_bytes_per_s / 1e9:.2f} GB/s, {calibration.action_overhead_ms:.3f} ms per action",
+              flush=True)
         for name in models:
             try:
-                rows.append(case(name, base, Path(tmp)))
+                rows.append(case(name, base, Path(tmp), calibration))
             except Exception as exc:  # noqa: BLE001 - one model's failure is a result, not the end of the suite
                 rows.append({"model": name, "status": "error", "reason": f"{type(exc).__name__}: {exc}"[:2000]})
             r = rows[-1]
@@ -193,13 +206,19 @@ def run(quick: bool) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
     time_ratios = [r["measured_over_predicted"] for r in ok]
     mem_ratios = [s["measured_over_predicted"] for r in ok for s in r["stages"] if s["measured_over_predicted"]]
-    data = {"cluster": "2 CPU devices, speed 1.0, 64 GiB, default links (100 GB/s, 5 us)",
+    unc = [r["measured_over_predicted_uncalibrated"] for r in ok]
+    data = {"cluster": "2 CPU devices, speed 1.0, 64 GiB, link and per-action overhead from planner.calibrate "
+                       "(uncalibrated: default links, no overhead)",
+            "calibration": calibration.to_dict(),
             "schedule": "1F1B", "precision": "fp32", "optimizer": "adamw", "steps": STEPS,
             "timed_steps": f"{WARM_STEPS + 1}..{STEPS}", "baseline_rss_bytes": base, "rows": rows,
             "summary": {"models": len(rows), "ok": len(ok),
                         "step_time_ratio_min": rnd(min(time_ratios)) if time_ratios else None,
                         "step_time_ratio_max": rnd(max(time_ratios)) if time_ratios else None,
                         "step_time_ratio_median": rnd(statistics.median(time_ratios)) if time_ratios else None,
+                        "uncalibrated_ratio_min": rnd(min(unc)) if unc else None,
+                        "uncalibrated_ratio_max": rnd(max(unc)) if unc else None,
+                        "uncalibrated_ratio_median": rnd(statistics.median(unc)) if unc else None,
                         "memory_ratio_min": rnd(min(mem_ratios)) if mem_ratios else None,
                         "memory_ratio_max": rnd(max(mem_ratios)) if mem_ratios else None}}
     write_result("accuracy", data, quick)

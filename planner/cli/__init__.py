@@ -5,6 +5,7 @@
     pipeplan plan profile:gpt.json --devices 4 --gpu A100-80GB --microbatches 8 -o plan.json
     pipeplan simulate plan.json --html timeline.html
     pipeplan export plan.json -o job/
+    pipeplan calibrate -o cluster.json
     pipeplan app
 
 Each subcommand lives in its own module here with `add_parser(subparsers)` and
@@ -19,7 +20,7 @@ import sys
 
 from profiler.errors import PipeplanError
 
-SUBCOMMANDS = ("models", "profile", "plan", "simulate", "export", "app")
+SUBCOMMANDS = ("models", "profile", "plan", "simulate", "export", "calibrate", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

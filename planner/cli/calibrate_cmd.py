@@ -1,0 +1,50 @@
+"""`pipeplan calibrate`: measure this machine's link and pipeline runtime overhead and write a
+cluster JSON that `pipeplan plan --cluster` uses, so predictions match what exported jobs measure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from planner.cluster import MAX_DEVICES, parse_memory
+from profiler.errors import PipeplanError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("calibrate", help="measure the p2p link and the pipeline runtime's per-action overhead here "
+                                         "(2 ranks with torchrun: gloo on CPU, NCCL on CUDA)")
+    p.add_argument("--devices", type=int, default=2, help="devices in the written cluster (default 2)")
+    p.add_argument("--memory", default="64GB", help="memory per device in the written cluster (default 64GB)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads per rank (OMP_NUM_THREADS), as the training job will run (default 1)")
+    p.add_argument("-o", "--output", help="write the calibrated cluster JSON here")
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.calibrate import calibrate, calibrated_cluster
+
+    if not 1 <= args.devices <= MAX_DEVICES:
+        raise PipeplanError(f"--devices must be between 1 and {MAX_DEVICES}, got {args.devices}")
+    if not 1 <= args.threads <= 256:
+        raise PipeplanError(f"--threads must be between 1 and 256, got {args.threads}")
+    memory = parse_memory(args.memory)
+    out = Path(args.output) if args.output else None
+    if out is not None and out.is_dir():
+        raise PipeplanError(f"--output {str(out)!r} is a folder; give a file name such as cluster.json")
+    result = calibrate(threads=args.threads, progress=lambda m: print(f"calibrate: {m}", file=sys.stderr))
+    cluster = calibrated_cluster(result, args.devices, memory, name="gpu" if result.backend == "nccl" else "cpu")
+    if out is not None:
+        out.write_text(cluster.to_json(indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"backend {result.backend} on {result.device}, {args.threads} thread(s) per rank")
+    print(f"link: {1e3 * result.latency_s:.3f} ms latency, {result.bandwidth_bytes_per_s / 1e9:.2f} GB/s")
+    print(f"pipeline runtime: {result.action_overhead_ms:.3f} ms per forward/backward action")
+    if out is not None:
+        print(f"wrote {out} ({args.devices} devices); plan with: pipeplan plan MODEL --cluster {out}")
+    return 0
