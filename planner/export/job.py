@@ -10,7 +10,7 @@ import json
 import shlex
 
 from planner.config import MULTI_CHUNK_SCHEDULES
-from planner.export.model_files import model_files, template_text
+from planner.export.model_files import model_files, model_readme, template_text
 from planner.plan import Plan
 from planner.schedules import stage_to_device
 from profiler.errors import PipeplanError
@@ -92,6 +92,7 @@ def render_job(plan: Plan, *, model_source: str | None = None) -> dict[str, str]
         "@STAGES_TABLE@": "\n".join(f"| {i} | {r} | {', '.join(ids)} |" for i, (r, ids) in
                                     enumerate(zip(settings["stage_to_rank"], settings["stages"]))),
         "@PREDICTED@": f"{plan.step_time_ms:.2f} ms" if plan.step_time_ms is not None else "n/a",
+        "@MODEL_NOTES@": model_readme(source),
     }
     files: dict[str, str] = {}
     for name in ("train.py", "launch.sh", "slurm.sbatch", "README.md"):
