@@ -186,7 +186,8 @@ def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, sc
     O_d = the optimizer steps of the stages on device d (stage_optimizer; they run after the drain).
     For 1F1B with v = 1 this is (M-1) max T + sum T; uniform stages give (M+P-1) t (GPipe and 1F1B)
     and (M v + P - 1) t/v (interleaved).
-    It is what the DP and the ILP minimise; a Plan's step_time_ms is the simulated makespan
+    Without stage_optimizer it is what the DP and the ILP minimise (solver.objective_ms, with its
+    lower bound and gap); a Plan's step_time_ms is the simulated makespan, optimizer step included
     (evaluate.with_timeline). For 1F1B this form is an upper bound on the simulated makespan (it
     charges both sends to the sender; the simulator overlaps them with compute). For GPipe without
     communication it is a lower bound: the simulator gives sum F + (M-1) max F + sum B + (M-1) max B,

@@ -88,7 +88,7 @@ def step_time_of(stages: list[StagePlan], config: TrainConfig, num_devices: int)
     return predicted_step_time_ms([s.fwd_ms for s in stages], [s.bwd_ms for s in stages],
                                   [s.comm_out_ms + s.comm_grad_ms for s in stages], config.num_microbatches,
                                   config.schedule, num_devices, config.virtual_stages,
-                                  [s.bwd_weight_ms for s in stages], [s.optimizer_ms for s in stages])
+                                  [s.bwd_weight_ms for s in stages])
 
 
 def make_plan(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
