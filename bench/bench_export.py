@@ -3,8 +3,10 @@
     python -m bench.bench_export [--quick]
 
 Writes bench/results/export.json with
-- the plan's predicted step time (profile measured on this CPU with one thread per rank,
-  plan for 2 devices of speed 1.0) against the exported job's measured step time;
+- the plan's predicted step time (profile measured on this CPU with one thread per rank, plan for
+  2 devices of speed 1.0 with the link and per-action overhead `pipeplan calibrate` measures here;
+  the optimizer step is in the plan) against the exported job's measured step time, and the same
+  prediction without calibration (default links, no overhead);
 - the exported train.py against a minimal hand-written PipelineStage script with the same
   split, schedule, micro-batches, tied-gradient sync, clipping and AdamW (target: <= 5%
   overhead). Runs alternate (exported, hand-written, exported, ...) so machine load hits both.
@@ -122,8 +124,9 @@ def _best_step_ms(lines: list[dict]) -> float:
     return 1000 * min(d["step_time_s"] for d in lines[2:])
 
 
-def plan_gpt_tiny():
-    """Profile measured on this CPU (1 thread, as each torchrun rank gets), plan for 2 devices of speed 1.0."""
+def plan_gpt_tiny(calibration=None):
+    """Profile measured on this CPU (1 thread, as each torchrun rank gets), plan for 2 devices of speed 1.0:
+    with the link and per-action overhead `pipeplan calibrate` measured here when given, else the defaults."""
     import torch
 
     from planner.cluster import Cluster, Device
@@ -137,7 +140,12 @@ def plan_gpt_tiny():
         profile = load_profile("sample:gpt:tiny", batch_size=MICRO_BATCH, seq_len=SEQ_LEN, measure="cpu")
     finally:
         torch.set_num_threads(threads)
-    cluster = Cluster(devices=[Device(name=f"cpu{i}", memory_bytes=8 << 30, speed=1.0) for i in range(2)])
+    if calibration is not None:
+        from planner.calibrate import calibrated_cluster
+
+        cluster = calibrated_cluster(calibration, 2, 8 << 30, name="cpu")
+    else:
+        cluster = Cluster(devices=[Device(name=f"cpu{i}", memory_bytes=8 << 30, speed=1.0) for i in range(2)])
     return solve(profile, cluster, TrainConfig(schedule="1F1B", num_microbatches=MICROBATCHES,
                                                micro_batch_size=MICRO_BATCH))
 
@@ -178,8 +186,12 @@ def optimizer_ms(plan, repeats: int = 20) -> float:
 def run(quick: bool) -> dict:
     from planner.export import export_plan
 
+    from planner.calibrate import calibrate
+
     steps, repeats = (10, 1) if quick else (30, 3)
-    plan = plan_gpt_tiny()
+    calibration = calibrate()
+    plan = plan_gpt_tiny(calibration)
+    uncalibrated = plan_gpt_tiny()
     split = [s.node_ids for s in plan.stages]
     first = split[0]
     if not ({"wte", "wpe"} <= set(first) and "lm_head" in split[1]):
@@ -208,11 +220,14 @@ def run(quick: bool) -> dict:
         "model": "sample:gpt:tiny", "seq_len": SEQ_LEN, "micro_batch_size": MICRO_BATCH,
         "num_microbatches": MICROBATCHES, "schedule": "1F1B", "ranks": 2, "split": split,
         "steps_per_run": steps, "runs": repeats,
+        "calibration": calibration.to_dict(),
         "predicted_step_ms": plan.step_time_ms,
+        "predicted_optimizer_ms": max(s.optimizer_ms for s in plan.stages),
         "exported_step_ms": measured,
         "measured_over_predicted": measured / plan.step_time_ms,
-        "optimizer_and_clip_ms": opt_ms,
-        "measured_over_predicted_plus_optimizer": measured / (plan.step_time_ms + opt_ms),
+        "predicted_uncalibrated_ms": uncalibrated.step_time_ms,
+        "measured_over_predicted_uncalibrated": measured / uncalibrated.step_time_ms,
+        "optimizer_and_clip_ms_measured_apart": opt_ms,
         "handwritten_step_ms": baseline,
         "exported_overhead_vs_handwritten": measured / baseline - 1,
         "exported_best_step_ms": min(exported_best),

@@ -193,17 +193,52 @@ def simulator_section(d: dict) -> str:
         table(["schedule", "devices", "stages", "micro-batches", "events", "wall s", "CPU s", "bubble"], rows)])
 
 
+def export_section(d: dict) -> str:
+    lines = [
+        "## 3b. Exported job: step time against the prediction, overhead against a hand-written script",
+        f"`python -m bench.bench_export`: {d['model']} (seq {d['seq_len']}, micro-batch {d['micro_batch_size']}, "
+        f"{d['num_microbatches']} micro-batches, {d['schedule']}, {d['ranks']} ranks, gloo), split {d['split']}; "
+        f"{d['runs']} alternating runs of {d['steps_per_run']} steps, median step after two warm-up steps.",
+        provenance(d, "export"),
+        calibration_line(d),
+        table(["", "ms"], [
+            ["predicted (plan.step_time_ms, calibrated)", f(d["predicted_step_ms"], 4)],
+            ["of which optimizer step", f(d.get("predicted_optimizer_ms"), 3)],
+            ["predicted without calibration", f(d.get("predicted_uncalibrated_ms"), 4)],
+            ["exported job, measured", f(d["exported_step_ms"], 4)],
+            ["hand-written PipelineStage script, measured", f(d["handwritten_step_ms"], 4)],
+        ]),
+        f"Measured / predicted: **{f(d['measured_over_predicted'])}** "
+        f"(uncalibrated: {f(d.get('measured_over_predicted_uncalibrated'))}). Exported over hand-written: "
+        f"{f(100 * d['exported_overhead_vs_handwritten'], 3)} % on medians, "
+        f"{f(100 * d['exported_overhead_vs_handwritten_best'], 3)} % on best steps "
+        f"(target ≤ {f(100 * d['target_overhead'], 2)} %).",
+    ]
+    return "\n\n".join(lines)
+
+
+def calibration_line(d: dict) -> str:
+    c = d.get("calibration")
+    if not c:
+        return "No calibration in this result: the plans used the default links and no per-action overhead."
+    return (f"`pipeplan calibrate` measured here ({c['backend']}): link {f(1e3 * c['latency_s'], 3)} ms + bytes / "
+            f"{f(c['bandwidth_bytes_per_s'] / 1e9, 3)} GB/s, {f(c['action_overhead_ms'], 3)} ms per forward or "
+            "backward action of the pipeline runtime.")
+
+
 def accuracy_section(d: dict) -> str:
     import plotly.graph_objects as go
 
     rows, mem_rows, xs, ys, names = [], [], [], [], []
     for r in d["rows"]:
         if r["status"] != "ok":
-            rows.append([r["model"], "—", "—", "—", "—", "—", (r.get("reason") or r["status"])[:120]])
+            rows.append([r["model"], "—", "—", "—", "—", "—", "—", (r.get("reason") or r["status"])[:120]])
             continue
         rows.append([r["model"], f(r["predicted_step_ms"], 4), f(r["predicted_comm_ms"], 3),
+                     f(r.get("predicted_optimizer_ms"), 3),
                      f"{f(r['measured_step_ms'], 4)} ± {f(r['measured_step_ms_stdev'], 2)}",
-                     f(r.get("measured_step_ms_median"), 4), f(r["measured_over_predicted"]), ""])
+                     f(r.get("measured_step_ms_median"), 4), f(r["measured_over_predicted"]),
+                     f(r.get("measured_over_predicted_uncalibrated"))])
         xs.append(r["predicted_step_ms"])
         ys.append(r["measured_step_ms"])
         names.append(r["model"])
@@ -225,10 +260,13 @@ def accuracy_section(d: dict) -> str:
         f"{d['schedule']}, {d['precision']} {d['optimizer']}, exported, and run with `torchrun --nproc-per-node 2` "
         f"for {d['steps']} steps; measured = mean (± s.d.) and median `step_time_s` of steps {d['timed_steps']}.",
         provenance(d, "accuracy"),
-        table(["model", "predicted ms", "of which comm ms", "measured ms", "median ms", "measured / predicted", "note"],
-              rows),
+        calibration_line(d),
+        table(["model", "predicted ms", "of which comm ms", "of which optimizer ms", "measured ms", "median ms",
+               "measured / predicted", "uncalibrated ratio"], rows),
         f"Step-time ratio over {s['ok']} models: min {f(s['step_time_ratio_min'])}, median "
-        f"{f(s['step_time_ratio_median'])}, max {f(s['step_time_ratio_max'])}.",
+        f"{f(s['step_time_ratio_median'])}, max {f(s['step_time_ratio_max'])}. Without calibration (default "
+        f"links, no per-action overhead; optimizer step included): min {f(s.get('uncalibrated_ratio_min'))}, "
+        f"median {f(s.get('uncalibrated_ratio_median'))}, max {f(s.get('uncalibrated_ratio_max'))}.",
         "Memory per rank: predicted stage memory (params + grads + AdamW state + activations × in-flight) against "
         "the rank's peak RSS (VmHWM) minus the peak RSS of a bare worker (torch imported, gloo group up: "
         f"{', '.join(f'rank {k}: {mib(v)} MiB' for k, v in sorted(base.items()))}). 'Unmodelled' = RSS over "
@@ -319,7 +357,7 @@ def generate() -> list[Path]:
              "torch version and the date. Figures are Plotly HTML files next to this page. How the numbers are "
              "predicted: [cost-model.md](cost-model.md); what the planner solves: [ilp.md](ilp.md)."]
     for name, fn in (("quality", quality_section), ("solver", None), ("accuracy", accuracy_section),
-                     ("memory", memory_section), ("scale", scale_section)):
+                     ("export", export_section), ("memory", memory_section), ("scale", scale_section)):
         d = load(name)
         if d is None:
             parts.append(f"## {name}\n\n_No results yet: run `python -m bench.run --only {name}`._")
@@ -357,11 +395,12 @@ GAPS = """## Reading the numbers
 - **"heuristic"** in the solver column: a baseline partition simulated faster than the solver's
   closed-form optimum, so `solve()` returned it (see ilp.md, "Objective and simulated step time").
 - **CPU step time.** The tiny models' layers take fractions of a millisecond to a few ms, so the
-  measured step carries costs the model does not have: the pipelining runtime's Python work per
-  micro-batch and action, gloo's loopback send/recv (the cluster's default link says 100 GB/s and
-  5 µs; a loopback gloo message costs tens of µs or more), the optimizer step and gradient clipping
-  (not in the profile), and the other processes on this 2-core machine. The smaller the model's
-  compute, the larger the ratio; the larger models' ratios are the meaningful ones.
+  runtime's own costs matter: the pipelining runtime's Python work per action and gloo's loopback
+  send/recv (the cluster's default link says 100 GB/s and 5 µs; a loopback gloo message on this VM
+  costs 0.1–2 ms). `pipeplan calibrate` measures both and the accuracy benchmark plans with them;
+  the optimizer step is in every plan (measured per layer by the profiler). What is left: the
+  other processes on this 2-core machine (two ranks already fill it) and the gradient-sync and
+  clipping all-reduces, which are not modelled.
 - **CPU memory.** RSS counts what the memory model leaves to the reserve: tracing the model with
   torch.export in every worker, split_module graphs, PipelineStage buffers, allocator arenas. For
   the tiny models those are tens of MiB against predicted MiB or less, so the per-rank ratios are

@@ -174,6 +174,18 @@ def zero_bubble_weight_factor(schedule: str) -> float:
     return 2.0 if schedule in ZERO_BUBBLE_SCHEDULES else 0.0
 
 
+def clip_allreduce_ms(cluster: Cluster, devices: list[int]) -> float:
+    """The global-norm all-reduce before the optimizer step: one scalar over the pipeline's devices,
+    a ring of 2 (P - 1) messages, each paying the slowest link between neighbouring devices' latency
+    (bandwidth is irrelevant for 8 bytes). 0 for one device."""
+    ranks = sorted(set(devices))
+    if len(ranks) < 2:
+        return 0.0
+    hops = zip(ranks, ranks[1:] + ranks[:1])
+    latency_ms = max(cluster.link(a, b).transfer_ms(8) for a, b in hops)
+    return 2 * (len(ranks) - 1) * latency_ms
+
+
 def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, schedule: str,
                            num_devices: int, virtual_stages: int = 1, stage_bwd_weight=None,
                            stage_optimizer=None) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from planner.config import MAX_MICROBATCHES, canonical_schedule
+from planner.cost import clip_allreduce_ms
 from planner.plan import Plan
 from planner.schedules import SPLIT_BACKWARD_SCHEDULES, _order, check_schedule, chunks_per_device, stage_to_device
 from planner.timeline import Event, Timeline
@@ -31,7 +32,7 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
                    schedule: str, num_devices: int, num_microbatches: int, virtual_stages: int = 1,
                    bwd_input_ms: list[float] | None = None, bwd_weight_ms: list[float] | None = None,
                    activation_bytes: list[float] | None = None,
-                   optimizer_ms: list[float] | None = None) -> Timeline:
+                   optimizer_ms: list[float] | None = None, sync_ms: float = 0.0) -> Timeline:
     """Simulate one step of `schedule` from per-stage times (ms per micro-batch).
 
     fwd_ms, bwd_ms: per stage (S = devices x chunks per device); bwd_ms is the full backward.
@@ -43,8 +44,9 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
     activation_bytes: saved-activation bytes per micro-batch per stage, for the
         memory curves; without it memory_ms and peak_memory_bytes stay empty.
     optimizer_ms: per stage, its optimizer step (clipping + update). Clipping by the global
-        norm needs every gradient, so every device starts its optimizer step when the last
-        backward or transfer ends, and runs its stages' steps back to back (an "O" event).
+        norm needs every gradient, so every device starts its optimizer step `sync_ms` (the
+        norm's all-reduce) after the last backward or transfer ends, and runs its stages'
+        steps back to back (an "O" event).
     """
     name = check_schedule(schedule, num_devices, num_microbatches, virtual_stages)
     P, M = num_devices, num_microbatches
@@ -79,7 +81,7 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
             own = [s for s in range(S) if device_of[s] == d]
             step = sum(opt[s] for s in own)
             if step > 0:
-                events.append(_event(d, own[0], -1, "O", drained, drained + step, -1))
+                events.append(_event(d, own[0], -1, "O", drained + sync_ms, drained + sync_ms + step, -1))
                 busy[d] += step
     makespan = max((e.end_ms for e in events), default=0.0)
     bubble_dev = [1.0 - b / makespan if makespan > 0 else 0.0 for b in busy]
@@ -300,7 +302,9 @@ def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int |
         schedule=name, num_devices=P, num_microbatches=M, virtual_stages=v,
         bwd_input_ms=_split_or_none([st.bwd_input_ms for st in plan.stages]),
         bwd_weight_ms=_split_or_none([st.bwd_weight_ms for st in plan.stages]),
-        activation_bytes=act, optimizer_ms=[st.optimizer_ms for st in plan.stages])
+        activation_bytes=act, optimizer_ms=[st.optimizer_ms for st in plan.stages],
+        sync_ms=clip_allreduce_ms(plan.cluster, [st.device for st in plan.stages])
+        if any(st.optimizer_ms > 0 for st in plan.stages) else 0.0)
 
 
 def _check_placement(plan: Plan, device_of: list[int]) -> None:

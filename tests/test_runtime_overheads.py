@@ -14,7 +14,7 @@ from planner.calibrate import calibrate, calibrated_cluster, fit_action_overhead
 from planner.cli import main as cli_main
 from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
-from planner.cost import OPTIMIZER_STEP_TRAFFIC_BYTES, predicted_step_time_ms
+from planner.cost import OPTIMIZER_STEP_TRAFFIC_BYTES, clip_allreduce_ms, predicted_step_time_ms
 from planner.evaluate import evaluate_partition
 from planner.simulator import simulate_times
 from profiler import load_profile
@@ -71,15 +71,17 @@ def test_plan_charges_each_stage_its_optimizer_step_after_the_drain(estimated):
     without = simulate_times([s.fwd_ms for s in plan.stages], [s.bwd_ms for s in plan.stages],
                              [plan.stages[0].comm_out_ms], schedule="1F1B", num_devices=2, num_microbatches=4)
     opt = max(s.optimizer_ms for s in plan.stages)
+    sync = clip_allreduce_ms(plan.cluster, [0, 1])
     assert opt > 0
-    assert plan.step_time_ms == pytest.approx(without.makespan_ms + opt)
+    assert sync == pytest.approx(2 * plan.cluster.intra_node.transfer_ms(8))
+    assert plan.step_time_ms == pytest.approx(without.makespan_ms + sync + opt)
     # the timeline shows one "O" event per device, starting when the pipeline has drained
     from planner.simulator import simulate
 
     tl = simulate(plan)
     steps = [e for e in tl.events if e.op == "O"]
     assert len(steps) == 2
-    assert [e.start_ms for e in steps] == pytest.approx([without.makespan_ms] * 2)
+    assert [e.start_ms for e in steps] == pytest.approx([without.makespan_ms + sync] * 2)
     # the solvers' objective is the pipeline part; the closed form adds the optimizer when given it
     closed = predicted_step_time_ms([s.fwd_ms for s in plan.stages], [s.bwd_ms for s in plan.stages],
                                     [s.comm_out_ms + s.comm_grad_ms for s in plan.stages], 4, "1F1B", 2)
@@ -107,6 +109,15 @@ def test_action_overhead_is_added_to_every_forward_and_backward(estimated):
         assert b.bwd_weight_ms == pytest.approx(a.bwd_weight_ms)
     # uniform-ish 1F1B: (M + P - 1) actions of each kind on the critical path
     assert slow.step_time_ms - plain.step_time_ms == pytest.approx((4 + 2 - 1) * 1.0, rel=0.05)
+
+
+def test_clip_allreduce_is_a_ring_over_the_slowest_neighbour_link():
+    slow = Link(bandwidth_bytes_per_s=1e9, latency_s=1e-3)
+    devices = [Device(name=f"d{i}", memory_bytes=1 << 30, node=i // 2) for i in range(4)]
+    cluster = Cluster(devices=devices, intra_node=Link(bandwidth_bytes_per_s=1e11, latency_s=1e-6), inter_node=slow)
+    assert clip_allreduce_ms(cluster, [0, 1, 2, 3]) == pytest.approx(2 * 3 * slow.transfer_ms(8))
+    assert clip_allreduce_ms(cluster, [0, 1]) == pytest.approx(2 * cluster.intra_node.transfer_ms(8))
+    assert clip_allreduce_ms(cluster, [2, 2]) == 0.0
 
 
 def test_link_fit_recovers_latency_and_bandwidth():
