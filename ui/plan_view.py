@@ -94,6 +94,7 @@ def layers_tab(profile: Profile, plan: Plan) -> None:
                    "first": names.get(s.node_ids[0], s.node_ids[0]) if s.node_ids else "",
                    "last": names.get(s.node_ids[-1], s.node_ids[-1]) if s.node_ids else "",
                    "params": s.param_count, "fwd+bwd ms": round(s.compute_ms, 3),
+                   "optimizer ms": round(s.optimizer_ms, 3),
                    "sends MB": round(s.comm_out_bytes / 2**20, 3), "recompute": s.recompute,
                    "layer ids": ", ".join(s.node_ids)} for s in plan.stages], hide_index=True)
 
