@@ -70,11 +70,12 @@ class Link:
         check_number(self.bandwidth_bytes_per_s, "link bandwidth_bytes_per_s", positive=True)
         check_number(self.latency_s, "link latency_s", minimum=0)
 
-    def transfer_ms(self, nbytes: float) -> float:
-        """Time to move nbytes one way: latency + size / bandwidth (alpha-beta model)."""
+    def transfer_ms(self, nbytes: float, messages: int = 1) -> float:
+        """Time to move nbytes one way in `messages` tensors: each pays the latency, the bytes
+        the bandwidth (alpha-beta model)."""
         if nbytes <= 0:
             return 0.0
-        return 1000.0 * (self.latency_s + nbytes / self.bandwidth_bytes_per_s)
+        return 1000.0 * (max(messages, 1) * self.latency_s + nbytes / self.bandwidth_bytes_per_s)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -13,7 +13,7 @@ Conventions (all per micro-batch):
   b with a <= b < c (the torch runtime only talks to adjacent stages) and is
   relayed (held) by every stage strictly between a and c.
 - Boundary b (between stage b and b+1): forward bytes = sum of crossing tensors,
-  gradient bytes = the requires_grad ones; time = link.transfer_ms(bytes) on the
+  gradient bytes = the requires_grad ones; time = link.transfer_ms(bytes, tensors) on the
   link between the two stages' devices, 0 when both stages share a device.
 - Backward split (zero-bubble B/W): the profile's bwd_input_ms / bwd_weight_ms
   when both are given; otherwise a layer with parameters splits its backward
@@ -245,20 +245,27 @@ class AssignmentCost:
     """Per stage."""
     input_bytes: list[int]
     param_count: list[int]
+    fwd_tensors: list[int] = field(default_factory=list)
+    """Per boundary: tensors sent forward (one p2p message each)."""
+    grad_tensors: list[int] = field(default_factory=list)
+    """Per boundary: gradients sent back (the requires_grad tensors)."""
 
 
 def assignment_bytes(tables: CostTables, stage_of: list[int], num_stages: int) -> AssignmentCost:
     """Boundary, relay, input bytes and parameter counts (tied copies included) of an assignment."""
     S = num_stages
     fwd_b, grad_b, relay, inp = [0] * max(S - 1, 0), [0] * max(S - 1, 0), [0] * S, [0] * S
+    fwd_n, grad_n = [0] * max(S - 1, 0), [0] * max(S - 1, 0)
     inp[0] = tables.model_input_bytes
     for t in tables.tensors:
         a, c = stage_of[t.producer], max(stage_of[k] for k in t.consumers)
         for b in range(a, c):
             fwd_b[b] += t.nbytes
+            fwd_n[b] += 1
             inp[b + 1] += t.nbytes
             if t.requires_grad:
                 grad_b[b] += t.nbytes
+                grad_n[b] += 1
         for s in range(a + 1, c):
             relay[s] += t.nbytes
     stage_nodes: list[list[int]] = [[] for _ in range(S)]
@@ -271,14 +278,17 @@ def assignment_bytes(tables: CostTables, stage_of: list[int], num_stages: int) -
             if s != owner_stage:
                 params[s] += sp.size
     return AssignmentCost(stage_nodes=stage_nodes, fwd_bytes=fwd_b, grad_bytes=grad_b,
-                          relay_bytes=relay, input_bytes=inp, param_count=params)
+                          relay_bytes=relay, input_bytes=inp, param_count=params,
+                          fwd_tensors=fwd_n, grad_tensors=grad_n)
 
 
-def boundary_comm_ms(cluster: Cluster, dev_a: int, dev_b: int, nbytes: float) -> float:
-    """Time to move nbytes from the device of one stage to the next one's (0 on the same device)."""
+def boundary_comm_ms(cluster: Cluster, dev_a: int, dev_b: int, nbytes: float, messages: int = 1) -> float:
+    """Time to move nbytes in `messages` tensors from the device of one stage to the next one's
+    (0 on the same device). Each tensor pays the latency: torch.distributed.pipelining sends each
+    as its own p2p op."""
     if dev_a == dev_b:
         return 0.0
-    return cluster.link(dev_a, dev_b).transfer_ms(nbytes)
+    return cluster.link(dev_a, dev_b).transfer_ms(nbytes, messages)
 
 
 def speeds(cluster: Cluster, profile: Profile) -> list[float]:

@@ -63,6 +63,20 @@ class DPResult:
     optimal: bool
 
 
+def cut_tensors(tables: CostTables) -> tuple[np.ndarray, np.ndarray]:
+    """Forward tensors and gradient tensors crossing the cut at position j (one p2p message each)."""
+    N = tables.num_nodes
+    fwd, grad = np.zeros(N + 2), np.zeros(N + 2)
+    for t in tables.tensors:
+        a, c = t.producer + 1, t.last_consumer + 1
+        fwd[a] += 1
+        fwd[c] -= 1
+        if t.requires_grad:
+            grad[a] += 1
+            grad[c] -= 1
+    return np.cumsum(fwd)[: N + 1].round().astype(int), np.cumsum(grad)[: N + 1].round().astype(int)
+
+
 def cut_bytes(tables: CostTables) -> tuple[np.ndarray, np.ndarray]:
     """Forward and gradient bytes crossing the cut at position j (nodes < j before it), j = 0..N."""
     N = tables.num_nodes

@@ -51,8 +51,8 @@ def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config:
                                              device.action_overhead_ms)
         if s < S - 1:
             out_b, grad_b = cost.fwd_bytes[s], cost.grad_bytes[s]
-            comm_f = boundary_comm_ms(cluster, devices[s], devices[s + 1], out_b)
-            comm_b = boundary_comm_ms(cluster, devices[s + 1], devices[s], grad_b)
+            comm_f = boundary_comm_ms(cluster, devices[s], devices[s + 1], out_b, cost.fwd_tensors[s])
+            comm_b = boundary_comm_ms(cluster, devices[s + 1], devices[s], grad_b, cost.grad_tensors[s])
         else:
             out_b, comm_f, comm_b = 0, 0.0, 0.0
         mem = stage_memory_bytes(param_count=cost.param_count[s], activation_bytes=float(tables.activation[ns].sum()),

@@ -202,12 +202,14 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
     fwd_b = [pulp.lpSum(t.nbytes * cross[k, b] for k, t in enumerate(tb.tensors)) for b in range(S - 1)]
     grad_b = [pulp.lpSum(t.nbytes * cross[k, b] for k, t in enumerate(tb.tensors) if t.requires_grad)
               for b in range(S - 1)]
-    has_grad = any(t.requires_grad for t in tb.tensors)
+    # one latency per tensor crossing (each is its own p2p op), as cost.assignment_bytes counts them
+    fwd_n = [pulp.lpSum(cross[k, b] for k in range(len(tb.tensors))) for b in range(S - 1)]
+    grad_n = [pulp.lpSum(cross[k, b] for k, t in enumerate(tb.tensors) if t.requires_grad) for b in range(S - 1)]
     comm = []
     for b in range(S - 1):
         lat = prob.link_latency_ms[b]
-        comm.append(lat + prob.link_ms_per_byte[b] * fwd_b[b]
-                    + ((lat + prob.link_ms_per_byte[b] * grad_b[b]) if has_grad else 0))
+        comm.append(lat * fwd_n[b] + prob.link_ms_per_byte[b] * fwd_b[b]
+                    + lat * grad_n[b] + prob.link_ms_per_byte[b] * grad_b[b])
     comm.append(0)
     # per stage compute, params, memory
     fsum = [pulp.lpSum(float(tb.fwd[i]) * y[i, s] for i in range(N)) for s in range(S)]

@@ -20,7 +20,7 @@ from planner.baselines import baseline_partitions
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.cost import CostTables, boundary_comm_ms, build_tables, speeds, stage_devices
-from planner.dp import ChainProblem, cut_bytes, solve_chain
+from planner.dp import ChainProblem, cut_bytes, cut_tensors, solve_chain
 from planner.evaluate import evaluate_partition, make_plan, with_timeline
 from planner.ilp import ILPProblem, solve_ilp
 from planner.microbatches import microbatch_options, scale_profile
@@ -43,6 +43,7 @@ def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config
     S, P = len(devices), cluster.num_devices
     sp = speeds(cluster, profile)
     fwd_cut, grad_cut = cut_bytes(tables)
+    fwd_n, grad_n = cut_tensors(tables)
     comm, per_link = [], {}
     for s in range(S):
         if s == S - 1:
@@ -51,8 +52,9 @@ def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config
         a, b = devices[s], devices[s + 1]
         key = "same" if a == b else ("intra" if cluster.devices[a].node == cluster.devices[b].node else "inter")
         if key not in per_link:  # one array per distinct link: the DP shares work between equal stages
-            per_link[key] = np.array([boundary_comm_ms(cluster, a, b, fb) + boundary_comm_ms(cluster, b, a, gb)
-                                      for fb, gb in zip(fwd_cut, grad_cut)])
+            per_link[key] = np.array([boundary_comm_ms(cluster, a, b, fb, int(fn))
+                                      + boundary_comm_ms(cluster, b, a, gb, int(gn))
+                                      for fb, gb, fn, gn in zip(fwd_cut, grad_cut, fwd_n, grad_n)])
         comm.append(per_link[key])
     return ChainProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
                         stage_speed=[sp[d] for d in devices],

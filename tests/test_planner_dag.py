@@ -38,7 +38,9 @@ def test_skip_across_three_stages_is_relayed_and_costs_memory():
         assert s.memory == expected
     assert plan.stages[1].memory.relay == 7000 * plan.stages[1].in_flight
     link = cluster.link(0, 1)
-    assert plan.stages[0].comm_out_ms == pytest.approx(link.transfer_ms(8000))
+    # two tensors cross (the chain edge and the skip): two p2p messages, each paying the latency
+    assert plan.stages[0].comm_out_ms == pytest.approx(link.transfer_ms(8000, 2))
+    assert link.transfer_ms(8000, 2) == pytest.approx(link.transfer_ms(8000) + 1000 * link.latency_s)
 
 
 def test_same_tensor_to_two_consumers_counts_once_per_boundary():
