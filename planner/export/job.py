@@ -17,6 +17,11 @@ from profiler.errors import PipeplanError
 
 EXPORTABLE_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBV")
 """Schedules train.py runs with torch's built-in schedule classes."""
+PRECISION_NOTES = {
+    "fp32": "fp32",
+    "bf16_mixed": "`bf16_mixed`: fp32 weights, gradients and optimizer; each stage's forward under "
+                  "`torch.autocast(bfloat16)`; tensors cross stages in fp32",
+}
 
 
 def pipeline_ranks(plan: Plan) -> list[int]:
@@ -93,6 +98,7 @@ def render_job(plan: Plan, *, model_source: str | None = None) -> dict[str, str]
                                     enumerate(zip(settings["stage_to_rank"], settings["stages"]))),
         "@PREDICTED@": f"{plan.step_time_ms:.2f} ms" if plan.step_time_ms is not None else "n/a",
         "@MODEL_NOTES@": model_readme(source),
+        "@PRECISION@": PRECISION_NOTES.get(settings["precision"], settings["precision"]),
     }
     files: dict[str, str] = {}
     for name in ("train.py", "launch.sh", "slurm.sbatch", "README.md"):

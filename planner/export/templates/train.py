@@ -21,11 +21,16 @@ How the model is split (no pipeplan import needed; only torch and ./model):
 4. each rank materialises only its own stages' parameters, initialised per FQN
    exactly as the unsplit model is (model/init.py), and runs PipelineStage in
    static mode with the shapes taken from a meta run of the split model.
+
+Precision (SETTINGS["precision"]): "fp32", or "bf16_mixed": fp32 weights, gradients
+and optimizer; every stage's forward (so its backward too) runs under
+torch.autocast(bfloat16); --single-process does the same for the unsplit model.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -46,6 +51,7 @@ SETTINGS = json.loads(r"""
 @SETTINGS@
 """)
 HERE = Path(__file__).resolve().parent
+BF16_MIXED = SETTINGS["precision"] == "bf16_mixed"
 
 
 class JobError(Exception):
@@ -150,12 +156,39 @@ def assign_stages(gm: torch.fx.GraphModule, stages: list[list[str]]) -> dict[str
     return stage
 
 
+def mixed_precision(device: torch.device):
+    """The forward context: bf16 autocast for bf16_mixed (weights stay fp32, autocast casts them per op
+    and autograd brings their gradients back to fp32), nothing for fp32 or on meta (no autocast there)."""
+    if not BF16_MIXED or device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def upcast(output):
+    """Floating outputs that autocast left in bf16, back to fp32: the loss is computed outside autocast on
+    fp32 values, in the pipeline (the last stage's outputs are fp32, see StageModule) and unsplit alike."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.dtype == torch.bfloat16 else output
+    if isinstance(output, (tuple, list)):
+        return type(output)(upcast(o) for o in output)
+    return output  # e.g. an HF ModelOutput: its loss_fn upcasts the logits itself
+
+
 class StageModule(nn.Module):
     """One pipeline stage with a chain contract (see the module docstring).
 
     `submod` is the split_module piece; it takes parameters as arguments, so this
     wrapper owns them (by canonical FQN) and feeds them in, together with the
     tensors received from the previous stage.
+
+    Under bf16_mixed the stage computes under autocast, but every floating tensor it sends keeps the
+    dtype it has without autocast (`out_dtypes`, from the meta run of stage_shapes; fp32 here). Why:
+    static PipelineStage fixes in advance the dtype of each tensor crossing a boundary, and autocast
+    picks output dtypes op by op and per device type (CPU and CUDA lists differ), so a cut after a
+    Linear would send bf16 where the receiver expects fp32 (gloo aborts on the size mismatch; NCCL
+    may not notice). Casting up at the boundary keeps the values exactly (bf16 -> fp32 is lossless)
+    and is a no-op for the usual boundary, a pre-norm transformer's residual stream, which autocast
+    already keeps in fp32. The price: such a bf16 boundary costs fp32 bytes on the wire.
     """
 
     def __init__(self, index: int, submod: torch.fx.GraphModule, call_args: list[str], bindings: list[tuple[str, int | None]],
@@ -173,15 +206,21 @@ class StageModule(nn.Module):
         self.buffer_fqns = [buffer_fqns[n] for n in self.buffer_names]
         for i, f in enumerate(self.buffer_fqns):
             self.register_buffer(f"buf_{i}", root.get_buffer(f), persistent=False)
+        self.out_dtypes: list[torch.dtype] | None = None  # set by stage_shapes
 
     def forward(self, *inputs: torch.Tensor):
         env = dict(zip(self.in_names, inputs))
         env.update(zip(self.param_names, self.params))
         env.update((n, getattr(self, f"buf_{i}")) for i, n in enumerate(self.buffer_names))
-        out = self.submod(*[env[a] for a in self.call_args])
+        device = self.params[0].device if len(self.params) else inputs[0].device
+        with mixed_precision(device):
+            out = self.submod(*[env[a] for a in self.call_args])
         for name, idx in self.bindings:
             env[name] = out if idx is None else out[idx]
         result = tuple(env[n] for n in self.out_names)
+        if self.out_dtypes is not None:
+            result = tuple(t.to(d) if t.is_floating_point() and t.dtype != d else t
+                           for t, d in zip(result, self.out_dtypes))
         return result[0] if len(result) == 1 else result
 
 
@@ -265,6 +304,7 @@ def stage_shapes(modules: list[StageModule], example_inputs: tuple) -> list[tupl
     for m in modules:
         out = m(*args)
         outs = out if isinstance(out, tuple) else (out,)
+        m.out_dtypes = [t.dtype for t in outs]
         meta = lambda ts: tuple(torch.empty_like(t, device="meta").requires_grad_(t.requires_grad) for t in ts)
         shapes.append((meta(args), meta(outs)))
         args = outs
@@ -488,7 +528,9 @@ def run_single_process(args: argparse.Namespace) -> None:
         inputs, target = tuple(x.to(device) for x in inputs), target.to(device)
         losses = []
         for mb_inputs, mb_target in micro_batches(inputs, target, num_mb, batched):
-            loss = model_source.loss_fn(model(*mb_inputs), mb_target)
+            with mixed_precision(device):
+                output = model(*mb_inputs)
+            loss = model_source.loss_fn(upcast(output), mb_target)
             loss.backward()  # summed over micro-batches, then divided: what the pipeline schedule does
             losses.append(loss.detach())
         for p in params.values():
@@ -614,10 +656,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         torch.manual_seed(args.seed)
         random.seed(args.seed)
-        if SETTINGS["precision"] != "fp32" and int(os.environ.get("RANK", "0")) == 0:
-            # static stages fix the dtypes of tensors crossing stages; autocast would change them
-            print(f"train.py: note: the plan assumes {SETTINGS['precision']}; this job trains in fp32",
-                  file=sys.stderr, flush=True)
         if args.single_process:
             run_single_process(args)
         else:
