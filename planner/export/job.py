@@ -12,11 +12,13 @@ import shlex
 from planner.config import MULTI_CHUNK_SCHEDULES
 from planner.export.model_files import model_files, model_readme, template_text
 from planner.plan import Plan
-from planner.schedules import stage_to_device
+from planner.schedules import check_schedule, stage_to_device
 from profiler.errors import PipeplanError
 
-EXPORTABLE_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBV")
-"""Schedules train.py runs with torch's built-in schedule classes."""
+EXPORTABLE_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBH1", "ZBV")
+"""Schedules train.py runs with torch's built-in schedule classes. ZBH1 is torch's
+ScheduleInterleavedZeroBubble with one stage per rank; its per-rank order equals
+planner.schedules.schedule_actions("ZBH1", ...) (tests/test_export_zbh1.py checks this)."""
 PRECISION_NOTES = {
     "fp32": "fp32",
     "bf16_mixed": "`bf16_mixed`: fp32 weights, gradients and optimizer; each stage's forward under "
@@ -59,6 +61,8 @@ def job_settings(plan: Plan, source: str) -> dict:
     if cfg.schedule in MULTI_CHUNK_SCHEDULES and cfg.num_microbatches < len(ranks) and cfg.schedule == "ZBV":
         raise PipeplanError(f"ZBV needs at least as many micro-batches as stages ({len(ranks)}), "
                             f"the plan has {cfg.num_microbatches}")
+    if cfg.schedule == "ZBH1":  # torch raises only after the process group exists; say it here, clearly
+        check_schedule("ZBH1", pp, cfg.num_microbatches)
     if cfg.schedule == "Interleaved1F1B" and cfg.num_microbatches % pp:
         raise PipeplanError(f"Interleaved1F1B needs the micro-batch count ({cfg.num_microbatches}) to be a multiple "
                             f"of the pipeline ranks ({pp})")

@@ -548,6 +548,8 @@ def run_single_process(args: argparse.Namespace) -> None:
         log_step(step, float(torch.stack(losses).mean()), time.perf_counter() - t0, samples, device)
 
 
+# ZBH1 (zero bubble, one stage per rank) is torch's interleaved zero-bubble schedule given one stage
+# per rank: the same per-rank order of F, I (input gradient) and W (weight gradient) pipeplan plans.
 SCHEDULE_CLASSES = {"GPipe": "GPipe", "1F1B": "1F1B", "Interleaved1F1B": "Interleaved1F1B",
                     "ZBV": "ZBVZeroBubble", "ZBH1": "InterleavedZeroBubble"}
 
