@@ -78,6 +78,11 @@ USER_FILE = textwrap.dedent('''
     def make_plain(batch_size=3):
         """No loss, no target; `bias` does not follow batch_size (replicated to every micro-batch)."""
         return Mlp(), (torch.randn(batch_size, 16), torch.randn(32))
+
+
+    def make_fixed():
+        """No batch_size parameter; inputs a bare tensor (the profiler accepts both)."""
+        return nn.Sequential(nn.Linear(16, 8), nn.Tanh()), torch.randn(4, 16)
 ''')
 
 
@@ -148,6 +153,37 @@ def test_exported_adapter_passes_the_projects_lint(user_file, tmp_path):
                            str(tmp_path / "job" / "train.py"), str(tmp_path / "job" / "model" / "__init__.py")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_adapter_follows_the_profilers_factory_conventions(user_file, tmp_path):
+    """In-process: what model/__init__.py makes of each factory form (this runs the copied file)."""
+    import torch
+    from test_export_files import load_job_module
+
+    export_plan(net_plan(f"file:{user_file}:make"), tmp_path / "lm")
+    train = load_job_module(tmp_path / "lm")
+    adapter = train.model_source
+    example, batched = train.example_batch()
+    assert batched == [True] and example[0].shape == (2, 8) and example[0].is_meta
+    (tokens,), target = adapter.make_batch(5, generator=torch.Generator().manual_seed(1))
+    assert tokens.shape == target.shape == (5, 8) and tokens.dtype == torch.long
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < 64, "token ids stay valid: rows of the factory's example"
+    again, _ = adapter.make_batch(5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(tokens, again[0]), "deterministic in the generator"
+    scale = torch.empty(32)
+    assert adapter.init_buffers([("scale", scale)]) == [] and torch.equal(scale, torch.linspace(0.5, 1.5, 32))
+    assert all(p.is_meta for p in adapter._example()[0].parameters()), "no parameter memory for the example"
+
+    export_plan(hand_plan(f"file:{user_file}:make_fixed", [["0"], ["1"]], micro_batch_size=3), tmp_path / "fixed")
+    train = load_job_module(tmp_path / "fixed")
+    example, batched = train.example_batch()
+    assert batched == [True] and example[0].shape == (3, 16)
+    (x,), target = train.model_source.make_batch(6)
+    pool = train.model_source._example()[1][0]
+    assert x.shape == (6, 16) and all(any(torch.equal(row, p) for p in pool) for row in x)
+    assert target.shape == (6,) and not target.any(), "placeholder target of zeros"
+    loss = train.model_source.loss_fn(torch.full((6, 8), 2.0), target)
+    assert float(loss) == 4.0, "default loss: mean square of the output"
 
 
 def assert_same(pipeline: list[dict], single: list[dict]) -> None:
