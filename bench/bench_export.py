@@ -124,22 +124,28 @@ def _best_step_ms(lines: list[dict]) -> float:
     return 1000 * min(d["step_time_s"] for d in lines[2:])
 
 
-def plan_gpt_tiny(calibration=None):
-    """Profile measured on this CPU (1 thread, as each torchrun rank gets), plan for 2 devices of speed 1.0:
-    with the link and per-action overhead `pipeplan calibrate` measured here when given, else the defaults."""
+def profile_gpt_tiny():
+    """GPT tiny measured on this CPU with 1 thread, as each torchrun rank runs."""
     import torch
 
-    from planner.cluster import Cluster, Device
-    from planner.config import TrainConfig
-    from planner.solve import solve
     from profiler import load_profile
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        profile = load_profile("sample:gpt:tiny", batch_size=MICRO_BATCH, seq_len=SEQ_LEN, measure="cpu")
+        return load_profile("sample:gpt:tiny", batch_size=MICRO_BATCH, seq_len=SEQ_LEN, measure="cpu")
     finally:
         torch.set_num_threads(threads)
+
+
+def plan_gpt_tiny(profile=None, calibration=None):
+    """Plan for 2 devices of speed 1.0: with the link and per-action overhead `pipeplan calibrate`
+    measured here when given, else the default links and no overhead."""
+    from planner.cluster import Cluster, Device
+    from planner.config import TrainConfig
+    from planner.solve import solve
+
+    profile = profile if profile is not None else profile_gpt_tiny()
     if calibration is not None:
         from planner.calibrate import calibrated_cluster
 
@@ -190,8 +196,9 @@ def run(quick: bool) -> dict:
 
     steps, repeats = (10, 1) if quick else (30, 3)
     calibration = calibrate()
-    plan = plan_gpt_tiny(calibration)
-    uncalibrated = plan_gpt_tiny()
+    profile = profile_gpt_tiny()
+    plan = plan_gpt_tiny(profile, calibration)
+    uncalibrated = plan_gpt_tiny(profile)
     split = [s.node_ids for s in plan.stages]
     first = split[0]
     if not ({"wte", "wpe"} <= set(first) and "lm_head" in split[1]):

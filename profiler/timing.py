@@ -133,8 +133,8 @@ def measure_optimizer_ms(model: nn.Module, owned: dict[str, list[str]], device: 
     parameters, on `device`.
 
     It runs what an exported job's step runs after the schedule (the clip's squared norm and scale,
-    then torch.optim.AdamW with its defaults for the device), on copies of the parameters with
-    random gradients, so the model is untouched. Small layers are dominated by per-tensor
+    torch.optim.AdamW with its defaults for the device, zeroing the gradients), on copies of the
+    parameters with random gradients, so the model is untouched. Small layers are dominated by per-tensor
     dispatch, which is why this is measured per layer rather than derived from the byte count.
     """
     clock = _Clock(device)
@@ -157,6 +157,7 @@ def measure_optimizer_ms(model: nn.Module, owned: dict[str, list[str]], device: 
             for p in params:
                 p.grad.mul_(scale)
             opt.step()
+            opt.zero_grad(set_to_none=False)  # the exported job keeps its gradient buffers between steps
             ms = clock.elapsed_ms(t0)
             if rep >= OPTIMIZER_WARMUP:
                 times.append(ms)
