@@ -15,8 +15,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("plan", type=Path, help="plan JSON from `pipeplan plan`")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if needed)")
     p.add_argument("--model-source", default=None,
-                   help="model to train when the plan's own source has no code, e.g. sample:gpt:tiny or "
-                        "hf:PATH/config.json (default: the plan's model source)")
+                   help="model to train when the plan's own source has no code or is not found from here, e.g. "
+                        "sample:gpt:tiny, hf:PATH/config.json or file:PATH.py:FACTORY (default: the plan's model "
+                        "source)")
     p.add_argument("--zip", action="store_true", help="also write DIR.zip (the same bytes the app offers)")
     return p
 
