@@ -79,7 +79,7 @@ def _call_factory(path: str, factory: str, batch_size: int, seq_len: int | None)
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("batch_size", batch_size), ("seq_len", seq_len))
               if k in params and v is not None}
-    return fn(**kwargs)
+    return fn(**kwargs), kwargs
 
 
 def main(argv: list[str]) -> int:
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
 
         state = install_guard(req["writable"])
         state["user"] = True
-        result = _call_factory(req["path"], req["factory"], req["batch_size"], req["seq_len"])
+        result, used = _call_factory(req["path"], req["factory"], req["batch_size"], req["seq_len"])
         if not isinstance(result, tuple) or len(result) not in (2, 4) or not isinstance(result[0], nn.Module):
             raise TypeError(f"{req['factory']}() must return (model, inputs) or (model, inputs, loss_fn, target), "
                             f"got {type(result).__name__}")
@@ -104,7 +104,9 @@ def main(argv: list[str]) -> int:
         prof = profile_model(model, tuple(inputs), loss_fn=loss_fn, target=target,
                              source=f"file:{name}:{req['factory']}", name=f"{name}:{req['factory']}",
                              estimate_for=req["estimate_for"], measure=req["measure"],
-                             granularity=req["granularity"])
+                             granularity=req["granularity"],
+                             # recorded only when the factory took it, so an export rebuilds the same shapes
+                             seq_len=used.get("seq_len"))
         with open(req["output"], "w") as f:
             f.write(prof.to_json())
         return 0

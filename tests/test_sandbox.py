@@ -22,6 +22,10 @@ USER_FILE = textwrap.dedent("""
         model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
         return model, (torch.randn(batch_size, 16),), (lambda o, t: ((o - t) ** 2).mean()), torch.randn(batch_size, 4)
 
+    def make_seq(batch_size=2, seq_len=8):
+        model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 50))
+        return model, (torch.randint(0, 50, (batch_size, seq_len)),)
+
     def boom():
         raise RuntimeError("factory exploded")
 
@@ -55,6 +59,14 @@ def test_factory_profiles_in_a_clean_child(user_file):
     assert [n.id for n in prof.nodes] == ["0", "1", "2"]
     assert prof.model.micro_batch_size == 3
     assert prof.total_param_bytes == (16 * 32 + 32 + 32 * 4 + 4) * 4
+
+
+def test_seq_len_is_recorded_when_the_factory_takes_it(user_file):
+    # an export rebuilds the model at the profile's seq_len, so it must be the one the factory got
+    prof = load_profile(f"file:{user_file}:make_seq", allow_code=True, batch_size=2, seq_len=12)
+    assert prof.model.seq_len == 12
+    assert prof.model.input_bytes == 2 * 12 * 8
+    assert load_profile(f"file:{user_file}:make", allow_code=True, seq_len=12).model.seq_len is None
 
 
 def test_factory_that_raises_gives_its_message(user_file):
