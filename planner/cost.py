@@ -23,8 +23,8 @@ Conventions (all per micro-batch):
   every backward action of a stage costs its device's `action_overhead_ms` on
   top of the layer times; once per step, after the pipeline drains, each device
   runs the optimizer step of its stages (stage_optimizer_ms). The DP and the ILP
-  minimise the pipeline part without these terms (constant per stage, they do
-  not move the best cut on one kind of device); every Plan's numbers include them.
+  minimise the pipeline part, overheads included, without the optimizer step;
+  every Plan's step time includes it.
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ class ChainProblem:
     config: object
     relay: np.ndarray | None = None
     """relay_matrix(tables), computed once on first use."""
+    stage_overhead: list[float] | None = None
+    """Per stage: its device's per-action runtime overhead (ms), added to fwd and bwd (None: 0)."""
 
     @property
     def num_stages(self) -> int:
@@ -158,9 +160,10 @@ class IntervalCosts:
                 mem = (co.per_param * params + np.rint(co.per_activation_byte * acts + co.per_input_byte * inputs)
                        + np.rint(co.per_relay_byte * relay) + co.constant)
                 fits = (mem <= prob.stage_limit[s]) & ~done
-                key = (prob.stage_speed[s], key_c, r, s == S - 1)
+                overhead = prob.stage_overhead[s] if prob.stage_overhead is not None else 0.0
+                key = (prob.stage_speed[s], key_c, r, s == S - 1, overhead)
                 if key not in times:
-                    fwd, bwd, _, w = stage_compute_ms(fref, bref, wref, prob.stage_speed[s], r)
+                    fwd, bwd, _, w = stage_compute_ms(fref, bref, wref, prob.stage_speed[s], r, overhead)
                     T = fwd + bwd + comm
                     times[key] = (T, T - (kappa * w if s < S - 1 else 0.0))
                 T, C = times[key]

@@ -45,6 +45,8 @@ class ILPProblem:
     """Per boundary b: latency of the link (ms), 0 when both stages share a device."""
     link_ms_per_byte: list[float]
     config: object
+    stage_overhead: list[float] | None = None
+    """Per stage: its device's per-action runtime overhead (ms), added to fwd and bwd (None: 0)."""
 
 
 @dataclass(slots=True)
@@ -260,8 +262,10 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
     # stops at an absolute gap of 1e-6 and works to feasibility tolerances of ~1e-7, which for a
     # 0.2 ms step would be a 5e-6 relative gap, not the 1e-9 asked for.
     unit = _time_unit(prob, upper_bound)
-    T = [(fsum[s] + bsum[s] + rec_time[s]) * (1.0 / (prob.stage_speed[s] * unit)) + comm[s] * (1.0 / unit)
-         for s in range(S)]
+    # the per-action overhead: once on the forward, once on the backward (cost.stage_compute_ms)
+    overhead = prob.stage_overhead if prob.stage_overhead is not None else [0.0] * S
+    T = [(fsum[s] + bsum[s] + rec_time[s]) * (1.0 / (prob.stage_speed[s] * unit))
+         + (comm[s] + 2.0 * overhead[s]) * (1.0 / unit) for s in range(S)]
     W = [wsum[s] * (1.0 / (prob.stage_speed[s] * unit)) for s in range(S)]
     dmax = pulp.LpVariable("Dmax", lowBound=0, upBound=t_cap / unit * (1 + 1e-7) if t_cap else None)
     step = pulp.LpVariable("step", lowBound=0, upBound=upper_bound / unit * (1 + 1e-7) if upper_bound else None)

@@ -62,7 +62,8 @@ def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config
                         else [cluster.devices[d].memory_bytes for d in devices],
                         stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
                                                                config.virtual_stages),
-                        recompute_options=recompute_options(config), comm_ms_per_cut=comm, config=config)
+                        recompute_options=recompute_options(config), comm_ms_per_cut=comm, config=config,
+                        stage_overhead=[cluster.devices[d].action_overhead_ms for d in devices])
 
 
 def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -89,7 +90,8 @@ def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: 
                       stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
                                                              config.virtual_stages),
                       recompute_options=recompute_options(config), link_latency_ms=lat,
-                      link_ms_per_byte=per_byte, config=config)
+                      link_ms_per_byte=per_byte, config=config,
+                      stage_overhead=[cluster.devices[d].action_overhead_ms for d in devices])
 
 
 def cuts_to_stage_of(cuts: list[int]) -> list[int]:
