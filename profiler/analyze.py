@@ -159,9 +159,16 @@ def loss_closure(root: nn.Module, loss_fn: Callable | None, target, convert: Cal
     return names, run
 
 
-def _add_edges(edges: dict, prog: LayerProgram, ins: list, node_layer: dict[str, str]) -> None:
+def _add_edges(edges: dict, prog: LayerProgram, ins: list, node_layer: dict[str, str],
+               model_inputs: set[str], first_layer: str) -> None:
+    """Edges into `prog` from the layers producing its inputs. A model input read by a layer other
+    than the first becomes an edge from the first layer: inputs enter the pipeline at stage 0 and
+    are relayed to the stage that reads them, so they cost bytes, messages and memory like any
+    tensor sent forward (DLRM's sparse ids read by its embedding tables)."""
     for name, value in zip(prog.input_names, ins):
         src = node_layer.get(name)
+        if src is None and name in model_inputs:
+            src = first_layer
         if src is None or src == prog.id:
             continue
         tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
@@ -180,6 +187,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
     target = tree_map(convert, target)
     env: dict[str, object] = {name: convert(x) for name, x in zip(placeholders, flat_inputs)}
     input_bytes = sum(tensor_bytes(x) for x in flat_inputs if isinstance(x, torch.Tensor))
+    model_inputs = set(placeholders)
     attr_cache: dict[str, object] = {}
     call_modules = sorted({t for p in programs for t in p.call_modules})
     modules = [root.get_submodule(t) for t in call_modules]
@@ -214,7 +222,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                     env[name] = value
                 keep_alive.extend(t for t in tree_flatten(list(outs))[0] if isinstance(t, torch.Tensor))
                 costs[prog.id] = cost
-                _add_edges(edges, prog, ins, node_layer)
+                _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id)
                 continue
             cost = LayerCost()
             packed: list[torch.Tensor] = []
@@ -253,7 +261,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             cost.output_bytes = sum(out_storages.values())
             costs[prog.id] = cost
             previous_key, previous_cost = key, cost
-            _add_edges(edges, prog, ins, node_layer)
+            _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id)
         loss = loss_closure(root, loss_fn, target)
         if loss is not None:  # the last stage computes the loss: charge it to the output's layer
             names, run = loss

@@ -175,3 +175,23 @@ def test_infeasible_single_device_reports_overflow():
     plan = solve(prof, Cluster.uniform(1, memory_bytes=10**6), TrainConfig(num_microbatches=1))
     assert not plan.feasible and plan.stages == []
     assert plan.diagnosis.min_memory_bytes >= 16 * 4 * 10**6
+
+
+def test_model_inputs_read_by_later_layers_are_relayed_from_the_first_stage():
+    """DLRM's embedding tables read the sparse ids straight from the model inputs: the profile has
+    them as edges from the first layer, so a cut before the tables sends (and relays) them."""
+    from profiler import load_profile
+
+    prof = load_profile("sample:dlrm:tiny", batch_size=4, estimate_for="A100-80GB")
+    first = prof.nodes[0].id
+    sparse = [e for e in prof.edges if e.src == first and not e.requires_grad]
+    assert {e.dst for e in sparse} == {f"embeddings.{i}" for i in range(8)}
+    assert len({e.bytes for e in sparse}) == 1 and sparse[0].bytes == 4 * 8 * 2 * 8  # int64 (B, tables, bag)
+    ids = [n.id for n in prof.nodes]
+    cut = ids.index("embeddings.0")
+    plan = evaluate_partition(prof, Cluster.uniform(2, memory_bytes=GiB),
+                              TrainConfig(num_microbatches=2, micro_batch_size=4), [ids[:cut], ids[cut:]])
+    bottom_out = next(e.bytes for e in prof.edges if e.src == "bottom_mlp.1")
+    # one copy of the ids crosses (eight readers, one tensor) next to the bottom MLP's output
+    assert plan.stages[0].comm_out_bytes == bottom_out + sparse[0].bytes
+    assert plan.stages[1].input_bytes == bottom_out + sparse[0].bytes
