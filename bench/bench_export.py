@@ -26,9 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, environment
+from bench.common import write_result
 
-RESULTS = RESULTS_DIR / "export.json"
 TARGET_OVERHEAD = 0.05
 SEQ_LEN, MICRO_BATCH, MICROBATCHES = 32, 2, 4
 
@@ -190,50 +189,58 @@ def optimizer_ms(plan, repeats: int = 20) -> float:
 
 
 def run(quick: bool) -> dict:
-    from planner.export import export_plan
-
+    """Each repeat profiles afresh and plans, so the spread of the ratio includes the profile's own
+    noise, then runs the exported job and the hand-written script back to back."""
     from planner.calibrate import calibrate
+    from planner.export import export_plan
 
     steps, repeats = (10, 1) if quick else (30, 3)
     calibration = calibrate()
-    profile = profile_gpt_tiny()
-    plan = plan_gpt_tiny(profile, calibration)
-    uncalibrated = plan_gpt_tiny(profile)
-    split = [s.node_ids for s in plan.stages]
-    first = split[0]
-    if not ({"wte", "wpe"} <= set(first) and "lm_head" in split[1]):
-        raise RuntimeError(f"the hand-written baseline assumes embeddings in stage 0 and the head in stage 1: {split}")
-    k = sum(1 for n in first if n.startswith("layers."))
     exported, handwritten, exported_best, handwritten_best = [], [], [], []
+    predicted, predicted_uncal, predicted_opt, splits = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        job = Path(tmp) / "job"
-        export_plan(plan, job)
         (Path(tmp) / "hand.py").write_text(HANDWRITTEN)
-        for _ in range(repeats):
+        for r in range(repeats):
+            profile = profile_gpt_tiny()
+            plan = plan_gpt_tiny(profile, calibration)
+            split = [s.node_ids for s in plan.stages]
+            if not ({"wte", "wpe"} <= set(split[0]) and "lm_head" in split[1]):
+                raise RuntimeError(f"the hand-written baseline assumes embeddings in stage 0 and the head in "
+                                   f"stage 1: {split}")
+            k = sum(1 for n in split[0] if n.startswith("layers."))
+            job = Path(tmp) / f"job{r}"
+            export_plan(plan, job)
             ours = _torchrun(job, ["train.py", "--steps", str(steps)])
             theirs = _torchrun(Path(tmp), ["hand.py", str(steps), str(k), str(MICROBATCHES), str(MICRO_BATCH),
                                            str(SEQ_LEN)])
+            predicted.append(plan.step_time_ms)
+            predicted_uncal.append(plan_gpt_tiny(profile).step_time_ms)
+            predicted_opt.append(max(s.optimizer_ms for s in plan.stages))
+            splits.append(split)
             exported.append(_step_ms(ours))
             handwritten.append(_step_ms(theirs))
             exported_best.append(_best_step_ms(ours))
             handwritten_best.append(_best_step_ms(theirs))
             # same weights, same first batch: the two scripts do the same work (later steps differ: LR schedule)
             first_loss_diff = abs(_first_loss(ours) - _first_loss(theirs))
+    ratios = [m / p for m, p in zip(exported, predicted)]
+    ratios_uncal = [m / p for m, p in zip(exported, predicted_uncal)]
     measured = statistics.median(exported)
     opt_ms = optimizer_ms(plan)
     baseline = statistics.median(handwritten)
     result = {
-        "env": environment(),
         "model": "sample:gpt:tiny", "seq_len": SEQ_LEN, "micro_batch_size": MICRO_BATCH,
-        "num_microbatches": MICROBATCHES, "schedule": "1F1B", "ranks": 2, "split": split,
+        "num_microbatches": MICROBATCHES, "schedule": "1F1B", "ranks": 2, "split": splits[-1],
         "steps_per_run": steps, "runs": repeats,
         "calibration": calibration.to_dict(),
-        "predicted_step_ms": plan.step_time_ms,
-        "predicted_optimizer_ms": max(s.optimizer_ms for s in plan.stages),
+        "predicted_step_ms": statistics.median(predicted),
+        "predicted_runs_ms": predicted,
+        "predicted_optimizer_ms": statistics.median(predicted_opt),
         "exported_step_ms": measured,
-        "measured_over_predicted": measured / plan.step_time_ms,
-        "predicted_uncalibrated_ms": uncalibrated.step_time_ms,
-        "measured_over_predicted_uncalibrated": measured / uncalibrated.step_time_ms,
+        "measured_over_predicted": statistics.median(ratios),
+        "measured_over_predicted_runs": ratios,
+        "predicted_uncalibrated_ms": statistics.median(predicted_uncal),
+        "measured_over_predicted_uncalibrated": statistics.median(ratios_uncal),
         "optimizer_and_clip_ms_measured_apart": opt_ms,
         "handwritten_step_ms": baseline,
         "exported_overhead_vs_handwritten": measured / baseline - 1,
@@ -244,8 +251,7 @@ def run(quick: bool) -> dict:
         "first_step_loss_diff": first_loss_diff,
         "exported_runs_ms": exported, "handwritten_runs_ms": handwritten,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("export", result, quick)
     return result
 
 

@@ -208,7 +208,8 @@ def export_section(d: dict) -> str:
             ["exported job, measured", f(d["exported_step_ms"], 4)],
             ["hand-written PipelineStage script, measured", f(d["handwritten_step_ms"], 4)],
         ]),
-        f"Measured / predicted: **{f(d['measured_over_predicted'])}** "
+        f"Measured / predicted: **{f(d['measured_over_predicted'])}** (median over runs, each with its own "
+        f"profile: {', '.join(f(x) for x in d.get('measured_over_predicted_runs', []))}) "
         f"(uncalibrated: {f(d.get('measured_over_predicted_uncalibrated'))}). Exported over hand-written: "
         f"{f(100 * d['exported_overhead_vs_handwritten'], 3)} % on medians, "
         f"{f(100 * d['exported_overhead_vs_handwritten_best'], 3)} % on best steps "
@@ -359,6 +360,10 @@ def generate() -> list[Path]:
     for name, fn in (("quality", quality_section), ("solver", None), ("accuracy", accuracy_section),
                      ("export", export_section), ("memory", memory_section), ("scale", scale_section)):
         d = load(name)
+        if d is None and name == "export":  # optional (torchrun jobs): a quick run may leave it out
+            parts.append("## 3b. Exported job\n\n_Not in this set of results: run `python -m bench.run --only "
+                         "export`._")
+            continue
         if d is None:
             parts.append(f"## {name}\n\n_No results yet: run `python -m bench.run --only {name}`._")
             continue

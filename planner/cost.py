@@ -156,11 +156,11 @@ def stage_compute_ms(fwd_ref, bwd_ref, bwd_weight_ref, speed, recompute, action_
     return fwd + action_overhead_ms, bwd + action_overhead_ms, bwd - w + action_overhead_ms, w
 
 
-OPTIMIZER_STEP_TRAFFIC_BYTES = {"adamw": 36, "adam": 36, "sgd_momentum": 28, "sgd": 20}
-"""Bytes each optimizer step moves per parameter, clipping included: the gradient read for the
-norm and read+written when scaled (12 B), the weight read+written (8 B), plus 8 B per state
+OPTIMIZER_STEP_TRAFFIC_BYTES = {"adamw": 44, "adam": 44, "sgd_momentum": 36, "sgd": 28}
+"""Bytes moved per parameter after the last backward: the gradient scaled by 1/M, read for the
+clip's norm and scaled by the clip (20 B), the weight read+written (8 B), plus 8 B per state
 tensor (AdamW: exp_avg and exp_avg_sq; SGD momentum: one buffer). The profile's optimizer times
-are AdamW's (profiler.gpus.ADAMW_STEP_BYTES_PER_PARAM = 36); other optimizers scale by this ratio."""
+are AdamW's (profiler.gpus.ADAMW_STEP_BYTES_PER_PARAM); other optimizers scale by this ratio."""
 
 
 def stage_optimizer_ms(adamw_ref_ms: float, optimizer: str, speed: float) -> float:

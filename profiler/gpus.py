@@ -126,10 +126,11 @@ def roofline_ms(flops: float, nbytes: float, preset: GpuPreset, dtype: str) -> f
     return 1e3 * max(compute_s, memory_s) + preset.kernel_overhead_us * 1e-3
 
 
-ADAMW_STEP_BYTES_PER_PARAM = 36
-"""Memory traffic of one fp32 AdamW step with global-norm clipping, per parameter: the gradient is
-read for the norm (4 B) and read and written when scaled (8 B); the weight, exp_avg and exp_avg_sq
-are each read and written (24 B). The step does ~10 FLOPs per parameter, so it is memory-bound."""
+ADAMW_STEP_BYTES_PER_PARAM = 44
+"""Memory traffic of what follows the last backward, per parameter, for fp32 AdamW: the gradient is
+read and written when the schedule scales it by 1/M (8 B), read for the clip's norm (4 B) and read
+and written when clipped (8 B); the weight, exp_avg and exp_avg_sq are each read and written (24 B).
+It does ~10 FLOPs per parameter, so it is memory-bound."""
 
 
 def optimizer_step_ms(param_count: int, preset: GpuPreset) -> float:

@@ -132,9 +132,10 @@ def measure_optimizer_ms(model: nn.Module, owned: dict[str, list[str]], device: 
     """layer id -> median time of one AdamW step with global-norm clipping on the layer's own
     parameters, on `device`.
 
-    It runs what an exported job's step runs after the schedule (the clip's squared norm and scale,
-    torch.optim.AdamW with its defaults for the device, zeroing the gradients), on copies of the
-    parameters with random gradients, so the model is untouched. Small layers are dominated by per-tensor
+    It runs what an exported job's step runs once the last backward is done (the schedule's scaling
+    of the gradients by 1/M, the clip's squared norm and scale, torch.optim.AdamW with its defaults
+    for the device, zeroing the gradients), on copies of the parameters with random gradients, so
+    the model is untouched. Small layers are dominated by per-tensor
     dispatch, which is why this is measured per layer rather than derived from the byte count.
     """
     clock = _Clock(device)
@@ -154,6 +155,8 @@ def measure_optimizer_ms(model: nn.Module, owned: dict[str, list[str]], device: 
         rep = 0
         while rep < n_warm + n_reps:
             t0 = clock.start()
+            for p in params:  # the pipeline schedule's scale_grads: sum over micro-batches -> mean
+                p.grad.div_(2.0)
             norm_sq = sum(p.grad.pow(2).sum() for p in params)
             scale = torch.clamp(1.0 / (norm_sq.sqrt() + 1e-6), max=1.0)
             for p in params:

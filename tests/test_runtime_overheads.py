@@ -96,7 +96,9 @@ def test_other_optimizers_scale_by_their_memory_traffic(estimated):
     adamw = evaluate_partition(estimated, two_devices(), base, halves(estimated))
     sgd = evaluate_partition(estimated, two_devices(), dataclasses.replace(base, optimizer="sgd"), halves(estimated))
     for a, s in zip(adamw.stages, sgd.stages):
-        assert s.optimizer_ms == pytest.approx(a.optimizer_ms * OPTIMIZER_STEP_TRAFFIC_BYTES["sgd"] / 36)
+        assert s.optimizer_ms == pytest.approx(a.optimizer_ms * OPTIMIZER_STEP_TRAFFIC_BYTES["sgd"]
+                                               / ADAMW_STEP_BYTES_PER_PARAM)
+    assert OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"] == ADAMW_STEP_BYTES_PER_PARAM
 
 
 def test_action_overhead_is_added_to_every_forward_and_backward(estimated):
@@ -150,9 +152,9 @@ def test_calibrate_runs_two_real_ranks_and_writes_a_cluster(tmp_path, capsys):
     assert cluster.intra_node.latency_s >= 0 and cluster.intra_node.bandwidth_bytes_per_s > 0
     result = calibrate()
     assert result.backend == "gloo"
-    assert set(result.raw["pipeline_step_ms"]) == {"4", "16"}
+    assert set(result.raw["pipeline_step_ms"]) == {"4", "24"}
     # the calibration pipeline takes longer with more micro-batches: the fit has something to fit
-    assert result.raw["pipeline_step_ms"]["16"] > result.raw["pipeline_step_ms"]["4"]
+    assert result.raw["pipeline_step_ms"]["24"] > result.raw["pipeline_step_ms"]["4"]
     again = calibrated_cluster(result, 2, 1 << 30)
     assert again.intra_node == result.link
     json.dumps(result.to_dict())
