@@ -3,9 +3,9 @@
 Rank 0 and rank 1 measure, on the backend a pipeline job would use:
 1. point-to-point transfers: blocking send/recv ping-pong at several sizes (one-way time =
    round trip / 2), the same p2p calls torch.distributed.pipelining issues between stages;
-2. the pipeline runtime's step time for a nearly empty two-stage model (one tiny Linear per
-   stage) under Schedule1F1B at two micro-batch counts, and that Linear's own forward and
-   backward time, so the caller can solve for the runtime's per-action overhead.
+2. the pipeline runtime's step time for a two-stage model (one Linear per stage, about a
+   millisecond of math) under Schedule1F1B at two micro-batch counts, and that Linear's own
+   forward and backward time, so the caller can solve for the runtime's per-action overhead.
 Rank 0 writes the raw numbers as JSON to the path given as the only argument.
 """
 

@@ -7,7 +7,7 @@ Two processes are started with torchrun (gloo on CPU, NCCL on CUDA); planner/_ca
 runs in each. From its raw numbers:
 - the link is the alpha-beta fit (latency + bytes / bandwidth) of the one-way p2p times;
 - the per-action overhead o is the value that makes the simulator's 1F1B step time of the
-  calibration pipeline (two stages of one tiny Linear, its forward and backward timed alone, plus
+  calibration pipeline (two stages of one Linear(512, 512), its forward and backward timed alone, plus
   the fitted link) match the measured step time, least squares over the measured micro-batch
   counts. The simulator is linear in o, so this is one division.
 The result is a Cluster whose devices carry `action_overhead_ms` and whose intra-node link is the
