@@ -194,7 +194,7 @@ def run(quick: bool) -> dict:
     from planner.calibrate import calibrate
     from planner.export import export_plan
 
-    steps, repeats = (10, 1) if quick else (30, 3)
+    steps, repeats = (10, 1) if quick else (30, 5)
     calibration = calibrate()
     exported, handwritten, exported_best, handwritten_best = [], [], [], []
     predicted, predicted_uncal, predicted_opt, splits = [], [], [], []
