@@ -19,7 +19,6 @@ ratio is only as steady as the machine (load average recorded).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import Timer, rnd, write_result
+from bench.common import Timer, command_line, rnd, spread, write_result
 from planner.calibrate import Calibration, calibrate, calibrated_cluster
 from planner.cluster import Cluster, Device
 from planner.config import TrainConfig
@@ -213,19 +212,12 @@ def run(quick: bool) -> dict:
             "schedule": "1F1B", "precision": "fp32", "optimizer": "adamw", "steps": STEPS,
             "timed_steps": f"{WARM_STEPS + 1}..{STEPS}", "baseline_rss_bytes": base, "rows": rows,
             "summary": {"models": len(rows), "ok": len(ok),
-                        "step_time_ratio_min": rnd(min(time_ratios)) if time_ratios else None,
-                        "step_time_ratio_max": rnd(max(time_ratios)) if time_ratios else None,
-                        "step_time_ratio_median": rnd(statistics.median(time_ratios)) if time_ratios else None,
-                        "uncalibrated_ratio_min": rnd(min(unc)) if unc else None,
-                        "uncalibrated_ratio_max": rnd(max(unc)) if unc else None,
-                        "uncalibrated_ratio_median": rnd(statistics.median(unc)) if unc else None,
-                        "memory_ratio_min": rnd(min(mem_ratios)) if mem_ratios else None,
-                        "memory_ratio_max": rnd(max(mem_ratios)) if mem_ratios else None}}
+                        **spread("step_time_ratio", time_ratios, median=True),
+                        **spread("uncalibrated_ratio", unc, median=True),
+                        **spread("memory_ratio", mem_ratios)}}
     write_result("accuracy", data, quick)
     return data
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick)["summary"], indent=2))
+    command_line(run, summary_key="summary")

@@ -17,7 +17,6 @@ the fastest such step (less sensitive to other processes on a shared machine); b
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import write_result
+from bench.common import command_line, write_result
 
 TARGET_OVERHEAD = 0.05
 SEQ_LEN, MICRO_BATCH, MICROBATCHES = 32, 2, 4
@@ -155,39 +154,6 @@ def plan_gpt_tiny(profile=None, calibration=None):
                                                micro_batch_size=MICRO_BATCH))
 
 
-def optimizer_ms(plan, repeats: int = 20) -> float:
-    """Measured time of what the plan's step time leaves out and every rank does after the schedule:
-    global-norm clipping and the AdamW step, on the larger stage's parameters (1 thread, like a rank)."""
-    import time
-
-    import torch
-
-    import sample_models
-
-    model = sample_models.build("gpt", "tiny", seed=0)
-    biggest = max(plan.stages, key=lambda s: s.param_count)
-    params = [p for n, p in model.named_parameters() if any(n == i or n.startswith(i + ".") for i in biggest.node_ids)]
-    if "lm_head" in biggest.node_ids:
-        params.append(model.wte.weight)  # the tied head weight, registered under wte
-    for p in params:
-        p.grad = torch.randn_like(p)
-    opt = torch.optim.AdamW(params, lr=3e-4)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            sq = sum(p.grad.double().pow(2).sum() for p in params)
-            for p in params:
-                p.grad.mul_(min(1.0, 1.0 / (float(sq.sqrt()) + 1e-6)))
-            opt.step()
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
-    return 1000 * statistics.median(times[2:])
-
-
 def run(quick: bool) -> dict:
     """Each repeat profiles afresh and plans, so the spread of the ratio includes the profile's own
     noise, then runs the exported job and the hand-written script back to back."""
@@ -226,7 +192,6 @@ def run(quick: bool) -> dict:
     ratios = [m / p for m, p in zip(exported, predicted)]
     ratios_uncal = [m / p for m, p in zip(exported, predicted_uncal)]
     measured = statistics.median(exported)
-    opt_ms = optimizer_ms(plan)
     baseline = statistics.median(handwritten)
     result = {
         "model": "sample:gpt:tiny", "seq_len": SEQ_LEN, "micro_batch_size": MICRO_BATCH,
@@ -241,7 +206,6 @@ def run(quick: bool) -> dict:
         "measured_over_predicted_runs": ratios,
         "predicted_uncalibrated_ms": statistics.median(predicted_uncal),
         "measured_over_predicted_uncalibrated": statistics.median(ratios_uncal),
-        "optimizer_and_clip_ms_measured_apart": opt_ms,
         "handwritten_step_ms": baseline,
         "exported_overhead_vs_handwritten": measured / baseline - 1,
         # runs alternate, so each pair ran under the same load: the median of the pairs' ratios
@@ -258,11 +222,5 @@ def run(quick: bool) -> dict:
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    print(json.dumps(run(p.parse_args().quick), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    command_line(run, description=__doc__.split("\n\n")[0])

@@ -19,15 +19,12 @@ AdamW), with no real memory used (FakeTensorMode):
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _ModState
 
 import sample_models as sm
-from bench.common import Timer, rnd, write_result
+from bench.common import Timer, command_line, rnd, spread, write_result
 from planner.cluster import Cluster, Device
 from planner.config import TrainConfig
 from planner.evaluate import evaluate_partition
@@ -135,16 +132,10 @@ def run(quick: bool) -> dict:
     singles = [r["single_device"]["predicted_over_tracked"] for r in ok if r["single_device"]["predicted_over_tracked"]]
     per_stage = [s["predicted_over_tracked"] for r in ok for s in r["stages"] if s["predicted_over_tracked"]]
     data = {"precision": "fp32", "optimizer": "adamw", "rows": rows,
-            "summary": {"models": len(rows), "ok": len(ok),
-                        "single_min": rnd(min(singles)) if singles else None,
-                        "single_max": rnd(max(singles)) if singles else None,
-                        "stage_min": rnd(min(per_stage)) if per_stage else None,
-                        "stage_max": rnd(max(per_stage)) if per_stage else None}}
+            "summary": {"models": len(rows), "ok": len(ok), **spread("single", singles), **spread("stage", per_stage)}}
     write_result("memory", data, quick)
     return data
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick)["summary"], indent=2))
+    command_line(run, summary_key="summary")

@@ -11,30 +11,21 @@ baselines' step time, or the cold ILP) and reports ratios against it.
 
 from __future__ import annotations
 
-import argparse
 import json
-import random
 import time
 from pathlib import Path
 
+from bench.common import command_line
 from planner.baselines import baseline_plans
 from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
 from planner.cost import build_tables, stage_devices
 from planner.ilp import solve_ilp
 from planner.solve import ilp_problem, solve, solve_once
-from planner.synthetic import chain_profile, gpt_like_profile, unet_profile
+from planner.synthetic import gpt_like_profile, random_chain_profile, unet_profile
 from profiler.gpus import GiB
 
 RESULTS = Path(__file__).parent / "results" / "planner.json"
-
-
-def random_chain(n: int, seed: int):
-    rng = random.Random(seed)
-    return chain_profile([rng.uniform(0.2, 3.0) for _ in range(n)],
-                         params=[rng.randint(10**5, 10**7) for _ in range(n)],
-                         acts=[rng.randint(10**6, 5 * 10**7) for _ in range(n)],
-                         edge_bytes=[rng.randint(10**5, 10**7) for _ in range(n - 1)])
 
 
 def timed(fn):
@@ -74,7 +65,7 @@ def memory_need(prof, P: int) -> float:
 
 
 def case_chain(n: int, P: int, seed: int, time_limit: float, mixed: bool = False):
-    prof = random_chain(n, seed)
+    prof = random_chain_profile(n, seed)
     need = memory_need(prof, P)
     devices = [Device(name=f"d{i}", memory_bytes=int(need / P * 1.5), speed=(2.0 if mixed and i % 2 else 1.0),
                       node=i // 8) for i in range(P)]
@@ -94,7 +85,7 @@ def case_unet(P: int, time_limit: float):
 
 def case_cold_ilp(n: int, P: int, seed: int, time_limit: float):
     """Reference: the ILP alone (no DP warm start or bounds) on the same chain."""
-    prof = random_chain(n, seed)
+    prof = random_chain_profile(n, seed)
     need = memory_need(prof, P)
     cluster = Cluster(devices=[Device(name=f"d{i}", memory_bytes=int(need / P * 1.5)) for i in range(P)])
     cfg = TrainConfig(num_microbatches=2 * P)
@@ -210,6 +201,4 @@ def run(quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick), indent=2))
+    command_line(run)

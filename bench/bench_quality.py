@@ -16,10 +16,7 @@ the partition matters, not how fast any GPU is.
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from bench.common import Timer, rnd, write_result
+from bench.common import Timer, command_line, rnd, write_result
 from planner.baselines import baseline_plans
 from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
@@ -142,6 +139,4 @@ def _geomean(xs: list[float]) -> float:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick)["summary"], indent=2))
+    command_line(run, summary_key="summary")

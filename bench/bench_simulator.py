@@ -13,13 +13,13 @@ timed cold and warm.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import time
 from pathlib import Path
 
+from bench.common import command_line
 from planner import schedules, simulator
 from planner.schedules import in_flight_microbatches
 from planner.simulator import simulate_times
@@ -88,6 +88,4 @@ def run(quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick), indent=2))
+    command_line(run)

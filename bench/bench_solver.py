@@ -26,34 +26,22 @@ building alone takes tens of seconds), and pipeplan never solves them cold.
 
 from __future__ import annotations
 
-import argparse
-import json
-import random
-
-from bench.common import Timer, rnd, write_result
+from bench.common import Timer, command_line, rnd, write_result
 from planner.cluster import Cluster, Device
 from planner.config import TrainConfig
 from planner.cost import build_tables, stage_devices
 from planner.evaluate import evaluate_partition
 from planner.ilp import solve_ilp
 from planner.solve import ilp_problem, solve
-from planner.synthetic import chain_profile
+from planner.synthetic import random_chain_profile
 
 MAX_COLD_BINARIES = 8_000
 MAX_CBC_BINARIES = 4_000
 """CBC (warm and cold) runs only up to here: beyond it PuLP's CBC path alone takes minutes on this machine."""
 
 
-def random_chain(n: int, seed: int):
-    rng = random.Random(seed)
-    return chain_profile([rng.uniform(0.2, 3.0) for _ in range(n)],
-                         params=[rng.randint(10**5, 10**7) for _ in range(n)],
-                         acts=[rng.randint(10**6, 5 * 10**7) for _ in range(n)],
-                         edge_bytes=[rng.randint(10**5, 10**7) for _ in range(n - 1)])
-
-
 def instance(n: int, S: int, seed: int):
-    prof = random_chain(n, seed)
+    prof = random_chain_profile(n, seed)
     need = sum(x.param_count for x in prof.nodes) * 16 + sum(x.activation_bytes for x in prof.nodes) * (S + 1) / 2
     cluster = Cluster(devices=[Device(name=f"d{i}", memory_bytes=int(need / S * 1.5), node=i // 8) for i in range(S)])
     return prof, cluster
@@ -127,7 +115,7 @@ def run(quick: bool) -> dict:
     for S in stage_sweep:
         by_stages.append(one_case(base_n, S, seed=S, ilp_limit=ilp_limit, dp_limit=dp_limit))
         print(f"  solver N={base_n} S={S}: {_line(by_stages[-1])}", flush=True)
-    data = {"instances": "random chains (bench.bench_solver.random_chain), 1F1B, M = 2 x stages, fp32 AdamW, "
+    data = {"instances": "random chains (planner.synthetic.random_chain_profile), 1F1B, M = 2 x stages, fp32 AdamW, "
                          "memory limit 1.5 x even share",
             "ilp_time_limit_s": ilp_limit, "dp_time_limit_s": dp_limit, "max_cold_binaries": MAX_COLD_BINARIES, "max_cbc_binaries": MAX_CBC_BINARIES,
             "size_sweep": {"stages": base_s, "rows": by_size},
@@ -137,6 +125,4 @@ def run(quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick), indent=2))
+    command_line(run)

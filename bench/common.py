@@ -6,13 +6,16 @@ is never read without knowing where it came from.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
 import os
 import platform
 import resource
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +45,41 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _proc_status_bytes(key: str) -> int | None:
+    """A kB field of /proc/self/status ("VmHWM", "VmRSS") in bytes; None where there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size: VmHWM (reset by exec, unlike ru_maxrss, which Linux
     carries over from the parent across fork + exec), else ru_maxrss (KiB)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak is not None else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def current_rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_status_bytes("VmRSS") or 0
+
+
+def spread(prefix: str, values: list[float], *, median: bool = False) -> dict[str, float | None]:
+    """{prefix_min, prefix_max[, prefix_median]} of values, rounded; None for no values."""
+    keys = [("min", min), ("max", max)] + ([("median", statistics.median)] if median else [])
+    return {f"{prefix}_{name}": rnd(fn(values)) if values else None for name, fn in keys}
+
+
+def command_line(run: Callable[[bool], dict], *, description: str | None = None,
+                 summary_key: str | None = None) -> None:
+    """`python -m bench.bench_NAME [--quick]`: run the benchmark and print its result (or its summary) as JSON."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true")
+    result = run(ap.parse_args().quick)
+    print(json.dumps(result[summary_key] if summary_key else result, indent=2))
 
 
 class Timer:

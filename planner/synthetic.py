@@ -27,6 +27,16 @@ def chain_profile(times, *, params=None, acts=None, edge_bytes=None, bwd_ratio=2
                    provenance=Provenance(method="estimated", device="synthetic"), nodes=nodes, edges=edges)
 
 
+def random_chain_profile(n: int, seed: int) -> Profile:
+    """A chain of n layers with random times (0.2-3 ms), parameters, activations and edge bytes:
+    the benchmarks' planner and solver instances."""
+    rng = random.Random(seed)
+    return chain_profile([rng.uniform(0.2, 3.0) for _ in range(n)],
+                         params=[rng.randint(10**5, 10**7) for _ in range(n)],
+                         acts=[rng.randint(10**6, 5 * 10**7) for _ in range(n)],
+                         edge_bytes=[rng.randint(10**5, 10**7) for _ in range(n - 1)])
+
+
 def dag_profile(times, edges, *, params=None, acts=None, name="dag") -> Profile:
     """Nodes n0.. with forward times; edges as (src, dst, bytes) index triples."""
     n = len(times)
