@@ -55,7 +55,7 @@ print(json.dumps({"seconds": seconds, "peak_rss_gb": resource.getrusage(resource
 def _case(name: str, size: str, seq: int, measure: str | None) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _CHILD, name, size, str(seq), measure or ""], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
                 "wall_seconds": time.perf_counter() - t0}

@@ -8,8 +8,17 @@ and memory of every layer (the Profile contract).
 from profiler.errors import PipeplanError
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 
-__all__ = ["PipeplanError", "Profile", "ProfileEdge", "ProfileNode", "ModelInfo", "Provenance",
-           "load_profile", "profile_model", "profile_hf_config"]
+__all__ = [
+    "ModelInfo",
+    "PipeplanError",
+    "Profile",
+    "ProfileEdge",
+    "ProfileNode",
+    "Provenance",
+    "load_profile",
+    "profile_hf_config",
+    "profile_model",
+]
 
 
 def __getattr__(name: str):

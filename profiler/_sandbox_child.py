@@ -75,7 +75,7 @@ def _call_factory(path: str, factory: str, batch_size: int, seq_len: int | None)
     spec.loader.exec_module(module)
     fn = getattr(module, factory, None)
     if not callable(fn):
-        raise ValueError(f"{path} has no function {factory!r}")
+        raise ValueError(f"{path} has no function {factory!r}")  # noqa: TRY004 - the parent reports "ValueError: ..."
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("batch_size", batch_size), ("seq_len", seq_len))
               if k in params and v is not None}
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
         with open(req["output"], "w") as f:
             f.write(prof.to_json())
         return 0
-    except BaseException as exc:  # report everything as one line; the parent turns it into a PipeplanError
+    except BaseException as exc:  # noqa: BLE001 - report everything as one line; the parent turns it into a PipeplanError
         if isinstance(exc, SystemExit):
             print(f"SystemExit: the factory called sys.exit({exc.code})", file=sys.stderr)
         else:

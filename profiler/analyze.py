@@ -228,7 +228,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             packed: list[torch.Tensor] = []
 
             def pack(t: torch.Tensor) -> torch.Tensor:
-                packed.append(t)
+                packed.append(t)  # noqa: B023 - used only within this iteration
                 return t
 
             mode.totals = cost.fwd

@@ -88,7 +88,7 @@ class OpTotals:
     ms: float = 0.0
     """Σ per-op roofline time (only when the mode was given an `op_time`)."""
 
-    def add(self, other: "OpTotals") -> None:
+    def add(self, other: OpTotals) -> None:
         self.flops += other.flops
         self.bytes += other.bytes
         self.ms += other.ms

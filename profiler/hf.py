@@ -9,7 +9,6 @@ is refused. Layer ids are module paths of the HF model ("model.layers.3").
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +85,7 @@ def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int |
             model = getattr(transformers, _AUTO[task]).from_config(config, trust_remote_code=False)
     except PipeplanError:
         raise
-    except Exception as exc:  # transformers raises many types for bad configs
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad configs
         raise PipeplanError(f"transformers could not build {model_type!r} from this config: "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     return model, task, config

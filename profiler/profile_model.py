@@ -128,7 +128,7 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
                 with shortened(model, runs):
                     traced, _, _, programs, analysis, params = trace_and_analyse()
                     expanded = expand(runs, traced, programs, analysis, params, model)
-            except Exception:  # the shortened model does not run (forward indexes blocks by number)
+            except Exception:  # noqa: BLE001 - the shortened model does not run (forward indexes blocks by number)
                 expanded = None
         if expanded is not None:
             traced, analysis, params = expanded

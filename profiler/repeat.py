@@ -34,6 +34,7 @@ expanded profile equals the full one field by field (tests/test_profiler.py).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def _equal(a, b) -> bool:
                 and a.dtype == b.dtype and a.device == b.device)
     try:
         return type(a) is type(b) and bool(a == b)
-    except Exception:  # an object without a usable ==: only identity counts
+    except Exception:  # noqa: BLE001 - an object without a usable ==: only identity counts
         return False
 
 
@@ -226,7 +227,7 @@ def expand(runs: list[Run], traced: TracedModel, programs: list[LayerProgram], a
             elif s == b2:
                 new_edges[(last, d)] = list(v)
             elif (s, d) == (b0, b1):
-                for a, b in zip(ids[:-1], ids[1:]):
+                for a, b in itertools.pairwise(ids):
                     new_edges[(a, b)] = list(v)
             else:
                 new_edges[(s, d)] = list(v)

@@ -103,7 +103,7 @@ def profile_file_factory(rest: str, *, batch_size: int = 1, seq_len: int | None 
         proc = subprocess.Popen(
             [sys.executable, "-m", "profiler._sandbox_child", json.dumps(request)],
             cwd=workdir, env=_child_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            encoding="utf-8", errors="replace", preexec_fn=_limits(memory_bytes), stdin=subprocess.DEVNULL)
+            encoding="utf-8", errors="replace", preexec_fn=_limits(memory_bytes), stdin=subprocess.DEVNULL)  # noqa: PLW1509 - rlimits need it
         try:
             _, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -20,7 +20,6 @@ from torch.utils._pytree import tree_flatten, tree_map
 from profiler.analyze import detach_input, grad_leaves, grad_targets, loss_closure
 from profiler.layers import LayerProgram, resolve_attr
 
-
 # Layers slower than this (first run, fwd + bwd) get 1 warm-up and 3 timed runs:
 # GPT-124M at seq 1024 on 2 CPU cores would otherwise take minutes.
 SLOW_LAYER_MS = 100.0

@@ -182,11 +182,11 @@ def trace_graph(model: nn.Module, inputs: tuple, tracer: str = "auto") -> tuple[
         try:
             ep = torch.export.export(model, tuple(inputs), strict=False)
             return ep.module(), "export"
-        except Exception as export_exc:  # any tracer failure: try the next tracer
+        except Exception as export_exc:  # noqa: BLE001 - any tracer failure: try the next tracer
             export_error = export_exc
     try:
         return fx.symbolic_trace(model), "fx"
-    except Exception as fx_exc:
+    except Exception as fx_exc:  # noqa: BLE001 - both tracers failed: report the user's line
         where = _user_frame(export_error) or _user_frame(fx_exc)
         raise PipeplanError(
             f"cannot trace the model: torch.export failed ({_first_line(export_error)})"

@@ -22,10 +22,16 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from hostile.corpus import CASES, Base, pickle_payload
-from hostile.harness import (CliResult, assert_clear_refusal, base_documents, fill, markers_absent, module_exists,
-                             run_cli)
+from hostile.harness import (
+    CliResult,
+    assert_clear_refusal,
+    base_documents,
+    fill,
+    markers_absent,
+    module_exists,
+    run_cli,
+)
 
 NEEDS = {"hf": "profiler.hf"}
 TIME_LIMIT_S = {"profile_sparse_20gib": 30, "train_hundred_million_microbatches": 60, "zip_bomb_1gib": 60,

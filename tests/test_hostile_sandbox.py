@@ -10,7 +10,6 @@ import re
 import time
 
 import pytest
-
 from hostile.corpus import SANDBOX_CASES, by_name
 from hostile.harness import FAKE_SECRET, module_exists, run_cli
 

@@ -221,7 +221,7 @@ def test_shortened_trace_falls_back_when_blocks_are_not_a_chain(monkeypatch):
 
     model = _SumOfBlocks()
     assert [r.path for r in find_runs(model)] == ["blocks"]
-    loss = lambda out, t: torch.nn.functional.cross_entropy(out, t)  # noqa: E731
+    loss = lambda out, t: torch.nn.functional.cross_entropy(out, t)
     short, full, used = _profile_both(model, (torch.randn(4, 8),), loss, torch.tensor([0, 1, 0, 1]), monkeypatch)
     assert not used and short == full
     assert find_runs(_SumOfBlocks(odd=True)) == []  # block 3 has another attribute

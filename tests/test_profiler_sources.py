@@ -15,16 +15,16 @@ from profiler.profile_model import profile_model
 from profiler.sources import load_profile
 
 HF_CONFIGS = {
-    "gpt2": dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=2, n_embd=64, n_head=4,
-                 vocab_size=128, n_positions=64, bos_token_id=0, eos_token_id=0),
-    "llama": dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-                  max_position_embeddings=64),
-    "bert": dict(model_type="bert", architectures=["BertForMaskedLM"], hidden_size=64, intermediate_size=128,
-                 num_hidden_layers=2, num_attention_heads=4, vocab_size=128, max_position_embeddings=64),
-    "vit": dict(model_type="vit", architectures=["ViTForImageClassification"], hidden_size=64,
-                intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
-                num_labels=10),
+    "gpt2": {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": 64, "n_head": 4,
+                 "vocab_size": 128, "n_positions": 64, "bos_token_id": 0, "eos_token_id": 0},
+    "llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+                  "max_position_embeddings": 64},
+    "bert": {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 64, "intermediate_size": 128,
+                 "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64},
+    "vit": {"model_type": "vit", "architectures": ["ViTForImageClassification"], "hidden_size": 64,
+                "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8,
+                "num_labels": 10},
 }
 
 

@@ -127,9 +127,9 @@ def _defines(tree: ast.Module, name: str) -> bool:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             if any(isinstance(n, ast.Name) and n.id == name for t in targets for n in ast.walk(t)):
                 return True
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any((a.asname or a.name.split(".")[0]) == name for a in node.names):
-                return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and \
+                any((a.asname or a.name.split(".")[0]) == name for a in node.names):
+            return True
     return False
 
 

@@ -180,10 +180,9 @@ def _zip_bomb(name: str, member: str) -> Callable[[Path, Base], Path]:
     def build(folder: Path, base: Base) -> Path:
         p = folder / name
         chunk = b"\0" * (16 * 2**20)
-        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:
-            with z.open(member, "w", force_zip64=True) as f:
-                for _ in range(64):
-                    f.write(chunk)
+        with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z, z.open(member, "w", force_zip64=True) as f:
+            for _ in range(64):
+                f.write(chunk)
         return p
     return build
 

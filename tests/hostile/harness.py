@@ -60,7 +60,7 @@ def run_cli(argv: list[str], *, timeout: float = 120, cwd: Path | None = None,
     env.pop("PIPEPLAN_ALLOW_CODE", None)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "planner.cli", *argv], capture_output=True, timeout=timeout,
-                          cwd=cwd or ROOT, env=env)
+                          cwd=cwd or ROOT, env=env, check=False)
     return CliResult(proc.returncode, proc.stdout.decode("utf-8", "replace"),
                      proc.stderr.decode("utf-8", "replace"), time.monotonic() - start)
 
