@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8501
 
-.PHONY: install app test bench bench-quick lint clean
+.PHONY: install app test test-fast bench bench-quick lint clean
 
 $(VENV)/.pipeplan-installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ app: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The quick loop: every test not marked slow (no torchrun, browser or subprocess-heavy tests).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) -m bench.run

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from helpers_app import synthetic_profile
 from streamlit.testing.v1 import AppTest
-from test_app_units import synthetic_profile
 
 from ui.cluster_view import DEFAULT_DEVICES, DEFAULT_PER_NODE, DEFAULT_PRESET, device_table_key
 

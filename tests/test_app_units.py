@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_app import synthetic_profile
 
 from planner.cli import build_parser
 from planner.cluster import Cluster
@@ -17,26 +18,11 @@ from planner.plan import Plan
 from planner.solve import solve
 from profiler.errors import PipeplanError
 from profiler.gpus import GPU_PRESETS, GiB
-from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 from ui import charts
 from ui.cluster_table import CUSTOM, base_rows, cluster_from_rows, rows_for_count
 from ui.commands import cli_commands
 from ui.plan_facts import MEMORY_PARTS, device_memory, headline
 from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, code_execution_allowed, profile_from_upload
-
-
-def synthetic_profile(n: int = 12, *, act_bytes: int = 200_000_000, source: str = "sample:gpt:tiny") -> Profile:
-    """A chain of n blocks with growing cost: enough to make cuts matter."""
-    nodes = [ProfileNode(id=f"layers.{i}", name=f"block {i}", kind="block", module_path=f"layers.{i}",
-                         fwd_flops=1e12, bwd_flops=2e12, fwd_ms=1.0 + 0.1 * i, bwd_ms=2.0 + 0.2 * i,
-                         param_bytes=40_000_000, param_count=10_000_000, activation_bytes=act_bytes,
-                         output_bytes=4_000_000) for i in range(n)]
-    edges = [ProfileEdge(src=f"layers.{i}", dst=f"layers.{i + 1}", bytes=4_000_000) for i in range(n - 1)]
-    return Profile(model=ModelInfo(source=source, name="synthetic", param_count=n * 10_000_000,
-                                   micro_batch_size=2, seq_len=128, input_bytes=1000),
-                   provenance=Provenance(method="estimated", device="A100-80GB", reference_tflops=312),
-                   nodes=nodes, edges=edges)
-
 
 # -- cluster table -------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """End-to-end test in a real browser: `streamlit run app.py` driven by Playwright + Debian's chromium.
 
 Never `playwright install`: Playwright drives the system chromium
-(`apt-get install -y chromium`; .ci/run does it). Screenshots land in
-tests/artifacts/.
+(`apt-get install -y chromium`; .ci/run does it), or the binary $PIPEPLAN_CHROMIUM names.
+Without it the test is skipped locally and fails when $CI is set (.ci/run sets it), so CI
+never passes without having run it. Screenshots land in tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMELINE = '[data-testid="stPlotlyChart"] .main-svg'
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def free_port() -> int:
@@ -36,7 +37,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def chromium() -> Path:
+    """The chromium binary; checked before the Streamlit server starts."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    reason = (f"{CHROMIUM} not found: the browser test needs Debian's chromium. Install it with "
+              "`apt-get install -y chromium` (.ci/run does) or set PIPEPLAN_CHROMIUM to a chromium binary; "
+              "never `playwright install`.")
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{reason} CI is set, so a missing browser is a failure, not a skip.")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server(chromium):
     port = free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with open(ARTIFACTS / "streamlit.log", "w") as log:
@@ -70,14 +84,11 @@ def _serve(port: int, log):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: the browser test needs Debian's chromium. "
-                    "Run `apt-get install -y chromium` (.ci/run does); never `playwright install`.")
+def browser(chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         yield b
         b.close()
 

@@ -13,16 +13,11 @@ so REL_TOL = 1e-4 leaves 40x room. Since bf16 and fp32 runs of these tiny-init m
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export_files import load_job_module
-from test_export_plans import gpt_tiny_stages, hand_plan
-from test_export_train import losses, run_job
+from helpers_export import gpt_tiny_stages, hand_plan, losses, run_job
 
 from planner.export import export_plan
 
@@ -46,20 +41,21 @@ def rel_diffs(a: list[dict], b: list[dict]) -> list[float]:
     return [abs(x - y) / abs(y) for x, y in zip(losses(a), losses(b))]
 
 
-def test_boundary_tensors_keep_their_fp32_dtype_under_autocast(tmp_path):
+def test_boundary_tensors_keep_their_fp32_dtype_under_autocast(load_job, tmp_path):
     """DLRM's stage 0 ends in a Linear+ReLU: autocast makes that bf16, but the static stage metadata
     (from the meta run) says fp32, so the stage must send fp32 (gloo would abort on the size mismatch)."""
     job = export_with(tmp_path, "dlrm", hand_plan("sample:dlrm:tiny", DLRM_STAGES, micro_batch_size=4),
                       "bf16_mixed")
-    train = load_job_module(job)
+    train = load_job(job)
     assert train.BF16_MIXED
     example, _ = train.example_batch()
-    modules = train.split_into_stages(train.trace_model(example), train.SETTINGS["stages"])
+    modules = train.split_into_stages(train.trace_model(train.meta_model(), example), train.SETTINGS["stages"],
+                                      bf16_mixed=train.BF16_MIXED)
     shapes = train.stage_shapes(modules, example)
     stage = modules[0]
     cpu = torch.device("cpu")
     train.retarget_devices(stage, cpu)
-    train.materialize(stage, cpu, 0)
+    train.materialize(stage, cpu, 0, train.model_source.init_parameters, train.model_source.init_buffers)
     inputs, _ = train.model_source.make_batch(4)
     sent = stage(*inputs)
     sent = sent if isinstance(sent, tuple) else (sent,)
@@ -71,12 +67,12 @@ def test_boundary_tensors_keep_their_fp32_dtype_under_autocast(tmp_path):
     assert train.upcast((torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.long)))[0].dtype == torch.float32
 
 
-def test_fp32_plan_has_no_autocast(tmp_path):
+def test_fp32_plan_has_no_autocast(load_job, tmp_path):
     job = export_with(tmp_path, "fp32", hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), seq_len=32), "fp32")
-    train = load_job_module(job)
+    train = load_job(job)
     assert not train.BF16_MIXED
     assert not torch.is_autocast_enabled("cpu")
-    with train.mixed_precision(torch.device("cpu")):
+    with train.mixed_precision(torch.device("cpu"), train.BF16_MIXED):
         assert not torch.is_autocast_enabled("cpu")
 
 

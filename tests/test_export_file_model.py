@@ -11,10 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export_plans import hand_plan
-from test_export_train import losses, run_job
+from helpers_export import hand_plan, losses, run_job
 
 from planner.export import export_plan, render_job
 from profiler.errors import PipeplanError
@@ -150,18 +147,18 @@ def test_exported_adapter_passes_the_projects_lint(user_file, tmp_path):
     export_plan(net_plan(f"file:{user_file}:make"), tmp_path / "job")
     pyproject = Path(__file__).parents[1] / "pyproject.toml"
     proc = subprocess.run([str(ruff), "check", "--config", str(pyproject), "--output-format", "concise",
-                           str(tmp_path / "job" / "train.py"), str(tmp_path / "job" / "model" / "__init__.py")],
+                           str(tmp_path / "job" / "train.py"), str(tmp_path / "job" / "pipeline_runtime.py"),
+                           str(tmp_path / "job" / "model" / "__init__.py")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_adapter_follows_the_profilers_factory_conventions(user_file, tmp_path):
+def test_adapter_follows_the_profilers_factory_conventions(load_job, user_file, tmp_path):
     """In-process: what model/__init__.py makes of each factory form (this runs the copied file)."""
     import torch
-    from test_export_files import load_job_module
 
     export_plan(net_plan(f"file:{user_file}:make"), tmp_path / "lm")
-    train = load_job_module(tmp_path / "lm")
+    train = load_job(tmp_path / "lm")
     adapter = train.model_source
     example, batched = train.example_batch()
     assert batched == [True] and example[0].shape == (2, 8) and example[0].is_meta
@@ -175,7 +172,7 @@ def test_adapter_follows_the_profilers_factory_conventions(user_file, tmp_path):
     assert all(p.is_meta for p in adapter._example()[0].parameters()), "no parameter memory for the example"
 
     export_plan(hand_plan(f"file:{user_file}:make_fixed", [["0"], ["1"]], micro_batch_size=3), tmp_path / "fixed")
-    train = load_job_module(tmp_path / "fixed")
+    train = load_job(tmp_path / "fixed")
     example, batched = train.example_batch()
     assert batched == [True] and example[0].shape == (3, 16)
     (x,), target = train.model_source.make_batch(6)

@@ -3,7 +3,6 @@ bad input as one clear line, and train.py's stage rule agreeing with the profile
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import sys
@@ -11,15 +10,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export_plans import gpt_tiny_stages, hand_plan
+from helpers_export import gpt_tiny_stages, hand_plan
 
 from planner.cli import main as cli_main
 from planner.export import export_plan, export_zip_bytes, render_job
 from profiler.errors import PipeplanError
 
-JOB_FILES = {"train.py", "launch.sh", "slurm.sbatch", "plan.json", "README.md",
+JOB_FILES = {"train.py", "pipeline_runtime.py", "launch.sh", "slurm.sbatch", "plan.json", "README.md",
              "model/__init__.py", "model/init.py", "model/spec.py", "model/gpt.py"}
 
 
@@ -116,17 +113,6 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert err.startswith("pipeplan export: error:") and err.count("\n") == 1
 
 
-def load_job_module(job: Path):
-    """Import an exported train.py in this process (its `model` package comes from the job folder)."""
-    for name in [m for m in sys.modules if m == "model" or m.startswith("model.")] + ["train"]:
-        sys.modules.pop(name, None)
-    sys.path.insert(0, str(job))
-    try:
-        return importlib.import_module("train")
-    finally:
-        sys.path.remove(str(job))
-
-
 @pytest.mark.parametrize("source, stages, kw", [
     ("sample:gpt:tiny", [["wte", "wpe", "layers.0"], ["layers.1", "layers.2", "layers.3", "ln_f", "lm_head"]],
      {"seq_len": 32}),
@@ -138,33 +124,34 @@ def load_job_module(job: Path):
     ("sample:gpt:tiny", [[x] for x in ["wte", "wpe", *[f"layers.{i}" for i in range(4)], "ln_f", "lm_head"]],
      {"seq_len": 32}),
 ])
-def test_train_py_stage_rule_agrees_with_profiler_layer_rule(tmp_path, source, stages, kw):
+def test_train_py_stage_rule_agrees_with_profiler_layer_rule(load_job, tmp_path, source, stages, kw):
     """Every graph op runs in the stage that holds the profile layer the profiler assigned it to,
     so the plan's costs describe what each exported stage computes."""
     from profiler.trace import trace_model
 
     export_plan(hand_plan(source, stages, **kw), tmp_path / "job")
-    train = load_job_module(tmp_path / "job")
+    train = load_job(tmp_path / "job")
+    runtime = sys.modules["pipeline_runtime"]  # the job's copy, which train.py imported
     example, _ = train.example_batch()
-    node_stage = train.assign_stages(train.trace_model(example), train.SETTINGS["stages"])
+    node_stage = runtime.assign_stages(train.trace_model(train.meta_model(), example), train.SETTINGS["stages"])
     with __import__("torch").device("meta"):
         traced = trace_model(train.model_source.build_model(), example)
     layer_stage = {lid: s for s, ids in enumerate(stages) for lid in ids}
     expected = {name: layer_stage[lay] for name, lay in traced.node_layer.items()}
     assert node_stage == expected
-    modules = train.split_into_stages(train.trace_model(example), train.SETTINGS["stages"])
+    modules = train.split_into_stages(train.trace_model(train.meta_model(), example), train.SETTINGS["stages"])
     assert len(modules) == len(stages) and all(m.param_fqns for m in modules)
     shapes = train.stage_shapes(modules, example)
     assert all(out[0].requires_grad for _, out in shapes), "every stage output carries a gradient"
 
 
-def test_train_py_rejects_plan_layers_the_model_lacks(tmp_path):
+def test_train_py_rejects_plan_layers_the_model_lacks(load_job, tmp_path):
     export_plan(hand_plan("sample:gpt:tiny", [["wte", "wpe", "layers.0"], ["layers.9", "lm_head"]], seq_len=32),
                 tmp_path / "job")
-    train = load_job_module(tmp_path / "job")
+    train = load_job(tmp_path / "job")
     example, _ = train.example_batch()
     with pytest.raises(train.JobError, match=r"plan layers \['layers.9'\] are not modules of this model"):
-        train.split_into_stages(train.trace_model(example), train.SETTINGS["stages"])
+        train.split_into_stages(train.trace_model(train.meta_model(), example), train.SETTINGS["stages"])
 
 
 def test_exported_python_passes_the_projects_lint(tmp_path):

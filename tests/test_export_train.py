@@ -7,111 +7,25 @@ data, seed and micro-batches; 1e-5 is far below what a missed tied-gradient sync
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers_export import (
+    VENV_BIN,
+    check_equivalence,
+    export,
+    gpt_tiny_stages,
+    hand_plan,
+    job_env,
+    json_lines,
+    kill_tree,
+    losses,
+    run_job,
+)
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export_plans import gpt_tiny_stages, hand_plan
-
-from planner.export import export_plan
-
-pytestmark = pytest.mark.slow
-
-VENV_BIN = Path(sys.executable).parent
-TOL = 1e-5
-STEPS = 5
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)  # the job must not need pipeplan on the path
-    return env
-
-
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def run_job(job: Path, args: list[str], nproc: int | None, timeout: float = 300) -> list[dict]:
-    if nproc is None:
-        cmd = [sys.executable, "train.py", "--single-process", *args]
-    else:
-        cmd = [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "train.py", *args]
-    proc = subprocess.run(cmd, cwd=job, env=_env(), capture_output=True, text=True, timeout=timeout,
-                          check=False)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return json_lines(proc.stdout)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and all its descendants (torchrun starts each worker in its own session,
-    so killing torchrun's process group would leave the workers running)."""
-    def children(p: int) -> list[int]:
-        out = []
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                out += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        return out
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children(p)
-    for p in reversed(found):  # workers first, then torchrun
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-_SINGLE: dict[tuple, list[dict]] = {}
-
-
-def single_reference(job: Path, plan, steps: int = STEPS) -> list[dict]:
-    """`train.py --single-process` for this job; cached, since it depends only on the model, data,
-    micro-batching and steps (not on the split or schedule), so several tests share one run."""
-    cfg = plan.config
-    key = (plan.model.source, plan.model.seq_len, plan.model.image_size, cfg.num_microbatches,
-           cfg.micro_batch_size, cfg.data_parallel, steps)
-    if key not in _SINGLE:
-        _SINGLE[key] = run_job(job, ["--steps", str(steps)], None)
-    return _SINGLE[key]
-
-
-def losses(lines: list[dict]) -> list[float]:
-    return [d["loss"] for d in lines]
-
-
-def assert_same_losses(pipeline: list[dict], single: list[dict], steps: int = STEPS) -> None:
-    assert [d["step"] for d in pipeline] == list(range(1, steps + 1))
-    assert [d["step"] for d in single] == list(range(1, steps + 1))
-    diffs = [abs(a - b) for a, b in zip(losses(pipeline), losses(single))]
-    assert max(diffs) <= TOL, f"pipeline {losses(pipeline)} vs single {losses(single)}: max diff {max(diffs)}"
-    for d in pipeline:
-        assert set(d) == {"step", "loss", "step_time_s", "samples_per_s", "max_mem_bytes"}
-        assert d["step_time_s"] > 0 and d["samples_per_s"] > 0 and d["max_mem_bytes"] > 0
-    # the run trains: losses move (a frozen model would also "match")
-    assert len(set(losses(single))) > 1
-
-
-def export(tmp_path: Path, name: str, plan) -> Path:
-    job = tmp_path / name
-    export_plan(plan, job)
-    return job
-
-
-def check_equivalence(tmp_path: Path, name: str, plan, nproc: int) -> None:
-    job = export(tmp_path, name, plan)
-    assert_same_losses(run_job(job, ["--steps", str(STEPS)], nproc), single_reference(job, plan))
+pytestmark = [pytest.mark.slow, pytest.mark.torchrun]
 
 
 def test_gpt_gpipe_matches_single_process(tmp_path):
@@ -172,7 +86,7 @@ def test_checkpoint_kill_resume_matches_uninterrupted(tmp_path):
     ckpt = tmp_path / "ckpt_dir"
     cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py", *args,
            "--checkpoint-dir", str(ckpt)]
-    proc = subprocess.Popen(cmd, cwd=job, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    proc = subprocess.Popen(cmd, cwd=job, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     seen = []
     try:
@@ -207,14 +121,14 @@ def test_mismatched_micro_batch_shape_fails_clearly_before_any_process_group(tmp
                                         "    return (inputs[0][:, :31],), target[:, :31]\n"))
     cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py", "--steps", "2"]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=job, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(cmd, cwd=job, env=job_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "train.py: error: get_batch input 0 has shape (8, 31)" in proc.stderr
     assert "need (8, 32)" in proc.stderr
     # no traceback from the job itself (torchrun still reports the failed worker its own way)
     assert "Received data size" not in proc.stderr and 'train.py", line' not in proc.stderr
     assert time.monotonic() - start < 100
-    single = subprocess.run([sys.executable, "train.py", "--single-process", "--steps", "1"], cwd=job, env=_env(),
+    single = subprocess.run([sys.executable, "train.py", "--single-process", "--steps", "1"], cwd=job, env=job_env(),
                             capture_output=True, text=True, timeout=120, check=False)
     assert single.returncode == 2 and single.stderr.startswith("train.py: error: get_batch input 0")
 

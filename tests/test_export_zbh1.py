@@ -4,16 +4,11 @@ exported job trains like --single-process (torchrun, gloo)."""
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 from unittest import mock
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export_plans import gpt_tiny_stages, hand_plan
-from test_export_train import check_equivalence
+from helpers_export import check_equivalence, gpt_tiny_stages, hand_plan
 
 from planner.schedules import schedule_actions
 from profiler.errors import PipeplanError
