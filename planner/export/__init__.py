@@ -1,7 +1,8 @@
 """Export a Plan as a runnable torch.distributed.pipelining training job.
 
     from planner.export import export_plan, export_zip_bytes
-    export_plan(plan, "job/")            # train.py, launch.sh, slurm.sbatch, plan.json, README.md, model/
+    export_plan(plan, "job/")            # train.py, pipeline_runtime.py, launch.sh, slurm.sbatch, plan.json,
+                                         # README.md, model/
     data = export_zip_bytes(plan)         # the same files as a zip (fixed timestamps: reproducible bytes)
 
 See docs/export.md for how the generated train.py splits the model and how to run it.

@@ -10,7 +10,8 @@ import json
 import shlex
 
 from planner.config import MULTI_CHUNK_SCHEDULES
-from planner.export.model_files import model_files, model_readme, template_text
+from planner.export.model_files import model_files, model_readme, runtime_text, template_text
+from planner.export.runtime import RUNTIME_FILES
 from planner.plan import Plan
 from planner.schedules import check_schedule, stage_to_device
 from profiler.errors import PipeplanError
@@ -110,6 +111,8 @@ def render_job(plan: Plan, *, model_source: str | None = None) -> dict[str, str]
         for key, value in subst.items():
             text = text.replace(key, value)
         files[name] = text
+    for name in RUNTIME_FILES:  # copied as they are: plan-independent, and imported by train.py
+        files[name] = runtime_text(name)
     files["plan.json"] = plan.to_json(indent=2) + "\n"
     files.update(model_files(source, plan.model))
     return dict(sorted(files.items()))

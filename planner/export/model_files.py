@@ -31,6 +31,11 @@ def template_text(name: str) -> str:
     return resources.files("planner.export").joinpath("templates", name).read_text(encoding="utf-8")
 
 
+def runtime_text(name: str) -> str:
+    """A file of planner/export/runtime/, which a job folder holds unchanged (see that package)."""
+    return resources.files("planner.export.runtime").joinpath(name).read_text(encoding="utf-8")
+
+
 def _sample_model_files(source: str, info: ModelInfo) -> dict[str, str]:
     import sample_models
 

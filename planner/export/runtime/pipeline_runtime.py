@@ -1,0 +1,446 @@
+"""The plan-independent half of an exported pipeplan training job (copied next to train.py).
+
+train.py holds what the plan decides (SETTINGS: stages, schedule, micro-batches, optimizer,
+precision), the data (get_batch) and the two training loops; this module holds the machinery they
+share, with everything plan-specific passed in as arguments. It needs only torch (no pipeplan),
+and is the same file in every job.
+
+How the model is split:
+1. build the model on the meta device and trace it with torch.export(strict=False) (trace_model);
+2. give every graph op a stage (assign_stages): ops inside a plan layer (module path prefix, e.g.
+   "layers.3") go to that layer's stage; ops outside every layer go to the stage of their first
+   consumer (never earlier than their inputs);
+3. cut the graph with split_module and wrap each piece in a chain-contract module
+   (split_into_stages, StageModule): stage k receives every tensor live across boundary k-1 and
+   returns every tensor live across boundary k, so skip connections are relayed stage by stage
+   (the torch runtime only talks to adjacent stages). Parameters are never shipped: each stage
+   owns the ones it uses;
+4. each rank materialises only its own stages' parameters, initialised per FQN exactly as the
+   unsplit model is (materialize, with model/init.py's rule), and runs PipelineStage in static
+   mode with the shapes taken from a meta run of the split model (stage_shapes).
+
+Then, per step: tied-gradient sum and data-parallel average (sync_gradients), clipping by the
+global norm over all stages (clip_by_global_norm), one JSON line (log_step), and checkpoints by
+parameter FQN (save_checkpoint, finish_checkpoint, load_checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import resource
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.fx.passes.split_module import split_module
+
+__all__ = [
+    "JobError", "StageModule", "all_reduce_mean", "assign_stages", "check_batch", "clip_by_global_norm",
+    "finish_checkpoint", "layer_of", "load_checkpoint", "log_step", "materialize", "max_mem_bytes",
+    "micro_batches", "mixed_precision", "module_path", "pick_device", "retarget_devices", "save_checkpoint",
+    "split_into_stages", "stage_shapes", "sync_gradients", "trace_model", "upcast",
+]
+
+
+class JobError(Exception):
+    """Bad input or setup; printed as one line before any process group exists."""
+
+
+# --------------------------------------------------------------------------- data
+def check_batch(inputs: tuple, target: torch.Tensor, example: tuple, batched: list[bool], num_microbatches: int) -> None:
+    """Fail with a clear message when the data does not have the shape the plan was traced at.
+    (Otherwise gloo aborts mid-step with "Received data size doesn't match expected size".)"""
+    if len(inputs) != len(example):
+        raise JobError(f"get_batch returned {len(inputs)} inputs; the model was traced with {len(example)}")
+    for i, (x, ex, is_batched) in enumerate(zip(inputs, example, batched)):
+        want = (ex.shape[0] * num_microbatches, *ex.shape[1:]) if is_batched else tuple(ex.shape)
+        if tuple(x.shape) != tuple(want) or x.dtype != ex.dtype:
+            raise JobError(
+                f"get_batch input {i} has shape {tuple(x.shape)} {x.dtype}; the plan was traced at micro-batch shape "
+                f"{tuple(ex.shape)} {ex.dtype}, so {num_microbatches} micro-batches need {tuple(want)} {ex.dtype}. "
+                "Make get_batch return that shape, or re-profile and re-plan at the new shape and export again")
+    if target.shape[0] != inputs[0].shape[0]:
+        raise JobError(f"get_batch target has {target.shape[0]} rows but the inputs have {inputs[0].shape[0]}")
+
+
+def micro_batches(inputs: tuple, target: torch.Tensor, n: int, batched: list[bool]):
+    """Split like the pipeline schedule does (tensor_split on dim 0; non-batched inputs replicated)."""
+    parts = [torch.tensor_split(x, n) if b else [x] * n for x, b in zip(inputs, batched)]
+    return [(tuple(p[i] for p in parts), t) for i, t in enumerate(torch.tensor_split(target, n))]
+
+
+# --------------------------------------------------------------------------- trace and split
+def trace_model(module: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
+    """The model (built under torch.device("meta")), traced the way pipeplan's profiler traces it."""
+    gm = torch.export.export(module, example_inputs, strict=False).module()
+    for node in list(gm.graph.nodes):  # export's input-guard check: not part of the computation
+        if node.op == "call_module" and not node.users and node.target == "_guards_fn":
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+def module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def layer_of(path: str, layer_ids: list[str]) -> str | None:
+    """The plan layer owning a module path: the longest layer id that is the path or a prefix of it."""
+    best = None
+    for lid in layer_ids:
+        if (path == lid or path.startswith(lid + ".")) and (best is None or len(lid) > len(best)):
+            best = lid
+    return best
+
+
+def assign_stages(gm: torch.fx.GraphModule, stages: list[list[str]]) -> dict[str, int]:
+    """fx node name -> stage index, for every computing node."""
+    layer_stage = {lid: s for s, ids in enumerate(stages) for lid in ids}
+    layer_ids = list(layer_stage)
+    compute = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    owned: dict[str, int] = {}
+    found: set[str] = set()
+    for n in compute:
+        lid = layer_of(module_path(n), layer_ids)
+        if lid is not None:
+            owned[n.name] = layer_stage[lid]
+            found.add(lid)
+    missing = [lid for lid in layer_ids if lid not in found]
+    if missing:
+        raise JobError(f"plan layers {missing} are not modules of this model (or compute nothing); "
+                       "was plan.json made for another model?")
+    # Ops outside every layer (root-level adds, masks, the DLRM interaction) follow pipeplan's layer
+    # rule (profiler/trace.py, rule 3): they join the latest stage that produced one of their inputs;
+    # ops fed only by model inputs or constants join their earliest consumer's stage.
+    stage: dict[str, int] = {}
+    for n in compute:
+        producers = [stage[a.name] for a in n.all_input_nodes if a.name in stage]
+        if n.name in owned:
+            if producers and owned[n.name] < max(producers):
+                raise JobError(f"op {n.name} (module {module_path(n)!r}) is in stage {owned[n.name]} but uses a value "
+                               f"from stage {max(producers)}: the plan's stages are not in the model's data-flow order")
+            stage[n.name] = owned[n.name]
+        elif producers:
+            stage[n.name] = max(producers)
+    for n in reversed(compute):
+        if n.name not in stage:
+            consumers = [stage[u.name] for u in n.users if u.name in stage]
+            stage[n.name] = min(consumers) if consumers else 0
+    return stage
+
+
+def mixed_precision(device: torch.device, bf16_mixed: bool):
+    """The forward context: bf16 autocast for bf16_mixed (weights stay fp32, autocast casts them per op
+    and autograd brings their gradients back to fp32), nothing for fp32 or on meta (no autocast there)."""
+    if not bf16_mixed or device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def upcast(output):
+    """Floating outputs that autocast left in bf16, back to fp32: the loss is computed outside autocast on
+    fp32 values, in the pipeline (the last stage's outputs are fp32, see StageModule) and unsplit alike."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.dtype == torch.bfloat16 else output
+    if isinstance(output, (tuple, list)):
+        return type(output)(upcast(o) for o in output)
+    return output  # e.g. an HF ModelOutput: its loss_fn upcasts the logits itself
+
+
+class StageModule(nn.Module):
+    """One pipeline stage with a chain contract (see the module docstring).
+
+    `submod` is the split_module piece; it takes parameters as arguments, so this
+    wrapper owns them (by canonical FQN) and feeds them in, together with the
+    tensors received from the previous stage.
+
+    Under bf16_mixed the stage computes under autocast, but every floating tensor it sends keeps the
+    dtype it has without autocast (`out_dtypes`, from the meta run of stage_shapes; fp32 here). Why:
+    static PipelineStage fixes in advance the dtype of each tensor crossing a boundary, and autocast
+    picks output dtypes op by op and per device type (CPU and CUDA lists differ), so a cut after a
+    Linear would send bf16 where the receiver expects fp32 (gloo aborts on the size mismatch; NCCL
+    may not notice). Casting up at the boundary keeps the values exactly (bf16 -> fp32 is lossless)
+    and is a no-op for the usual boundary, a pre-norm transformer's residual stream, which autocast
+    already keeps in fp32. The price: such a bf16 boundary costs fp32 bytes on the wire.
+    """
+
+    def __init__(self, index: int, submod: torch.fx.GraphModule, call_args: list[str], bindings: list[tuple[str, int | None]],
+                 in_names: list[str], out_names: list[str], param_fqns: dict[str, str], buffer_fqns: dict[str, str],
+                 root: nn.Module, bf16_mixed: bool = False) -> None:
+        super().__init__()
+        self.index = index
+        self.submod = submod
+        self.call_args, self.bindings = call_args, bindings
+        self.in_names, self.out_names = in_names, out_names
+        self.param_names = list(param_fqns)  # split-graph value names
+        self.param_fqns = [param_fqns[n] for n in self.param_names]  # canonical FQNs in the full model
+        self.params = nn.ParameterList([root.get_parameter(f) for f in self.param_fqns])
+        self.buffer_names = list(buffer_fqns)
+        self.buffer_fqns = [buffer_fqns[n] for n in self.buffer_names]
+        for i, f in enumerate(self.buffer_fqns):
+            self.register_buffer(f"buf_{i}", root.get_buffer(f), persistent=False)
+        self.bf16_mixed = bf16_mixed
+        self.out_dtypes: list[torch.dtype] | None = None  # set by stage_shapes
+
+    def forward(self, *inputs: torch.Tensor):
+        env = dict(zip(self.in_names, inputs))
+        env.update(zip(self.param_names, self.params))
+        env.update((n, getattr(self, f"buf_{i}")) for i, n in enumerate(self.buffer_names))
+        device = self.params[0].device if len(self.params) else inputs[0].device
+        with mixed_precision(device, self.bf16_mixed):
+            out = self.submod(*[env[a] for a in self.call_args])
+        for name, idx in self.bindings:
+            env[name] = out if idx is None else out[idx]
+        result = tuple(env[n] for n in self.out_names)
+        if self.out_dtypes is not None:
+            result = tuple(t.to(d) if t.is_floating_point() and t.dtype != d else t
+                           for t, d in zip(result, self.out_dtypes))
+        return result[0] if len(result) == 1 else result
+
+
+def split_into_stages(gm: torch.fx.GraphModule, stages: list[list[str]], *,
+                      bf16_mixed: bool = False) -> list[StageModule]:
+    """Cut the traced model into len(stages) chain-contract stage modules (still on meta).
+    `stages`: the plan layer ids of every stage; `bf16_mixed`: run each stage's forward under bf16 autocast.
+    Reorders `gm`'s graph (stage by stage); the stages share its parameters."""
+    num_stages = len(stages)
+    node_stage = assign_stages(gm, stages)
+    used = set(node_stage.values())
+    empty = [s for s in range(num_stages) if s not in used]
+    if empty:
+        raise JobError(f"stages {empty} compute nothing; every stage needs at least one layer")
+    # Order ops by (stage, original position): still a valid topological order, since no op uses a
+    # later stage's value, and split_module then emits the stages in pipeline order.
+    position = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    for n in sorted((n for n in gm.graph.nodes if n.name in node_stage),
+                    key=lambda n: (node_stage[n.name], position[n.name])):
+        output.prepend(n)
+    gm.recompile()
+    split = split_module(gm, None, lambda n: node_stage[n.name], keep_original_order=True)
+    canonical = {id(p): fqn for fqn, p in gm.named_parameters()}
+    producer: dict[str, int] = {}
+    consumers: dict[str, set[int]] = {}
+    order: list[str] = []
+    attrs: dict[str, tuple[str, str]] = {}  # value name -> ("param" | "buffer", FQN)
+    calls: dict[int, torch.fx.Node] = {}
+    placeholders: list[str] = []
+    outputs: list[str] = []
+    for n in split.graph.nodes:
+        if n.op == "placeholder":
+            placeholders.append(n.name)
+            producer[n.name] = -1
+            order.append(n.name)
+        elif n.op == "get_attr":
+            value = gm
+            for part in n.target.split("."):
+                value = getattr(value, part)
+            if isinstance(value, nn.Parameter):
+                attrs[n.name] = ("param", canonical[id(value)])
+            elif n.target in dict(gm.named_buffers()):
+                attrs[n.name] = ("buffer", n.target)
+            else:
+                raise JobError(f"traced graph holds a constant tensor {n.target!r}; compute it in forward instead")
+        elif n.op == "call_module":
+            k = int(n.target.split("_")[-1])
+            calls[k] = n
+            producer[n.name] = k
+            order.append(n.name)
+            for a in n.all_input_nodes:
+                consumers.setdefault(a.name, set()).add(k)
+        elif n.op == "call_function":  # getitem unpacking a stage's tuple output
+            producer[n.name] = producer[n.args[0].name]
+            order.append(n.name)
+        elif n.op == "output":
+            outputs = [a.name for a in n.all_input_nodes]
+            for a in outputs:
+                consumers.setdefault(a, set()).add(num_stages)
+    # live(b): produced at or before stage b, still needed after it.
+    live = [[v for v in order if v in consumers and producer[v] <= b < max(consumers[v])] for b in range(num_stages)]
+    modules = []
+    for k in range(num_stages):
+        call = calls[k]
+        call_args = [a.name for a in call.args]
+        bindings = [(u.name, u.args[1]) for u in call.users] if call.users and all(
+            u.op == "call_function" and isinstance(u.args[1], int) for u in call.users) else [(call.name, None)]
+        in_names = placeholders if k == 0 else live[k - 1]
+        out_names = outputs if k == num_stages - 1 else live[k]
+        params = {a: attrs[a][1] for a in call_args if a in attrs and attrs[a][0] == "param"}
+        buffers = {a: attrs[a][1] for a in call_args if a in attrs and attrs[a][0] == "buffer"}
+        modules.append(StageModule(k, getattr(split, call.target), call_args, bindings, in_names, out_names,
+                                   params, buffers, gm, bf16_mixed))
+    return modules
+
+
+def stage_shapes(modules: list[StageModule], example_inputs: tuple) -> list[tuple[tuple, tuple]]:
+    """(inputs, outputs) meta tensors of every stage for one micro-batch, from a meta run of the
+    split model. requires_grad is what training gives them (static PipelineStage derives its
+    gradient metadata from it)."""
+    shapes = []
+    args = tuple(x.detach() for x in example_inputs)
+    for m in modules:
+        out = m(*args)
+        outs = out if isinstance(out, tuple) else (out,)
+        m.out_dtypes = [t.dtype for t in outs]
+        meta = lambda ts: tuple(torch.empty_like(t, device="meta").requires_grad_(t.requires_grad) for t in ts)
+        shapes.append((meta(args), meta(outs)))
+        args = outs
+    return shapes
+
+
+def retarget_devices(module: StageModule, device: torch.device) -> None:
+    """A meta trace burns device="meta" into ops such as arange and aten.to; point them at the real device."""
+    fix = lambda a: device if isinstance(a, torch.device) and a.type == "meta" else a
+    for node in module.submod.graph.nodes:
+        node.args = tuple(fix(a) for a in node.args)
+        node.kwargs = {k: fix(v) for k, v in node.kwargs.items()}
+    module.submod.recompile()
+
+
+@torch.no_grad()
+def materialize(module: StageModule, device: torch.device, seed: int,
+                init_parameters: Callable[[Iterable[tuple[str, nn.Parameter]], int], object],
+                init_buffers: Callable[[list[tuple[str, torch.Tensor]]], list]) -> dict[str, nn.Parameter]:
+    """Real storage for one stage; returns its parameters by FQN. Values come from the same
+    per-FQN rule as the unsplit model's (the model package's `init_parameters(named, seed)` and
+    `init_buffers(named)`, which returns the buffers it has no value for), so they are identical.
+    A tied parameter used by two stages gets one copy per stage, even on the same rank: zero-bubble
+    schedules compute weight gradients per stage and would mix up two stages' contributions to one
+    shared leaf. The copies get summed gradients and identical updates, so they stay equal."""
+    params: dict[str, nn.Parameter] = {}
+    for i, fqn in enumerate(module.param_fqns):
+        meta = module.params[i]
+        params[fqn] = nn.Parameter(torch.empty(meta.shape, dtype=meta.dtype, device=device),
+                                   requires_grad=meta.requires_grad)
+        module.params[i] = params[fqn]
+    for i, fqn in enumerate(module.buffer_fqns):
+        buf = getattr(module, f"buf_{i}")
+        setattr(module, f"buf_{i}", torch.empty(buf.shape, dtype=buf.dtype, device=device))
+        if init_buffers([(fqn, getattr(module, f"buf_{i}"))]):
+            raise JobError(f"buffer {fqn} has no known initial value: give it one in model/__init__.py init_buffers")
+    init_parameters(params.items(), seed)
+    return params
+
+
+# --------------------------------------------------------------------------- gradients
+@torch.no_grad()
+def clip_by_global_norm(counted: list[nn.Parameter], all_local: list[nn.Parameter], max_norm: float,
+                        group=None) -> float:
+    """Clip by the norm over ALL stages: squares of `counted` (each parameter once across the
+    pipeline) summed over `group`, then every local gradient scaled by the same factor.
+    Returns the norm before clipping; max_norm <= 0 only measures it."""
+    sq = torch.zeros((), dtype=torch.float64, device=all_local[0].device if all_local else "cpu")
+    for p in counted:
+        sq += p.grad.double().pow(2).sum()
+    if group is not None:
+        dist.all_reduce(sq, group=group)
+    norm = float(sq.sqrt())
+    coef = max_norm / (norm + 1e-6)
+    if max_norm > 0 and coef < 1.0:
+        for p in all_local:
+            p.grad.mul_(coef)
+    return norm
+
+
+@torch.no_grad()
+def all_reduce_mean(grads: list[torch.Tensor], group, size: int) -> None:
+    """One flat all-reduce of many gradients (SUM then divide: gloo has no AVG)."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    if size != 1:
+        flat.div_(size)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+@torch.no_grad()
+def sync_gradients(copies: dict[str, list[nn.Parameter]], shared: list[tuple[list[str], object]], dp_group,
+                   dp: int) -> None:
+    """Make every copy of every parameter hold the full gradient: sum over the stages that use a
+    tied parameter (local copies, then the other owner ranks), then average over data-parallel
+    replicas. Without the tied sum, training silently diverges."""
+    for ps in copies.values():
+        for p in ps:
+            if p.grad is None:  # unused in this step: a zero gradient keeps collectives aligned
+                p.grad = torch.zeros_like(p)
+        for p in ps[1:]:
+            ps[0].grad.add_(p.grad)
+    for fqns, group in shared:
+        all_reduce_mean([copies[f][0].grad for f in fqns], group, 1)
+    if dp_group is not None:
+        all_reduce_mean([ps[0].grad for ps in copies.values()], dp_group, dp)
+    for ps in copies.values():
+        for p in ps[1:]:
+            p.grad.copy_(ps[0].grad)
+
+
+# --------------------------------------------------------------------------- devices and logging
+def pick_device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def max_mem_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB -> bytes
+
+
+def log_step(step: int, loss: float, seconds: float, samples: int, device: torch.device) -> None:
+    print(json.dumps({"step": step, "loss": loss, "step_time_s": round(seconds, 6),
+                      "samples_per_s": round(samples / seconds, 3), "max_mem_bytes": max_mem_bytes(device)}), flush=True)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(ckpt_dir: Path, step: int, groups: dict[str, dict[str, torch.Tensor]], opt, rank: int,
+                    write_model: bool) -> None:
+    """step_N/<group>.pt: {fqn: tensor} and the optimizer state of those parameters by FQN (so a
+    checkpoint does not depend on how parameters are numbered on a rank); rank_R.pt: RNG states."""
+    d = ckpt_dir / f"step_{step:06d}"
+    d.mkdir(parents=True, exist_ok=True)
+    if write_model:
+        for name, tensors in groups.items():
+            state = {f: {k: v for k, v in opt.state[t].items()} for f, t in tensors.items() if t in opt.state}
+            torch.save({"step": step, "tensors": {f: t.detach() for f, t in tensors.items()}, "optim": state},
+                       d / f"{name}.pt")
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save({"step": step, "rng": rng}, d / f"rank_{rank}.pt")
+
+
+def finish_checkpoint(ckpt_dir: Path, step: int) -> None:
+    """Point `latest` at `step` (atomically), once every rank's files are written."""
+    (ckpt_dir / "latest.tmp").write_text(str(step))
+    os.replace(ckpt_dir / "latest.tmp", ckpt_dir / "latest")
+
+
+@torch.no_grad()
+def load_checkpoint(ckpt_dir: Path, groups: dict[str, dict[str, torch.Tensor]], opt, rank: int) -> int:
+    """Restore what save_checkpoint wrote; returns the step it was taken at."""
+    latest = ckpt_dir / "latest"
+    if not latest.exists():
+        raise JobError(f"--resume: no checkpoint in {ckpt_dir} (no 'latest' file); train with --checkpoint-every first")
+    step = int(latest.read_text())
+    d = ckpt_dir / f"step_{step:06d}"
+    for name, tensors in groups.items():
+        saved = torch.load(d / f"{name}.pt", map_location="cpu", weights_only=False)
+        for f, t in tensors.items():
+            t.copy_(saved["tensors"][f])
+            if f in saved["optim"]:
+                opt.state[t] = {k: (v.to(t.device) if torch.is_tensor(v) else v) for k, v in saved["optim"][f].items()}
+    rng = torch.load(d / f"rank_{rank}.pt", map_location="cpu", weights_only=False)["rng"]
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return step
