@@ -81,11 +81,13 @@ def baseline_partitions(profile: Profile, num_stages: int) -> dict[str, list[lis
     }
 
 
-def baseline_plans(profile: Profile, cluster: Cluster, config: TrainConfig) -> dict[str, Plan]:
-    """Each baseline's partition as a Plan under the same cost model (feasible=False when it does not fit)."""
+def baseline_plans(profile: Profile, cluster: Cluster, config: TrainConfig, *,
+                   fingerprint: str | None = None) -> dict[str, Plan]:
+    """Each baseline's partition as a Plan under the same cost model (feasible=False when it does not fit):
+    the one place baselines are scored (solve() lists these next to its plan)."""
     from planner.evaluate import evaluate_partition
 
     S = cluster.num_devices * config.virtual_stages
-    fingerprint = profile.fingerprint()
+    fingerprint = fingerprint or profile.fingerprint()
     return {name: evaluate_partition(profile, cluster, config, parts, backend=name, fingerprint=fingerprint)
             for name, parts in baseline_partitions(profile, S).items()}

@@ -70,12 +70,23 @@ class Link:
         check_number(self.bandwidth_bytes_per_s, "link bandwidth_bytes_per_s", positive=True)
         check_number(self.latency_s, "link latency_s", minimum=0)
 
+    @property
+    def latency_ms(self) -> float:
+        """alpha: the fixed cost of one message."""
+        return 1000.0 * self.latency_s
+
+    @property
+    def ms_per_byte(self) -> float:
+        """beta: the cost of one byte."""
+        return 1000.0 / self.bandwidth_bytes_per_s
+
     def transfer_ms(self, nbytes: float, messages: int = 1) -> float:
         """Time to move nbytes one way in `messages` tensors: each pays the latency, the bytes
-        the bandwidth (alpha-beta model)."""
+        the bandwidth (the alpha-beta model, Hockney 1994). The one link formula: the ILP's
+        linear rows use the same latency_ms and ms_per_byte."""
         if nbytes <= 0:
             return 0.0
-        return 1000.0 * (max(messages, 1) * self.latency_s + nbytes / self.bandwidth_bytes_per_s)
+        return max(messages, 1) * self.latency_ms + nbytes * self.ms_per_byte
 
 
 @dataclass(kw_only=True, slots=True)

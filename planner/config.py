@@ -1,7 +1,7 @@
 """The TrainConfig contract: how the pipeline is trained.
 
-Schedules, optimizers and precisions are closed sets named here once; every
-other module refers to these names.
+Optimizers and precisions are closed sets named here once (schedules in the registry,
+planner.schedules.SCHEDULE_SPECS); every other module refers to these names.
 """
 
 from __future__ import annotations
@@ -11,16 +11,19 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from planner._json import build_dataclass, check_number
+from planner.schedules import (  # noqa: F401  (re-exported: the closed set of schedule names)
+    MULTI_CHUNK_SCHEDULES,
+    SCHEDULES,
+    canonical_schedule,
+    check_virtual_stages,
+    schedule_spec,
+)
 from profiler.errors import PipeplanError
 from profiler.gpus import GiB
 from profiler.profile import load_json_text
 
 SCHEMA = "pipeplan.trainconfig/1"
 
-SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBH1", "ZBV")
-"""Pipeline schedules pipeplan plans, simulates and exports."""
-MULTI_CHUNK_SCHEDULES = ("Interleaved1F1B", "ZBV")
-"""Schedules that put several stages (chunks) on each device."""
 OPTIMIZERS = ("adamw", "adam", "sgd", "sgd_momentum")
 PRECISIONS = ("fp32", "bf16_mixed")
 RECOMPUTE = ("off", "on", "auto")
@@ -30,22 +33,10 @@ MAX_MICROBATCHES = 4096
 MAX_GLOBAL_BATCH = 1 << 20
 
 
-def canonical_schedule(name: str) -> str:
-    """Case-insensitive schedule lookup; the error lists the valid names."""
-    for s in SCHEDULES:
-        if s.lower() == str(name).strip().lower().replace("-", "").replace("_", ""):
-            return s
-    aliases = {"zbh1": "ZBH1", "zb-h1": "ZBH1", "interleaved": "Interleaved1F1B", "zbvzerobubble": "ZBV"}
-    key = str(name).strip().lower()
-    if key in aliases:
-        return aliases[key]
-    raise PipeplanError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-
-
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
     schedule: str = "1F1B"
-    """One of SCHEDULES."""
+    """One of SCHEDULES (planner.schedules.SCHEDULE_SPECS)."""
     num_microbatches: int | None = 8
     """Micro-batches per step (M). None: pick the fastest valid count for `global_batch`."""
     global_batch: int | None = None
@@ -92,11 +83,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise PipeplanError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        if self.schedule == "ZBV":
-            self.virtual_stages = 2
-        elif self.schedule != "Interleaved1F1B" and self.virtual_stages != 1:
-            raise PipeplanError(f"virtual_stages={self.virtual_stages} needs schedule Interleaved1F1B; "
-                                f"{self.schedule} runs one stage per device")
+        fixed_chunks = schedule_spec(self.schedule).chunks_per_device
+        if fixed_chunks is not None and fixed_chunks > 1:
+            self.virtual_stages = fixed_chunks  # the schedule's own count (ZBV: 2), whatever was given
+        else:
+            check_virtual_stages(self.schedule, self.virtual_stages)
         if self.num_microbatches is None and self.global_batch is None:
             raise PipeplanError("give num_microbatches, or global_batch to let pipeplan choose the micro-batch count")
         if self.global_batch is not None:

@@ -35,18 +35,26 @@ import numpy as np
 
 from planner.cluster import Cluster
 from planner.config import TrainConfig
+from profiler.gpus import OPTIMIZER_STEP_TRAFFIC_BYTES
 from profiler.profile import Profile, ProfileNode
 
-ZERO_BUBBLE_SCHEDULES = ("ZBH1", "ZBV")
+
+def split_backward_ms(bwd_ms, has_weights: bool = True):
+    """(B, W) of a backward of bwd_ms when the profile does not split it: a layer with parameters
+    splits evenly (for matmul/conv layers dgrad and wgrad cost the same FLOPs; the zero-bubble paper's
+    T_B = T_W, Qi et al. 2023, sec. 2), a layer without parameters has W = 0. The simulator uses the
+    same rule for raw per-stage times (it takes stages to hold weights)."""
+    if has_weights:
+        return bwd_ms / 2.0, bwd_ms / 2.0
+    return bwd_ms, 0.0 * bwd_ms
 
 
 def backward_split_ms(node: ProfileNode) -> tuple[float, float]:
     """(B, W): input-gradient and weight-gradient time of a node on the reference device."""
     if node.bwd_input_ms is not None and node.bwd_weight_ms is not None:
         return float(node.bwd_input_ms), float(node.bwd_weight_ms)
-    if node.param_count > 0 or node.param_bytes > 0:
-        return node.bwd_ms / 2.0, node.bwd_ms / 2.0
-    return float(node.bwd_ms), 0.0
+    b, w = split_backward_ms(float(node.bwd_ms), node.param_count > 0 or node.param_bytes > 0)
+    return float(b), float(w)
 
 
 @dataclass(slots=True)
@@ -145,33 +153,92 @@ def build_tables(profile: Profile) -> CostTables:
 
 # -- per-stage formulas ---------------------------------------------------------
 
-def stage_compute_ms(fwd_ref, bwd_ref, bwd_weight_ref, speed, recompute, action_overhead_ms=0.0):
-    """(fwd, bwd, B, W) of a stage on a device `speed` times faster than the reference.
-    Recomputation re-runs the forward before the input-gradient pass, so it adds fwd to bwd and B.
-    The device's per-action runtime overhead is added once to the forward and once to the
-    backward (to B when W is separate). Works on floats and on numpy arrays alike."""
-    fwd = fwd_ref / speed
-    w = bwd_weight_ref / speed
-    bwd = bwd_ref / speed + (fwd if recompute is True else fwd * recompute)
-    return fwd + action_overhead_ms, bwd + action_overhead_ms, bwd - w + action_overhead_ms, w
-
-
-OPTIMIZER_STEP_TRAFFIC_BYTES = {"adamw": 44, "adam": 44, "sgd_momentum": 36, "sgd": 28}
-"""Bytes moved per parameter after the last backward: the gradient scaled by 1/M, read for the
-clip's norm and scaled by the clip (20 B), the weight read+written (8 B), plus 8 B per state
-tensor (AdamW: exp_avg and exp_avg_sq; SGD momentum: one buffer). The profile's optimizer times
-are AdamW's (profiler.gpus.ADAMW_STEP_BYTES_PER_PARAM); other optimizers scale by this ratio."""
-
-
-def stage_optimizer_ms(adamw_ref_ms: float, optimizer: str, speed: float) -> float:
-    """A stage's optimizer step on its device, from its nodes' AdamW times on the reference device."""
-    return adamw_ref_ms * OPTIMIZER_STEP_TRAFFIC_BYTES[optimizer] / OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"] / speed
-
-
 def zero_bubble_weight_factor(schedule: str) -> float:
     """kappa: how many W passes per stage the schedule hides in the fill/drain bubble.
     ZB-H1 (Qi et al. 2023): bubble (P-1)(F+B-2W) instead of (P-1)(F+B+W), i.e. kappa = 2."""
-    return 2.0 if schedule in ZERO_BUBBLE_SCHEDULES else 0.0
+    from planner.schedules import schedule_spec
+
+    return schedule_spec(schedule).weight_credit
+
+
+def cycle_ms(fwd_ms, bwd_ms, comm_ms):
+    """T: a stage's busy time per micro-batch in the steady state: its forward, its backward and the
+    transfers on the boundary after it (forward activation and gradient), charged to the sender."""
+    return fwd_ms + bwd_ms + comm_ms
+
+
+def fill_drain_ms(cycle, bwd_weight_ms, weight_credit: float):
+    """c: what a stage adds to the pipeline's fill and drain: its cycle less the W passes the
+    schedule hides there (weight_credit = kappa; 0 on the last stage, which has no later stage to
+    wait for)."""
+    return cycle - weight_credit * bwd_weight_ms
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimeCoefficients:
+    """One stage's times as linear functions of its nodes' sums on the reference device (ms), the
+    form the DP and the ILP build their rows from (memory.MemoryCoefficients is the memory twin):
+
+        fwd = fwd_ref / speed + action_overhead_ms
+        bwd = (bwd_ref + r * fwd_ref) / speed + action_overhead_ms      r = 1 with recompute
+        W   = bwd_weight_ref / speed,  B = bwd - W
+        T   = fwd + bwd + comm                                            (cycle_ms)
+        c   = T - weight_credit * W                                       (fill_drain_ms)
+
+    Recomputation re-runs the forward before the input-gradient pass (Chen et al. 2016), so it adds
+    fwd to bwd and B. The device's per-action runtime overhead (docs/cost-model.md, "Runtime
+    overheads") is paid once by the forward and once by the backward (by B when W is separate).
+    """
+
+    speed: float
+    """How many times faster than the profile's reference device."""
+    action_overhead_ms: float = 0.0
+    weight_credit: float = 0.0
+    """kappa of the schedule (zero_bubble_weight_factor), 0 on the last stage."""
+
+    @property
+    def per_ref_ms(self) -> float:
+        """ms on this device per reference ms of forward, backward, recompute or W."""
+        return 1.0 / self.speed
+
+    @property
+    def constant_ms(self) -> float:
+        """The per-action overhead of T: one forward and one backward action per micro-batch."""
+        return 2.0 * self.action_overhead_ms
+
+    def compute_ms(self, fwd_ref, bwd_ref, bwd_weight_ref, recompute=False):
+        """(fwd, bwd, B, W) of the stage, on floats or numpy arrays; recompute a bool or 0..1."""
+        fwd = fwd_ref / self.speed
+        w = bwd_weight_ref / self.speed
+        bwd = bwd_ref / self.speed + (fwd if recompute is True else fwd * recompute)
+        o = self.action_overhead_ms
+        return fwd + o, bwd + o, bwd - w + o, w
+
+    def cycle_and_fill_ms(self, fwd_ref, bwd_ref, bwd_weight_ref, recompute, comm_ms):
+        """(T, c) of the stage (cycle_ms, fill_drain_ms)."""
+        fwd, bwd, _, w = self.compute_ms(fwd_ref, bwd_ref, bwd_weight_ref, recompute)
+        T = cycle_ms(fwd, bwd, comm_ms)
+        return T, fill_drain_ms(T, w, self.weight_credit)
+
+
+def stage_time_coefficients(speed: float, action_overhead_ms: float, schedule: str,
+                            is_last: bool) -> StageTimeCoefficients:
+    """The time coefficients of a stage on a device of this speed and overhead."""
+    return StageTimeCoefficients(speed=speed, action_overhead_ms=action_overhead_ms,
+                                 weight_credit=0.0 if is_last else zero_bubble_weight_factor(schedule))
+
+
+def stage_compute_ms(fwd_ref, bwd_ref, bwd_weight_ref, speed, recompute, action_overhead_ms=0.0):
+    """(fwd, bwd, B, W) of a stage on a device `speed` times faster than the reference
+    (StageTimeCoefficients.compute_ms)."""
+    return StageTimeCoefficients(speed=speed, action_overhead_ms=action_overhead_ms).compute_ms(
+        fwd_ref, bwd_ref, bwd_weight_ref, recompute)
+
+
+def stage_optimizer_ms(adamw_ref_ms: float, optimizer: str, speed: float) -> float:
+    """A stage's optimizer step on its device, from its nodes' AdamW times on the reference device,
+    scaled by the optimizer's memory traffic (profiler.gpus.OPTIMIZER_STEP_TRAFFIC_BYTES)."""
+    return adamw_ref_ms * OPTIMIZER_STEP_TRAFFIC_BYTES[optimizer] / OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"] / speed
 
 
 def clip_allreduce_ms(cluster: Cluster, devices: list[int]) -> float:
@@ -210,19 +277,35 @@ def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, sc
 
     M, v = int(num_microbatches), int(virtual_stages)
     S = len(stage_fwd)
-    T = [float(stage_fwd[s]) + float(stage_bwd[s]) + float(comm[s]) for s in range(S)]
+    T = [cycle_ms(float(stage_fwd[s]), float(stage_bwd[s]), float(comm[s])) for s in range(S)]
     placement = stage_to_device(num_devices, schedule, v) if S == num_devices * v else list(range(S))
     D = [0.0] * (max(placement) + 1)
     for s, d in enumerate(placement):
         D[d] += T[s]
     kappa = zero_bubble_weight_factor(schedule)
     w = stage_bwd_weight if stage_bwd_weight is not None else [0.0] * S
-    c = sum(T[s] - (kappa * float(w[s]) if s < S - 1 else 0.0) for s in range(S))
-    peak = max(D)
+    c = sum(fill_drain_ms(T[s], float(w[s]), kappa if s < S - 1 else 0.0) for s in range(S))
     optimizer = [0.0] * len(D)
     for s, d in enumerate(placement):
         optimizer[d] += float(stage_optimizer[s]) if stage_optimizer is not None else 0.0
-    return max(M * peak, (M - 1.0 / v) * peak + c / v) + max(optimizer)
+    return closed_form_step_ms(M, v, max(D), c) + max(optimizer)
+
+
+def closed_form_pieces(num_microbatches: int, virtual_stages: int = 1) -> tuple[tuple[float, float], ...]:
+    """The closed-form step as the max of linear pieces a * peak + b * fill, where peak = the
+    busiest device's sum of cycles (max_d D_d) and fill = the sum of the stages' c:
+    M * peak (the busiest device never idles), and (M - 1/v) * peak + fill / v (the fill and drain
+    of v chunks per device; Narayanan et al. 2021, sec. 2.2, for the interleaved bubble). The DP
+    and the ILP minimise exactly these pieces."""
+    M, v = float(num_microbatches), float(virtual_stages)
+    return ((M, 0.0), (M - 1.0 / v, 1.0 / v))
+
+
+def closed_form_step_ms(num_microbatches: int, virtual_stages: int, peak_ms, fill_ms):
+    """max over closed_form_pieces of a * peak_ms + b * fill_ms (floats, or numpy arrays)."""
+    (a1, _), (a2, b2) = closed_form_pieces(num_microbatches, virtual_stages)
+    return np.maximum(a1 * peak_ms, a2 * peak_ms + b2 * fill_ms) if isinstance(peak_ms, np.ndarray) \
+        else max(a1 * peak_ms, a2 * peak_ms + b2 * fill_ms)
 
 
 def bubble_fraction(stage_fwd, stage_bwd, num_microbatches: int, num_devices: int, step_ms: float) -> float:
@@ -289,6 +372,15 @@ def boundary_comm_ms(cluster: Cluster, dev_a: int, dev_b: int, nbytes: float, me
     if dev_a == dev_b:
         return 0.0
     return cluster.link(dev_a, dev_b).transfer_ms(nbytes, messages)
+
+
+def link_coefficients(cluster: Cluster, dev_a: int, dev_b: int) -> tuple[float, float]:
+    """(latency ms per message, ms per byte) of the boundary between two stages' devices, (0, 0) on one
+    device: boundary_comm_ms as the linear rows of the ILP (Link.transfer_ms's alpha and beta)."""
+    if dev_a == dev_b:
+        return 0.0, 0.0
+    link = cluster.link(dev_a, dev_b)
+    return link.latency_ms, link.ms_per_byte
 
 
 def speeds(cluster: Cluster, profile: Profile) -> list[float]:

@@ -6,8 +6,8 @@ partition, a warm start and upper bound for the ILP. One stage per device
 (GPipe, 1F1B, ZBH1), devices in a fixed order, each with its own speed, memory
 and links.
 
-The objective step = max(M * maxT, (M-1) * maxT + sum c) (cost.predicted_step_time_ms
-with v = 1) is not separable, so we solve it parametrically: f(t) = min sum c over
+The objective step = max(M * maxT, (M-1) * maxT + sum c) (cost.closed_form_step_ms
+with v = 1; T and c per stage from cost.StageTimeCoefficients) is not separable, so we solve it parametrically: f(t) = min sum c over
 partitions whose stages all have T <= t (a plain DP), and
     opt = min over candidate t (the stage times that occur) of max(M t, (M-1) t + f(t)).
 f is non-increasing, so over a range [t_a, t_b] of candidates no plan beats
@@ -22,7 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost import CostTables, stage_compute_ms, zero_bubble_weight_factor
+from planner.cost import (
+    CostTables,
+    StageTimeCoefficients,
+    closed_form_step_ms,
+    cycle_ms,
+    fill_drain_ms,
+    stage_time_coefficients,
+)
 from planner.memory import memory_coefficients
 
 INF = float("inf")
@@ -52,6 +59,11 @@ class ChainProblem:
     @property
     def num_stages(self) -> int:
         return len(self.stage_speed)
+
+    def time_coefficients(self, s: int) -> StageTimeCoefficients:
+        """Stage s's time terms from the cost model (its device's speed and overhead, the schedule)."""
+        overhead = self.stage_overhead[s] if self.stage_overhead is not None else 0.0
+        return stage_time_coefficients(self.stage_speed[s], overhead, self.schedule, s == self.num_stages - 1)
 
 
 @dataclass(slots=True)
@@ -139,7 +151,6 @@ class IntervalCosts:
         relay = R[ic, jj]
         inputs = in_bytes[ic]
         fref, bref, wref = pf[jj] - pf[ic], pb[jj] - pb[ic], pw[jj] - pw[ic]
-        kappa = zero_bubble_weight_factor(prob.schedule)
         self.T = np.full((S, N + 1, max_len), INF)
         self.C = np.full((S, N + 1, max_len), INF)
         self.rec = np.zeros((S, N + 1, max_len), dtype=bool)
@@ -160,12 +171,10 @@ class IntervalCosts:
                 mem = (co.per_param * params + np.rint(co.per_activation_byte * acts + co.per_input_byte * inputs)
                        + np.rint(co.per_relay_byte * relay) + co.constant)
                 fits = (mem <= prob.stage_limit[s]) & ~done
-                overhead = prob.stage_overhead[s] if prob.stage_overhead is not None else 0.0
-                key = (prob.stage_speed[s], key_c, r, s == S - 1, overhead)
+                coefficients = prob.time_coefficients(s)
+                key = (coefficients, key_c, r)
                 if key not in times:
-                    fwd, bwd, _, w = stage_compute_ms(fref, bref, wref, prob.stage_speed[s], r, overhead)
-                    T = fwd + bwd + comm
-                    times[key] = (T, T - (kappa * w if s < S - 1 else 0.0))
+                    times[key] = coefficients.cycle_and_fill_ms(fref, bref, wref, r, comm)
                 T, C = times[key]
                 self.T[s][fits], self.C[s][fits], self.rec[s][fits] = T[fits], C[fits], r
                 done |= fits
@@ -206,8 +215,8 @@ class IntervalCosts:
 
 
 def step_of(M: int, max_t: float, sum_c: float) -> float:
-    """cost.predicted_step_time_ms for one stage per device, from its two aggregates."""
-    return max(M * max_t, (M - 1) * max_t + sum_c)
+    """The closed-form step for one stage per device, from its two aggregates (cost.closed_form_step_ms)."""
+    return closed_form_step_ms(M, 1, max_t, sum_c)
 
 
 def band_length(prob: ChainProblem, t_cap: float) -> int:
@@ -248,10 +257,10 @@ def sum_c_lower_bound(prob: ChainProblem) -> float:
     """A lower bound on sum_s c_s of any partition: each node's time on the stage where it is
     cheapest (recompute and communication only add)."""
     tb = prob.tables
-    kappa = zero_bubble_weight_factor(prob.schedule)
-    S = prob.num_stages
-    per_stage = [(tb.fwd + tb.bwd - (kappa * tb.bwd_weight if s < S - 1 else 0.0)) / prob.stage_speed[s]
-                 for s in range(S)]
+    per_stage = []
+    for s in range(prob.num_stages):
+        co = prob.time_coefficients(s)  # without its overhead, recompute and comm, which only add
+        per_stage.append(fill_drain_ms(cycle_ms(tb.fwd, tb.bwd, 0.0), tb.bwd_weight, co.weight_credit) / co.speed)
     return float(np.minimum.reduce(per_stage).sum())
 
 
@@ -321,13 +330,13 @@ def solve_chain(prob: ChainProblem, *, time_limit_s: float = 10.0, rel_tol: floa
     while stack:
         a, b = stack.pop()
         fa, fb = f(a), f(b)
-        bound = max(M * cand[a], (M - 1) * cand[a] + fb)
+        bound = step_of(M, cand[a], fb)
         if bound >= best * (1 - rel_tol) or fa == fb or b - a <= 1:
             continue
         if time.perf_counter() - start > time_limit_s:
             timed_out = True
             open_bounds.append(bound)
-            open_bounds.extend(max(M * cand[x], (M - 1) * cand[x] + f(y)) for x, y in stack)
+            open_bounds.extend(step_of(M, cand[x], f(y)) for x, y in stack)
             break
         mid = (a + b) // 2
         f(mid)

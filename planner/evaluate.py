@@ -22,7 +22,7 @@ from planner.cost import (
     stage_devices,
     stage_optimizer_ms,
 )
-from planner.memory import stage_memory_bytes
+from planner.memory import device_memory, stage_memory_bytes
 from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
 from planner.schedules import in_flight_microbatches
 from profiler.errors import PipeplanError
@@ -70,11 +70,12 @@ def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config:
 
 
 def device_memory_bytes(stages: list[StagePlan], reserve_bytes: int) -> dict[int, int]:
-    """Peak bytes per device: its stages' memory, with the reserve counted once."""
-    used: dict[int, int] = {}
+    """Peak bytes per device: its stages' memory, with the reserve counted once (memory.device_memory).
+    reserve_bytes is the config's; every stage's StageMemory already holds it."""
+    on: dict[int, list] = {}
     for st in stages:
-        used[st.device] = used.get(st.device, 0) + st.memory.total - reserve_bytes
-    return {d: u + reserve_bytes for d, u in used.items()}
+        on.setdefault(st.device, []).append(st.memory)
+    return {d: device_memory(ms).total for d, ms in on.items()}
 
 
 def memory_problems(stages: list[StagePlan], cluster: Cluster, config: TrainConfig) -> list[tuple[int, int]]:

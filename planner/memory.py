@@ -97,6 +97,25 @@ def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes
     )
 
 
+def device_memory(stages: list[StageMemory]) -> StageMemory:
+    """The memory of one device that runs these stages: their parts summed, the reserve held once
+    (it is per process: CUDA context, NCCL, allocator slack, not per stage)."""
+    parts = {p: sum(getattr(m, p) for m in stages) for p in ("params", "grads", "optimizer", "activations", "relay")}
+    return StageMemory(**parts, reserve=max((m.reserve for m in stages), default=0))
+
+
+def stages_budget_bytes(memory_bytes: int, reserve_bytes: int) -> int:
+    """What the stages of one device may use together: its memory less the reserve, taken once.
+    The solvers' memory rows without the reserve term are checked against this."""
+    return memory_bytes - reserve_bytes
+
+
+def even_chunk_limit_bytes(memory_bytes: int, reserve_bytes: int, chunks: int) -> float:
+    """A per-stage limit for `chunks` stages sharing one device: the stages' budget split evenly,
+    plus the reserve (every stage's StageMemory counts it): stages that each fit it fit together."""
+    return float(stages_budget_bytes(memory_bytes, reserve_bytes) // chunks + reserve_bytes)
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryCoefficients:
     """stage_memory_bytes as a linear function, for solvers (ILP, DP) that need it so:

@@ -15,14 +15,15 @@ every order, count and closed form.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from planner.config import TrainConfig, canonical_schedule
 from profiler.errors import PipeplanError
 
-SPLIT_BACKWARD_SCHEDULES = ("ZBH1", "ZBV")
-"""Schedules that run backward as B (input gradient) then W (weight gradient)."""
+if TYPE_CHECKING:
+    from planner.config import TrainConfig
 
 
 class Action(NamedTuple):
@@ -36,17 +37,110 @@ class Action(NamedTuple):
         return f"{self.stage}{self.op}{self.microbatch}"
 
 
+OrderBuilder = Callable[[int, int, int, int], list]
+"""(rank, P, M, v) -> that rank's actions, in the order the runtime runs them."""
+MicrobatchRule = Callable[[int, int, int], "str | None"]
+"""(P, M, v) -> None when the schedule runs M micro-batches on P devices, else why not and what would."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleSpec:
+    """Everything pipeplan knows about one schedule: the registry entry that config validation, the
+    cost model, the simulator, the export and the app read. Adding a schedule is one entry in
+    SCHEDULE_SPECS, its order builder, and tests (docs/architecture.md, "Adding a schedule")."""
+
+    name: str
+    order: OrderBuilder
+    """Per-rank action order (the in-flight counts are read off it: in_flight_microbatches)."""
+    torch_class: str
+    """The torch.distributed.pipelining schedule class the exported train.py runs."""
+    chunks_per_device: int | None = 1
+    """Stages per device: a fixed count, or None for the config's virtual_stages (Interleaved1F1B)."""
+    placement: str = "loop"
+    """"loop": stage s on device s mod P; "v": device d holds stages d and 2P-1-d."""
+    split_backward: bool = False
+    """B (input gradient) and W (weight gradient) are separate actions; activations live until W."""
+    weight_credit: float = 0.0
+    """kappa: W passes per stage the schedule hides in the fill/drain (cost.fill_drain_ms)."""
+    microbatch_rule: MicrobatchRule | None = None
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def multi_chunk(self) -> bool:
+        """Several stages per device (always, or when virtual_stages > 1 is allowed)."""
+        return self.chunks_per_device != 1
+
+
+def _at_least_one_per_device(P: int, M: int, v: int) -> str | None:
+    if M < P:
+        return (f"1F1B needs at least as many micro-batches as devices (torch's Schedule1F1B): got {M} "
+                f"micro-batches for {P} devices; use {P} or more micro-batches, or GPipe")
+    return None
+
+
+def _equal_rounds(name: str, torch_class: str) -> MicrobatchRule:
+    """torch's flexible interleaving runs micro-batches in rounds of equal size."""
+
+    def rule(P: int, M: int, v: int) -> str | None:
+        rounds = max(1, M // P)
+        if M % rounds:
+            near = sorted({rounds * (M // rounds), (rounds + 1) * P} - {0})
+            return (f"{name} (torch's {torch_class}) runs micro-batches in rounds of equal size: {M} micro-batches "
+                    f"on {P} devices make {rounds} rounds, and {M} is not a multiple of {rounds}; use a multiple of "
+                    f"{P} (e.g. {' or '.join(map(str, near))}) or at most {P} micro-batches")
+        return None
+
+    return rule
+
+
+def _registry() -> dict[str, ScheduleSpec]:
+    specs = [
+        ScheduleSpec("GPipe", _gpipe, "ScheduleGPipe",
+                     description="all forwards, then all backwards (Huang et al. 2019)"),
+        ScheduleSpec("1F1B", _one_f_one_b, "Schedule1F1B", microbatch_rule=_at_least_one_per_device,
+                     description="one forward, one backward (Narayanan et al. 2019, PipeDream-Flush)"),
+        ScheduleSpec("Interleaved1F1B", _interleaved, "ScheduleInterleaved1F1B", chunks_per_device=None,
+                     microbatch_rule=_equal_rounds("Interleaved1F1B", "ScheduleInterleaved1F1B"),
+                     aliases=("interleaved",),
+                     description="1F1B over v chunks per device, loop placement (Narayanan et al. 2021)"),
+        # ZBH1 runs as torch's interleaved zero-bubble class with one stage per rank; its per-rank
+        # order equals _zb_h1 (tests/test_export_zbh1.py checks it against torch's own lists).
+        ScheduleSpec("ZBH1", _zb_h1, "ScheduleInterleavedZeroBubble", split_backward=True, weight_credit=2.0,
+                     microbatch_rule=_equal_rounds("ZBH1", "ScheduleInterleavedZeroBubble"),
+                     aliases=("zb-h1", "zb_h1"),
+                     description="1F1B with the backward split into B and W (Qi et al. 2023, ZB-H1)"),
+        ScheduleSpec("ZBV", _zbv, "ScheduleZBVZeroBubble", chunks_per_device=2, placement="v", split_backward=True,
+                     weight_credit=2.0, aliases=("zbvzerobubble",),
+                     description="zero bubble with two chunks per device in V placement (Qi et al. 2023)"),
+    ]
+    return {s.name: s for s in specs}
+
+
+def canonical_schedule(name: str) -> str:
+    """Case-insensitive schedule lookup (dashes and underscores ignored, aliases accepted); the error
+    lists the valid names."""
+    key = str(name).strip().lower()
+    for spec in SCHEDULE_SPECS.values():
+        if spec.name.lower() == key.replace("-", "").replace("_", "") or key in spec.aliases:
+            return spec.name
+    raise PipeplanError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_SPECS)}")
+
+
+def schedule_spec(name: str) -> ScheduleSpec:
+    """The registry entry of a schedule (any spelling canonical_schedule accepts)."""
+    return SCHEDULE_SPECS[canonical_schedule(name)]
+
+
 def num_stages(num_devices: int, config: TrainConfig) -> int:
     """Pipeline stages for this many devices: devices x chunks per device."""
     return num_devices * chunks_per_device(config.schedule, config.virtual_stages)
 
 
 def chunks_per_device(schedule: str, virtual_stages: int = 1) -> int:
-    """Stages per device: 2 for ZBV (always), virtual_stages for Interleaved1F1B, else 1."""
-    schedule = canonical_schedule(schedule)
-    if schedule == "ZBV":
-        return 2
-    return virtual_stages if schedule == "Interleaved1F1B" else 1
+    """Stages per device: the schedule's fixed count (ZBV: 2), or virtual_stages where it takes it."""
+    spec = schedule_spec(schedule)
+    return virtual_stages if spec.chunks_per_device is None else spec.chunks_per_device
 
 
 def stage_to_device(num_devices: int, schedule: str, virtual_stages: int) -> list[int]:
@@ -54,9 +148,27 @@ def stage_to_device(num_devices: int, schedule: str, virtual_stages: int) -> lis
     interleaved schedules, V placement for ZBV (device d holds stages d and 2P-1-d),
     the same maps as torch's `generate_stage_to_rank_mapping(P, S, style)`."""
     P = num_devices
-    if canonical_schedule(schedule) == "ZBV":
-        return [s if s < P else 2 * P - 1 - s for s in range(2 * P)]
-    return [s % P for s in range(P * chunks_per_device(schedule, virtual_stages))]
+    spec = schedule_spec(schedule)
+    S = P * chunks_per_device(spec.name, virtual_stages)
+    if spec.placement == "v":
+        return [s if s < P else 2 * P - 1 - s for s in range(S)]
+    return [s % P for s in range(S)]
+
+
+def check_virtual_stages(schedule: str, virtual_stages: int) -> str:
+    """The schedule's canonical name, if it runs `virtual_stages` chunks per device (1 is always accepted
+    for a fixed count: it means "the schedule's own"); else PipeplanError saying which schedule would."""
+    spec = schedule_spec(schedule)
+    v = virtual_stages
+    if spec.chunks_per_device is not None and v not in (1, spec.chunks_per_device):
+        if spec.chunks_per_device == 1:
+            takes = [s.name for s in SCHEDULE_SPECS.values() if s.chunks_per_device is None]
+            raise PipeplanError(f"virtual_stages={v} needs schedule {' or '.join(takes)}; {spec.name} runs one stage "
+                                "per device")
+        raise PipeplanError(f"{spec.name} always runs {spec.chunks_per_device} stages per device "
+                            f"({spec.placement} placement); got virtual_stages={v}. Use Interleaved1F1B for other "
+                            "chunk counts")
+    return spec.name
 
 
 def check_schedule(schedule: str, num_devices: int, num_microbatches: int, virtual_stages: int = 1) -> str:
@@ -69,25 +181,11 @@ def check_schedule(schedule: str, num_devices: int, num_microbatches: int, virtu
                          ("virtual_stages", virtual_stages)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PipeplanError(f"{name} needs a whole number of {label} >= 1, got {value!r}")
-    P, M, v = num_devices, num_microbatches, virtual_stages
-    if name == "ZBV":
-        if v not in (1, 2):
-            raise PipeplanError(f"ZBV always runs 2 stages per device (V placement); got virtual_stages={v}. "
-                                "Use Interleaved1F1B for other chunk counts")
-    elif name != "Interleaved1F1B" and v != 1:
-        raise PipeplanError(f"virtual_stages={v} needs schedule Interleaved1F1B; {name} runs one stage per device")
-    if name == "1F1B" and M < P:
-        raise PipeplanError(f"1F1B needs at least as many micro-batches as devices (torch's Schedule1F1B): "
-                            f"got {M} micro-batches for {P} devices; use {P} or more micro-batches, or GPipe")
-    if name in ("Interleaved1F1B", "ZBH1"):
-        rounds = max(1, M // P)
-        if M % rounds:
-            near = sorted({rounds * (M // rounds), (rounds + 1) * P} - {0})
-            raise PipeplanError(
-                f"{name} (torch's {'ScheduleInterleaved1F1B' if name == 'Interleaved1F1B' else 'ScheduleInterleavedZeroBubble'}) "
-                f"runs micro-batches in rounds of equal size: {M} micro-batches on {P} devices make "
-                f"{rounds} rounds, and {M} is not a multiple of {rounds}; use a multiple of {P} "
-                f"(e.g. {' or '.join(map(str, near))}) or at most {P} micro-batches")
+    check_virtual_stages(name, virtual_stages)
+    rule = SCHEDULE_SPECS[name].microbatch_rule
+    why = rule(num_devices, num_microbatches, virtual_stages) if rule is not None else None
+    if why is not None:
+        raise PipeplanError(why)
     return name
 
 
@@ -115,7 +213,7 @@ def in_flight_microbatches(schedule: str, num_devices: int, num_microbatches: in
 
 @lru_cache(maxsize=1024)
 def _in_flight(name: str, P: int, M: int, v: int) -> tuple[int, ...]:
-    release = "W" if name in SPLIT_BACKWARD_SCHEDULES else "B"
+    release = "W" if SCHEDULE_SPECS[name].split_backward else "B"
     S = P * chunks_per_device(name, v)
     held, peak = [0] * S, [0] * S
     for acts in _order(name, P, M, v):
@@ -131,8 +229,7 @@ def _in_flight(name: str, P: int, M: int, v: int) -> tuple[int, ...]:
 @lru_cache(maxsize=64)
 def _order(name: str, P: int, M: int, v: int) -> tuple[tuple[tuple[int, str, int], ...], ...]:
     """Per device, the actions as plain (stage, op, microbatch) tuples; name already checked."""
-    builder = {"GPipe": _gpipe, "1F1B": _one_f_one_b, "Interleaved1F1B": _interleaved,
-               "ZBH1": _zb_h1, "ZBV": _zbv}[name]
+    builder = SCHEDULE_SPECS[name].order
     return tuple(tuple(builder(rank, P, M, v)) for rank in range(P))
 
 
@@ -239,3 +336,12 @@ def _zbv(rank: int, P: int, M: int, v: int) -> list[Action]:
     while count[(0, "W")] < count[(0, "B")]:
         emit(0, "W")
     return [a for a in acts if a.microbatch < M]
+
+
+SCHEDULE_SPECS: dict[str, ScheduleSpec] = _registry()
+"""The schedule registry, in the order the app and the CLI list them."""
+SCHEDULES = tuple(SCHEDULE_SPECS)
+SPLIT_BACKWARD_SCHEDULES = tuple(s.name for s in SCHEDULE_SPECS.values() if s.split_backward)
+"""Schedules that run backward as B (input gradient) then W (weight gradient)."""
+MULTI_CHUNK_SCHEDULES = tuple(s.name for s in SCHEDULE_SPECS.values() if s.multi_chunk)
+"""Schedules that put several stages (chunks) on each device."""

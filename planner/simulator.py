@@ -18,9 +18,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 from planner.config import MAX_MICROBATCHES, canonical_schedule
-from planner.cost import clip_allreduce_ms
+from planner.cost import clip_allreduce_ms, split_backward_ms
 from planner.plan import Plan
-from planner.schedules import SPLIT_BACKWARD_SCHEDULES, _order, check_schedule, chunks_per_device, stage_to_device
+from planner.schedules import _order, check_schedule, chunks_per_device, schedule_spec, stage_to_device
 from planner.timeline import Event, Timeline
 from profiler.errors import PipeplanError
 
@@ -39,8 +39,8 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
     comm_ms: per boundary (S-1 values): send time from stage b to b+1, and of the
         gradient back from b+1 to b.
     bwd_input_ms, bwd_weight_ms: the B / W split for ZBH1 and ZBV. When one is
-        missing it is bwd_ms minus the other; when both are, B = W = bwd_ms / 2
-        (the zero-bubble paper's T_B = T_W; equal matmul FLOPs for a linear layer).
+        missing it is bwd_ms minus the other; when both are, the cost model's default
+        (cost.split_backward_ms for a stage with weights: B = W = bwd_ms / 2).
     activation_bytes: saved-activation bytes per micro-batch per stage, for the
         memory curves; without it memory_ms and peak_memory_bytes stay empty.
     optimizer_ms: per stage, its optimizer step (clipping + update). Clipping by the global
@@ -55,7 +55,7 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
     fwd = _per_stage(fwd_ms, S, "fwd_ms")
     bwd = _per_stage(bwd_ms, S, "bwd_ms")
     comm = _per_stage(comm_ms, S - 1, "comm_ms (one per boundary)")
-    split = name in SPLIT_BACKWARD_SCHEDULES
+    split = schedule_spec(name).split_backward
     if split:
         b_dur, w_dur = _split_backward(bwd, bwd_input_ms, bwd_weight_ms, S)
     else:
@@ -252,8 +252,9 @@ def _per_stage(values, n: int, what: str) -> list[float]:
 
 
 def _split_backward(bwd: list[float], b_in, b_w, S: int) -> tuple[list[float], list[float]]:
-    if b_in is None and b_w is None:
-        return [x / 2 for x in bwd], [x / 2 for x in bwd]
+    if b_in is None and b_w is None:  # the cost model's default split, for stages that hold weights
+        halves = [split_backward_ms(x) for x in bwd]
+        return [b for b, _ in halves], [w for _, w in halves]
     if b_in is None:
         b_w = _per_stage(b_w, S, "bwd_weight_ms")
         return [max(x - w, 0.0) for x, w in zip(bwd, b_w)], b_w
@@ -278,12 +279,13 @@ def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int |
     cfg = plan.config
     planned_v = chunks_per_device(cfg.schedule, cfg.virtual_stages)
     name = canonical_schedule(schedule) if schedule else cfg.schedule
-    v = 2 if name == "ZBV" else (planned_v if name == "Interleaved1F1B" else 1)
-    if v != planned_v or (name == "ZBV") != (cfg.schedule == "ZBV"):
+    planned, wanted = schedule_spec(cfg.schedule), schedule_spec(name)
+    v = chunks_per_device(name, planned_v)
+    if v != planned_v or wanted.placement != planned.placement:
         raise PipeplanError(
             f"the plan places its stages for {cfg.schedule} ({planned_v} per device"
-            f"{', V placement' if cfg.schedule == 'ZBV' else ''}); {name} needs {v} per device"
-            f"{' in V placement' if name == 'ZBV' else ''}. Re-plan with --schedule {name}")
+            f"{', V placement' if planned.placement == 'v' else ''}); {name} needs {v} per device"
+            f"{' in V placement' if wanted.placement == 'v' else ''}. Re-plan with --schedule {name}")
     S = len(plan.stages)
     if S % v:
         raise PipeplanError(f"the plan has {S} stages, not a multiple of {v} chunks per device")

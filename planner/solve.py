@@ -16,13 +16,14 @@ import time
 
 import numpy as np
 
-from planner.baselines import baseline_partitions
+from planner.baselines import baseline_partitions, baseline_plans
 from planner.cluster import Cluster
 from planner.config import TrainConfig
-from planner.cost import CostTables, boundary_comm_ms, build_tables, speeds, stage_devices
+from planner.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
 from planner.dp import ChainProblem, cut_bytes, cut_tensors, solve_chain
-from planner.evaluate import evaluate_partition, make_plan, with_timeline
+from planner.evaluate import make_plan, with_timeline
 from planner.ilp import ILPProblem, solve_ilp
+from planner.memory import even_chunk_limit_bytes, stages_budget_bytes
 from planner.microbatches import microbatch_options, scale_profile
 from planner.plan import Plan, SolverInfo
 from planner.schedules import in_flight_microbatches
@@ -70,27 +71,17 @@ def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: 
                 devices: list[int]) -> ILPProblem:
     S, P = len(devices), cluster.num_devices
     sp = speeds(cluster, profile)
-    lat, per_byte = [], []
-    for b in range(S - 1):
-        a, c = devices[b], devices[b + 1]
-        if a == c:
-            lat.append(0.0)
-            per_byte.append(0.0)
-        else:
-            link = cluster.link(a, c)
-            lat.append(1000.0 * link.latency_s)
-            per_byte.append(1000.0 / link.bandwidth_bytes_per_s)
-    stages_on = {d: devices.count(d) for d in set(devices)}
+    links = [link_coefficients(cluster, devices[b], devices[b + 1]) for b in range(S - 1)]
     # the ILP's stage memory leaves the reserve out; a device holds it once. The ILP cannot round to
     # whole bytes as stage_memory_bytes does; make_plan re-checks every plan it returns.
-    limits = {d: cluster.devices[d].memory_bytes - config.reserve_bytes for d in stages_on}
+    limits = {d: stages_budget_bytes(cluster.devices[d].memory_bytes, config.reserve_bytes) for d in set(devices)}
     return ILPProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
                       virtual_stages=config.virtual_stages, stage_device=devices,
                       stage_speed=[sp[d] for d in devices], device_limit=limits,
                       stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
                                                              config.virtual_stages),
-                      recompute_options=recompute_options(config), link_latency_ms=lat,
-                      link_ms_per_byte=per_byte, config=config,
+                      recompute_options=recompute_options(config), link_latency_ms=[lat for lat, _ in links],
+                      link_ms_per_byte=[per_byte for _, per_byte in links], config=config,
                       stage_overhead=[cluster.devices[d].action_overhead_ms for d in devices])
 
 
@@ -135,9 +126,8 @@ class _Warm:
 def chunk_split_limits(cluster: Cluster, config: TrainConfig, devices: list[int]) -> list[float]:
     """Per-stage memory limits that split each device's memory (less the reserve, held once) evenly
     between its stages: stages that each fit their share fit their device together."""
-    chunks = {d: devices.count(d) for d in set(devices)}
-    reserve = config.reserve_bytes
-    return [float((cluster.devices[d].memory_bytes - reserve) // chunks[d] + reserve) for d in devices]
+    return [even_chunk_limit_bytes(cluster.devices[d].memory_bytes, config.reserve_bytes, devices.count(d))
+            for d in devices]
 
 
 def multi_chunk_warm_start(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -312,10 +302,7 @@ def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
         return diagnose(profile, cluster, config)
     plan.config = dataclasses.replace(plan.config, global_batch=_given_global_batch(plan, config))
     try:
-        S = cluster.num_devices * plan.config.virtual_stages
-        bl = {name: evaluate_partition(profile, cluster, plan.config, parts, backend=name,
-                                       fingerprint=plan.profile_fingerprint)
-              for name, parts in baseline_partitions(profile, S).items()}
+        bl = baseline_plans(profile, cluster, plan.config, fingerprint=plan.profile_fingerprint)
     except PipeplanError:
         plan.baselines = {}
         return plan

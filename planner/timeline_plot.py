@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from planner.schedules import SPLIT_BACKWARD_SCHEDULES
+from planner.schedules import schedule_spec
 from planner.timeline import Event, Timeline
 
 COLORS = {"F": "#0072B2", "B": "#E69F00", "W": "#009E73", "O": "#56B4E9", "send": "#CC79A7", "idle": "#D9D9D9"}
@@ -21,7 +21,7 @@ CHUNK_PATTERNS = ("", "/", ".", "x", "\\", "+", "-", "|")
 
 
 def op_labels(timeline: Timeline) -> dict[str, str]:
-    split = timeline.schedule in SPLIT_BACKWARD_SCHEDULES
+    split = schedule_spec(timeline.schedule).split_backward
     return {"F": "F forward", "B": "B input grad" if split else "B backward", "W": "W weight grad",
             "O": "optimizer step", "send": "send/recv (async transfer)", "idle": "idle (bubble)"}
 

@@ -126,11 +126,13 @@ def roofline_ms(flops: float, nbytes: float, preset: GpuPreset, dtype: str) -> f
     return 1e3 * max(compute_s, memory_s) + preset.kernel_overhead_us * 1e-3
 
 
-ADAMW_STEP_BYTES_PER_PARAM = 44
-"""Memory traffic of what follows the last backward, per parameter, for fp32 AdamW: the gradient is
-read and written when the schedule scales it by 1/M (8 B), read for the clip's norm (4 B) and read
-and written when clipped (8 B); the weight, exp_avg and exp_avg_sq are each read and written (24 B).
-It does ~10 FLOPs per parameter, so it is memory-bound."""
+OPTIMIZER_STEP_TRAFFIC_BYTES = {"adamw": 44, "adam": 44, "sgd_momentum": 36, "sgd": 28}
+"""Memory traffic of what follows the last backward, per parameter, in fp32: the gradient is read and
+written when the schedule scales it by 1/M (8 B), read for the clip's norm (4 B) and read and written
+when clipped (8 B); the weight is read and written (8 B), plus 8 B per state tensor (AdamW: exp_avg
+and exp_avg_sq; SGD momentum: one buffer). AdamW does ~10 FLOPs per parameter: memory-bound. Profiles
+hold AdamW's time (optimizer_step_ms); planner.cost scales other optimizers by these ratios."""
+ADAMW_STEP_BYTES_PER_PARAM = OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"]
 
 
 def optimizer_step_ms(param_count: int, preset: GpuPreset) -> float:

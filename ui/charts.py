@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from planner.plan import Plan
+from planner.schedules import schedule_spec
 from profiler.gpus import GiB
 from profiler.profile import Profile
 from ui.plan_facts import MEMORY_PARTS, device_memory
@@ -54,7 +55,7 @@ def memory_per_device_figure(plan: Plan) -> go.Figure:
 def compute_per_stage_figure(plan: Plan) -> go.Figure:
     """Per stage and micro-batch: forward, backward (input grad), weight grad and send time."""
     labels = [f"stage {s.index} ({plan.cluster.devices[s.device].name})" for s in plan.stages]
-    zero_bubble = any(s.bwd_weight_ms for s in plan.stages) and plan.config.schedule in ("ZBH1", "ZBV")
+    zero_bubble = any(s.bwd_weight_ms for s in plan.stages) and schedule_spec(plan.config.schedule).split_backward
     parts = [("forward F", [s.fwd_ms for s in plan.stages], OKABE_ITO[0])]
     if zero_bubble:
         parts += [("backward B (input grad)", [s.bwd_input_ms for s in plan.stages], OKABE_ITO[1]),

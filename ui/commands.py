@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 
 from planner.plan import Plan
+from planner.schedules import schedule_spec
 
 
 def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str | None = None) -> str:
@@ -24,7 +25,7 @@ def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str
                  f"--microbatches {c.num_microbatches}",
                  # explicit: `pipeplan plan` otherwise plans at micro-batch 1, rescaling the profile
                  f"--batch-size {c.micro_batch_size}"]
-    if c.schedule == "Interleaved1F1B":
+    if schedule_spec(c.schedule).chunks_per_device is None:  # the schedule takes a chunk count
         plan_args.append(f"--virtual-stages {c.virtual_stages}")
     plan_args += [f"--optimizer {c.optimizer}", f"--precision {c.precision}", f"--recompute {c.recompute}",
                   f"--reserve {c.reserve_bytes}B", f"--time-limit {c.time_limit_s:g}", "-o plan.json"]

@@ -10,6 +10,7 @@ import streamlit as st
 from planner.cluster import Cluster
 from planner.config import SCHEDULES, TrainConfig
 from planner.plan import Plan
+from planner.schedules import schedule_spec
 from profiler.errors import PipeplanError
 from profiler.profile import Profile
 from ui import cache, charts
@@ -34,10 +35,11 @@ def _row(label: str, plan: Plan | None) -> dict:
 
 
 def schedule_configs(config: TrainConfig) -> list[TrainConfig]:
-    """The current config under every schedule (2 chunks per device for Interleaved1F1B)."""
+    """The current config under every schedule (at least 2 chunks per device where the schedule takes a
+    chunk count: Interleaved1F1B)."""
     out = []
     for schedule in SCHEDULES:
-        virtual = max(2, config.virtual_stages) if schedule == "Interleaved1F1B" else 1
+        virtual = max(2, config.virtual_stages) if schedule_spec(schedule).chunks_per_device is None else 1
         out.append(dataclasses.replace(config, schedule=schedule, virtual_stages=virtual))
     return out
 

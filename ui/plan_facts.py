@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from planner.memory import StageMemory
+from planner.memory import device_memory as memory_of_device
 from planner.plan import Plan
 
 MEMORY_PARTS = tuple(f.name for f in fields(StageMemory))
@@ -33,17 +34,16 @@ class DeviceMemory:
 def device_memory(plan: Plan) -> list[DeviceMemory]:
     """Memory per device, in cluster order: the sum of its stages' StageMemory against its limit.
 
-    The reserve is held once per device, not once per stage, so it is taken from one stage.
+    The reserve is held once per device (planner.memory.device_memory).
     """
     out = []
     for d, dev in enumerate(plan.cluster.devices):
         stages = [s for s in plan.stages if s.device == d]
         if not stages:
             continue
-        parts = {p: sum(getattr(s.memory, p) for s in stages) for p in MEMORY_PARTS if p != "reserve"}
-        parts["reserve"] = max(s.memory.reserve for s in stages)
         out.append(DeviceMemory(device=d, name=dev.name, stages=tuple(s.index for s in stages),
-                                memory=StageMemory(**parts), limit_bytes=stages[0].memory_limit_bytes))
+                                memory=memory_of_device([s.memory for s in stages]),
+                                limit_bytes=stages[0].memory_limit_bytes))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from planner.config import DEFAULT_RESERVE_BYTES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, TrainConfig
+from planner.schedules import schedule_spec
 from profiler.errors import PipeplanError
 from profiler.gpus import GiB
 
@@ -30,7 +31,7 @@ def training_section(micro_batch_size: int) -> TrainConfig | None:
                      f"{TrainConfig(num_microbatches=num_microbatches, micro_batch_size=micro_batch_size).samples_per_step}")
     schedule = c[2].selectbox("Schedule", SCHEDULES, index=SCHEDULES.index("1F1B"), key="schedule")
     virtual = 1
-    if schedule == "Interleaved1F1B":
+    if schedule_spec(schedule).chunks_per_device is None:
         virtual = int(c[3].number_input("Chunks per device", min_value=2, max_value=16, value=2, key="virtual"))
     d = st.columns(5)
     optimizer = d[0].selectbox("Optimizer", OPTIMIZERS, key="optimizer")

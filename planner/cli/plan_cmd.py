@@ -8,6 +8,7 @@ from pathlib import Path
 from planner.cluster import Cluster, parse_memory
 from planner.config import TrainConfig
 from planner.plan import Plan
+from planner.schedules import SCHEDULE_SPECS, SCHEDULES
 from profiler.errors import PipeplanError
 from profiler.gpus import GiB
 from profiler.jsonio import read_json_file
@@ -25,8 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     mb = p.add_mutually_exclusive_group()
     mb.add_argument("--microbatches", type=int, help="micro-batches per step (M)")
     mb.add_argument("--global-batch", type=int, help="samples per step; pipeplan picks the fastest M")
-    p.add_argument("--schedule", default="1F1B", help="GPipe, 1F1B, Interleaved1F1B, ZBH1 or ZBV")
-    p.add_argument("--virtual-stages", type=int, default=1, help="chunks per device (Interleaved1F1B)")
+    p.add_argument("--schedule", default="1F1B", help=", ".join(SCHEDULES))
+    p.add_argument("--virtual-stages", type=int, default=1, help="chunks per device (" + ", ".join(
+        s.name for s in SCHEDULE_SPECS.values() if s.chunks_per_device is None) + ")")
     p.add_argument("--optimizer", default="adamw", help="adamw, adam, sgd, sgd_momentum")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16 (bf16 mixed with fp32 master weights)")
     p.add_argument("--recompute", default="off", choices=("off", "on", "auto"))
