@@ -10,7 +10,10 @@ import pytest
 
 from planner.config import TrainConfig
 from planner.schedules import (
+    MULTI_CHUNK_SCHEDULES,
+    SCHEDULE_SPECS,
     Action,
+    canonical_schedule,
     check_schedule,
     in_flight_microbatches,
     num_stages,
@@ -175,3 +178,44 @@ def test_in_flight_is_cached_and_returns_a_copy():
     a = in_flight_microbatches("Interleaved1F1B", 8, 64, 4)
     a[0] = -1
     assert in_flight_microbatches("Interleaved1F1B", 8, 64, 4)[0] != -1
+
+
+# -- the registry -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SCHEDULE_SPECS)
+def test_registry_entry_is_consistent(name):
+    import torch.distributed.pipelining.schedules as torch_schedules
+
+    spec = SCHEDULE_SPECS[name]
+    assert spec.torch_class in torch_schedules.__all__, spec.torch_class
+    assert canonical_schedule(name.lower()) == name and all(canonical_schedule(a) == name for a in spec.aliases)
+    v = spec.chunks_per_device or 3
+    placement = stage_to_device(4, name, v)
+    assert len(placement) == 4 * v and sorted(set(placement)) == [0, 1, 2, 3]
+    if spec.placement == "v":
+        assert placement == [0, 1, 2, 3, 3, 2, 1, 0]
+    else:
+        assert placement == [s % 4 for s in range(4 * v)]
+    ops = {a.op for acts in schedule_actions(name, 4, 8, v).values() for a in acts}
+    assert ops == ({"F", "B", "W"} if spec.split_backward else {"F", "B"})
+    assert (spec.weight_credit > 0) == spec.split_backward
+    assert (name in MULTI_CHUNK_SCHEDULES) == (v > 1)
+
+
+def test_micro_batch_rules_match_torch():
+    """Each registry rule accepts exactly the shapes torch's class accepts (torch_order is None when it
+    refuses), for the schedules the visualizer builds."""
+    for torch_name, name, v in (("GPipe", "GPipe", 1), ("1F1B", "1F1B", 1), ("Interleaved1F1B", "Interleaved1F1B", 2),
+                                ("ZBVZeroBubble", "ZBV", 2)):
+        for P, M in SHAPES:
+            if name == "1F1B" and P == 1:
+                continue  # the visualizer's 1F1B needs 2 ranks
+            assert (torch_order(torch_name, P, M, v) is None) == (ours(name, P, M, v) is None), (name, P, M)
+
+
+def test_config_reads_the_registry():
+    assert TrainConfig(schedule="zbv", virtual_stages=1).virtual_stages == 2
+    with pytest.raises(PipeplanError, match="needs schedule Interleaved1F1B"):
+        TrainConfig(schedule="1F1B", virtual_stages=2)
+    with pytest.raises(PipeplanError, match="choose one of GPipe, 1F1B, Interleaved1F1B, ZBH1, ZBV"):
+        TrainConfig(schedule="DualPipe")

@@ -1,0 +1,56 @@
+"""planner/memory.py against hand calculations: bytes per parameter, activations per schedule, the reserve."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.config import TrainConfig
+from planner.memory import (
+    StageMemory,
+    activation_scale,
+    bytes_per_param,
+    device_memory,
+    even_chunk_limit_bytes,
+    memory_coefficients,
+    stage_memory_bytes,
+    stages_budget_bytes,
+)
+
+
+def test_bytes_per_param_zero_accounting():
+    assert bytes_per_param("fp32", "adamw") == (4, 4, 8)
+    assert sum(bytes_per_param("bf16_mixed", "adamw")) == 16  # ZeRO paper, sec. 3.1: 2 + 2 + 12
+    assert activation_scale("float32", "bf16_mixed") == 0.5
+
+
+def test_stage_memory_by_hand():
+    cfg = TrainConfig(reserve_bytes=1000)
+    # 10 params x 16 B, 100 B of saved activations x 3 in flight, 7 B relayed x 3, reserve once
+    m = stage_memory_bytes(param_count=10, activation_bytes=100, input_bytes=40, relay_bytes=7, in_flight=3,
+                           config=cfg)
+    assert (m.params, m.grads, m.optimizer, m.activations, m.relay, m.reserve) == (40, 40, 80, 300, 21, 1000)
+    # recompute keeps the inputs of the 3 in-flight micro-batches and rebuilds one micro-batch at a time
+    r = stage_memory_bytes(param_count=10, activation_bytes=100, input_bytes=40, relay_bytes=7, in_flight=3,
+                           config=cfg, recompute=True)
+    assert r.activations == 100 + 3 * 40 and r.total == 160 + 220 + 21 + 1000
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_coefficients_reproduce_stage_memory(recompute):
+    cfg = TrainConfig(precision="bf16_mixed", reserve_bytes=64)
+    args = {"param_count": 1234, "activation_bytes": 5e6, "input_bytes": 3e5, "relay_bytes": 2e4, "in_flight": 4}
+    m = stage_memory_bytes(**args, config=cfg, recompute=recompute)
+    c = memory_coefficients(in_flight=4, config=cfg, recompute=recompute)
+    linear = (c.per_param * 1234 + c.per_activation_byte * 5e6 + c.per_input_byte * 3e5
+              + c.per_relay_byte * 2e4 + c.constant)
+    assert m.total == pytest.approx(linear, abs=1.0)
+
+
+def test_reserve_is_held_once_per_device():
+    a = StageMemory(params=10, activations=5, reserve=100)
+    b = StageMemory(params=20, relay=3, reserve=100)
+    both = device_memory([a, b])
+    assert both.total == 10 + 5 + 20 + 3 + 100
+    assert stages_budget_bytes(1000, 100) == 900
+    # two chunks share 900: 450 each, and every stage's own total counts the reserve
+    assert even_chunk_limit_bytes(1000, 100, 2) == 550.0
