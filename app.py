@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 from ui.cluster_view import cluster_section
 from ui.export_view import export_section
 from ui.model_view import model_section

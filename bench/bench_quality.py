@@ -17,13 +17,13 @@ the partition matters, not how fast any GPU is.
 from __future__ import annotations
 
 from bench.common import Timer, command_line, rnd, write_result
+from core.errors import PipeplanError
 from planner.baselines import baseline_plans
 from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
 from planner.cost import speeds
 from planner.solve import solve
 from profiler import load_profile
-from profiler.errors import PipeplanError
 from profiler.gpus import get_preset
 
 PRESET = "A100-80GB"

@@ -13,10 +13,10 @@ cost model then says what their partitions really cost.
 
 from __future__ import annotations
 
+from core.errors import PipeplanError
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.plan import Plan
-from profiler.errors import PipeplanError
 from profiler.profile import Profile
 
 BASELINES = ("uniform_layers", "param_balanced", "time_balanced")

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.errors import PipeplanError
 from planner.cluster import Cluster, Device, Link
-from profiler.errors import PipeplanError
 
 TIMEOUT_S = 300
 

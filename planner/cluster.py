@@ -12,10 +12,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from planner._json import build_dataclass, check_number
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
+from core.jsonio import build_dataclass, check_number, load_json_text
 from profiler.gpus import GiB, get_preset
-from profiler.profile import Profile, load_json_text
+from profiler.profile import Profile
 
 SCHEMA = "pipeplan.cluster/1"
 MAX_DEVICES = 4096

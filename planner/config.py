@@ -10,7 +10,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from planner._json import build_dataclass, check_number
+from core.errors import PipeplanError
+from core.jsonio import build_dataclass, check_number, load_json_text
 from planner.schedules import (  # noqa: F401  (re-exported: the closed set of schedule names)
     MULTI_CHUNK_SCHEDULES,
     SCHEDULES,
@@ -18,9 +19,7 @@ from planner.schedules import (  # noqa: F401  (re-exported: the closed set of s
     check_virtual_stages,
     schedule_spec,
 )
-from profiler.errors import PipeplanError
 from profiler.gpus import GiB
-from profiler.profile import load_json_text
 
 SCHEMA = "pipeplan.trainconfig/1"
 

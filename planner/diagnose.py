@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from core.errors import PipeplanError
 from planner.cluster import Cluster, Device
 from planner.config import TrainConfig
 from planner.evaluate import gib, memory_problems
 from planner.plan import Diagnosis, Plan, SolverInfo
-from profiler.errors import PipeplanError
 from profiler.profile import Profile
 
 MAX_EXTRA_DEVICES_FACTOR = 8

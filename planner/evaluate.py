@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from core.errors import PipeplanError
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.cost import (
@@ -25,7 +26,6 @@ from planner.cost import (
 from planner.memory import device_memory, stage_memory_bytes
 from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
 from planner.schedules import in_flight_microbatches
-from profiler.errors import PipeplanError
 from profiler.gpus import GiB
 from profiler.profile import Profile
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from core.errors import PipeplanError
 from planner.config import MAX_MICROBATCHES, TrainConfig
 from planner.schedules import check_schedule
-from profiler.errors import PipeplanError
 from profiler.profile import Profile
 
 

@@ -10,12 +10,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from planner._json import build_dataclass
+from core.errors import PipeplanError
+from core.jsonio import build_dataclass, load_json_text
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.memory import StageMemory
-from profiler.errors import PipeplanError
-from profiler.profile import ModelInfo, load_json_text
+from profiler.profile import ModelInfo
 
 SCHEMA = "pipeplan.plan/1"
 

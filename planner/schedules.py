@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 
 if TYPE_CHECKING:
     from planner.config import TrainConfig

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from core.errors import PipeplanError
 from planner.baselines import baseline_partitions, baseline_plans
 from planner.cluster import Cluster
 from planner.config import TrainConfig
@@ -27,7 +28,6 @@ from planner.memory import even_chunk_limit_bytes, stages_budget_bytes
 from planner.microbatches import microbatch_options, scale_profile
 from planner.plan import Plan, SolverInfo
 from planner.schedules import in_flight_microbatches
-from profiler.errors import PipeplanError
 from profiler.profile import Profile
 
 MAX_DEVICE_ORDERS = 24

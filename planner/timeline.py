@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from planner._json import build_dataclass
-from profiler.errors import PipeplanError
-from profiler.profile import load_json_text
+from core.errors import PipeplanError
+from core.jsonio import build_dataclass, load_json_text
 
 SCHEMA = "pipeplan.timeline/1"
 

@@ -5,12 +5,10 @@ and memory of every layer (the Profile contract).
     prof = load_profile("sample:gpt:124M", seq_len=1024, estimate_for="A100-80GB")
 """
 
-from profiler.errors import PipeplanError
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 
 __all__ = [
     "ModelInfo",
-    "PipeplanError",
     "Profile",
     "ProfileEdge",
     "ProfileNode",

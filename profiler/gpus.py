@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 
 GB = 10**9
 GiB = 2**30

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
+from core.jsonio import load_json_text
 from profiler.memcheck import check_fits_for_measuring
-from profiler.profile import Profile, load_json_text
+from profiler.profile import Profile
 from profiler.profile_model import profile_model
 
 # model_type -> task. The task picks the Auto class, the inputs and the loss.

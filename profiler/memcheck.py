@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 
 # Measuring needs weights + grads + saved activations in memory; keep this much headroom.
 MEASURE_MEMORY_FRACTION = 0.7

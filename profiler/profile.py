@@ -15,8 +15,8 @@ from typing import Any
 
 import networkx as nx
 
-from profiler.errors import PipeplanError
-from profiler.jsonio import build_dataclass, load_json_text
+from core.errors import PipeplanError
+from core.jsonio import build_dataclass, load_json_text
 
 SCHEMA = "pipeplan.profile/1"
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from core.errors import PipeplanError
 from profiler.analyze import analyze
-from profiler.errors import PipeplanError
 from profiler.gpus import GpuPreset, optimizer_step_ms, resolve_device, roofline_ms
 from profiler.layers import build_programs
 from profiler.memcheck import check_fits_for_measuring

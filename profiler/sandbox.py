@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 from profiler.profile import Profile
 
 DEFAULT_TIMEOUT_S = 300.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 from profiler.memcheck import check_fits_for_measuring
 from profiler.profile import Profile
 from profiler.profile_model import profile_model

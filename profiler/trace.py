@@ -34,7 +34,7 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 
 GRANULARITIES = ("block", "op")
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from helpers_app import synthetic_profile
 
+from core.errors import PipeplanError
 from planner.cli import build_parser
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.evaluate import device_memory_bytes
 from planner.plan import Plan
 from planner.solve import solve
-from profiler.errors import PipeplanError
 from profiler.gpus import GPU_PRESETS, GiB
 from ui import charts
 from ui.cluster_table import CUSTOM, base_rows, cluster_from_rows, rows_for_count
@@ -175,6 +175,7 @@ def test_cli_commands_parse_with_the_real_cli(interleaved_plan):
         parser.parse_args(argv[1:])  # SystemExit on an unknown flag or subcommand
 
 
+@pytest.mark.slow  # runs each printed command as a CLI process (~5 s)
 def test_cli_commands_reproduce_the_apps_plan(tmp_path):
     """Run the printed commands for real: the CLI's plan has the app's cuts and step time."""
     from profiler import load_profile

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import PipeplanError
 from planner.cluster import Cluster, Device, Link, parse_memory
 from planner.config import TrainConfig
 from planner.memory import StageMemory
 from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
 from planner.timeline import Event, Timeline
-from profiler.errors import PipeplanError
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 
 

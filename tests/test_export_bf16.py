@@ -77,6 +77,7 @@ def test_fp32_plan_has_no_autocast(load_job, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_gpt_bf16_pipeline_matches_single_process_and_stays_close_to_fp32(tmp_path):
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), seq_len=32)
     job = export_with(tmp_path, "bf16", plan, "bf16_mixed")
@@ -93,6 +94,7 @@ def test_gpt_bf16_pipeline_matches_single_process_and_stays_close_to_fp32(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_dlrm_bf16_with_a_bf16_boundary(tmp_path):
     """The boundary autocast makes bf16 is sent as fp32 (see the first test) and training still matches."""
     job = export_with(tmp_path, "dlrm", hand_plan("sample:dlrm:tiny", DLRM_STAGES, micro_batch_size=4),

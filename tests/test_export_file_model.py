@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from helpers_export import hand_plan, losses, run_job
 
+from core.errors import PipeplanError
 from planner.export import export_plan, render_job
-from profiler.errors import PipeplanError
 
 STEPS = 3
 TOL = 1e-5
@@ -191,6 +191,7 @@ def assert_same(pipeline: list[dict], single: list[dict]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_profiled_file_model_trains_like_single_process(user_file, monkeypatch, tmp_path):
     """The real flow: profile the file in the sandbox, solve for 2 devices, export, torchrun."""
     from planner.cluster import Cluster
@@ -214,6 +215,7 @@ def test_profiled_file_model_trains_like_single_process(user_file, monkeypatch, 
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_file_model_without_loss_uses_the_default_and_replicates_fixed_inputs(user_file, tmp_path):
     plan = hand_plan(f"file:{user_file}:make_plain", [["inp"], ["mid", "out"]], num_microbatches=2,
                      micro_batch_size=3)

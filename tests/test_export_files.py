@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers_export import gpt_tiny_stages, hand_plan
 
+from core.errors import PipeplanError
 from planner.cli import main as cli_main
 from planner.export import export_plan, export_zip_bytes, render_job
-from profiler.errors import PipeplanError
 
 JOB_FILES = {"train.py", "pipeline_runtime.py", "launch.sh", "slurm.sbatch", "plan.json", "README.md",
              "model/__init__.py", "model/init.py", "model/spec.py", "model/gpt.py"}

@@ -10,8 +10,8 @@ from unittest import mock
 import pytest
 from helpers_export import check_equivalence, gpt_tiny_stages, hand_plan
 
+from core.errors import PipeplanError
 from planner.schedules import schedule_actions
-from profiler.errors import PipeplanError
 
 COMPUTE = ("FORWARD", "BACKWARD_INPUT", "BACKWARD_WEIGHT", "FULL_BACKWARD")
 
@@ -45,6 +45,7 @@ def test_torch_interleaved_zero_bubble_with_one_stage_per_rank_is_pipeplans_zbh1
 
 
 @pytest.mark.slow
+@pytest.mark.torchrun
 def test_gpt_zbh1_two_ranks_matches_single_process(tmp_path):
     # 4 micro-batches on 2 ranks: 2 rounds, W postponed on rank 0; tied wte/lm_head across ranks
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), schedule="ZBH1", num_microbatches=4, seq_len=32)

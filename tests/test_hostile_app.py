@@ -13,7 +13,7 @@ from hostile.corpus import CASES, Base, by_name
 from hostile.harness import base_documents, markers_absent
 from streamlit.testing.v1 import AppTest
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 from ui.cluster_view import DEFAULT_DEVICES, DEFAULT_PER_NODE, DEFAULT_PRESET, device_table_key
 from ui.uploads import ModelRequest, profile_from_upload
 

@@ -147,6 +147,7 @@ def test_in_process_runner_reports_a_crash_as_a_traceback(monkeypatch, tmp_path)
     assert res.rc == 1 and "Traceback" in res.stderr and "boom" in res.stderr
 
 
+@pytest.mark.slow  # cli_results runs every case, a fresh CLI process for each process-level one (~20 s)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_cli_refuses_clearly(case, cli_results):
     if case.kind in NEEDS and not module_exists(NEEDS[case.kind]):

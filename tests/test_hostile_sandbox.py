@@ -25,9 +25,10 @@ def _copy(name: str, folder):
     return _py_factory(name)(folder, None)
 
 
+@pytest.mark.slow  # one sandbox child per case; the hang and orphan cases wait 10-15 s
 @pytest.mark.parametrize("name", sorted(SANDBOX_CASES))
 def test_sandboxed_factory_fails_clearly(name, tmp_path, monkeypatch):
-    from profiler.errors import PipeplanError
+    from core.errors import PipeplanError
     from profiler.sandbox import profile_file_factory
 
     monkeypatch.setenv("PIPEPLAN_FAKE_SECRET", FAKE_SECRET)
@@ -55,6 +56,7 @@ def test_sandboxed_factory_fails_clearly(name, tmp_path, monkeypatch):
     assert base_documents().plan["feasible"]
 
 
+@pytest.mark.slow  # a CLI process, then its sandbox child
 def test_cli_allow_code_runs_factory_sandboxed(tmp_path):
     """Through the CLI with --allow-code: the factory's exception is one line, no traceback, exit 2."""
     path = _copy("raises", tmp_path)
@@ -71,7 +73,7 @@ def test_cli_allow_code_runs_factory_sandboxed(tmp_path):
 def test_without_allow_code_nothing_runs(tmp_path):
     case = by_name()["py_write_outside_without_allow_code"]
     path = case.build(tmp_path, None)
-    from profiler.errors import PipeplanError
+    from core.errors import PipeplanError
     from profiler.sources import load_profile
 
     with pytest.raises(PipeplanError, match="--allow-code"):
@@ -152,6 +154,7 @@ def guarded(tmp_path):
     return job / "guarded.py"
 
 
+@pytest.mark.slow  # one sandbox child per escape (~2 s each)
 @pytest.mark.parametrize("factory, message", [
     ("write_marker", r"sandbox blocked writing \S*MARKER-outside \(outside the factory's folder\)"),
     ("os_open_marker", r"sandbox blocked writing \S*MARKER-os-open"),
@@ -165,7 +168,7 @@ def guarded(tmp_path):
     ("ctypes_escape", r"sandbox blocked ctypes\.dlopen"),
 ])
 def test_guard_blocks_escapes(factory, message, guarded):
-    from profiler.errors import PipeplanError
+    from core.errors import PipeplanError
     from profiler.sandbox import profile_file_factory
 
     with pytest.raises(PipeplanError) as err:
@@ -178,6 +181,7 @@ def test_guard_blocks_escapes(factory, message, guarded):
     assert (outside / "KEEP-me").read_text() == "must survive"
 
 
+@pytest.mark.slow  # a sandbox child that profiles (~3 s each)
 @pytest.mark.parametrize("measure", [None, "cpu"])
 def test_guard_lets_a_normal_factory_profile(measure, guarded):
     """The guard does not get in torch's way: estimated and measured (CPU) profiling both work."""

@@ -9,12 +9,12 @@ import functools
 import pytest
 
 import sample_models
+from core.errors import PipeplanError
 from planner.baselines import baseline_plans
 from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
 from planner.simulator import simulate
 from planner.solve import solve
-from profiler.errors import PipeplanError
 from profiler.profile import Profile
 from profiler.sources import load_profile
 

@@ -11,8 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import sample_models
+from core.errors import PipeplanError
 from planner.memory import bytes_per_param
-from profiler.errors import PipeplanError
 from profiler.profile import Profile
 from profiler.profile_model import profile_model
 

@@ -140,6 +140,8 @@ def test_overhead_fit_inverts_the_simulator():
     assert fit_action_overhead(raw, link) == pytest.approx(overhead)
 
 
+@pytest.mark.slow
+@pytest.mark.torchrun  # two calibration ranks under torchrun (~25 s)
 def test_calibrate_runs_two_real_ranks_and_writes_a_cluster(tmp_path, capsys):
     out = tmp_path / "cluster.json"
     assert cli_main(["calibrate", "--devices", "3", "--memory", "16GB", "-o", str(out)]) == 0

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 from profiler.sandbox import profile_file_factory
 from profiler.sources import load_profile
 
@@ -54,6 +54,7 @@ def test_code_needs_explicit_permission(user_file):
         load_profile(f"file:{user_file}:make")
 
 
+@pytest.mark.slow  # a sandbox child that profiles (~4 s)
 def test_factory_profiles_in_a_clean_child(user_file):
     prof = load_profile(f"file:{user_file}:make", allow_code=True, batch_size=3)
     assert [n.id for n in prof.nodes] == ["0", "1", "2"]
@@ -61,6 +62,7 @@ def test_factory_profiles_in_a_clean_child(user_file):
     assert prof.total_param_bytes == (16 * 32 + 32 + 32 * 4 + 4) * 4
 
 
+@pytest.mark.slow  # two sandbox children that profile (~9 s)
 def test_seq_len_is_recorded_when_the_factory_takes_it(user_file):
     # an export rebuilds the model at the profile's seq_len, so it must be the one the factory got
     prof = load_profile(f"file:{user_file}:make_seq", allow_code=True, batch_size=2, seq_len=12)
@@ -74,11 +76,13 @@ def test_factory_that_raises_gives_its_message(user_file):
         profile_file_factory(f"{user_file}:boom", timeout_s=120)
 
 
+@pytest.mark.slow  # waits out the 5 s limit
 def test_factory_that_hangs_is_stopped(user_file):
     with pytest.raises(PipeplanError, match="did not finish within 5 s"):
         profile_file_factory(f"{user_file}:spin", timeout_s=5)
 
 
+@pytest.mark.slow  # a sandbox child that allocates 3 GiB (~7 s)
 def test_factory_that_eats_memory_is_stopped(user_file):
     with pytest.raises(PipeplanError, match="more than 3 GiB"):
         profile_file_factory(f"{user_file}:eat", timeout_s=120, memory_bytes=3 * 2**30)

@@ -8,6 +8,7 @@ from unittest import mock
 
 import pytest
 
+from core.errors import PipeplanError
 from planner.config import TrainConfig
 from planner.schedules import (
     MULTI_CHUNK_SCHEDULES,
@@ -20,7 +21,6 @@ from planner.schedules import (
     schedule_actions,
     stage_to_device,
 )
-from profiler.errors import PipeplanError
 
 pipelining = pytest.importorskip("torch.distributed.pipelining")
 from torch.distributed.pipelining import PipelineStage

@@ -7,6 +7,7 @@ import json
 import plotly.graph_objects as go
 import pytest
 
+from core.errors import PipeplanError
 from planner.cli import main
 from planner.cluster import Cluster, Device
 from planner.config import TrainConfig
@@ -15,7 +16,6 @@ from planner.plan import Plan, StagePlan
 from planner.schedules import in_flight_microbatches, stage_to_device
 from planner.simulator import simulate, simulate_times
 from planner.timeline_plot import COLORS, idle_intervals, memory_figure, timeline_figure
-from profiler.errors import PipeplanError
 from profiler.profile import ModelInfo
 
 GiB = 2**30

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import PipeplanError
 from planner.schedules import check_schedule
 from planner.simulator import simulate_times
-from profiler.errors import PipeplanError
 
 cost = pytest.importorskip("planner.cost")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from core.errors import PipeplanError
 from planner.cluster import Cluster, Device, Link
-from profiler.errors import PipeplanError
 from profiler.gpus import GPU_PRESETS, GiB, get_preset
 
 CUSTOM = "custom"

@@ -10,8 +10,8 @@ from pathlib import Path
 import streamlit as st
 
 import sample_models
+from core.errors import PipeplanError
 from planner.cli.models_cmd import human_count
-from profiler.errors import PipeplanError
 from profiler.gpus import GPU_PRESETS
 from profiler.profile import Profile
 from ui import cache

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.errors import PipeplanError
 from planner.cluster import Cluster
 from planner.config import TrainConfig
 from planner.plan import Diagnosis, Plan
-from profiler.errors import PipeplanError
 from profiler.gpus import GiB
 from profiler.profile import Profile
 from ui import cache, charts

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.errors import PipeplanError
 from planner.config import DEFAULT_RESERVE_BYTES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, TrainConfig
 from planner.schedules import schedule_spec
-from profiler.errors import PipeplanError
 from profiler.gpus import GiB
 
 AUTO = "automatic"

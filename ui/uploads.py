@@ -15,8 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiler.errors import PipeplanError
-from profiler.profile import Profile, load_json_text
+from core.errors import PipeplanError
+from core.jsonio import load_json_text
+from profiler.profile import Profile
 
 MAX_UPLOAD_BYTES = 5 * 2**20
 """Same cap as server.maxUploadSize in .streamlit/config.toml (5 MB); checked again here."""

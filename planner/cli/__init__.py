@@ -18,7 +18,7 @@ import argparse
 import importlib
 import sys
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 
 SUBCOMMANDS = ("models", "profile", "plan", "simulate", "export", "calibrate", "app")
 

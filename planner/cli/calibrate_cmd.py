@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from core.errors import PipeplanError
 from planner.cluster import MAX_DEVICES, parse_memory
-from profiler.errors import PipeplanError
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

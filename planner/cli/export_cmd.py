@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from profiler.errors import PipeplanError
-from profiler.jsonio import read_json_file
+from core.errors import PipeplanError
+from core.jsonio import read_json_file
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.errors import PipeplanError
+from core.jsonio import read_json_file
 from planner.cluster import Cluster, parse_memory
 from planner.config import TrainConfig
 from planner.plan import Plan
 from planner.schedules import SCHEDULE_SPECS, SCHEDULES
-from profiler.errors import PipeplanError
 from profiler.gpus import GiB
-from profiler.jsonio import read_json_file
 from profiler.profile import Profile
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

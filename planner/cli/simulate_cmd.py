@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from profiler.errors import PipeplanError
-from profiler.jsonio import read_json_file
+from core.errors import PipeplanError
+from core.jsonio import read_json_file
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

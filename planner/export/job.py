@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import shlex
 
+from core.errors import PipeplanError
 from planner.config import MULTI_CHUNK_SCHEDULES
 from planner.export.model_files import model_files, model_readme, runtime_text, template_text
 from planner.export.runtime import RUNTIME_FILES
 from planner.plan import Plan
 from planner.schedules import check_schedule, stage_to_device
-from profiler.errors import PipeplanError
 
 EXPORTABLE_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBH1", "ZBV")
 """Schedules train.py runs with torch's built-in schedule classes. ZBH1 is torch's

@@ -17,7 +17,7 @@ import stat
 from importlib import resources
 from pathlib import Path
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 from profiler.profile import ModelInfo
 
 SAMPLE_FILES = ("spec.py", "init.py")
@@ -74,7 +74,7 @@ def _hf_model_files(source: str, info: ModelInfo) -> dict[str, str]:
         raise PipeplanError("the plan's model has no seq_len; an HF causal LM needs one: re-profile with --seq-len")
     # Only a real HF config is copied into the job: a plan's model source comes from a file the user may
     # not have written (an uploaded profile), and must not smuggle another file (hf:/etc/passwd) into it.
-    from profiler.jsonio import load_json_text, read_json_file
+    from core.jsonio import load_json_text, read_json_file
 
     text = read_json_file(path, "HF config")
     try:

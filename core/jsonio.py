@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from profiler.errors import PipeplanError
+from core.errors import PipeplanError
 
 MAX_JSON_BYTES = 50 * 2**20
 """Largest JSON document pipeplan reads (a 5000-layer profile is ~5 MB)."""
