@@ -63,6 +63,9 @@ class ScheduleSpec:
     weight_credit: float = 0.0
     """kappa: W passes per stage the schedule hides in the fill/drain (cost.fill_drain_ms)."""
     microbatch_rule: MicrobatchRule | None = None
+    """What torch's order generator accepts: the planner, the simulator and the export check it."""
+    export_rule: MicrobatchRule | None = None
+    """What torch's runtime class needs on top (checked at export, before any process group exists)."""
     aliases: tuple[str, ...] = ()
     description: str = ""
 
@@ -94,6 +97,19 @@ def _equal_rounds(name: str, torch_class: str) -> MicrobatchRule:
     return rule
 
 
+def _whole_rounds_at_run_time(P: int, M: int, v: int) -> str | None:
+    if M % P:
+        return (f"Interleaved1F1B needs the micro-batch count ({M}) to be a multiple of the pipeline ranks ({P}) "
+                "when torch runs it; re-plan with a multiple")
+    return None
+
+
+def _one_per_stage_at_run_time(P: int, M: int, v: int) -> str | None:
+    if M < 2 * P:
+        return f"ZBV needs at least as many micro-batches as stages ({2 * P}), the plan has {M}"
+    return None
+
+
 def _registry() -> dict[str, ScheduleSpec]:
     specs = [
         ScheduleSpec("GPipe", _gpipe, "ScheduleGPipe",
@@ -102,7 +118,7 @@ def _registry() -> dict[str, ScheduleSpec]:
                      description="one forward, one backward (Narayanan et al. 2019, PipeDream-Flush)"),
         ScheduleSpec("Interleaved1F1B", _interleaved, "ScheduleInterleaved1F1B", chunks_per_device=None,
                      microbatch_rule=_equal_rounds("Interleaved1F1B", "ScheduleInterleaved1F1B"),
-                     aliases=("interleaved",),
+                     export_rule=_whole_rounds_at_run_time, aliases=("interleaved",),
                      description="1F1B over v chunks per device, loop placement (Narayanan et al. 2021)"),
         # ZBH1 runs as torch's interleaved zero-bubble class with one stage per rank; its per-rank
         # order equals _zb_h1 (tests/test_export_zbh1.py checks it against torch's own lists).
@@ -111,7 +127,7 @@ def _registry() -> dict[str, ScheduleSpec]:
                      aliases=("zb-h1", "zb_h1"),
                      description="1F1B with the backward split into B and W (Qi et al. 2023, ZB-H1)"),
         ScheduleSpec("ZBV", _zbv, "ScheduleZBVZeroBubble", chunks_per_device=2, placement="v", split_backward=True,
-                     weight_credit=2.0, aliases=("zbvzerobubble",),
+                     weight_credit=2.0, export_rule=_one_per_stage_at_run_time, aliases=("zbvzerobubble",),
                      description="zero bubble with two chunks per device in V placement (Qi et al. 2023)"),
     ]
     return {s.name: s for s in specs}

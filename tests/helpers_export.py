@@ -28,14 +28,17 @@ GIB = 1 << 30
 # -- hand-built plans ----------------------------------------------------------
 
 
-def hand_plan(source: str, stages: list[list[str]], *, schedule: str = "1F1B", num_microbatches: int = 4,
+def hand_plan(source: str, stages: list[list[str]], *, schedule: str = "1F1B", num_microbatches: int | None = None,
               micro_batch_size: int = 2, data_parallel: int = 1, seq_len: int | None = None,
               image_size: int | None = None, virtual_stages: int = 1) -> Plan:
+    """A plan with these stages (1 ms forward, 2 ms backward each); num_microbatches defaults to
+    max(4, devices), which every schedule's export accepts."""
+    from planner.schedules import chunks_per_device, stage_to_device
+
+    devices = len(stages) // chunks_per_device(schedule, virtual_stages)
+    num_microbatches = num_microbatches if num_microbatches is not None else max(4, devices)
     config = TrainConfig(schedule=schedule, num_microbatches=num_microbatches, micro_batch_size=micro_batch_size,
                          data_parallel=data_parallel, virtual_stages=virtual_stages)
-    from planner.schedules import stage_to_device
-
-    devices = len(stages) // config.virtual_stages
     placement = stage_to_device(devices, config.schedule, config.virtual_stages)
     stage_plans = [StagePlan(index=i, device=placement[i], node_ids=ids, fwd_ms=1.0, bwd_ms=2.0, bwd_input_ms=1.0,
                              bwd_weight_ms=1.0, comm_out_ms=0.0, comm_out_bytes=0, recompute=False, in_flight=1,

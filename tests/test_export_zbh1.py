@@ -17,17 +17,19 @@ COMPUTE = ("FORWARD", "BACKWARD_INPUT", "BACKWARD_WEIGHT", "FULL_BACKWARD")
 
 
 def torch_zbh1_order(P: int, M: int) -> dict[int, list[str]]:
-    """Per rank, the compute actions torch's IZB builds for one stage per rank (mock stages, as
-    torch's _schedule_visualizer does; its get_schedule_ops insists on >= 2 stages per rank).
-    torch writes the input-gradient backward "I"; pipeplan calls it "B"."""
+    """Per rank, the compute actions of the torch class the registry names for ZBH1 (IZB) with one
+    stage per rank (mock stages, as torch's _schedule_visualizer does; its get_schedule_ops insists
+    on >= 2 stages per rank). torch writes the input-gradient backward "I"; pipeplan calls it "B"."""
+    import torch.distributed.pipelining.schedules as torch_schedules
     from torch.distributed.pipelining import PipelineStage
-    from torch.distributed.pipelining.schedules import get_schedule_class
+
+    from planner.schedules import SCHEDULE_SPECS
 
     stage = mock.create_autospec(PipelineStage, instance=True)
     stage.group_rank, stage.group_size, stage.submod, stage.num_stages = 0, P, None, P
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sched = get_schedule_class("InterleavedZeroBubble")([stage], M)
+        sched = getattr(torch_schedules, SCHEDULE_SPECS["ZBH1"].torch_class)([stage], M)
     return {r: [str(a).replace("I", "B") for a in acts if a is not None and a.computation_type.name in COMPUTE]
             for r, acts in sched.pipeline_order.items()}
 

@@ -10,15 +10,14 @@ import json
 import shlex
 
 from core.errors import PipeplanError
-from planner.config import MULTI_CHUNK_SCHEDULES
 from planner.export.model_files import model_files, model_readme, runtime_text, template_text
 from planner.export.runtime import RUNTIME_FILES
 from planner.plan import Plan
-from planner.schedules import check_schedule, stage_to_device
+from planner.schedules import SCHEDULE_SPECS, check_schedule, schedule_spec, stage_to_device
 
-EXPORTABLE_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBH1", "ZBV")
-"""Schedules train.py runs with torch's built-in schedule classes. ZBH1 is torch's
-ScheduleInterleavedZeroBubble with one stage per rank; its per-rank order equals
+EXPORTABLE_SCHEDULES = tuple(name for name, spec in SCHEDULE_SPECS.items() if spec.torch_class)
+"""Schedules train.py runs with torch's built-in schedule classes (ScheduleSpec.torch_class). ZBH1 is
+torch's ScheduleInterleavedZeroBubble with one stage per rank; its per-rank order equals
 planner.schedules.schedule_actions("ZBH1", ...) (tests/test_export_zbh1.py checks this)."""
 PRECISION_NOTES = {
     "fp32": "fp32",
@@ -59,17 +58,16 @@ def job_settings(plan: Plan, source: str) -> dict:
         raise PipeplanError("plan config has no num_microbatches; export a plan returned by the solver")
     ranks = pipeline_ranks(plan)
     pp = max(ranks) + 1
-    if cfg.schedule in MULTI_CHUNK_SCHEDULES and cfg.num_microbatches < len(ranks) and cfg.schedule == "ZBV":
-        raise PipeplanError(f"ZBV needs at least as many micro-batches as stages ({len(ranks)}), "
-                            f"the plan has {cfg.num_microbatches}")
-    if cfg.schedule == "ZBH1":  # torch raises only after the process group exists; say it here, clearly
-        check_schedule("ZBH1", pp, cfg.num_microbatches)
-    if cfg.schedule == "Interleaved1F1B" and cfg.num_microbatches % pp:
-        raise PipeplanError(f"Interleaved1F1B needs the micro-batch count ({cfg.num_microbatches}) to be a multiple "
-                            f"of the pipeline ranks ({pp})")
+    # torch raises only after the process group exists; say it here, clearly
+    spec = schedule_spec(cfg.schedule)
+    check_schedule(spec.name, pp, cfg.num_microbatches, cfg.virtual_stages)
+    why = spec.export_rule(pp, cfg.num_microbatches, cfg.virtual_stages) if spec.export_rule else None
+    if why is not None:
+        raise PipeplanError(why)
     return {
         "model_source": source,
         "schedule": cfg.schedule,
+        "schedule_class": spec.torch_class,
         "num_microbatches": cfg.num_microbatches,
         "micro_batch_size": cfg.micro_batch_size,
         "data_parallel": cfg.data_parallel,

@@ -172,17 +172,12 @@ def run_single_process(args: argparse.Namespace) -> None:
         log_step(step, float(torch.stack(losses).mean()), time.perf_counter() - t0, samples, device)
 
 
-# ZBH1 (zero bubble, one stage per rank) is torch's interleaved zero-bubble schedule given one stage
-# per rank: the same per-rank order of F, I (input gradient) and W (weight gradient) pipeplan plans.
-SCHEDULE_CLASSES = {"GPipe": "GPipe", "1F1B": "1F1B", "Interleaved1F1B": "Interleaved1F1B",
-                    "ZBV": "ZBVZeroBubble", "ZBH1": "InterleavedZeroBubble"}
-
-
 def run_pipeline(args: argparse.Namespace) -> None:
+    import torch.distributed.pipelining.schedules as torch_schedules
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining.microbatch import TensorChunkSpec, _Replicate
-    from torch.distributed.pipelining.schedules import PipelineScheduleMulti, get_schedule_class
+    from torch.distributed.pipelining.schedules import PipelineScheduleMulti
 
     stage_to_rank = SETTINGS["stage_to_rank"]
     pp = max(stage_to_rank) + 1
@@ -237,7 +232,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
 
     stages = [PipelineStage(modules[s], s, num_stages, device, input_args=shapes[s][0], output_args=shapes[s][1],
                             group=pp_group) for s in local]
-    sched_cls = get_schedule_class(SCHEDULE_CLASSES[SETTINGS["schedule"]])
+    # the class pipeplan's schedule registry names (ZBH1: the interleaved zero-bubble class with one
+    # stage per rank, whose per-rank F/I/W order is the one the plan was simulated with)
+    sched_cls = getattr(torch_schedules, SETTINGS["schedule_class"])
     chunk_spec = tuple(TensorChunkSpec(0) if b else _Replicate for b in batched)
     multi = issubclass(sched_cls, PipelineScheduleMulti)
     schedule = sched_cls(stages if multi else stages[0], M, loss_fn=model_source.loss_fn, args_chunk_spec=chunk_spec)
