@@ -10,12 +10,18 @@ Formulation (docs/ilp.md has it in full):
   step >= M * Dmax and step >= (M - 1/v) Dmax + (sum T - kappa sum_{s<S-1} W)/v.
 Bounds from a known plan (the DP's) fix most x: a node cannot sit in stage s if the work of
 itself and its ancestors exceeds what stages 0..s can do in UB/M each (same for descendants).
+
+Code: solve_ilp = build_model (one _Builder method per constraint family, in a fixed order) ->
+_run (backend, time limit, warm start) -> _decode (the solver's status first, then the values).
+The cutoff (upper_bound) is part of the model: it fixes x outside each node's stage window and
+bounds Dmax and step.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import pulp
@@ -60,6 +66,8 @@ class ILPResult:
     seconds: float
 
 
+# -- HiGHS and CBC plumbing ------------------------------------------------------------
+
 _BANNER_SILENCED = False
 
 
@@ -100,6 +108,35 @@ class _HighsWarm(pulp.HiGHS):
                 self.start = None  # a warm start is an optimisation only: solve without it
         lp.solverModel.run()
 
+
+def _cbc_solver(time_limit_s: float, warm_start: bool) -> pulp.LpSolver:
+    """CBC through PuLP: COIN_CMD on the cbc binary of the cbcbox package (`pip install pulp[cbc]`,
+    what PuLP >= 3.3.2 recommends) when it is installed, else PuLP's bundled binary (PULP_CBC_CMD)."""
+    options = {"msg": False, "timeLimit": max(1, round(time_limit_s)), "warmStart": warm_start,
+               "gapRel": 1e-9, "threads": 1}
+    try:
+        import cbcbox
+    except ImportError:
+        cbcbox = None
+    if cbcbox is not None:
+        return pulp.COIN_CMD(path=cbcbox.cbc_bin_path(), **options)
+    with warnings.catch_warnings():
+        # PuLP 3.3.2 deprecates PULP_CBC_CMD (its bundled binary goes in PuLP 4.0, hence pulp<4) in
+        # favour of COIN_CMD on cbcbox's binary; until cbcbox is a dependency the bundled one is
+        # the only CBC every install has, so this one warning is silenced, nothing else.
+        warnings.filterwarnings("ignore", message="PULP_CBC_CMD is deprecated", category=DeprecationWarning)
+        return pulp.PULP_CBC_CMD(**options)
+
+
+def _new_var(lp: pulp.LpProblem, name: str, low: float | None = None, up: float | None = None,
+             cat: str = pulp.LpContinuous) -> pulp.LpVariable:
+    """A variable of lp: `LpProblem.add_variable` (PuLP >= 3.3.1, the PuLP 4 API); the LpVariable
+    constructor, deprecated since, on an older PuLP."""
+    add = getattr(lp, "add_variable", None)
+    return add(name, low, up, cat) if add is not None else pulp.LpVariable(name, low, up, cat)
+
+
+# -- bounds from a known plan: the stage window of every node --------------------------
 
 def _ancestor_work(tables: CostTables, reverse: bool) -> list[float]:
     """Work (fwd + bwd, reference ms) of each node plus all its ancestors (descendants if reverse)."""
@@ -148,194 +185,6 @@ def stage_windows(prob: ILPProblem, t_cap: float | None) -> list[tuple[int, int]
     return windows
 
 
-def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float = 10.0,
-              warm_stage_of: list[int] | None = None, warm_recompute: list[bool] | None = None,
-              upper_bound: float | None = None) -> ILPResult:
-    start = time.perf_counter()
-    tb = prob.tables
-    N, S, M, v = tb.num_nodes, len(prob.stage_device), prob.num_microbatches, prob.virtual_stages
-    lp = pulp.LpProblem("pipeplan", pulp.LpMinimize)
-    t_cap = upper_bound / M if upper_bound is not None else None
-    win = stage_windows(prob, t_cap)
-
-    def xv(i: int, s: int):
-        if s < 0:
-            return 0
-        if s >= S - 1 or s >= win[i][1]:
-            return 1
-        if s < win[i][0]:
-            return 0
-        return x[i, s]
-
-    x = {(i, s): pulp.LpVariable(f"x_{i}_{s}", cat="Binary")
-         for i in range(N) for s in range(S - 1) if win[i][0] <= s < win[i][1]}
-    y = {(i, s): xv(i, s) - xv(i, s - 1) for i in range(N) for s in range(S)}
-    for (i, s), var in x.items():
-        if (i, s + 1) in x:
-            lp += var <= x[i, s + 1]
-    for t in tb.tensors:
-        for c in t.consumers:
-            for s in range(S - 1):
-                a_, b_ = xv(c, s), xv(t.producer, s)
-                if not (isinstance(a_, int) and isinstance(b_, int)):
-                    lp += a_ <= b_
-                elif a_ > b_:
-                    return ILPResult(None, None, "infeasible", None, None, time.perf_counter() - start)
-    for s in range(S):
-        lp += pulp.lpSum(y[i, s] for i in range(N)) >= 1
-    # crossing indicators per tensor and boundary
-    cross = {}
-    for k, t in enumerate(tb.tensors):
-        for b in range(S - 1):
-            terms = [(xv(t.producer, b), xv(c, b)) for c in t.consumers]
-            if all(isinstance(p, int) and isinstance(c, int) for p, c in terms):
-                cross[k, b] = max(p - c for p, c in terms)
-                continue
-            a = pulp.LpVariable(f"a_{k}_{b}", lowBound=0, upBound=1)
-            for p, c in terms:
-                lp += a >= p - c
-            cross[k, b] = a
-    relay = {}
-    for k, t in enumerate(tb.tensors):
-        for s in range(1, S - 1):
-            r = pulp.LpVariable(f"r_{k}_{s}", lowBound=0, upBound=1)
-            lp += r >= cross[k, s - 1] + cross[k, s] - 1
-            relay[k, s] = r
-    fwd_b = [pulp.lpSum(t.nbytes * cross[k, b] for k, t in enumerate(tb.tensors)) for b in range(S - 1)]
-    grad_b = [pulp.lpSum(t.nbytes * cross[k, b] for k, t in enumerate(tb.tensors) if t.requires_grad)
-              for b in range(S - 1)]
-    # one latency per tensor crossing (each is its own p2p op), as cost.assignment_bytes counts them
-    fwd_n = [pulp.lpSum(cross[k, b] for k in range(len(tb.tensors))) for b in range(S - 1)]
-    grad_n = [pulp.lpSum(cross[k, b] for k, t in enumerate(tb.tensors) if t.requires_grad) for b in range(S - 1)]
-    comm = []
-    for b in range(S - 1):
-        lat = prob.link_latency_ms[b]
-        comm.append(lat * fwd_n[b] + prob.link_ms_per_byte[b] * fwd_b[b]
-                    + lat * grad_n[b] + prob.link_ms_per_byte[b] * grad_b[b])
-    comm.append(0)
-    # per stage compute, params, memory
-    fsum = [pulp.lpSum(float(tb.fwd[i]) * y[i, s] for i in range(N)) for s in range(S)]
-    bsum = [pulp.lpSum(float(tb.bwd[i]) * y[i, s] for i in range(N)) for s in range(S)]
-    wsum = [pulp.lpSum(float(tb.bwd_weight[i]) * y[i, s] for i in range(N)) for s in range(S)]
-    asum = [pulp.lpSum(float(tb.activation[i]) * y[i, s] for i in range(N)) for s in range(S)]
-    psum = []
-    for s in range(S):
-        expr = pulp.lpSum(int(tb.params[i]) * y[i, s] for i in range(N))
-        for f, sp in enumerate(tb.shared):
-            h = pulp.LpVariable(f"h_{f}_{s}", lowBound=0, upBound=1)
-            for u in sp.users:
-                lp += h >= y[u, s] - (y[sp.owner, s] if sp.owner >= 0 else 0)
-            expr += sp.size * h
-        psum.append(expr)
-    inputs = [tb.model_input_bytes] + [fwd_b[b] for b in range(S - 1)]
-    total_fwd = float(tb.fwd.sum())
-    max_input = max([tb.model_input_bytes] + [sum(t.nbytes for t in tb.tensors)])
-    rec_var, rec_time, mem_act = [], [], []
-    for s in range(S):
-        co = {r: memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
-                                     profile_dtype=tb.dtype, recompute=r) for r in prob.recompute_options}
-        expr_of = {r: c.per_activation_byte * asum[s] + c.per_input_byte * inputs[s] for r, c in co.items()}
-        if len(prob.recompute_options) == 1:
-            r0 = prob.recompute_options[0]
-            rec_var.append(r0)
-            rec_time.append(fsum[s] if r0 else 0)
-            mem_act.append(expr_of[r0])
-        else:
-            r = pulp.LpVariable(f"rec_{s}", cat="Binary")
-            z = pulp.LpVariable(f"recf_{s}", lowBound=0)
-            lp += z >= fsum[s] - total_fwd * (1 - r)
-            m = pulp.LpVariable(f"mact_{s}", lowBound=0)
-            big = max(c.per_activation_byte * float(tb.activation.sum()) + c.per_input_byte * max_input
-                      for c in co.values()) + 1
-            lp += m >= expr_of[False] - big * r
-            lp += m >= expr_of[True] - big * (1 - r)
-            rec_var.append(r)
-            rec_time.append(z)
-            mem_act.append(m)
-        rel = co[prob.recompute_options[0]].per_relay_byte
-        per_param = co[prob.recompute_options[0]].per_param
-        mem_act[s] = mem_act[s] + per_param * psum[s] + rel * pulp.lpSum(
-            t.nbytes * relay[k, s] for k, t in enumerate(tb.tensors) if (k, s) in relay)
-    for d, limit in prob.device_limit.items():
-        lp += pulp.lpSum(mem_act[s] for s in range(S) if prob.stage_device[s] == d) <= limit
-    # Times enter the model in units of `unit` ms, chosen so that the objective is about 1000: HiGHS
-    # stops at an absolute gap of 1e-6 and works to feasibility tolerances of ~1e-7, which for a
-    # 0.2 ms step would be a 5e-6 relative gap, not the 1e-9 asked for.
-    unit = _time_unit(prob, upper_bound)
-    # the per-action overhead: once on the forward, once on the backward (cost.stage_compute_ms)
-    overhead = prob.stage_overhead if prob.stage_overhead is not None else [0.0] * S
-    T = [(fsum[s] + bsum[s] + rec_time[s]) * (1.0 / (prob.stage_speed[s] * unit))
-         + (comm[s] + 2.0 * overhead[s]) * (1.0 / unit) for s in range(S)]
-    W = [wsum[s] * (1.0 / (prob.stage_speed[s] * unit)) for s in range(S)]
-    dmax = pulp.LpVariable("Dmax", lowBound=0, upBound=t_cap / unit * (1 + 1e-7) if t_cap else None)
-    step = pulp.LpVariable("step", lowBound=0, upBound=upper_bound / unit * (1 + 1e-7) if upper_bound else None)
-    for d in set(prob.stage_device):
-        lp += pulp.lpSum(T[s] for s in range(S) if prob.stage_device[s] == d) <= dmax
-    kappa = zero_bubble_weight_factor(prob.schedule)
-    lp += step >= M * dmax
-    lp += step >= (M - 1.0 / v) * dmax + (1.0 / v) * (pulp.lpSum(T) - kappa * pulp.lpSum(W[: S - 1]))
-    lp += step
-    start_values = None
-    if warm_stage_of is not None:
-        start_values = {var.name: float(1 if warm_stage_of[i] <= s else 0) for (i, s), var in x.items()}
-        for s, r in enumerate(warm_recompute or []):
-            if not isinstance(rec_var[s], bool):
-                start_values[rec_var[s].name] = float(r)
-    if backend == "cbc":
-        if start_values:
-            for var in lp.variables():
-                if var.name in start_values:
-                    var.setInitialValue(start_values[var.name])
-        solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, round(time_limit_s)), warmStart=bool(start_values),
-                                   gapRel=1e-9, threads=1)
-    else:
-        _silence_highs_banner()
-        solver = _HighsWarm(msg=False, timeLimit=float(time_limit_s), gapRel=1e-9, threads=1)
-        solver.start = start_values
-    lp.solve(solver)
-    seconds = time.perf_counter() - start
-    # pulp reports a run stopped by the time limit with an incumbent as LpStatusOptimal (HiGHS
-    # kTimeLimit, CBC "Stopped on time - objective value ..."); only sol_status tells them apart:
-    # LpSolutionOptimal is a proof, LpSolutionIntegerFeasible an incumbent without one.
-    if lp.status == pulp.LpStatusInfeasible or lp.sol_status == pulp.LpSolutionInfeasible:
-        return ILPResult(None, None, "infeasible", None, None, seconds)
-    has_solution = lp.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
-    if has_solution and backend != "cbc" and lp.sol_status != pulp.LpSolutionOptimal:
-        # pulp maps kTimeLimit to IntegerFeasible even when HiGHS holds no incumbent at all
-        has_solution = lp.solverModel.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
-    if not has_solution or step.varValue is None:
-        # no incumbent (none better than the cutoff, when one was given); HiGHS may still have
-        # proven a bound, which holds for any plan better than the cutoff
-        bound = None
-        if backend != "cbc":
-            try:
-                b = float(lp.solverModel.getInfo().mip_dual_bound)
-                bound = b * unit if math.isfinite(b) and b > 0 else None
-            except (AttributeError, TypeError, ValueError, RuntimeError):
-                bound = None
-        return ILPResult(None, None, "timeout", None, bound, seconds)
-    stage_of = []
-    for i in range(N):
-        s = 0
-        while s < S - 1 and not (pulp.value(xv(i, s)) or 0) > 0.5:
-            s += 1
-        stage_of.append(s)
-    rec = [bool(r) if isinstance(r, bool) else (r.varValue or 0) > 0.5 for r in rec_var]
-    objective = float(pulp.value(lp.objective)) * unit
-    optimal = lp.sol_status == pulp.LpSolutionOptimal
-    bound = None
-    if backend != "cbc":
-        try:
-            bound = float(lp.solverModel.getInfo().mip_dual_bound) * unit
-        except (AttributeError, TypeError, ValueError, RuntimeError):  # an older highspy: no bound known
-            bound = None
-    if bound is not None and bound >= objective * (1 - 1e-9):
-        optimal = True  # the time limit struck after the search had closed the gap
-    if optimal:
-        bound = objective if bound is None else max(min(bound, objective), 0.0)
-    return ILPResult(stage_of, rec, "optimal" if optimal else "feasible", objective, bound, seconds)
-
-
 def _time_unit(prob: ILPProblem, upper_bound: float | None) -> float:
     """ms per model time unit: about 1/1000 of the step (the known bound, else a work estimate)."""
     if upper_bound is not None and upper_bound > 0:
@@ -344,3 +193,344 @@ def _time_unit(prob: ILPProblem, upper_bound: float | None) -> float:
     work = float((tb.fwd + tb.bwd).sum()) / max(sum(prob.stage_speed), 1e-12)
     estimate = (prob.num_microbatches + len(prob.stage_device)) * work / max(prob.virtual_stages, 1)
     return estimate / 1000.0 if estimate > 0 else 1.0
+
+
+# -- the model ---------------------------------------------------------------------------
+#
+# Variables (names as the solver sees them; it orders columns by name):
+#   x_{i}_{s}   binary  node i is in stage <= s (s < S-1 and inside node i's window; else fixed 0/1)
+#   a_{k}_{b}   [0, 1]  tensor k crosses boundary b (between stages b and b+1)
+#   r_{k}_{s}   [0, 1]  tensor k is held by stage s strictly between its producer's and last consumer's
+#   h_{f}_{s}   [0, 1]  stage s keeps a copy of tied parameter f (holds a user of it but not its owner)
+#   rec_{s}     binary  stage s recomputes its activations (recompute "auto" only)
+#   recf_{s}    >= 0    forward ms (reference device) stage s re-runs: fwd_s if rec_s, else 0
+#   mact_{s}    >= 0    activation bytes of stage s under its recompute choice
+#   Dmax        >= 0    the busiest device's time per micro-batch (model time units)
+#   step        >= 0    the closed-form step time, the objective (model time units)
+# Units: memory in bytes, as the profile gives them; time in units of `unit` ms, converted once in
+# the time block.
+
+@dataclass(slots=True)
+class Assignment:
+    """Where the nodes sit: x[i, s] for s inside node i's window; cum() fills in the fixed rest."""
+
+    num_stages: int
+    windows: list[tuple[int, int]]
+    x: dict[tuple[int, int], pulp.LpVariable]
+
+    def cum(self, i: int, s: int):
+        """x[i, s] (node i is in stage <= s): a variable, or the 0/1 its window fixes."""
+        if s < 0:
+            return 0
+        if s >= self.num_stages - 1 or s >= self.windows[i][1]:
+            return 1
+        if s < self.windows[i][0]:
+            return 0
+        return self.x[i, s]
+
+    def stage_of(self, num_nodes: int) -> list[int]:
+        """The stage of every node, read from a solved model."""
+        out = []
+        for i in range(num_nodes):
+            s = 0
+            while s < self.num_stages - 1 and not (pulp.value(self.cum(i, s)) or 0) > 0.5:
+                s += 1
+            out.append(s)
+        return out
+
+
+@dataclass(slots=True)
+class ILPModel:
+    """The built MILP and the handles the solve and decode steps need."""
+
+    lp: pulp.LpProblem
+    assignment: Assignment
+    recompute: list
+    """Per stage: the rec_s variable (recompute "auto"), or the one allowed bool."""
+    step: pulp.LpVariable
+    unit: float
+    """ms per model time unit."""
+
+    def start_values(self, stage_of: list[int] | None, recompute: list[bool] | None) -> dict[str, float] | None:
+        """A warm start (variable name -> value) from a known plan; None without one."""
+        if stage_of is None:
+            return None
+        values = {var.name: float(1 if stage_of[i] <= s else 0) for (i, s), var in self.assignment.x.items()}
+        for s, r in enumerate(recompute or []):
+            if not isinstance(self.recompute[s], bool):
+                values[self.recompute[s].name] = float(r)
+        return values
+
+
+class _Builder:
+    """Adds the ILP's variables and constraints to one LpProblem, one method per family.
+    build_model calls them in a fixed order: the solver sees the same rows in the same order
+    (ties between optimal plans are broken the same way from run to run)."""
+
+    def __init__(self, prob: ILPProblem, upper_bound: float | None):
+        self.prob, self.tb = prob, prob.tables
+        self.N, self.S = self.tb.num_nodes, len(prob.stage_device)
+        self.M, self.v = prob.num_microbatches, prob.virtual_stages
+        self.upper_bound = upper_bound
+        self.t_cap = upper_bound / self.M if upper_bound is not None else None
+        self.lp = pulp.LpProblem("pipeplan", pulp.LpMinimize)
+
+    def stage_sum(self, values) -> list:
+        """Per stage: sum of a per-node value over the stage's nodes (linear in y)."""
+        return [pulp.lpSum(float(values[i]) * self.y[i, s] for i in range(self.N)) for s in range(self.S)]
+
+    # [Constraint] Assignment: every node in exactly one stage (x cumulative, monotone in s)
+    def assignment(self) -> None:
+        N, S, lp = self.N, self.S, self.lp
+        win = stage_windows(self.prob, self.t_cap)
+        x = {(i, s): _new_var(lp, f"x_{i}_{s}", cat=pulp.LpBinary)
+             for i in range(N) for s in range(S - 1) if win[i][0] <= s < win[i][1]}
+        self.asg = asg = Assignment(num_stages=S, windows=win, x=x)
+        # y[i, s] = 1 iff node i is in stage s (an expression, or a constant where the window fixes it)
+        self.y = {(i, s): asg.cum(i, s) - asg.cum(i, s - 1) for i in range(N) for s in range(S)}
+        for (i, s), var in x.items():
+            if (i, s + 1) in x:
+                lp += var <= x[i, s + 1]
+
+    # [Constraint] Precedence: a consumer is never in an earlier stage than its producer
+    def precedence(self) -> bool:
+        """False when the windows alone break it: no plan beats the cutoff."""
+        cum = self.asg.cum
+        for t in self.tb.tensors:
+            for c in t.consumers:
+                for s in range(self.S - 1):
+                    a_, b_ = cum(c, s), cum(t.producer, s)
+                    if not (isinstance(a_, int) and isinstance(b_, int)):
+                        self.lp += a_ <= b_
+                    elif a_ > b_:
+                        return False
+        return True
+
+    # [Constraint] Assignment (continued): every stage holds at least one node (after the precedence
+    # rows, where it always was: the row order decides which of tied optima HiGHS returns)
+    def nonempty_stages(self) -> None:
+        for s in range(self.S):
+            self.lp += pulp.lpSum(self.y[i, s] for i in range(self.N)) >= 1
+
+    # [Constraint] Crossing: tensor k crosses boundary b if its producer is in a stage <= b and
+    # one of its consumers in a stage > b (a is minimised through the time and memory rows)
+    def crossing(self) -> None:
+        cum, lp = self.asg.cum, self.lp
+        self.cross = cross = {}
+        for k, t in enumerate(self.tb.tensors):
+            for b in range(self.S - 1):
+                terms = [(cum(t.producer, b), cum(c, b)) for c in t.consumers]
+                if all(isinstance(p, int) and isinstance(c, int) for p, c in terms):
+                    cross[k, b] = max(p - c for p, c in terms)
+                    continue
+                a = _new_var(lp, f"a_{k}_{b}", 0, 1)
+                for p, c in terms:
+                    lp += a >= p - c
+                cross[k, b] = a
+        # bytes sent forward over boundary b: what stage b+1 receives
+        self.boundary_bytes = [pulp.lpSum(t.nbytes * cross[k, b] for k, t in enumerate(self.tb.tensors))
+                               for b in range(self.S - 1)]
+
+    # [Constraint] Relay: stage s holds tensor k when k crosses both the boundary before s and
+    # the one after it (s lies strictly between producer and last consumer)
+    def relay(self) -> None:
+        self.relayed = relayed = {}
+        for k in range(len(self.tb.tensors)):
+            for s in range(1, self.S - 1):
+                r = _new_var(self.lp, f"r_{k}_{s}", 0, 1)
+                self.lp += r >= self.cross[k, s - 1] + self.cross[k, s] - 1
+                relayed[k, s] = r
+
+    # [Constraint] Tied copies: a stage holding a user of a tied parameter but not its owner keeps
+    # a copy (every user stage does when no node owns it); stage_params counts it
+    def tied_copies(self) -> None:
+        tb, y = self.tb, self.y
+        self.stage_params = []
+        for s in range(self.S):
+            expr = pulp.lpSum(int(tb.params[i]) * y[i, s] for i in range(self.N))
+            for f, sp in enumerate(tb.shared):
+                h = _new_var(self.lp, f"h_{f}_{s}", 0, 1)
+                for u in sp.users:
+                    self.lp += h >= y[u, s] - (y[sp.owner, s] if sp.owner >= 0 else 0)
+                expr += sp.size * h
+            self.stage_params.append(expr)
+
+    # [Constraint] Memory per device: params, activations (under the stage's recompute choice)
+    # and relayed tensors of its stages <= its limit (the reserve is left out of both sides)
+    def memory(self) -> None:
+        prob, tb, lp, S = self.prob, self.tb, self.lp, self.S
+        act = self.stage_sum(tb.activation)
+        inputs = [tb.model_input_bytes] + [self.boundary_bytes[b] for b in range(S - 1)]
+        total_fwd = float(tb.fwd.sum())
+        max_input = max([tb.model_input_bytes] + [sum(t.nbytes for t in tb.tensors)])
+        self.recompute, self.recompute_fwd, stage_bytes = [], [], []
+        for s in range(S):
+            co = {r: memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
+                                         profile_dtype=tb.dtype, recompute=r) for r in prob.recompute_options}
+            act_bytes = {r: c.per_activation_byte * act[s] + c.per_input_byte * inputs[s] for r, c in co.items()}
+            if len(prob.recompute_options) == 1:
+                r0 = prob.recompute_options[0]
+                self.recompute.append(r0)
+                self.recompute_fwd.append(self.fwd[s] if r0 else 0)
+                mact = act_bytes[r0]
+            else:
+                # recompute "auto": rec_s chooses; recf_s = rec_s * fwd_s, mact_s = the chosen
+                # activation bytes. Big-M: F (all forward work) and an upper bound on either
+                # option's activation bytes (all activations, the largest input), plus 1.
+                r = _new_var(lp, f"rec_{s}", cat=pulp.LpBinary)
+                z = _new_var(lp, f"recf_{s}", 0)
+                lp += z >= self.fwd[s] - total_fwd * (1 - r)
+                mact = _new_var(lp, f"mact_{s}", 0)
+                big = max(c.per_activation_byte * float(tb.activation.sum()) + c.per_input_byte * max_input
+                          for c in co.values()) + 1
+                lp += mact >= act_bytes[False] - big * r
+                lp += mact >= act_bytes[True] - big * (1 - r)
+                self.recompute.append(r)
+                self.recompute_fwd.append(z)
+            # per_param and per_relay_byte do not depend on the recompute choice
+            rel = co[prob.recompute_options[0]].per_relay_byte
+            per_param = co[prob.recompute_options[0]].per_param
+            stage_bytes.append(mact + per_param * self.stage_params[s] + rel * pulp.lpSum(
+                t.nbytes * self.relayed[k, s] for k, t in enumerate(tb.tensors) if (k, s) in self.relayed))
+        for d, limit in prob.device_limit.items():
+            lp += pulp.lpSum(stage_bytes[s] for s in range(S) if prob.stage_device[s] == d) <= limit
+
+    # [Constraint] Time: per device the sum of its stages' times <= Dmax; step >= each piece of the
+    # closed form (cost.predicted_step_time_ms). The one place the time formula is written.
+    def step_time(self) -> None:
+        prob, tb, lp, S, M, v = self.prob, self.tb, self.lp, self.S, self.M, self.v
+        cross = self.cross
+        # comm after stage b: forward tensors and gradients, one latency per crossing tensor (each
+        # is its own p2p op, as cost.assignment_bytes counts them)
+        grad_bytes = [pulp.lpSum(t.nbytes * cross[k, b] for k, t in enumerate(tb.tensors) if t.requires_grad)
+                      for b in range(S - 1)]
+        fwd_n = [pulp.lpSum(cross[k, b] for k in range(len(tb.tensors))) for b in range(S - 1)]
+        grad_n = [pulp.lpSum(cross[k, b] for k, t in enumerate(tb.tensors) if t.requires_grad)
+                  for b in range(S - 1)]
+        comm = []
+        for b in range(S - 1):
+            lat = prob.link_latency_ms[b]
+            comm.append(lat * fwd_n[b] + prob.link_ms_per_byte[b] * self.boundary_bytes[b]
+                        + lat * grad_n[b] + prob.link_ms_per_byte[b] * grad_bytes[b])
+        comm.append(0)
+        bwd, bwd_weight = self.stage_sum(tb.bwd), self.stage_sum(tb.bwd_weight)
+        # Times enter the model in units of `unit` ms, chosen so that the objective is about 1000: HiGHS
+        # stops at an absolute gap of 1e-6 and works to feasibility tolerances of ~1e-7, which for a
+        # 0.2 ms step would be a 5e-6 relative gap, not the 1e-9 asked for.
+        self.unit = unit = _time_unit(prob, self.upper_bound)
+        # the per-action overhead: once on the forward, once on the backward (cost.stage_compute_ms)
+        overhead = prob.stage_overhead if prob.stage_overhead is not None else [0.0] * S
+        T = [(self.fwd[s] + bwd[s] + self.recompute_fwd[s]) * (1.0 / (prob.stage_speed[s] * unit))
+             + (comm[s] + 2.0 * overhead[s]) * (1.0 / unit) for s in range(S)]
+        W = [bwd_weight[s] * (1.0 / (prob.stage_speed[s] * unit)) for s in range(S)]
+        t_cap, ub = self.t_cap, self.upper_bound
+        dmax = _new_var(lp, "Dmax", 0, t_cap / unit * (1 + 1e-7) if t_cap else None)
+        self.step = step = _new_var(lp, "step", 0, ub / unit * (1 + 1e-7) if ub else None)
+        for d in set(prob.stage_device):
+            lp += pulp.lpSum(T[s] for s in range(S) if prob.stage_device[s] == d) <= dmax
+        kappa = zero_bubble_weight_factor(prob.schedule)
+        lp += step >= M * dmax
+        lp += step >= (M - 1.0 / v) * dmax + (1.0 / v) * (pulp.lpSum(T) - kappa * pulp.lpSum(W[: S - 1]))
+        lp += step  # the objective
+
+    def build(self) -> ILPModel | None:
+        self.assignment()
+        if not self.precedence():
+            return None
+        self.nonempty_stages()
+        self.crossing()
+        self.relay()
+        self.fwd = self.stage_sum(self.tb.fwd)  # reference forward ms per stage: recompute and time
+        self.tied_copies()
+        self.memory()
+        self.step_time()
+        return ILPModel(lp=self.lp, assignment=self.asg, recompute=self.recompute, step=self.step, unit=self.unit)
+
+
+def build_model(prob: ILPProblem, upper_bound: float | None = None) -> ILPModel | None:
+    """The MILP of prob; upper_bound (ms, a known plan's step) is the cutoff. None when the cutoff
+    alone rules out every plan (the stage windows contradict precedence)."""
+    return _Builder(prob, upper_bound).build()
+
+
+# -- solve and decode --------------------------------------------------------------------
+
+def _run(model: ILPModel, backend: str, time_limit_s: float, start_values: dict[str, float] | None) -> None:
+    """Solve in place: HiGHS (warm start through Highs.setSolution) or CBC (PuLP's warmStart)."""
+    lp = model.lp
+    if backend == "cbc":
+        if start_values:
+            for var in lp.variables():
+                if var.name in start_values:
+                    var.setInitialValue(start_values[var.name])
+        solver = _cbc_solver(time_limit_s, bool(start_values))
+    else:
+        _silence_highs_banner()
+        solver = _HighsWarm(msg=False, timeLimit=float(time_limit_s), gapRel=1e-9, threads=1)
+        solver.start = start_values
+    lp.solve(solver)
+
+
+def _highs_dual_bound(model: ILPModel, backend: str) -> float | None:
+    """HiGHS's proven lower bound on the objective (model units); None on CBC or an older highspy."""
+    if backend == "cbc":
+        return None
+    try:
+        return float(model.lp.solverModel.getInfo().mip_dual_bound)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
+
+
+def _status(model: ILPModel, backend: str) -> str:
+    """What the solver says, before any value is read: "infeasible", "timeout" (no incumbent),
+    "optimal" (a proof) or "feasible" (an incumbent without one)."""
+    lp = model.lp
+    # pulp reports a run stopped by the time limit with an incumbent as LpStatusOptimal (HiGHS
+    # kTimeLimit, CBC "Stopped on time - objective value ..."); only sol_status tells them apart:
+    # LpSolutionOptimal is a proof, LpSolutionIntegerFeasible an incumbent without one.
+    if lp.status == pulp.LpStatusInfeasible or lp.sol_status == pulp.LpSolutionInfeasible:
+        return "infeasible"
+    has_solution = lp.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if has_solution and backend != "cbc" and lp.sol_status != pulp.LpSolutionOptimal:
+        # pulp maps kTimeLimit to IntegerFeasible even when HiGHS holds no incumbent at all
+        has_solution = lp.solverModel.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
+    if not has_solution or model.step.varValue is None:
+        return "timeout"
+    return "optimal" if lp.sol_status == pulp.LpSolutionOptimal else "feasible"
+
+
+def _decode(model: ILPModel, backend: str, num_nodes: int, seconds: float) -> ILPResult:
+    status, unit = _status(model, backend), model.unit
+    if status == "infeasible":
+        return ILPResult(None, None, "infeasible", None, None, seconds)
+    if status == "timeout":
+        # no incumbent (none better than the cutoff, when one was given); HiGHS may still have
+        # proven a bound, which holds for any plan better than the cutoff
+        b = _highs_dual_bound(model, backend)
+        bound = b * unit if b is not None and math.isfinite(b) and b > 0 else None
+        return ILPResult(None, None, "timeout", None, bound, seconds)
+    stage_of = model.assignment.stage_of(num_nodes)
+    rec = [bool(r) if isinstance(r, bool) else (r.varValue or 0) > 0.5 for r in model.recompute]
+    objective = float(pulp.value(model.lp.objective)) * unit
+    optimal = status == "optimal"
+    b = _highs_dual_bound(model, backend)
+    bound = b * unit if b is not None else None
+    if bound is not None and bound >= objective * (1 - 1e-9):
+        optimal = True  # the time limit struck after the search had closed the gap
+    if optimal:
+        bound = objective if bound is None else max(min(bound, objective), 0.0)
+    return ILPResult(stage_of, rec, "optimal" if optimal else "feasible", objective, bound, seconds)
+
+
+def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float = 10.0,
+              warm_stage_of: list[int] | None = None, warm_recompute: list[bool] | None = None,
+              upper_bound: float | None = None) -> ILPResult:
+    """The best assignment of prob's nodes to stages (and per-stage recompute) by the closed-form
+    step time, under per-device memory limits. upper_bound: a known plan's step (ms), the cutoff;
+    warm_stage_of/warm_recompute: a known plan to start from. backend: "highs" or "cbc"."""
+    start = time.perf_counter()
+    model = build_model(prob, upper_bound)
+    if model is None:
+        return ILPResult(None, None, "infeasible", None, None, time.perf_counter() - start)
+    _run(model, backend, time_limit_s, model.start_values(warm_stage_of, warm_recompute))
+    return _decode(model, backend, prob.tables.num_nodes, time.perf_counter() - start)
