@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pulp
 
-from planner.cost import CostTables, zero_bubble_weight_factor
+from planner.cost import CostTables, closed_form_pieces, stage_time_coefficients
 from planner.memory import memory_coefficients
 
 try:
@@ -418,19 +418,23 @@ class _Builder:
         # stops at an absolute gap of 1e-6 and works to feasibility tolerances of ~1e-7, which for a
         # 0.2 ms step would be a 5e-6 relative gap, not the 1e-9 asked for.
         self.unit = unit = _time_unit(prob, self.upper_bound)
-        # the per-action overhead: once on the forward, once on the backward (cost.stage_compute_ms)
-        overhead = prob.stage_overhead if prob.stage_overhead is not None else [0.0] * S
-        T = [(self.fwd[s] + bwd[s] + self.recompute_fwd[s]) * (1.0 / (prob.stage_speed[s] * unit))
-             + (comm[s] + 2.0 * overhead[s]) * (1.0 / unit) for s in range(S)]
-        W = [bwd_weight[s] * (1.0 / (prob.stage_speed[s] * unit)) for s in range(S)]
+        # T and W per stage from the cost model's linear coefficients (cost.StageTimeCoefficients):
+        # T = (fwd + bwd + recomputed fwd) / speed + comm + 2 x the per-action overhead
+        coeffs = [stage_time_coefficients(prob.stage_speed[s], prob.stage_overhead[s] if prob.stage_overhead else 0.0,
+                                          prob.schedule, s == S - 1) for s in range(S)]
+        T = [(self.fwd[s] + bwd[s] + self.recompute_fwd[s]) * (1.0 / (coeffs[s].speed * unit))
+             + (comm[s] + coeffs[s].constant_ms) * (1.0 / unit) for s in range(S)]
+        W = [bwd_weight[s] * (1.0 / (coeffs[s].speed * unit)) for s in range(S)]
         t_cap, ub = self.t_cap, self.upper_bound
         dmax = _new_var(lp, "Dmax", 0, t_cap / unit * (1 + 1e-7) if t_cap else None)
         self.step = step = _new_var(lp, "step", 0, ub / unit * (1 + 1e-7) if ub else None)
         for d in set(prob.stage_device):
             lp += pulp.lpSum(T[s] for s in range(S) if prob.stage_device[s] == d) <= dmax
-        kappa = zero_bubble_weight_factor(prob.schedule)
-        lp += step >= M * dmax
-        lp += step >= (M - 1.0 / v) * dmax + (1.0 / v) * (pulp.lpSum(T) - kappa * pulp.lpSum(W[: S - 1]))
+        # the closed form's pieces: step >= a * Dmax + b * sum_s c_s, c_s = T_s - credit_s * W_s
+        fill = pulp.lpSum(T) - pulp.lpSum(coeffs[s].weight_credit * W[s] for s in range(S)
+                                          if coeffs[s].weight_credit)
+        for a, b in closed_form_pieces(M, v):
+            lp += step >= (a * dmax + b * fill if b else a * dmax)
         lp += step  # the objective
 
     def build(self) -> ILPModel | None:
