@@ -53,6 +53,7 @@ def _errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
 
 
+@pytest.mark.slow  # one app session, seven hostile uploads (~4 s); test_upload_handler_refuses stays fast
 def test_app_survives_hostile_uploads_then_plans(base, tmp_path):
     at = AppTest.from_file(APP, default_timeout=180).run()
     assert not at.exception and not _errors(at)
