@@ -21,7 +21,8 @@ from planner.cluster import Cluster, Device, Link
 from planner.config import TrainConfig
 from planner.cost import build_tables, stage_devices
 from planner.ilp import solve_ilp
-from planner.solve import ilp_problem, solve, solve_once
+from planner.search import ilp_problem, solve_once
+from planner.solve import solve
 from planner.synthetic import gpt_like_profile, random_chain_profile, unet_profile
 from profiler.gpus import GiB
 

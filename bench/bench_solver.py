@@ -32,7 +32,8 @@ from planner.config import TrainConfig
 from planner.cost import build_tables, stage_devices
 from planner.evaluate import evaluate_partition
 from planner.ilp import solve_ilp
-from planner.solve import ilp_problem, solve
+from planner.search import ilp_problem
+from planner.solve import solve
 from planner.synthetic import random_chain_profile
 
 MAX_COLD_BINARIES = 8_000

@@ -35,7 +35,7 @@ def _with_devices(cluster: Cluster, n: int) -> Cluster:
 
 
 def _fits(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
-    from planner.solve import solve_once
+    from planner.search import solve_once
 
     try:
         return solve_once(profile, cluster, config)
@@ -58,7 +58,7 @@ def _valid_for(config: TrainConfig, num_devices: int) -> TrainConfig | None:
 
 def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     """Plan(feasible=False) with a Diagnosis; every suggestion in it was checked by re-solving."""
-    from planner.solve import solve_once
+    from planner.search import solve_once
 
     started = time.perf_counter()
     budget = max(MIN_DIAGNOSIS_SECONDS, DIAGNOSIS_TIME_FACTOR * config.time_limit_s)

@@ -1,288 +1,21 @@
-"""`solve`: the optimal Plan for a Profile on a Cluster under a TrainConfig.
+"""`solve`: the optimal Plan for a Profile on a Cluster under a TrainConfig, or a diagnosis.
 
-Backend choice ("auto"): the exact DP when the layer graph is a chain and each
-device runs one stage (it proves optimality itself, in a fraction of the ILP's
-time); otherwise the ILP on HiGHS, warm-started and bounded by the DP's best
-contiguous partition. "highs"/"cbc" force the ILP (still warm-started); "dp"
-forces the DP (on a non-chain DAG it returns the best contiguous partition,
-status "heuristic").
+The search over micro-batches, device orders and cuts is planner.search; when nothing fits,
+planner.diagnose says why and what would. The baselines are scored next to the plan.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import time
-
-import numpy as np
 
 from core.errors import PipeplanError
-from planner.baselines import baseline_partitions, baseline_plans
+from planner import diagnose
+from planner.baselines import baseline_plans
 from planner.cluster import Cluster
 from planner.config import TrainConfig
-from planner.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
-from planner.dp import ChainProblem, cut_bytes, cut_tensors, solve_chain
-from planner.evaluate import make_plan, with_timeline
-from planner.ilp import ILPProblem, solve_ilp
-from planner.memory import even_chunk_limit_bytes, stages_budget_bytes
-from planner.microbatches import microbatch_options, scale_profile
 from planner.plan import Plan, SolverInfo
-from planner.schedules import in_flight_microbatches
+from planner.search import relative_gap, solve_once
 from profiler.profile import Profile
-
-MAX_DEVICE_ORDERS = 24
-
-
-def recompute_options(config: TrainConfig) -> tuple[bool, ...]:
-    return {"off": (False,), "on": (True,), "auto": (False, True)}[config.recompute]
-
-
-def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
-                  devices: list[int], stage_limit: list[float] | None = None) -> ChainProblem:
-    """The DP's problem for these stages. With several stages per device (Interleaved1F1B, ZBV) pass
-    stage_limit (the caller's split of each device's memory); in-flight counts follow the schedule."""
-    S, P = len(devices), cluster.num_devices
-    sp = speeds(cluster, profile)
-    fwd_cut, grad_cut = cut_bytes(tables)
-    fwd_n, grad_n = cut_tensors(tables)
-    comm, per_link = [], {}
-    for s in range(S):
-        if s == S - 1:
-            comm.append(np.zeros(tables.num_nodes + 1))
-            continue
-        a, b = devices[s], devices[s + 1]
-        key = "same" if a == b else ("intra" if cluster.devices[a].node == cluster.devices[b].node else "inter")
-        if key not in per_link:  # one array per distinct link: the DP shares work between equal stages
-            per_link[key] = np.array([boundary_comm_ms(cluster, a, b, fb, int(fn))
-                                      + boundary_comm_ms(cluster, b, a, gb, int(gn))
-                                      for fb, gb, fn, gn in zip(fwd_cut, grad_cut, fwd_n, grad_n)])
-        comm.append(per_link[key])
-    return ChainProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
-                        stage_speed=[sp[d] for d in devices],
-                        stage_limit=stage_limit if stage_limit is not None
-                        else [cluster.devices[d].memory_bytes for d in devices],
-                        stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
-                                                               config.virtual_stages),
-                        recompute_options=recompute_options(config), comm_ms_per_cut=comm, config=config,
-                        stage_overhead=[cluster.devices[d].action_overhead_ms for d in devices])
-
-
-def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
-                devices: list[int]) -> ILPProblem:
-    S, P = len(devices), cluster.num_devices
-    sp = speeds(cluster, profile)
-    links = [link_coefficients(cluster, devices[b], devices[b + 1]) for b in range(S - 1)]
-    # the ILP's stage memory leaves the reserve out; a device holds it once. The ILP cannot round to
-    # whole bytes as stage_memory_bytes does; make_plan re-checks every plan it returns.
-    limits = {d: stages_budget_bytes(cluster.devices[d].memory_bytes, config.reserve_bytes) for d in set(devices)}
-    return ILPProblem(tables=tables, num_microbatches=config.num_microbatches, schedule=config.schedule,
-                      virtual_stages=config.virtual_stages, stage_device=devices,
-                      stage_speed=[sp[d] for d in devices], device_limit=limits,
-                      stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
-                                                             config.virtual_stages),
-                      recompute_options=recompute_options(config), link_latency_ms=[lat for lat, _ in links],
-                      link_ms_per_byte=[per_byte for _, per_byte in links], config=config,
-                      stage_overhead=[cluster.devices[d].action_overhead_ms for d in devices])
-
-
-def cuts_to_stage_of(cuts: list[int]) -> list[int]:
-    out = []
-    for s in range(len(cuts) - 1):
-        out += [s] * (cuts[s + 1] - cuts[s])
-    return out
-
-
-def device_orders(cluster: Cluster, config: TrainConfig) -> list[list[int]]:
-    """The device orders to try: the given one, or (device_order="auto") every distinct order of
-    device kinds (memory, speed, host), up to MAX_DEVICE_ORDERS, the given order first."""
-    P = cluster.num_devices
-    identity = list(range(P))
-    if config.device_order != "auto" or P == 1:
-        return [identity]
-    kinds = [(d.memory_bytes, d.speed, d.tflops, d.node) for d in cluster.devices]
-    seen, orders = set(), []
-    for perm in itertools.permutations(range(P)):
-        key = tuple(kinds[p] for p in perm)
-        if key in seen:
-            continue
-        seen.add(key)
-        orders.append(list(perm))
-        if len(orders) >= MAX_DEVICE_ORDERS:
-            break
-    return orders if identity in orders else [identity] + orders[:-1]
-
-
-@dataclasses.dataclass(slots=True)
-class _Warm:
-    """A feasible starting plan for the ILP: its assignment, recompute flags and closed-form objective."""
-
-    stage_of: list[int]
-    recompute: list[bool]
-    objective: float
-    source: str
-    seconds: float
-
-
-def chunk_split_limits(cluster: Cluster, config: TrainConfig, devices: list[int]) -> list[float]:
-    """Per-stage memory limits that split each device's memory (less the reserve, held once) evenly
-    between its stages: stages that each fit their share fit their device together."""
-    return [even_chunk_limit_bytes(cluster.devices[d].memory_bytes, config.reserve_bytes, devices.count(d))
-            for d in devices]
-
-
-def multi_chunk_warm_start(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
-                           devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> _Warm | None:
-    """The best feasible plan among the baseline partitions and a contiguous DP over all P*v stages
-    with each device's memory split evenly between its chunks (conservative, but what it finds fits);
-    None if none of them fits. Every candidate is re-scored and memory-checked by make_plan."""
-    from planner.evaluate import choose_recompute
-
-    start = time.perf_counter()
-    S = len(devices)
-    candidates: list[tuple[list[int], list[bool], str]] = []
-    try:
-        parts = baseline_partitions(profile, S)
-    except PipeplanError:
-        parts = {}
-    for name, stages in parts.items():
-        stage_of = [0] * tables.num_nodes
-        for k, ids in enumerate(stages):
-            for nid in ids:
-                stage_of[tables.position[nid]] = k
-        if any(stage_of[c] < stage_of[t.producer] for t in tables.tensors for c in t.consumers):
-            continue  # the profile's listed order is not the tables' topological order here
-        candidates.append((stage_of, choose_recompute(profile, tables, cluster, config, stage_of, devices), name))
-    dp = solve_chain(chain_problem(profile, tables, cluster, config, devices,
-                                   chunk_split_limits(cluster, config, devices)),
-                     time_limit_s=max(0.05, time_limit_s / 4))
-    if dp.cuts is not None:
-        candidates.append((cuts_to_stage_of(dp.cuts), dp.recompute, "dp"))
-    best = None
-    for stage_of, rec, name in candidates:
-        plan = make_plan(profile, tables, cluster, config, stage_of, devices, rec,
-                         SolverInfo(backend=name, status="heuristic"), fingerprint, timeline=False)
-        if plan.feasible and (best is None or plan.solver.objective_ms < best.objective):
-            best = _Warm(stage_of, list(rec), plan.solver.objective_ms, name, 0.0)
-    if best is not None:
-        best.seconds = time.perf_counter() - start
-    return best
-
-
-def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
-                devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> Plan | None:
-    """The best plan with this stage -> device map and micro-batch count; None if nothing fits.
-    Its step_time_ms is still the closed form (solver.objective_ms): solve_once simulates the winner.
-
-    The ILP is always warm-started and cut off by a plan known to fit (the DP's for one stage per
-    device; the best of the baselines and a chunk-split DP for several), so a run that times out
-    still returns that plan; None only when the ILP proved infeasibility or found nothing and no
-    candidate fits."""
-    backend = config.solver
-    single_chunk = config.virtual_stages == 1
-    chain = tables.is_chain()
-    if backend == "dp" and not single_chunk:
-        raise PipeplanError(f"the dp solver plans one stage per device; {config.schedule} needs the ILP "
-                            "(--solver highs or cbc)")
-    warm: _Warm | None = None
-    proven_bound = None  # a lower bound proven before the ILP (the DP's, on a chain)
-    dp_seconds = 0.0
-    if single_chunk:
-        dp = solve_chain(chain_problem(profile, tables, cluster, config, devices),
-                         time_limit_s=time_limit_s if backend in ("auto", "dp") else time_limit_s / 2)
-        dp_seconds = dp.seconds
-        use_dp = backend == "dp" or (backend == "auto" and chain)
-        if use_dp:
-            if dp.cuts is None:
-                return None
-            status = ("optimal" if dp.optimal else "feasible") if chain else "heuristic"
-            info = SolverInfo(backend="dp", status=status, seconds=dp.seconds)
-            plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute,
-                             info, fingerprint, timeline=False)
-            info.lower_bound_ms = dp.lower_bound if chain else None
-            info.gap = _gap(info.objective_ms, info.lower_bound_ms)
-            return plan
-        if dp.cuts is not None:
-            warm = _Warm(cuts_to_stage_of(dp.cuts), list(dp.recompute), dp.objective, "dp", dp.seconds)
-        if chain:  # the DP is exact on a chain: its bound holds whatever the ILP does
-            proven_bound = dp.lower_bound if dp.cuts is not None else None
-    else:
-        warm = multi_chunk_warm_start(profile, tables, cluster, config, devices, time_limit_s, fingerprint)
-        dp_seconds = warm.seconds if warm is not None else 0.0
-    ilp_backend = "cbc" if backend == "cbc" else "highs"
-    res = solve_ilp(ilp_problem(profile, tables, cluster, config, devices), backend=ilp_backend,
-                    time_limit_s=max(0.5, time_limit_s - dp_seconds),
-                    warm_stage_of=warm.stage_of if warm else None,
-                    warm_recompute=warm.recompute if warm else None,
-                    upper_bound=warm.objective if warm else None)
-    seconds = res.seconds + dp_seconds
-    plan = None
-    if res.stage_of is not None:
-        info = SolverInfo(backend=ilp_backend, status=res.status, seconds=seconds)
-        plan = make_plan(profile, tables, cluster, config, res.stage_of, devices, res.recompute, info, fingerprint,
-                         timeline=False)
-        if not plan.feasible:  # within the ILP's un-rounded bytes of a limit: never report a plan that does not fit
-            plan = None
-        elif warm is not None and warm.objective < plan.solver.objective_ms * (1 - 1e-12):
-            plan = None  # the incumbent is no better than the start (float noise): keep the start
-    if plan is None:
-        if warm is None:
-            return None  # the ILP proved infeasibility, or found nothing and no candidate fits
-        # the ILP found nothing better than its cutoff (the warm start) within the limit
-        info = SolverInfo(backend=ilp_backend, status="feasible", seconds=seconds)
-        plan = make_plan(profile, tables, cluster, config, warm.stage_of, devices, warm.recompute, info,
-                         fingerprint, timeline=False)
-        if res.status == "infeasible":  # proven: nothing beats the warm start
-            info.status, res.bound = "optimal", info.objective_ms
-    bounds = [b for b in (res.bound, proven_bound) if b is not None]
-    info = plan.solver
-    info.lower_bound_ms = min(max(bounds), info.objective_ms) if bounds else None
-    info.gap = _gap(info.objective_ms, info.lower_bound_ms)
-    if info.gap == 0.0:
-        info.status = "optimal"  # proven by the ILP, or by the DP on a chain (one stage per device)
-    return plan
-
-
-def _gap(objective: float | None, bound: float | None) -> float | None:
-    if objective is None or bound is None or objective <= 0:
-        return None
-    gap = (objective - bound) / objective
-    return 0.0 if gap < 1e-9 else gap  # float noise between the solver's sums and the re-scored plan
-
-
-def validate(profile: Profile, cluster: Cluster, config: TrainConfig) -> None:
-    S = cluster.num_devices * config.virtual_stages
-    if len(profile.nodes) < S:
-        raise PipeplanError(f"the model has {len(profile.nodes)} layers but {config.schedule} on "
-                            f"{cluster.num_devices} devices needs {S} stages; use at most "
-                            f"{len(profile.nodes) // config.virtual_stages} devices, or profile the model at a "
-                            "finer granularity (pipeplan profile --granularity op)")
-
-
-def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
-    """Best feasible plan over micro-batch counts and device orders; None if nothing fits."""
-    validate(profile, cluster, config)
-    start = time.perf_counter()
-    options = microbatch_options(config, cluster.num_devices)
-    orders = device_orders(cluster, config)
-    budget = config.time_limit_s / (len(options) * len(orders))
-    best = None
-    fingerprint = profile.fingerprint()
-    for M, mbs in options:
-        cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
-        prof = scale_profile(profile, mbs)
-        tables = build_tables(prof)
-        for order in orders:
-            plan = solve_fixed(prof, tables, cluster, cfg, stage_devices(cluster.num_devices, cfg, order), budget,
-                               fingerprint)
-            # candidates are ranked by the closed form the solvers minimise (an upper bound on the
-            # 1F1B makespan); simulating every (M, order) candidate would cost a timeline each
-            if plan is not None and plan.feasible and (best is None or
-                                                       plan.solver.objective_ms < best.solver.objective_ms):
-                best = plan
-    if best is not None:
-        with_timeline(best)
-        best.solver.seconds = time.perf_counter() - start
-    return best
 
 
 def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
@@ -297,9 +30,7 @@ def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     """
     plan = solve_once(profile, cluster, config)
     if plan is None:
-        from planner.diagnose import diagnose
-
-        return diagnose(profile, cluster, config)
+        return diagnose.diagnose(profile, cluster, config)
     plan.config = dataclasses.replace(plan.config, global_batch=_given_global_batch(plan, config))
     try:
         bl = baseline_plans(profile, cluster, plan.config, fingerprint=plan.profile_fingerprint)
@@ -318,7 +49,7 @@ def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
         plan.baselines = baselines
         plan.solver = SolverInfo(backend=name, status="heuristic", objective_ms=plan.solver.objective_ms,
                                  lower_bound_ms=found.lower_bound_ms, seconds=found.seconds,
-                                 gap=_gap(plan.solver.objective_ms, found.lower_bound_ms))
+                                 gap=relative_gap(plan.solver.objective_ms, found.lower_bound_ms))
     return plan
 
 

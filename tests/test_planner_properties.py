@@ -18,8 +18,9 @@ from planner.evaluate import make_plan
 from planner.ilp import solve_ilp
 from planner.microbatches import schedule_accepts
 from planner.plan import SolverInfo
+from planner.search import chain_problem, cuts_to_stage_of, ilp_problem
 from planner.simulator import simulate
-from planner.solve import chain_problem, cuts_to_stage_of, ilp_problem, solve
+from planner.solve import solve
 from planner.synthetic import chain_profile
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
