@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 from bench.common import Timer, command_line, rnd, spread, write_result
-from planner.calibrate import Calibration, calibrate, calibrated_cluster
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
+from planner.calibration.calibrate import Calibration, calibrate, calibrated_cluster
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
 from planner.export import export_plan
-from planner.solve import solve
+from planner.solvers.solve import solve
 from profiler import load_profile
 from profiler.gpus import GiB
 
@@ -206,7 +206,7 @@ def run(quick: bool) -> dict:
     time_ratios = [r["measured_over_predicted"] for r in ok]
     mem_ratios = [s["measured_over_predicted"] for r in ok for s in r["stages"] if s["measured_over_predicted"]]
     unc = [r["measured_over_predicted_uncalibrated"] for r in ok]
-    data = {"cluster": "2 CPU devices, speed 1.0, 64 GiB, link and per-action overhead from planner.calibrate "
+    data = {"cluster": "2 CPU devices, speed 1.0, 64 GiB, link and per-action overhead from planner.calibration.calibrate "
                        "(uncalibrated: default links, no overhead)",
             "calibration": calibration.to_dict(),
             "schedule": "1F1B", "precision": "fp32", "optimizer": "adamw", "steps": STEPS,

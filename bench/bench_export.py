@@ -139,13 +139,13 @@ def profile_gpt_tiny():
 def plan_gpt_tiny(profile=None, calibration=None):
     """Plan for 2 devices of speed 1.0: with the link and per-action overhead `pipeplan calibrate`
     measured here when given, else the default links and no overhead."""
-    from planner.cluster import Cluster, Device
-    from planner.config import TrainConfig
-    from planner.solve import solve
+    from planner.contracts.cluster import Cluster, Device
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
 
     profile = profile if profile is not None else profile_gpt_tiny()
     if calibration is not None:
-        from planner.calibrate import calibrated_cluster
+        from planner.calibration.calibrate import calibrated_cluster
 
         cluster = calibrated_cluster(calibration, 2, 8 << 30, name="cpu")
     else:
@@ -157,7 +157,7 @@ def plan_gpt_tiny(profile=None, calibration=None):
 def run(quick: bool) -> dict:
     """Each repeat profiles afresh and plans, so the spread of the ratio includes the profile's own
     noise, then runs the exported job and the hand-written script back to back."""
-    from planner.calibrate import calibrate
+    from planner.calibration.calibrate import calibrate
     from planner.export import export_plan
 
     steps, repeats = (10, 1) if quick else (30, 5)

@@ -25,10 +25,10 @@ from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType, _ModSt
 
 import sample_models as sm
 from bench.common import Timer, command_line, rnd, spread, write_result
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
-from planner.evaluate import evaluate_partition
-from planner.solve import solve
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.solvers.evaluate import evaluate_partition
+from planner.solvers.solve import solve
 from profiler import load_profile
 from profiler.gpus import GiB
 

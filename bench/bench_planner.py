@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 from bench.common import command_line
-from planner.baselines import baseline_plans
-from planner.cluster import Cluster, Device, Link
-from planner.config import TrainConfig
-from planner.cost import build_tables, stage_devices
-from planner.ilp import solve_ilp
-from planner.search import ilp_problem, solve_once
-from planner.solve import solve
-from planner.synthetic import gpt_like_profile, random_chain_profile, unet_profile
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.config import TrainConfig
+from planner.costmodel.cost import build_tables, stage_devices
+from planner.solvers.baselines import baseline_plans
+from planner.solvers.ilp import solve_ilp
+from planner.solvers.search import ilp_problem, solve_once
+from planner.solvers.solve import solve
 from profiler.gpus import GiB
+from profiler.synthetic import gpt_like_profile, random_chain_profile, unet_profile
 
 RESULTS = Path(__file__).parent / "results" / "planner.json"
 

@@ -6,7 +6,7 @@ Writes bench/results/quality.json. For every sample model at a realistic size (p
 estimate mode for A100-80GB, bf16 mixed precision, AdamW, recompute chosen by the solver) and
 for 4 and 8 A100-80GB and a mixed 2 x A100-80GB + 2 x L4 cluster (two hosts), under 1F1B and
 Interleaved1F1B (2 chunks per device): the predicted step time of pipeplan's optimal plan, of
-each baseline partition (uniform layers, parameter-balanced, time-balanced; planner/baselines.py)
+each baseline partition (uniform layers, parameter-balanced, time-balanced; planner/solvers/baselines.py)
 scored by the same cost model, and the lower bound M x (total compute) / (sum of device speeds),
 i.e. total compute / devices on a uniform cluster (no bubble, no communication, perfect balance).
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from bench.common import Timer, command_line, rnd, write_result
 from core.errors import PipeplanError
-from planner.baselines import baseline_plans
-from planner.cluster import Cluster, Device, Link
-from planner.config import TrainConfig
-from planner.cost import speeds
-from planner.solve import solve
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.config import TrainConfig
+from planner.costmodel.cost import speeds
+from planner.solvers.baselines import baseline_plans
+from planner.solvers.solve import solve
 from profiler import load_profile
 from profiler.gpus import get_preset
 

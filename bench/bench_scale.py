@@ -25,9 +25,9 @@ QUICK = {"spec": "sample:gpt:124M", "seq_len": 1024, "devices": 8, "microbatches
 
 def child(spec: str, seq_len: int, devices: int, microbatches: int) -> dict:
     from bench.common import Timer, peak_rss_bytes
-    from planner.cluster import Cluster
-    from planner.config import TrainConfig
-    from planner.solve import solve
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
     from profiler import load_profile
 
     out = {"rss_after_imports_bytes": peak_rss_bytes()}

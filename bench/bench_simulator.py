@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from bench.common import command_line
-from planner import schedules, simulator
-from planner.schedules import in_flight_microbatches
-from planner.simulator import simulate_times
+from planner.pipeline import schedules, simulator
+from planner.pipeline.schedules import in_flight_microbatches
+from planner.pipeline.simulator import simulate_times
 
 RESULTS = Path(__file__).parent / "results" / "simulator.json"
 TARGET_S = 1.0

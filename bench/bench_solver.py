@@ -27,14 +27,14 @@ building alone takes tens of seconds), and pipeplan never solves them cold.
 from __future__ import annotations
 
 from bench.common import Timer, command_line, rnd, write_result
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
-from planner.cost import build_tables, stage_devices
-from planner.evaluate import evaluate_partition
-from planner.ilp import solve_ilp
-from planner.search import ilp_problem
-from planner.solve import solve
-from planner.synthetic import random_chain_profile
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.costmodel.cost import build_tables, stage_devices
+from planner.solvers.evaluate import evaluate_partition
+from planner.solvers.ilp import solve_ilp
+from planner.solvers.search import ilp_problem
+from planner.solvers.solve import solve
+from profiler.synthetic import random_chain_profile
 
 MAX_COLD_BINARIES = 8_000
 MAX_CBC_BINARIES = 4_000
@@ -116,7 +116,7 @@ def run(quick: bool) -> dict:
     for S in stage_sweep:
         by_stages.append(one_case(base_n, S, seed=S, ilp_limit=ilp_limit, dp_limit=dp_limit))
         print(f"  solver N={base_n} S={S}: {_line(by_stages[-1])}", flush=True)
-    data = {"instances": "random chains (planner.synthetic.random_chain_profile), 1F1B, M = 2 x stages, fp32 AdamW, "
+    data = {"instances": "random chains (profiler.synthetic.random_chain_profile), 1F1B, M = 2 x stages, fp32 AdamW, "
                          "memory limit 1.5 x even share",
             "ilp_time_limit_s": ilp_limit, "dp_time_limit_s": dp_limit, "max_cold_binaries": MAX_COLD_BINARIES, "max_cbc_binaries": MAX_CBC_BINARIES,
             "size_sweep": {"stages": base_s, "rows": by_size},

@@ -30,10 +30,10 @@ import torch
 
 from bench.bench_accuracy import run_torchrun
 from bench.common import RESULTS_DIR, Timer, environment, rnd
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
 from planner.export import export_plan
-from planner.solve import solve
+from planner.solvers.solve import solve
 from profiler import load_profile
 from profiler.gpus import GPU_PRESETS, GiB
 
@@ -99,7 +99,7 @@ def job_accuracy(measured, estimated, device: str, n_ranks: int, microbatches: i
     plan = solve(measured, cluster, cfg)
     if not plan.feasible:
         return {"status": "infeasible", "reason": plan.diagnosis.message if plan.diagnosis else ""}
-    from planner.evaluate import evaluate_partition
+    from planner.solvers.evaluate import evaluate_partition
 
     roof = evaluate_partition(estimated, cluster, plan.config, [list(s.node_ids) for s in plan.stages])
     job = workdir / "job"

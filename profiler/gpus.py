@@ -131,7 +131,7 @@ OPTIMIZER_STEP_TRAFFIC_BYTES = {"adamw": 44, "adam": 44, "sgd_momentum": 36, "sg
 written when the schedule scales it by 1/M (8 B), read for the clip's norm (4 B) and read and written
 when clipped (8 B); the weight is read and written (8 B), plus 8 B per state tensor (AdamW: exp_avg
 and exp_avg_sq; SGD momentum: one buffer). AdamW does ~10 FLOPs per parameter: memory-bound. Profiles
-hold AdamW's time (optimizer_step_ms); planner.cost scales other optimizers by these ratios."""
+hold AdamW's time (optimizer_step_ms); planner.costmodel.cost scales other optimizers by these ratios."""
 ADAMW_STEP_BYTES_PER_PARAM = OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"]
 
 

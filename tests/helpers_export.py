@@ -16,11 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from planner.cluster import Cluster
-from planner.config import TrainConfig
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan, StagePlan
+from planner.costmodel.memory import StageMemory
 from planner.export import export_plan
-from planner.memory import StageMemory
-from planner.plan import Plan, StagePlan
 from profiler.profile import ModelInfo
 
 GIB = 1 << 30
@@ -33,7 +33,7 @@ def hand_plan(source: str, stages: list[list[str]], *, schedule: str = "1F1B", n
               image_size: int | None = None, virtual_stages: int = 1) -> Plan:
     """A plan with these stages (1 ms forward, 2 ms backward each); num_microbatches defaults to
     max(4, devices), which every schedule's export accepts."""
-    from planner.schedules import chunks_per_device, stage_to_device
+    from planner.pipeline.schedules import chunks_per_device, stage_to_device
 
     devices = len(stages) // chunks_per_device(schedule, virtual_stages)
     num_microbatches = num_microbatches if num_microbatches is not None else max(4, devices)

@@ -164,7 +164,7 @@ def test_export_bytes_equal_pipeplan_export(monkeypatch, tmp_path):
     assert at.download_button(key="download_zip") is not None
     assert seen, "the app did not build the export zip"
     (tmp_path / "plan.json").write_text(seen["plan"].to_json(indent=2))
-    argv = [sys.executable, "-m", "planner.cli", "export", str(tmp_path / "plan.json"), "-o", str(tmp_path / "job")]
+    argv = [sys.executable, "-m", "cli", "export", str(tmp_path / "plan.json"), "-o", str(tmp_path / "job")]
     if seen["kwargs"].get("model_source"):
         argv += ["--model-source", seen["kwargs"]["model_source"]]
     subprocess.run(argv, check=True, cwd=ROOT, capture_output=True)

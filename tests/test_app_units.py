@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from helpers_app import synthetic_profile
 
+from cli import build_parser
 from core.errors import PipeplanError
-from planner.cli import build_parser
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.evaluate import device_memory_bytes
-from planner.plan import Plan
-from planner.solve import solve
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan
+from planner.solvers.evaluate import device_memory_bytes
+from planner.solvers.solve import solve
 from profiler.gpus import GPU_PRESETS, GiB
 from ui import charts
 from ui.cluster_table import CUSTOM, base_rows, cluster_from_rows, rows_for_count
@@ -190,7 +190,7 @@ def test_cli_commands_reproduce_the_apps_plan(tmp_path):
     assert plan.feasible
     (tmp_path / "cluster.json").write_text(cluster.to_json())
     for line in cli_commands(plan, "sample:gpt:tiny", flags).splitlines():
-        argv = [sys.executable, "-m", "planner.cli", *shlex.split(line)[1:]]
+        argv = [sys.executable, "-m", "cli", *shlex.split(line)[1:]]
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=_env(), check=False)
         assert done.returncode == 0, (line, done.stderr)
     cli_plan = Plan.from_json((tmp_path / "plan.json").read_text())

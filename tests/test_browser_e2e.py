@@ -148,7 +148,7 @@ def test_plan_change_devices_and_download(server, browser, tmp_path):
     plan_info.value.save_as(plan_path)
 
     # The zip the browser got equals what `pipeplan export` writes for the plan the browser got.
-    subprocess.run([sys.executable, "-m", "planner.cli", "export", str(plan_path), "-o", str(tmp_path / "job")],
+    subprocess.run([sys.executable, "-m", "cli", "export", str(plan_path), "-o", str(tmp_path / "job")],
                    cwd=ROOT, check=True, capture_output=True)
     with zipfile.ZipFile(io.BytesIO(zip_path.read_bytes())) as zf:
         assert {"train.py", "launch.sh", "slurm.sbatch", "plan.json", "README.md"} <= set(zf.namelist())

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import sample_models
-from planner.cli import main
+from cli import main
 
 
 def test_models_lists_every_sample_model_and_size(capsys):
@@ -27,10 +27,10 @@ def test_models_json_counts_match_built_models(capsys):
 
 
 def test_console_script_runs_and_bad_subcommand_fails_cleanly(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "planner.cli", "models"], capture_output=True, text=True, cwd=tmp_path,
+    ok = subprocess.run([sys.executable, "-m", "cli", "models"], capture_output=True, text=True, cwd=tmp_path,
                         check=False)
     assert ok.returncode == 0 and "sample:llama:70B" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "planner.cli", "no-such-command"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "cli", "no-such-command"], capture_output=True, text=True,
                          cwd=tmp_path, check=False)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster, Device, Link, parse_memory
-from planner.config import TrainConfig
-from planner.memory import StageMemory
-from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
-from planner.timeline import Event, Timeline
+from planner.contracts.cluster import Cluster, Device, Link, parse_memory
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Diagnosis, Plan, SolverInfo, StagePlan
+from planner.contracts.timeline import Event, Timeline
+from planner.costmodel.memory import StageMemory
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 
 

@@ -1,12 +1,12 @@
-"""planner/cost.py, term by term, against hand calculations (docs/cost-model.md writes each down)."""
+"""planner/costmodel/cost.py, term by term, against hand calculations (docs/cost-model.md writes each down)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from planner.cluster import Cluster, Device, Link
-from planner.cost import (
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.costmodel.cost import (
     StageTimeCoefficients,
     backward_split_ms,
     boundary_comm_ms,
@@ -22,7 +22,7 @@ from planner.cost import (
     stage_time_coefficients,
     zero_bubble_weight_factor,
 )
-from planner.schedules import SCHEDULE_SPECS
+from planner.pipeline.schedules import SCHEDULE_SPECS
 from profiler.gpus import ADAMW_STEP_BYTES_PER_PARAM, OPTIMIZER_STEP_TRAFFIC_BYTES
 from profiler.profile import ProfileNode
 

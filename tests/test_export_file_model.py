@@ -194,9 +194,9 @@ def assert_same(pipeline: list[dict], single: list[dict]) -> None:
 @pytest.mark.torchrun
 def test_profiled_file_model_trains_like_single_process(user_file, monkeypatch, tmp_path):
     """The real flow: profile the file in the sandbox, solve for 2 devices, export, torchrun."""
-    from planner.cluster import Cluster
-    from planner.config import TrainConfig
-    from planner.solve import solve
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
     from profiler import load_profile
 
     monkeypatch.chdir(user_file.parent)

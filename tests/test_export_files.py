@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers_export import gpt_tiny_stages, hand_plan
 
+from cli import main as cli_main
 from core.errors import PipeplanError
-from planner.cli import main as cli_main
 from planner.export import export_plan, export_zip_bytes, render_job
 
 JOB_FILES = {"train.py", "pipeline_runtime.py", "launch.sh", "slurm.sbatch", "plan.json", "README.md",

@@ -135,9 +135,9 @@ def test_mismatched_micro_batch_shape_fails_clearly_before_any_process_group(tmp
 
 def test_profile_solve_export_flow(tmp_path):
     """The real flow: a profile of GPT tiny, the solver's plan for 2 devices, the exported job."""
-    from planner.cluster import Cluster
-    from planner.config import TrainConfig
-    from planner.solve import solve
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
     from profiler import load_profile
 
     profile = load_profile("sample:gpt:tiny", batch_size=2, seq_len=32)

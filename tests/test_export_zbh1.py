@@ -11,7 +11,7 @@ import pytest
 from helpers_export import check_equivalence, gpt_tiny_stages, hand_plan
 
 from core.errors import PipeplanError
-from planner.schedules import schedule_actions
+from planner.pipeline.schedules import schedule_actions
 
 COMPUTE = ("FORWARD", "BACKWARD_INPUT", "BACKWARD_WEIGHT", "FULL_BACKWARD")
 
@@ -23,7 +23,7 @@ def torch_zbh1_order(P: int, M: int) -> dict[int, list[str]]:
     import torch.distributed.pipelining.schedules as torch_schedules
     from torch.distributed.pipelining import PipelineStage
 
-    from planner.schedules import SCHEDULE_SPECS
+    from planner.pipeline.schedules import SCHEDULE_SPECS
 
     stage = mock.create_autospec(PipelineStage, instance=True)
     stage.group_rank, stage.group_size, stage.submod, stage.num_stages = 0, P, None, P

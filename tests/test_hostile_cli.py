@@ -2,7 +2,7 @@
 
 Each case goes through the CLI's entry point. Cases whose point is process behaviour (huge or sparse
 files, payload markers, .py factories, time limits) and one case per input family run in a fresh
-`python -m planner.cli` process; the other pure-JSON cases call `planner.cli.main([...])` in-process
+`python -m cli` process; the other pure-JSON cases call `cli.main([...])` in-process
 with stdout/stderr captured (same exit code, one-line stderr and no-traceback checks), which saves an
 interpreter start (~2-5 s under load) per case.
 
@@ -49,8 +49,8 @@ def needs_subprocess(case) -> bool:
 
 
 def run_in_process(argv: list[str], cwd) -> CliResult:
-    """planner.cli.main(argv) in this process, cwd and env as run_cli sets them; a crash becomes a traceback."""
-    from planner.cli import main
+    """cli.main(argv) in this process, cwd and env as run_cli sets them; a crash becomes a traceback."""
+    from cli import main
 
     out, err = io.StringIO(), io.StringIO()
     old_cwd, allow = os.getcwd(), os.environ.pop("PIPEPLAN_ALLOW_CODE", None)
@@ -137,12 +137,12 @@ def test_subprocess_subset_covers_every_family_and_process_case():
 
 def test_in_process_runner_reports_a_crash_as_a_traceback(monkeypatch, tmp_path):
     """Control: an exception escaping main() would fail assert_clear_refusal, as it would in a subprocess."""
-    import planner.cli
+    import cli
 
     def crash(argv):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(planner.cli, "main", crash)
+    monkeypatch.setattr(cli, "main", crash)
     res = run_in_process(["plan"], tmp_path)
     assert res.rc == 1 and "Traceback" in res.stderr and "boom" in res.stderr
 

@@ -1,6 +1,6 @@
-"""The ILP (planner/ilp.py), one constraint family at a time.
+"""The ILP (planner/solvers/ilp.py), one constraint family at a time.
 
-Each test builds a tiny ILPProblem through planner.search.ilp_problem and picks numbers so that the
+Each test builds a tiny ILPProblem through planner.solvers.search.ilp_problem and picks numbers so that the
 family under test decides the answer; it is named by regime ("binding": the family moves the
 optimum, "slack": it does not, "infeasible": nothing fits). Expected plans and step times are
 worked out by hand in the comments (node work = fwd + bwd = 3 * fwd; 1F1B, v = 1 and no
@@ -15,13 +15,13 @@ import warnings
 
 import pytest
 
-from planner.cluster import Cluster, Device, Link
-from planner.config import TrainConfig
-from planner.cost import assignment_bytes, build_tables, stage_devices
-from planner.ilp import ILPProblem, solve_ilp
-from planner.memory import stage_memory_bytes
-from planner.search import ilp_problem
-from planner.synthetic import chain_profile, dag_profile
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.config import TrainConfig
+from planner.costmodel.cost import assignment_bytes, build_tables, stage_devices
+from planner.costmodel.memory import stage_memory_bytes
+from planner.solvers.ilp import ILPProblem, solve_ilp
+from planner.solvers.search import ilp_problem
+from profiler.synthetic import chain_profile, dag_profile
 
 GiB = 1 << 30
 NO_COMM = Link(bandwidth_bytes_per_s=1e12, latency_s=0.0)

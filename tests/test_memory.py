@@ -1,11 +1,11 @@
-"""planner/memory.py against hand calculations: bytes per parameter, activations per schedule, the reserve."""
+"""planner/costmodel/memory.py against hand calculations: bytes per parameter, activations per schedule, the reserve."""
 
 from __future__ import annotations
 
 import pytest
 
-from planner.config import TrainConfig
-from planner.memory import (
+from planner.contracts.config import TrainConfig
+from planner.costmodel.memory import (
     StageMemory,
     activation_scale,
     bytes_per_param,

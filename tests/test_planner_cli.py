@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from planner.cli import main
-from planner.cluster import Cluster, Device
-from planner.plan import Plan
-from planner.synthetic import chain_profile
+from cli import main
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.plan import Plan
+from profiler.synthetic import chain_profile
 
 
 def write_profile(tmp_path, n=12):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from planner.baselines import baseline_plans
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
-from planner.cost import predicted_step_time_ms
-from planner.evaluate import evaluate_partition
-from planner.memory import stage_memory_bytes
-from planner.solve import solve
-from planner.synthetic import chain_profile, dag_profile, unet_profile
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.costmodel.cost import predicted_step_time_ms
+from planner.costmodel.memory import stage_memory_bytes
+from planner.solvers.baselines import baseline_plans
+from planner.solvers.evaluate import evaluate_partition
+from planner.solvers.solve import solve
 from profiler.gpus import GiB
+from profiler.synthetic import chain_profile, dag_profile, unet_profile
 
 
 def skip_dag():

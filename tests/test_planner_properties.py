@@ -9,19 +9,19 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from planner.baselines import BASELINES, baseline_plans
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
-from planner.cost import build_tables, stage_devices
-from planner.dp import solve_chain
-from planner.evaluate import make_plan
-from planner.ilp import solve_ilp
-from planner.microbatches import schedule_accepts
-from planner.plan import SolverInfo
-from planner.search import chain_problem, cuts_to_stage_of, ilp_problem
-from planner.simulator import simulate
-from planner.solve import solve
-from planner.synthetic import chain_profile
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import SolverInfo
+from planner.costmodel.cost import build_tables, stage_devices
+from planner.costmodel.microbatches import schedule_accepts
+from planner.pipeline.simulator import simulate
+from planner.solvers.baselines import BASELINES, baseline_plans
+from planner.solvers.dp import solve_chain
+from planner.solvers.evaluate import make_plan
+from planner.solvers.ilp import solve_ilp
+from planner.solvers.search import chain_problem, cuts_to_stage_of, ilp_problem
+from planner.solvers.solve import solve
+from profiler.synthetic import chain_profile
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,11 +10,11 @@ import pytest
 
 import sample_models
 from core.errors import PipeplanError
-from planner.baselines import baseline_plans
-from planner.cluster import Cluster, Device, Link
-from planner.config import TrainConfig
-from planner.simulator import simulate
-from planner.solve import solve
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.config import TrainConfig
+from planner.pipeline.simulator import simulate
+from planner.solvers.baselines import baseline_plans
+from planner.solvers.solve import solve
 from profiler.profile import Profile
 from profiler.sources import load_profile
 

@@ -10,15 +10,15 @@ import random
 
 import pytest
 
-from planner.baselines import BASELINES
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
-from planner.evaluate import evaluate_partition
-from planner.microbatches import schedule_accepts
-from planner.simulator import simulate
-from planner.solve import solve
-from planner.synthetic import chain_profile
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.costmodel.microbatches import schedule_accepts
+from planner.pipeline.simulator import simulate
+from planner.solvers.baselines import BASELINES
+from planner.solvers.evaluate import evaluate_partition
+from planner.solvers.solve import solve
 from profiler.gpus import GiB
+from profiler.synthetic import chain_profile
 
 
 @pytest.mark.parametrize("schedule,v", [("1F1B", 1), ("GPipe", 1), ("ZBH1", 1), ("Interleaved1F1B", 2)])

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-import planner.diagnose
-import planner.search
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.evaluate import device_memory_bytes
-from planner.ilp import ILPResult
-from planner.simulator import simulate
-from planner.solve import solve
-from planner.synthetic import chain_profile, gpt_like_profile
+import planner.solvers.diagnose
+import planner.solvers.search
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.pipeline.simulator import simulate
+from planner.solvers.evaluate import device_memory_bytes
+from planner.solvers.ilp import ILPResult
+from planner.solvers.solve import solve
 from profiler.gpus import GiB
+from profiler.synthetic import chain_profile, gpt_like_profile
 
 
 def _interleaved(time_limit_s: float, **kw) -> TrainConfig:
@@ -43,7 +43,7 @@ def _assert_fits(plan):
 
 @pytest.mark.parametrize("time_limit_s", [0.01, 0.1])
 def test_interleaved_with_tiny_time_limit_returns_a_plan_that_fits(time_limit_s, monkeypatch):
-    monkeypatch.setattr(planner.diagnose, "diagnose", _no_diagnosis)
+    monkeypatch.setattr(planner.solvers.diagnose, "diagnose", _no_diagnosis)
     prof = gpt_like_profile(layers=24, d_model=1024)
     plan = solve(prof, Cluster.uniform(4, memory_bytes=12 * GiB), _interleaved(time_limit_s))
     _assert_fits(plan)
@@ -54,8 +54,8 @@ def test_interleaved_with_tiny_time_limit_returns_a_plan_that_fits(time_limit_s,
 @pytest.mark.parametrize("schedule", ["Interleaved1F1B", "ZBV"])
 def test_ilp_timeout_without_incumbent_returns_the_warm_start(schedule, monkeypatch):
     """The benchmark failure, made deterministic: the ILP never finds an incumbent."""
-    monkeypatch.setattr(planner.search, "solve_ilp", _timeout_ilp)
-    monkeypatch.setattr(planner.diagnose, "diagnose", _no_diagnosis)
+    monkeypatch.setattr(planner.solvers.search, "solve_ilp", _timeout_ilp)
+    monkeypatch.setattr(planner.solvers.diagnose, "diagnose", _no_diagnosis)
     prof = gpt_like_profile(layers=24, d_model=1024)
     cfg = dataclasses_replace(_interleaved(0.05), schedule=schedule)
     plan = solve(prof, Cluster.uniform(4, memory_bytes=12 * GiB), cfg)
@@ -75,13 +75,13 @@ def dataclasses_replace(cfg: TrainConfig, **kw) -> TrainConfig:
 def test_chunk_split_dp_warm_start_fits_where_no_baseline_does(monkeypatch):
     """Activation-heavy last layers: no baseline partition fits;
     the chunk-split DP finds a split that fits, and its plan is what a timed-out ILP returns."""
-    monkeypatch.setattr(planner.search, "solve_ilp", _timeout_ilp)
-    monkeypatch.setattr(planner.diagnose, "diagnose", _no_diagnosis)
+    monkeypatch.setattr(planner.solvers.search, "solve_ilp", _timeout_ilp)
+    monkeypatch.setattr(planner.solvers.diagnose, "diagnose", _no_diagnosis)
     prof = chain_profile([1.0] * 16, acts=[10**6] * 12 + [8 * 10**6] * 4)
     cluster = Cluster.uniform(4, memory_bytes=55 * 10**6)
     cfg = TrainConfig(schedule="Interleaved1F1B", virtual_stages=2, num_microbatches=8, recompute="off",
                       time_limit_s=0.05)
-    from planner.baselines import baseline_plans
+    from planner.solvers.baselines import baseline_plans
 
     assert not any(p.feasible for p in baseline_plans(prof, cluster, cfg).values())
     plan = solve(prof, cluster, cfg)
@@ -106,8 +106,8 @@ def test_genuinely_infeasible_interleaved_case_is_diagnosed():
 
 
 def test_diagnosis_is_time_bounded_and_says_so(monkeypatch):
-    monkeypatch.setattr(planner.diagnose, "MIN_DIAGNOSIS_SECONDS", 0.0)
-    monkeypatch.setattr(planner.diagnose, "DIAGNOSIS_TIME_FACTOR", 0.0)
+    monkeypatch.setattr(planner.solvers.diagnose, "MIN_DIAGNOSIS_SECONDS", 0.0)
+    monkeypatch.setattr(planner.solvers.diagnose, "DIAGNOSIS_TIME_FACTOR", 0.0)
     prof = chain_profile([1.0] * 8, params=[10**6] * 8)
     cfg = TrainConfig(num_microbatches=4, optimizer="adamw", precision="fp32", time_limit_s=1)
     plan = solve(prof, Cluster.uniform(2, memory_bytes=32 * 10**6), cfg)
@@ -126,7 +126,7 @@ def test_dp_proof_survives_an_ilp_certification_timeout(monkeypatch):
         calls.append(kwargs)
         return _timeout_ilp()
 
-    monkeypatch.setattr(planner.search, "solve_ilp", timeout)
+    monkeypatch.setattr(planner.solvers.search, "solve_ilp", timeout)
     prof = chain_profile([1.0, 2.0, 1.5, 0.5, 3.0, 1.0, 2.5, 1.0], params=[1000] * 8)
     plan = solve(prof, Cluster.uniform(4, memory_bytes=GiB), TrainConfig(num_microbatches=8, solver="highs"))
     assert calls and calls[0]["warm_stage_of"] is not None  # the ILP did run, warm-started
@@ -141,9 +141,9 @@ def test_dp_proof_survives_an_ilp_certification_timeout(monkeypatch):
 
 def test_ilp_timeout_on_a_dag_is_feasible_not_optimal(monkeypatch):
     """Without a proof (the DP is only a heuristic off a chain) a timed-out ILP's plan is not optimal."""
-    from planner.synthetic import unet_profile
+    from profiler.synthetic import unet_profile
 
-    monkeypatch.setattr(planner.search, "solve_ilp", _timeout_ilp)
+    monkeypatch.setattr(planner.solvers.search, "solve_ilp", _timeout_ilp)
     plan = solve(unet_profile(depth=3, width=2), Cluster.uniform(2, memory_bytes=GiB),
                  TrainConfig(num_microbatches=4, solver="highs"))
     assert plan.feasible and plan.solver.status in ("feasible", "heuristic") and plan.solver.gap is None

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sample_models
 from core.errors import PipeplanError
-from planner.memory import bytes_per_param
+from planner.costmodel.memory import bytes_per_param
 from profiler.profile import Profile
 from profiler.profile_model import profile_model
 

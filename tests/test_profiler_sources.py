@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from cli import main as cli_main
 from core.errors import PipeplanError
-from planner.cli import main as cli_main
 from profiler.hf import profile_hf_config
 from profiler.profile_model import profile_model
 from profiler.sources import load_profile

@@ -10,13 +10,13 @@ import math
 import pytest
 import torch
 
-from planner.calibrate import calibrate, calibrated_cluster, fit_action_overhead, fit_link
-from planner.cli import main as cli_main
-from planner.cluster import Cluster, Device, Link
-from planner.config import TrainConfig
-from planner.cost import OPTIMIZER_STEP_TRAFFIC_BYTES, clip_allreduce_ms, predicted_step_time_ms
-from planner.evaluate import evaluate_partition
-from planner.simulator import simulate_times
+from cli import main as cli_main
+from planner.calibration.calibrate import calibrate, calibrated_cluster, fit_action_overhead, fit_link
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.config import TrainConfig
+from planner.costmodel.cost import OPTIMIZER_STEP_TRAFFIC_BYTES, clip_allreduce_ms, predicted_step_time_ms
+from planner.pipeline.simulator import simulate_times
+from planner.solvers.evaluate import evaluate_partition
 from profiler import load_profile
 from profiler.gpus import ADAMW_STEP_BYTES_PER_PARAM, get_preset, optimizer_step_ms
 from profiler.profile import Profile
@@ -76,7 +76,7 @@ def test_plan_charges_each_stage_its_optimizer_step_after_the_drain(estimated):
     assert sync == pytest.approx(2 * plan.cluster.intra_node.transfer_ms(8))
     assert plan.step_time_ms == pytest.approx(without.makespan_ms + sync + opt)
     # the timeline shows one "O" event per device, starting when the pipeline has drained
-    from planner.simulator import simulate
+    from planner.pipeline.simulator import simulate
 
     tl = simulate(plan)
     steps = [e for e in tl.events if e.op == "O"]
@@ -180,7 +180,7 @@ def test_solvers_charge_the_overhead_and_per_tensor_latency_too(model, solver):
     cluster = Cluster(devices=[Device(name=f"d{i}", memory_bytes=8 << 30, speed=1.0, action_overhead_ms=0.3)
                                for i in range(3)],
                       intra_node=Link(bandwidth_bytes_per_s=2e9, latency_s=1e-4))
-    from planner.solve import solve
+    from planner.solvers.solve import solve
 
     plan = solve(prof, cluster, TrainConfig(num_microbatches=6, solver=solver, time_limit_s=20))
     assert plan.feasible

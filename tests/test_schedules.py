@@ -9,8 +9,8 @@ from unittest import mock
 import pytest
 
 from core.errors import PipeplanError
-from planner.config import TrainConfig
-from planner.schedules import (
+from planner.contracts.config import TrainConfig
+from planner.pipeline.schedules import (
     MULTI_CHUNK_SCHEDULES,
     SCHEDULE_SPECS,
     Action,

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import PipeplanError
-from planner.schedules import SPLIT_BACKWARD_SCHEDULES, _rounds, check_schedule, in_flight_microbatches
-from planner.simulator import _encode, _encoded_order, _run, simulate_times
-from planner.timeline import Timeline
+from planner.contracts.timeline import Timeline
+from planner.pipeline.schedules import SPLIT_BACKWARD_SCHEDULES, _rounds, check_schedule, in_flight_microbatches
+from planner.pipeline.simulator import _encode, _encoded_order, _run, simulate_times
 
 ALL = (("GPipe", 1), ("1F1B", 1), ("Interleaved1F1B", 2), ("Interleaved1F1B", 3), ("ZBH1", 1), ("ZBV", 2))
 

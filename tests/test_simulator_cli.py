@@ -7,16 +7,16 @@ import json
 import plotly.graph_objects as go
 import pytest
 
+from cli import main
 from core.errors import PipeplanError
-from planner.cli import main
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
-from planner.memory import stage_memory_bytes
-from planner.plan import Plan, StagePlan
-from planner.schedules import in_flight_microbatches, stage_to_device
-from planner.simulator import simulate, simulate_times
-from planner.timeline_plot import COLORS, idle_intervals, memory_figure, timeline_figure
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan, StagePlan
+from planner.costmodel.memory import stage_memory_bytes
+from planner.pipeline.schedules import in_flight_microbatches, stage_to_device
+from planner.pipeline.simulator import simulate, simulate_times
 from profiler.profile import ModelInfo
+from ui.timeline_plot import COLORS, idle_intervals, memory_figure, timeline_figure
 
 GiB = 2**30
 

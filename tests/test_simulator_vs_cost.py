@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from core.errors import PipeplanError
-from planner.schedules import check_schedule
-from planner.simulator import simulate_times
+from planner.pipeline.schedules import check_schedule
+from planner.pipeline.simulator import simulate_times
 
-cost = pytest.importorskip("planner.cost")
+cost = pytest.importorskip("planner.costmodel.cost")
 
 
 @pytest.mark.parametrize("schedule,v", [("GPipe", 1), ("1F1B", 1), ("Interleaved1F1B", 2),

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.plan import Plan
-from planner.timeline import Timeline
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan
+from planner.contracts.timeline import Timeline
 from profiler.profile import Profile
 from ui.uploads import ModelRequest, profile_from_upload
 
@@ -94,14 +94,14 @@ def uploaded_profile(kind: str, name: str, data: bytes, request: ModelRequest, a
 @st.cache_data(max_entries=64, show_spinner=False)
 def plan_for(_profile: Profile, profile_key: str, cluster_json: str, config_json: str) -> Plan:
     """solve() for one (profile, cluster, config); the JSON texts are the cache key."""
-    from planner.solve import solve
+    from planner.solvers.solve import solve
 
     return solve(_profile, Cluster.from_json(cluster_json), TrainConfig.from_json(config_json))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def timeline_for(_plan: Plan, plan_json: str) -> Timeline:
-    from planner.simulator import simulate
+    from planner.pipeline.simulator import simulate
 
     return simulate(_plan)
 

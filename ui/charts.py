@@ -1,4 +1,4 @@
-"""Plotly figures of a Plan (the timeline figures live in planner.timeline_plot).
+"""Plotly figures of a Plan (the timeline figures live in ui.timeline_plot).
 
 Colours are the Okabe-Ito palette (safe for the common colour-vision
 deficiencies) and every coloured mark also carries a text label or a legend
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from planner.plan import Plan
-from planner.schedules import schedule_spec
+from planner.contracts.plan import Plan
+from planner.pipeline.schedules import schedule_spec
 from profiler.gpus import GiB
 from profiler.profile import Profile
 from ui.plan_facts import MEMORY_PARTS, device_memory

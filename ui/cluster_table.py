@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster, Device, Link
+from planner.contracts.cluster import Cluster, Device, Link
 from profiler.gpus import GPU_PRESETS, GiB, get_preset
 
 CUSTOM = "custom"

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from planner.cluster import Cluster
+from planner.contracts.cluster import Cluster
 from profiler.gpus import GPU_PRESETS, get_preset
 from ui.cluster_table import (
     COLUMNS,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import shlex
 
-from planner.plan import Plan
-from planner.schedules import schedule_spec
+from planner.contracts.plan import Plan
+from planner.pipeline.schedules import schedule_spec
 
 
 def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str | None = None) -> str:

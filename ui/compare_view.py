@@ -8,10 +8,10 @@ from collections.abc import Callable
 import streamlit as st
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster
-from planner.config import SCHEDULES, TrainConfig
-from planner.plan import Plan
-from planner.schedules import schedule_spec
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import SCHEDULES, TrainConfig
+from planner.contracts.plan import Plan
+from planner.pipeline.schedules import schedule_spec
 from profiler.profile import Profile
 from ui import cache, charts
 from ui.plan_facts import headline

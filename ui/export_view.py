@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import PipeplanError
-from planner.plan import Plan
+from planner.contracts.plan import Plan
 from profiler.profile import Profile
 from ui import cache
 from ui.commands import cli_commands

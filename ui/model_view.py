@@ -11,7 +11,7 @@ import streamlit as st
 
 import sample_models
 from core.errors import PipeplanError
-from planner.cli.models_cmd import human_count
+from core.units import human_count
 from profiler.gpus import GPU_PRESETS
 from profiler.profile import Profile
 from ui import cache

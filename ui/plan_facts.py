@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from planner.memory import StageMemory
-from planner.memory import device_memory as memory_of_device
-from planner.plan import Plan
+from planner.contracts.plan import Plan
+from planner.costmodel.memory import StageMemory
+from planner.costmodel.memory import device_memory as memory_of_device
 
 MEMORY_PARTS = tuple(f.name for f in fields(StageMemory))
 """params, grads, optimizer, activations, relay, reserve: the stacked-bar segments."""
@@ -34,7 +34,7 @@ class DeviceMemory:
 def device_memory(plan: Plan) -> list[DeviceMemory]:
     """Memory per device, in cluster order: the sum of its stages' StageMemory against its limit.
 
-    The reserve is held once per device (planner.memory.device_memory).
+    The reserve is held once per device (planner.costmodel.memory.device_memory).
     """
     out = []
     for d, dev in enumerate(plan.cluster.devices):

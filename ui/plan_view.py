@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.plan import Diagnosis, Plan
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Diagnosis, Plan
 from profiler.gpus import GiB
 from profiler.profile import Profile
 from ui import cache, charts
@@ -70,7 +70,7 @@ def headline_metrics(plan: Plan) -> None:
 
 
 def timeline_tab(plan: Plan) -> None:
-    from planner.timeline_plot import choose_window, memory_figure, timeline_figure
+    from ui.timeline_plot import choose_window, memory_figure, timeline_figure
 
     timeline = cache.timeline_for(plan, plan.to_json())
     lo, hi = choose_window(timeline, MAX_TIMELINE_OPS, None)

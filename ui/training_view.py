@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import PipeplanError
-from planner.config import DEFAULT_RESERVE_BYTES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, TrainConfig
-from planner.schedules import schedule_spec
+from planner.contracts.config import DEFAULT_RESERVE_BYTES, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES, TrainConfig
+from planner.pipeline.schedules import schedule_spec
 from profiler.gpus import GiB
 
 AUTO = "automatic"

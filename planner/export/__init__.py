@@ -14,8 +14,8 @@ import io
 import zipfile
 from pathlib import Path
 
+from planner.contracts.plan import Plan
 from planner.export.job import render_job
-from planner.plan import Plan
 
 __all__ = ["export_plan", "export_zip_bytes", "render_job"]
 

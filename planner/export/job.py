@@ -10,15 +10,15 @@ import json
 import shlex
 
 from core.errors import PipeplanError
+from planner.contracts.plan import Plan
 from planner.export.model_files import model_files, model_readme, runtime_text, template_text
 from planner.export.runtime import RUNTIME_FILES
-from planner.plan import Plan
-from planner.schedules import SCHEDULE_SPECS, check_schedule, schedule_spec, stage_to_device
+from planner.pipeline.schedules import SCHEDULE_SPECS, check_schedule, schedule_spec, stage_to_device
 
 EXPORTABLE_SCHEDULES = tuple(name for name, spec in SCHEDULE_SPECS.items() if spec.torch_class)
 """Schedules train.py runs with torch's built-in schedule classes (ScheduleSpec.torch_class). ZBH1 is
 torch's ScheduleInterleavedZeroBubble with one stage per rank; its per-rank order equals
-planner.schedules.schedule_actions("ZBH1", ...) (tests/test_export_zbh1.py checks this)."""
+planner.pipeline.schedules.schedule_actions("ZBH1", ...) (tests/test_export_zbh1.py checks this)."""
 PRECISION_NOTES = {
     "fp32": "fp32",
     "bf16_mixed": "`bf16_mixed`: fp32 weights, gradients and optimizer; each stage's forward under "

@@ -18,9 +18,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from planner.cluster import Cluster, Device, Link
-from planner.config import TrainConfig
-from planner.plan import Plan
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan
 from profiler.profile import Profile
 
 HERE = Path(__file__).resolve().parent
@@ -140,8 +140,8 @@ def cases() -> list[Case]:
 
 def make_profiles() -> None:
     """Write the corpus profiles (run once; the stored JSON is the corpus from then on)."""
-    from planner.synthetic import dag_profile, random_chain_profile, unet_profile
     from profiler.sources import load_profile
+    from profiler.synthetic import dag_profile, random_chain_profile, unet_profile
 
     PROFILES.mkdir(parents=True, exist_ok=True)
     made: dict[str, Profile] = {f"{m}_tiny": load_profile(f"sample:{m}:tiny", estimate_for="A100-80GB")
@@ -161,9 +161,9 @@ def load_profile_file(stem: str) -> Profile:
 
 
 def run_case(case: Case, cluster_table: dict[str, Cluster] | None = None) -> Plan:
-    from planner.baselines import baseline_partitions
-    from planner.evaluate import evaluate_partition
-    from planner.solve import solve
+    from planner.solvers.baselines import baseline_partitions
+    from planner.solvers.evaluate import evaluate_partition
+    from planner.solvers.solve import solve
 
     prof = load_profile_file(case.profile)
     cluster = (cluster_table or clusters())[case.cluster]

@@ -8,7 +8,7 @@ Every Case says:
 - kind: which parser it attacks ("profile", "cluster", "plan", "hf", "archive", "train", "code");
 - build(folder, base) -> Path: writes the input into `folder` and returns its path;
 - expect: a regex the one-line error must match (it names the bad field or the fix);
-- cli: the argv after `python -m planner.cli`, with {path}, {good_profile}, {out} filled in;
+- cli: the argv after `python -m cli`, with {path}, {good_profile}, {out} filled in;
 - markers: file names (relative to `folder`) a payload would create; they must never exist.
 """
 

@@ -19,9 +19,9 @@ FAKE_SECRET = "hunter2-pipeplan-test-secret"
 
 def base_documents() -> Base:
     """A 6-layer chain profile, a 2-device cluster and a solved plan, as JSON dicts."""
-    from planner.cluster import Cluster
-    from planner.config import TrainConfig
-    from planner.solve import solve
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
     from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 
     n = 6
@@ -54,12 +54,12 @@ class CliResult:
 
 def run_cli(argv: list[str], *, timeout: float = 120, cwd: Path | None = None,
             extra_env: dict[str, str] | None = None) -> CliResult:
-    """`python -m planner.cli ARGV` in a fresh process, with a fake secret in its environment."""
+    """`python -m cli ARGV` in a fresh process, with a fake secret in its environment."""
     env = {**os.environ, "PIPEPLAN_FAKE_SECRET": FAKE_SECRET, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
            "PYTHONPATH": str(ROOT), **(extra_env or {})}
     env.pop("PIPEPLAN_ALLOW_CODE", None)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "planner.cli", *argv], capture_output=True, timeout=timeout,
+    proc = subprocess.run([sys.executable, "-m", "cli", *argv], capture_output=True, timeout=timeout,
                           cwd=cwd or ROOT, env=env, check=False)
     return CliResult(proc.returncode, proc.stdout.decode("utf-8", "replace"),
                      proc.stderr.decode("utf-8", "replace"), time.monotonic() - start)

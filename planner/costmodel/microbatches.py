@@ -1,6 +1,6 @@
 """Which micro-batch counts a schedule accepts, and the profile at another micro-batch size.
 
-The rules (torch 2.13's) live in planner.schedules.check_schedule; this module
+The rules (torch 2.13's) live in planner.pipeline.schedules.check_schedule; this module
 only asks it.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from core.errors import PipeplanError
-from planner.config import MAX_MICROBATCHES, TrainConfig
-from planner.schedules import check_schedule
+from planner.contracts.config import MAX_MICROBATCHES, TrainConfig
+from planner.pipeline.schedules import check_schedule
 from profiler.profile import Profile
 
 

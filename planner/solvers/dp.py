@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.cost import (
+from planner.costmodel.cost import (
     CostTables,
     StageTimeCoefficients,
     closed_form_step_ms,
@@ -30,7 +30,7 @@ from planner.cost import (
     fill_drain_ms,
     stage_time_coefficients,
 )
-from planner.memory import memory_coefficients
+from planner.costmodel.memory import memory_coefficients
 
 INF = float("inf")
 

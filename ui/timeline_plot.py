@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from planner.schedules import schedule_spec
-from planner.timeline import Event, Timeline
+from planner.contracts.timeline import Event, Timeline
+from planner.pipeline.schedules import schedule_spec
 
 COLORS = {"F": "#0072B2", "B": "#E69F00", "W": "#009E73", "O": "#56B4E9", "send": "#CC79A7", "idle": "#D9D9D9"}
 """Okabe-Ito blue, orange, bluish green, reddish purple; light grey for idle time."""

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from core.errors import PipeplanError
 from core.jsonio import read_json_file
-from planner.cluster import Cluster, parse_memory
-from planner.config import TrainConfig
-from planner.plan import Plan
-from planner.schedules import SCHEDULE_SPECS, SCHEDULES
+from planner.contracts.cluster import Cluster, parse_memory
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan
+from planner.pipeline.schedules import SCHEDULE_SPECS, SCHEDULES
 from profiler.gpus import GiB
 from profiler.profile import Profile
 
@@ -134,7 +134,7 @@ def summary(plan: Plan) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.solve import solve
+    from planner.solvers.solve import solve
 
     if args.devices is not None and args.devices < 1:
         raise PipeplanError(f"--devices must be >= 1, got {args.devices}")

@@ -1,7 +1,7 @@
 """`solve`: the optimal Plan for a Profile on a Cluster under a TrainConfig, or a diagnosis.
 
-The search over micro-batches, device orders and cuts is planner.search; when nothing fits,
-planner.diagnose says why and what would. The baselines are scored next to the plan.
+The search over micro-batches, device orders and cuts is planner.solvers.search; when nothing fits,
+planner.solvers.diagnose says why and what would. The baselines are scored next to the plan.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 
 from core.errors import PipeplanError
-from planner import diagnose
-from planner.baselines import baseline_plans
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.plan import Plan, SolverInfo
-from planner.search import relative_gap, solve_once
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan, SolverInfo
+from planner.solvers import diagnose
+from planner.solvers.baselines import baseline_plans
+from planner.solvers.search import relative_gap, solve_once
 from profiler.profile import Profile
 
 

@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"planner.cli.{name}_cmd")
+            module = importlib.import_module(f"cli.{name}_cmd")
         except ModuleNotFoundError as exc:  # subcommand not built yet
-            if exc.name != f"planner.cli.{name}_cmd":
+            if exc.name != f"cli.{name}_cmd":
                 raise
             continue
         p = module.add_parser(sub)

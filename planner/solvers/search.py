@@ -6,7 +6,7 @@ device runs one stage (it proves optimality itself, in a fraction of the ILP's
 time); otherwise the ILP on HiGHS, warm-started and bounded by the DP's best
 contiguous partition. "highs"/"cbc" force the ILP (still warm-started); "dp"
 forces the DP (on a non-chain DAG it returns the best contiguous partition,
-status "heuristic"). planner.solve (the entry point) and planner.diagnose both call
+status "heuristic"). planner.solvers.solve (the entry point) and planner.solvers.diagnose both call
 solve_once; neither imports the other's callers.
 """
 
@@ -19,17 +19,17 @@ import time
 import numpy as np
 
 from core.errors import PipeplanError
-from planner.baselines import baseline_partitions
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
-from planner.dp import ChainProblem, cut_bytes, cut_tensors, solve_chain
-from planner.evaluate import make_plan, with_timeline
-from planner.ilp import ILPProblem, solve_ilp
-from planner.memory import even_chunk_limit_bytes, stages_budget_bytes
-from planner.microbatches import microbatch_options, scale_profile
-from planner.plan import Plan, SolverInfo
-from planner.schedules import in_flight_microbatches
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan, SolverInfo
+from planner.costmodel.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
+from planner.costmodel.memory import even_chunk_limit_bytes, stages_budget_bytes
+from planner.costmodel.microbatches import microbatch_options, scale_profile
+from planner.pipeline.schedules import in_flight_microbatches
+from planner.solvers.baselines import baseline_partitions
+from planner.solvers.dp import ChainProblem, cut_bytes, cut_tensors, solve_chain
+from planner.solvers.evaluate import make_plan, with_timeline
+from planner.solvers.ilp import ILPProblem, solve_ilp
 from profiler.profile import Profile
 
 MAX_DEVICE_ORDERS = 24
@@ -137,7 +137,7 @@ def multi_chunk_warm_start(profile: Profile, tables: CostTables, cluster: Cluste
     """The best feasible plan among the baseline partitions and a contiguous DP over all P*v stages
     with each device's memory split evenly between its chunks (conservative, but what it finds fits);
     None if none of them fits. Every candidate is re-scored and memory-checked by make_plan."""
-    from planner.evaluate import choose_recompute
+    from planner.solvers.evaluate import choose_recompute
 
     start = time.perf_counter()
     S = len(devices)

@@ -3,7 +3,7 @@ and the pipeline runtime's fixed cost per action, on this machine and backend.
 
     pipeplan calibrate --devices 2 --memory 64GB -o cluster.json
 
-Two processes are started with torchrun (gloo on CPU, NCCL on CUDA); planner/_calibrate_worker.py
+Two processes are started with torchrun (gloo on CPU, NCCL on CUDA); planner/calibration/worker.py
 runs in each. From its raw numbers:
 - the link is the alpha-beta fit (latency + bytes / bandwidth) of the one-way p2p times;
 - the per-action overhead o is the value that makes the simulator's 1F1B step time of the
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster, Device, Link
+from planner.contracts.cluster import Cluster, Device, Link
 
 TIMEOUT_S = 300
 
@@ -69,7 +69,7 @@ def fit_link(one_way_s: dict[int, float]) -> Link:
 
 def fit_action_overhead(raw: dict, link: Link) -> float:
     """The per-action overhead (ms) that makes the simulated calibration pipeline match the measured one."""
-    from planner.simulator import simulate_times
+    from planner.pipeline.simulator import simulate_times
 
     f, b = float(raw["stage_fwd_ms"]), float(raw["stage_bwd_ms"])
     comm = link.transfer_ms(raw["stage_bytes"])
@@ -94,7 +94,7 @@ def run_worker(*, threads: int = 1, progress: Callable[[str], None] | None = Non
     with tempfile.TemporaryDirectory(prefix="pipeplan-calibrate-") as tmp:
         out = Path(tmp) / "calibration.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "planner._calibrate_worker", str(out)]
+               "-m", "planner.calibration.worker", str(out)]
         if progress:
             progress("starting 2 ranks with torchrun (ping-pong, then a 2-stage pipeline)")
         try:

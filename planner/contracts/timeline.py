@@ -49,7 +49,7 @@ class Timeline:
     """Device of every stage (loop or V placement)."""
     peak_in_flight: list[int] = field(default_factory=list)
     """Per stage: peak micro-batches whose activations it holds, read off the events
-    (equals planner.schedules.in_flight_microbatches; tests check it)."""
+    (equals planner.pipeline.schedules.in_flight_microbatches; tests check it)."""
     schema: str = SCHEMA
 
     @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from core.units import human_count
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the sample models, their sizes and parameter counts")
@@ -22,13 +24,6 @@ def model_rows() -> list[dict]:
             rows.append({"model": name, "size": size, "params": entry.documented_params[size],
                          "spec": f"sample:{name}:{size}", "description": entry.description})
     return rows
-
-
-def human_count(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,8 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from planner.contracts.plan import Plan
     from planner.export import export_plan, export_zip_bytes
-    from planner.plan import Plan
 
     if not args.plan.is_file():
         raise PipeplanError(f"plan file {args.plan} does not exist; make one with `pipeplan plan ... -o plan.json`")

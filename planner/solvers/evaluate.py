@@ -1,7 +1,7 @@
 """Score any partition with the cost model and build the Plan for it.
 
 Every Plan pipeplan returns (optimal, baseline, manual) is built here, so its
-numbers come from one set of formulas (planner/cost.py, planner/memory.py).
+numbers come from one set of formulas (planner/costmodel/cost.py, planner/costmodel/memory.py).
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.cost import (
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Diagnosis, Plan, SolverInfo, StagePlan
+from planner.costmodel.cost import (
     CostTables,
     assignment_bytes,
     boundary_comm_ms,
@@ -23,9 +24,8 @@ from planner.cost import (
     stage_devices,
     stage_optimizer_ms,
 )
-from planner.memory import device_memory, stage_memory_bytes
-from planner.plan import Diagnosis, Plan, SolverInfo, StagePlan
-from planner.schedules import in_flight_microbatches
+from planner.costmodel.memory import device_memory, stage_memory_bytes
+from planner.pipeline.schedules import in_flight_microbatches
 from profiler.gpus import GiB
 from profiler.profile import Profile
 
@@ -135,7 +135,7 @@ def with_timeline(plan: Plan) -> Plan:
     (docs/ilp.md, "Objective and simulated step time"), and the app headlines the makespan of the
     timeline it draws, which is this number.
     """
-    from planner.simulator import simulate
+    from planner.pipeline.simulator import simulate
 
     tl = simulate(plan)
     _set_step(plan, tl.makespan_ms, tl.bubble_fraction)
@@ -176,7 +176,7 @@ def evaluate_partition(profile: Profile, cluster: Cluster, config: TrainConfig, 
     recompute: per stage (default from config.recompute; "auto" turns it on only where needed).
     fingerprint: profile.fingerprint(), if the caller has it already (it costs a JSON dump of the profile).
     """
-    from planner.microbatches import microbatch_options, scale_profile
+    from planner.costmodel.microbatches import microbatch_options, scale_profile
 
     P = cluster.num_devices
     S = P * config.virtual_stages

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from planner.config import TrainConfig
+from planner.contracts.config import TrainConfig
 
 # Bytes per parameter as (weights, gradients, optimizer state).
 # fp32: weights and grads in fp32; Adam keeps m and v in fp32 (8 B), SGD with
@@ -78,7 +78,7 @@ def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes
     input_bytes: bytes per micro-batch the stage receives from the previous one.
     relay_bytes: bytes per micro-batch passing through the stage untouched.
     in_flight: micro-batches whose activations the stage holds at its peak, from
-        planner.schedules.in_flight_microbatches for the schedule.
+        planner.pipeline.schedules.in_flight_microbatches for the schedule.
 
     With recomputation a stage keeps only its inputs per in-flight micro-batch and
     rebuilds one micro-batch's activations at a time during backward

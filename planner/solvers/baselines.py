@@ -14,9 +14,9 @@ cost model then says what their partitions really cost.
 from __future__ import annotations
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.plan import Plan
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Plan
 from profiler.profile import Profile
 
 BASELINES = ("uniform_layers", "param_balanced", "time_balanced")
@@ -85,7 +85,7 @@ def baseline_plans(profile: Profile, cluster: Cluster, config: TrainConfig, *,
                    fingerprint: str | None = None) -> dict[str, Plan]:
     """Each baseline's partition as a Plan under the same cost model (feasible=False when it does not fit):
     the one place baselines are scored (solve() lists these next to its plan)."""
-    from planner.evaluate import evaluate_partition
+    from planner.solvers.evaluate import evaluate_partition
 
     S = cluster.num_devices * config.virtual_stages
     fingerprint = fingerprint or profile.fingerprint()

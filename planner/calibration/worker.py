@@ -1,4 +1,4 @@
-"""One rank of `pipeplan calibrate` (started by torchrun; see planner/calibrate.py).
+"""One rank of `pipeplan calibrate` (started by torchrun; see planner/calibration/calibrate.py).
 
 Rank 0 and rank 1 measure, on the backend a pipeline job would use:
 1. point-to-point transfers: blocking send/recv ping-pong at several sizes (one-way time =

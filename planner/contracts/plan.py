@@ -12,9 +12,9 @@ from typing import Any
 
 from core.errors import PipeplanError
 from core.jsonio import build_dataclass, load_json_text
-from planner.cluster import Cluster
-from planner.config import TrainConfig
-from planner.memory import StageMemory
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.costmodel.memory import StageMemory
 from profiler.profile import ModelInfo
 
 SCHEMA = "pipeplan.plan/1"
@@ -54,7 +54,7 @@ class StagePlan:
     param_count: int
     optimizer_ms: float = 0.0
     """Time of this stage's optimizer step (global-norm clipping + update) once per training step;
-    0 when the profile has no optimizer times (planner.cost.stage_optimizer_ms)."""
+    0 when the profile has no optimizer times (planner.costmodel.cost.stage_optimizer_ms)."""
 
     @property
     def compute_ms(self) -> float:

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from planner.cluster import Cluster
-from planner.config import TrainConfig
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
 from profiler.gpus import OPTIMIZER_STEP_TRAFFIC_BYTES
 from profiler.profile import Profile, ProfileNode
 
@@ -156,7 +156,7 @@ def build_tables(profile: Profile) -> CostTables:
 def zero_bubble_weight_factor(schedule: str) -> float:
     """kappa: how many W passes per stage the schedule hides in the fill/drain bubble.
     ZB-H1 (Qi et al. 2023): bubble (P-1)(F+B-2W) instead of (P-1)(F+B+W), i.e. kappa = 2."""
-    from planner.schedules import schedule_spec
+    from planner.pipeline.schedules import schedule_spec
 
     return schedule_spec(schedule).weight_credit
 
@@ -273,7 +273,7 @@ def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, sc
     and max F + max B >= max(F+B). For interleaved and zero-bubble schedules with unequal stages it
     is an estimate either way (tests/test_planner_timeline.py).
     """
-    from planner.schedules import stage_to_device
+    from planner.pipeline.schedules import stage_to_device
 
     M, v = int(num_microbatches), int(virtual_stages)
     S = len(stage_fwd)
@@ -389,7 +389,7 @@ def speeds(cluster: Cluster, profile: Profile) -> list[float]:
 
 def stage_devices(num_devices: int, config: TrainConfig, device_order: list[int] | None = None) -> list[int]:
     """Device of every stage: the schedule's placement, through an optional device permutation."""
-    from planner.schedules import stage_to_device
+    from planner.pipeline.schedules import stage_to_device
 
     placement = stage_to_device(num_devices, config.schedule, config.virtual_stages)
     order = device_order or list(range(num_devices))

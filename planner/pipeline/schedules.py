@@ -7,7 +7,7 @@ at a time, in list order. Ops: "F" forward; "B" backward (the full backward,
 or only the input gradient in the zero-bubble schedules ZBH1 and ZBV); "W"
 weight gradient (zero-bubble schedules only).
 
-`in_flight_microbatches` is THE memory function: planner/memory.py, the ILP,
+`in_flight_microbatches` is THE memory function: planner/costmodel/memory.py, the ILP,
 the DP and the simulator all use it. It walks these orders, so the memory
 model and the simulated timeline cannot disagree. docs/schedules.md derives
 every order, count and closed form.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from core.errors import PipeplanError
 
 if TYPE_CHECKING:
-    from planner.config import TrainConfig
+    from planner.contracts.config import TrainConfig
 
 
 class Action(NamedTuple):

@@ -1,7 +1,7 @@
 """The TrainConfig contract: how the pipeline is trained.
 
 Optimizers and precisions are closed sets named here once (schedules in the registry,
-planner.schedules.SCHEDULE_SPECS); every other module refers to these names.
+planner.pipeline.schedules.SCHEDULE_SPECS); every other module refers to these names.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from core.errors import PipeplanError
 from core.jsonio import build_dataclass, check_number, load_json_text
-from planner.schedules import (  # noqa: F401  (re-exported: the closed set of schedule names)
+from planner.pipeline.schedules import (  # noqa: F401  (re-exported: the closed set of schedule names)
     MULTI_CHUNK_SCHEDULES,
     SCHEDULES,
     canonical_schedule,
@@ -35,7 +35,7 @@ MAX_GLOBAL_BATCH = 1 << 20
 @dataclass(kw_only=True, slots=True)
 class TrainConfig:
     schedule: str = "1F1B"
-    """One of SCHEDULES (planner.schedules.SCHEDULE_SPECS)."""
+    """One of SCHEDULES (planner.pipeline.schedules.SCHEDULE_SPECS)."""
     num_microbatches: int | None = 8
     """Micro-batches per step (M). None: pick the fastest valid count for `global_batch`."""
     global_batch: int | None = None

@@ -50,8 +50,8 @@ def summary(timeline, plan) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.plan import Plan
-    from planner.simulator import simulate
+    from planner.contracts.plan import Plan
+    from planner.pipeline.simulator import simulate
 
     path = Path(args.plan)
     if not path.is_file():
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 def timeline_html(timeline) -> str:
     """The app's two charts in one standalone page (plotly.js inlined: opens offline)."""
-    from planner.timeline_plot import memory_figure, timeline_figure
+    from ui.timeline_plot import memory_figure, timeline_figure
 
     parts = [timeline_figure(timeline).to_html(full_html=False, include_plotlyjs=True),
              memory_figure(timeline).to_html(full_html=False, include_plotlyjs=False)]

@@ -18,11 +18,11 @@ from __future__ import annotations
 from functools import lru_cache
 
 from core.errors import PipeplanError
-from planner.config import MAX_MICROBATCHES, canonical_schedule
-from planner.cost import clip_allreduce_ms, split_backward_ms
-from planner.plan import Plan
-from planner.schedules import _order, check_schedule, chunks_per_device, schedule_spec, stage_to_device
-from planner.timeline import Event, Timeline
+from planner.contracts.config import MAX_MICROBATCHES, canonical_schedule
+from planner.contracts.plan import Plan
+from planner.contracts.timeline import Event, Timeline
+from planner.costmodel.cost import clip_allreduce_ms, split_backward_ms
+from planner.pipeline.schedules import _order, check_schedule, chunks_per_device, schedule_spec, stage_to_device
 
 _F, _B, _W = 0, 1, 2
 _OP_NAMES = ("F", "B", "W")

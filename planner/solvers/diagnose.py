@@ -6,10 +6,10 @@ import dataclasses
 import time
 
 from core.errors import PipeplanError
-from planner.cluster import Cluster, Device
-from planner.config import TrainConfig
-from planner.evaluate import gib, memory_problems
-from planner.plan import Diagnosis, Plan, SolverInfo
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import Diagnosis, Plan, SolverInfo
+from planner.solvers.evaluate import gib, memory_problems
 from profiler.profile import Profile
 
 MAX_EXTRA_DEVICES_FACTOR = 8
@@ -35,7 +35,7 @@ def _with_devices(cluster: Cluster, n: int) -> Cluster:
 
 
 def _fits(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
-    from planner.search import solve_once
+    from planner.solvers.search import solve_once
 
     try:
         return solve_once(profile, cluster, config)
@@ -46,7 +46,7 @@ def _fits(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | Non
 def _valid_for(config: TrainConfig, num_devices: int) -> TrainConfig | None:
     """The config on num_devices, with the smallest micro-batch count >= the given one that the
     schedule accepts there (1F1B needs M >= P, ...); None if there is none."""
-    from planner.microbatches import schedule_accepts
+    from planner.costmodel.microbatches import schedule_accepts
 
     if config.num_microbatches is None:
         return config
@@ -58,7 +58,7 @@ def _valid_for(config: TrainConfig, num_devices: int) -> TrainConfig | None:
 
 def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     """Plan(feasible=False) with a Diagnosis; every suggestion in it was checked by re-solving."""
-    from planner.search import solve_once
+    from planner.solvers.search import solve_once
 
     started = time.perf_counter()
     budget = max(MIN_DIAGNOSIS_SECONDS, DIAGNOSIS_TIME_FACTOR * config.time_limit_s)

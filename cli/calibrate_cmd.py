@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from core.errors import PipeplanError
-from planner.cluster import MAX_DEVICES, parse_memory
+from planner.contracts.cluster import MAX_DEVICES, parse_memory
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.calibrate import calibrate, calibrated_cluster
+    from planner.calibration.calibrate import calibrate, calibrated_cluster
 
     if not 1 <= args.devices <= MAX_DEVICES:
         raise PipeplanError(f"--devices must be between 1 and {MAX_DEVICES}, got {args.devices}")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import pulp
 
-from planner.cost import CostTables, closed_form_pieces, stage_time_coefficients
-from planner.memory import memory_coefficients
+from planner.costmodel.cost import CostTables, closed_form_pieces, stage_time_coefficients
+from planner.costmodel.memory import memory_coefficients
 
 try:
     import highspy
