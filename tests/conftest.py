@@ -13,17 +13,27 @@ Markers (registered in pyproject.toml):
   `pytest -m "not slow"`, `make test` runs everything.
 - torchrun, browser: what makes a test slow. The hook below adds `slow` to any test carrying
   one of them, so marking a test torchrun or browser is enough to keep it out of test-fast.
+
+Hypothesis runs derandomized (the same examples on every machine and every run, no example
+database), so a red CI run can be reproduced and a green one means the same thing twice. To
+hunt for new counterexamples, run with HYPOTHESIS_PROFILE=explore (new random examples each run).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("pipeplan", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "pipeplan"))
 
 IMPLIES_SLOW = ("torchrun", "browser")
 

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from core.errors import PipeplanError
-from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.cluster import INTER_NODE_LATENCY_S, INTRA_NODE_LATENCY_S, Cluster, Device, Link
 from profiler.gpus import GPU_PRESETS, GiB, get_preset
 
 CUSTOM = "custom"
@@ -75,8 +75,8 @@ def cluster_from_rows(rows: list[dict[str, Any]], *, intra_node_gbs: float, inte
     if not (intra_node_gbs > 0 and inter_node_gbs > 0):
         raise PipeplanError("link bandwidths must be positive (GB/s)")
     return Cluster(devices=devices,
-                   intra_node=Link(bandwidth_bytes_per_s=intra_node_gbs * 1e9, latency_s=5e-6),
-                   inter_node=Link(bandwidth_bytes_per_s=inter_node_gbs * 1e9, latency_s=10e-6))
+                   intra_node=Link(bandwidth_bytes_per_s=intra_node_gbs * 1e9, latency_s=INTRA_NODE_LATENCY_S),
+                   inter_node=Link(bandwidth_bytes_per_s=inter_node_gbs * 1e9, latency_s=INTER_NODE_LATENCY_S))
 
 
 def device_summary_rows(cluster: Cluster) -> list[dict[str, Any]]:

@@ -18,6 +18,10 @@ from profiler.gpus import GiB, get_preset
 from profiler.profile import Profile
 
 SCHEMA = "pipeplan.cluster/1"
+INTRA_NODE_LATENCY_S = 5e-6
+"""Default latency of one message inside a host (NVLink/PCIe p2p through NCCL: a few microseconds)."""
+INTER_NODE_LATENCY_S = 10e-6
+"""Default latency of one message between hosts (InfiniBand/RoCE)."""
 MAX_DEVICES = 4096
 
 
@@ -92,8 +96,8 @@ class Link:
 @dataclass(kw_only=True, slots=True)
 class Cluster:
     devices: list[Device]
-    intra_node: Link = field(default_factory=lambda: Link(bandwidth_bytes_per_s=100e9, latency_s=5e-6))
-    inter_node: Link = field(default_factory=lambda: Link(bandwidth_bytes_per_s=25e9, latency_s=10e-6))
+    intra_node: Link = field(default_factory=lambda: Link(bandwidth_bytes_per_s=100e9, latency_s=INTRA_NODE_LATENCY_S))
+    inter_node: Link = field(default_factory=lambda: Link(bandwidth_bytes_per_s=25e9, latency_s=INTER_NODE_LATENCY_S))
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
@@ -135,8 +139,9 @@ class Cluster:
             else:
                 d = Device(name=f"dev{i}", memory_bytes=memory_bytes, node=i // devices_per_node)
             devices.append(d)
-        intra = Link(bandwidth_bytes_per_s=get_preset(preset).intra_node_bw_gbs * 1e9, latency_s=5e-6) \
-            if preset else Link(bandwidth_bytes_per_s=100e9, latency_s=5e-6)
+        intra = Link(bandwidth_bytes_per_s=get_preset(preset).intra_node_bw_gbs * 1e9,
+                     latency_s=INTRA_NODE_LATENCY_S) \
+            if preset else Link(bandwidth_bytes_per_s=100e9, latency_s=INTRA_NODE_LATENCY_S)
         return cls(devices=devices, intra_node=intra)
 
     # -- JSON ------------------------------------------------------------------

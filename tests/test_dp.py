@@ -1,4 +1,6 @@
-"""Property tests: the DP, the ILP and brute force agree on random chains; plans are valid."""
+"""The chain DP (planner/solvers/dp.py): hand-made regimes (memory slack, binding, too tight; recompute
+chosen only where it must be), then property tests: the DP, the ILP and brute force agree on random
+chains, and the plans are valid."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from planner.contracts.cluster import Cluster, Device
+from planner.contracts.cluster import Cluster, Device, Link
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import SolverInfo
 from planner.costmodel.cost import build_tables, stage_devices
@@ -22,6 +24,53 @@ from planner.solvers.ilp import solve_ilp
 from planner.solvers.search import chain_problem, cuts_to_stage_of, ilp_problem
 from planner.solvers.solve import solve
 from profiler.synthetic import chain_profile
+
+
+def hand_chain(memory: int, recompute: str = "off"):
+    """Four nodes of 1 ms forward, 2 ms backward and 100 activation bytes, no parameters, 1-byte edges;
+    two devices, 1F1B with 4 micro-batches: stage 0 holds 2 micro-batches in flight, stage 1 one."""
+    profile = chain_profile([1.0] * 4, acts=[100] * 4, edge_bytes=[1] * 3)
+    profile.model.input_bytes = 1
+    free = Link(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # 1-byte transfers: ~1e-9 ms
+    cluster = Cluster(devices=[Device(name=f"d{i}", memory_bytes=memory, speed=1.0) for i in range(2)],
+                      intra_node=free, inter_node=free)
+    config = TrainConfig(schedule="1F1B", num_microbatches=4, recompute=recompute)
+    tables = build_tables(profile)
+    return solve_chain(chain_problem(profile, tables, cluster, config, stage_devices(2, config)))
+
+
+def test_dp_memory_slack_balances_time():
+    # 2 + 2 nodes: T = 6 per stage; step = (M - 1) max T + sum T = 3 * 6 + 12 = 30 (comm ~ 0)
+    res = hand_chain(10**6)
+    assert res.cuts == [0, 2, 4] and res.optimal
+    assert res.objective == pytest.approx(30.0, rel=1e-6)
+
+
+def test_dp_memory_binding_moves_layers_off_the_first_stage():
+    # stage 0 holds 2 in flight: k nodes need 200 k bytes <= 300, so k = 1; stage 1 then holds 3
+    # nodes x 100 B x 1 in flight = 300 <= 300. T = 3 and 9: step = 3 * 9 + 12 = 39
+    res = hand_chain(300)
+    assert res.cuts == [0, 1, 4]
+    assert res.objective == pytest.approx(39.0, rel=1e-6)
+
+
+def test_dp_memory_too_tight_is_infeasible():
+    # stage 0 fits at most 1 node (200 <= 250), stage 1 at most 2 (300 > 250): 3 < 4 nodes
+    res = hand_chain(250)
+    assert res.cuts is None and res.objective == float("inf")
+
+
+def test_dp_recompute_auto_only_where_memory_binds():
+    # with recompute a stage keeps 1 micro-batch of activations + its inputs per micro-batch in
+    # flight (1 byte each): stage 0 with 2 nodes needs 200 + 2 = 202 <= 210, and pays 2 ms of
+    # re-forward per micro-batch; stage 1 (1 in flight) fits 200 without it. T = 8 and 6:
+    # step = 3 * 8 + 14 = 38. Without recompute nothing fits: stage 0 takes at most 1 node
+    # (2 x 100 <= 210) and stage 1 at most 2 (300 > 210)
+    res = hand_chain(210, recompute="auto")
+    assert res.cuts == [0, 2, 4] and res.recompute == [True, False]
+    assert res.objective == pytest.approx(38.0, rel=1e-6)
+    assert hand_chain(210, recompute="off").cuts is None
+
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
