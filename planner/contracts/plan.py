@@ -76,6 +76,9 @@ class SolverInfo:
     gap: float | None = None
     """Proven relative gap (objective - bound) / objective; 0 when optimal."""
     seconds: float = 0.0
+    note: str = ""
+    """How the plan was found when that limits what its status claims, e.g. that the graph was
+    coarsened into blocks (planner.solvers.coarsen); empty otherwise."""
 
 
 @dataclass(kw_only=True, slots=True)
