@@ -51,8 +51,8 @@ class ChainProblem:
     """comm_ms_per_cut[s][j]: forward + gradient transfer time of the cut after position j-1 on the
     link from stage s to s+1 (zeros for the last stage)."""
     config: object
-    relay: np.ndarray | None = None
-    """relay_matrix(tables), computed once on first use."""
+    relay: np.ndarray | bool | None = None
+    """relay_matrix(tables), computed once on first use (False: computed, nothing is relayed)."""
     stage_overhead: list[float] | None = None
     """Per stage: its device's per-action runtime overhead (ms), added to fwd and bwd (None: 0)."""
 
@@ -105,17 +105,40 @@ def cut_bytes(tables: CostTables) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(fwd)[: N + 1], np.cumsum(grad)[: N + 1]
 
 
-def relay_matrix(tables: CostTables) -> np.ndarray:
-    """R[i, j] = bytes of tensors produced before position i and read at or after j (relayed by [i, j))."""
+def relay_matrix(tables: CostTables) -> np.ndarray | None:
+    """R[i, j] = bytes of tensors produced before position i and read at or after j (relayed by [i, j)).
+    None when nothing skips a node: then no interval [i, j) with i < j (the only ones used) relays
+    anything, and the (N+1)^2 matrix is not worth its memory."""
     N = tables.num_nodes
     if all(t.last_consumer <= t.producer + 1 for t in tables.tensors):
-        # nothing skips a node: no interval [i, j) with i < j (the only ones used) relays anything
-        return np.zeros((N + 1, N + 1))
+        return None
     K = np.zeros((N + 1, N + 1))
     for t in tables.tensors:
         K[t.producer + 1, t.last_consumer] += t.nbytes
     # sum over p <= i (rows ascending) and q >= j (columns descending)
     return np.cumsum(np.cumsum(K, axis=0)[:, ::-1], axis=1)[:, ::-1]
+
+
+TABLE_BUDGET_BYTES = 1 << 30
+"""Most memory the DP's interval tables may take (IntervalCosts); larger graphs are coarsened first
+(planner.solvers.coarsen), so a huge profile never exhausts the machine."""
+
+
+def relay_matrix_bytes(tables: CostTables) -> int:
+    """Bytes relay_matrix allocates: (N+1)^2 float64 when some tensor skips a node, else nothing."""
+    if all(t.last_consumer <= t.producer + 1 for t in tables.tensors):
+        return 0
+    return 8 * (tables.num_nodes + 1) ** 2
+
+
+def interval_table_bytes(num_nodes: int, num_stages: int, max_len: int) -> int:
+    """Peak bytes of IntervalCosts(prob, max_len): T, C and the recompute flags per stage (3 S arrays of
+    (N+1) x L), plus about 24 (N+1) x L temporaries (positions, sums, memory, fits, the per-key T and C)."""
+    return 8 * (3 * num_stages + 24) * (num_nodes + 1) * max_len
+
+
+class DPTooLarge(Exception):
+    """The interval tables would take more than TABLE_BUDGET_BYTES; the caller coarsens the graph."""
 
 
 class IntervalCosts:
@@ -124,6 +147,9 @@ class IntervalCosts:
     def __init__(self, prob: ChainProblem, max_len: int):
         tb = prob.tables
         N, S = tb.num_nodes, prob.num_stages
+        need = interval_table_bytes(N, S, max_len) + (relay_matrix_bytes(tb) if prob.relay is None else 0)
+        if need > TABLE_BUDGET_BYTES:
+            raise DPTooLarge(f"{N} nodes x {S} stages: the DP's tables would take {need / 2**30:.1f} GiB")
         self.N, self.S, self.L = N, S, max_len
         P = lambda a: np.concatenate([[0.0], np.cumsum(a)])
         pf, pb, pw, pp, pa = P(tb.fwd), P(tb.bwd), P(tb.bwd_weight), P(tb.params.astype(float)), P(tb.activation)
@@ -131,7 +157,7 @@ class IntervalCosts:
         in_bytes = fwd_cut.copy()
         in_bytes[0] = tb.model_input_bytes
         if prob.relay is None:
-            prob.relay = relay_matrix(tb)
+            prob.relay = False if relay_matrix_bytes(tb) == 0 else relay_matrix(tb)
         R = prob.relay
         j = np.arange(N + 1)[:, None]
         lengths = np.arange(1, max_len + 1)[None, :]
@@ -148,7 +174,7 @@ class IntervalCosts:
             holds_owner = (ic <= sp.owner) & (sp.owner < jj) if sp.owner >= 0 else np.zeros_like(valid)
             params = params + sp.size * (has_user & ~holds_owner)
         acts = pa[jj] - pa[ic]
-        relay = R[ic, jj]
+        relay = R[ic, jj] if R is not False else 0.0
         inputs = in_bytes[ic]
         fref, bref, wref = pf[jj] - pf[ic], pb[jj] - pb[ic], pw[jj] - pw[ic]
         self.T = np.full((S, N + 1, max_len), INF)
