@@ -67,6 +67,8 @@ def headline_metrics(plan: Plan) -> None:
         st.caption(f"{plan.config.schedule}, {plan.config.num_microbatches} micro-batches of "
                    f"{plan.config.micro_batch_size}, {len(plan.stages)} stages on {plan.cluster.num_devices} devices "
                    f"· solver {s.backend}: {s.status}{gap}, {s.seconds:.2f} s")
+        if s.note:
+            st.caption(f"Note: {s.note}")
 
 
 def timeline_tab(plan: Plan) -> None:
