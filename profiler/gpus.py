@@ -70,13 +70,31 @@ GPU_PRESETS: dict[str, GpuPreset] = {p.name: p for p in [
 ]}
 
 
+PRESET_ALIASES = {"a100": "A100-80GB", "a10080g": "A100-80GB", "a10040g": "A100-40GB", "h100": "H100-SXM",
+                  "h100sxm5": "H100-SXM", "h200sxm": "H200", "4090": "RTX4090", "rtx409024gb": "RTX4090",
+                  "mi300": "MI300X", "v10032gb": "V100", "l424gb": "L4"}
+"""What people type for a preset (compared without case, dashes, underscores or spaces): the bare
+family name means its largest common variant (an A100 is the 80 GB one, an H100 the SXM one)."""
+
+
+def _preset_key(name: str) -> str:
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
 def get_preset(name: str) -> GpuPreset:
-    """Look a preset up by name, case-insensitively; the error lists the valid names."""
-    for key, preset in GPU_PRESETS.items():
-        if key.lower() == name.strip().lower():
+    """Look a preset up by name, ignoring case, dashes, underscores and spaces ("a100-80gb", "H100",
+    "h100 sxm"), or by a common alias (PRESET_ALIASES); the error lists the valid names and how to
+    describe a device that is not in the list."""
+    key = _preset_key(name)
+    for preset_name, preset in GPU_PRESETS.items():
+        if _preset_key(preset_name) == key:
             return preset
+    if key in PRESET_ALIASES:
+        return GPU_PRESETS[PRESET_ALIASES[key]]
     raise PipeplanError(f"unknown GPU preset {name!r}; choose one of {', '.join(GPU_PRESETS)} "
-                        "or describe a custom device (memory, TFLOP/s, bandwidth)")
+                        "(case and dashes do not matter), or describe your device: `pipeplan profile "
+                        "--estimate-for custom:TFLOPS,BW_GBS,MEM_GB`, `pipeplan plan --memory 80GB`, or a "
+                        "--cluster JSON with memory_bytes and tflops per device")
 
 
 def custom_preset(*, tflops: float, mem_bw_gbs: float, memory_gb: float, name: str = "custom",

@@ -86,7 +86,7 @@ def _profile_sample(spec: str, rest: str, batch_size: int, seq_len: int | None, 
     name, _, size = rest.partition(":")
     try:
         entry = sample_models.get_model(name)
-        size = size or next(iter(entry.sizes))
+        name, size = entry.name, entry.canonical_size(size) if size else next(iter(entry.sizes))
         config = entry.config(size)
     except ValueError as exc:
         raise PipeplanError(str(exc)) from None

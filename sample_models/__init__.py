@@ -42,10 +42,11 @@ REGISTRY: dict[str, SampleModel] = {m.SAMPLE.name: m.SAMPLE for m in (gpt, llama
 
 
 def get_model(name: str) -> SampleModel:
-    """The registry record for `name`; ValueError naming the valid models if unknown."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown sample model {name!r}; valid models: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    """The registry record for `name` (any case); ValueError naming the valid models if unknown."""
+    for key, spec in REGISTRY.items():
+        if key == str(name).strip().lower():
+            return spec
+    raise ValueError(f"unknown sample model {name!r}; valid models: {', '.join(REGISTRY)}")
 
 
 def build(name: str, size: str = "tiny", *, device: torch.device | str = "cpu", seed: int | None = 0) -> nn.Module:

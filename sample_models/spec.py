@@ -47,11 +47,17 @@ class SampleModel:
     shape_of: Callable[[Any], int | None] = field(default=lambda config: None, repr=False)
     """config -> the shape make_batch uses for that config when `shape` is None."""
 
+    def canonical_size(self, size: str) -> str:
+        """The size's registered spelling, matched without case ("124m" -> "124M", "b/16" -> "B/16");
+        ValueError naming the valid sizes if there is none."""
+        for name in self.sizes:
+            if name.lower() == str(size).strip().lower():
+                return name
+        raise ValueError(f"unknown size {size!r} for model {self.name!r}; valid sizes: {', '.join(self.sizes)}")
+
     def config(self, size: str) -> Any:
-        """The config for `size`; ValueError naming the valid sizes if unknown."""
-        if size not in self.sizes:
-            raise ValueError(f"unknown size {size!r} for model {self.name!r}; valid sizes: {', '.join(self.sizes)}")
-        return self.sizes[size]
+        """The config for `size` (any case); ValueError naming the valid sizes if unknown."""
+        return self.sizes[self.canonical_size(size)]
 
     def default_shape_for(self, size: str) -> int | None:
         """The shape make_batch uses for `size` when `shape` is None."""
