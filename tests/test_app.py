@@ -135,6 +135,30 @@ def test_infeasible_cluster_shows_the_diagnosis():
     assert not any(m.label == "Predicted step time" for m in at.metric)
     assert not at.get("download_button")  # nothing to export
     assert at.number_input(key="n_devices").value == DEFAULT_DEVICES
+    # the status box ends, and says the diagnosis took time (not "Solved ... in 0.00 s")
+    assert any(s.label.startswith("No plan fits: diagnosed in") and s.state == "error" for s in at.status)
+    assert all(s.state != "running" for s in at.status), [(s.label, s.state) for s in at.status]
+    # suggestions name the app's controls, never a CLI flag
+    assert not any("(--" in e for e in errors), errors
+
+
+def test_settings_the_schedule_refuses_end_the_status_with_the_reason():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.number_input(key="num_microbatches").set_value(2).run()  # 1F1B on 4 devices needs M >= 4
+    assert not at.exception, at.exception
+    assert all(s.state != "running" and "Solving" not in s.label for s in at.status)
+    assert any(s.label.startswith("Cannot plan") and s.state == "error" for s in at.status)
+    assert any("1F1B needs at least as many micro-batches as devices" in e.value for e in at.error)
+
+
+def test_diagnosis_suggestions_are_said_in_app_terms():
+    from ui.plan_view import in_app_terms
+
+    text = "turn activation recomputation on (--recompute on): fits, predicted step 3.0 ms with 8 micro-batches of 1"
+    assert in_app_terms(text) == ("turn activation recomputation on (set “Recompute activations” to on): fits, "
+                                  "predicted step 3.0 ms with 8 micro-batches of 1")
+    assert in_app_terms("train in bf16 (--precision bf16): fits") == "train in bf16 (set “Precision” to bf16_mixed): fits"
+    assert in_app_terms("use 6 devices like a100 (fits)") == "use 6 devices like a100 (fits)"
 
 
 def test_python_upload_only_with_code_execution_allowed(monkeypatch):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import streamlit as st
 
 from core.errors import PipeplanError
@@ -21,16 +24,42 @@ takes ~4 s to draw 25k ops in a browser)."""
 
 def solve_plan(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
     """The cached plan, with a status box while solving; st.error (and None) on bad input."""
-    try:
-        with st.status("Solving the stage cuts…", expanded=False) as status:
+    started = time.perf_counter()
+    error = None
+    with st.status("Solving the stage cuts…", expanded=False) as status:
+        try:
             plan = cache.plan_for(profile, profile.fingerprint(), cluster.to_json(), config.to_json())
+        except PipeplanError as exc:  # never leave the box spinning: it ends in the error state
+            error = exc
+            status.update(label="Cannot plan with these settings (see below)", state="error")
+        else:
             solver = plan.solver
-            status.update(label=f"Solved with {solver.backend}: {solver.status} in {solver.seconds:.2f} s"
-                          if solver else "Solved", state="complete" if plan.feasible else "error")
-    except PipeplanError as exc:
-        st.error(f"Cannot plan: {exc}")
+            if not plan.feasible:  # the diagnosis re-solves many variants: say how long all of it took
+                status.update(label=f"No plan fits: diagnosed in {time.perf_counter() - started:.1f} s",
+                              state="error")
+            else:
+                status.update(label=f"Solved with {solver.backend}: {solver.status} in {solver.seconds:.2f} s"
+                              if solver else "Solved", state="complete")
+    if error is not None:
+        st.error(f"Cannot plan: {error}")
         return None
     return plan
+
+
+CONTROL_OF_FLAG = {"--recompute": "Recompute activations", "--precision": "Precision", "--optimizer": "Optimizer",
+                   "--schedule": "Schedule"}
+"""The app's control for each CLI flag the diagnosis names (ui/training_view.py's labels)."""
+
+
+def in_app_terms(suggestion: str) -> str:
+    """A diagnosis suggestion with its CLI flag, "(--recompute on)", said as the app's control:
+    "(set “Recompute activations” to on)"."""
+    def control(match: re.Match) -> str:
+        flag, value = match.group(1), match.group(2)
+        value = "bf16_mixed" if flag == "--precision" and value == "bf16" else value
+        return f"(set “{CONTROL_OF_FLAG[flag]}” to {value})" if flag in CONTROL_OF_FLAG else match.group(0)
+
+    return re.sub(r"\((--[a-z-]+) ([^)\s]+)\)", control, suggestion)
 
 
 def show_diagnosis(diagnosis: Diagnosis | None) -> None:
@@ -39,9 +68,10 @@ def show_diagnosis(diagnosis: Diagnosis | None) -> None:
         return
     lines = [f"**No plan fits.** {diagnosis.message}"]
     lines += [f"- {p}" for p in diagnosis.problems]
-    if diagnosis.suggestions:
+    suggestions = [in_app_terms(s) for s in diagnosis.suggestions]
+    if suggestions:
         lines.append("\n**What would make it fit:**")
-        lines += [f"- {s}" for s in diagnosis.suggestions]
+        lines += [f"- {s}" for s in suggestions]
     if diagnosis.min_devices:
         lines.append(f"\nSmallest device count that fits: **{diagnosis.min_devices}**.")
     if diagnosis.min_memory_bytes:

@@ -141,7 +141,9 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
             break
         plan = _fits(profile, cluster, cfg)
         if plan is not None:
-            suggestions.append(f"{text}: fits, predicted step {plan.step_time_ms:.1f} ms")
+            used = plan.config
+            suggestions.append(f"{text}: fits, predicted step {plan.step_time_ms:.1f} ms with "
+                               f"{used.num_microbatches} micro-batches of {used.micro_batch_size}")
     message = "no partition fits in memory on this cluster"
     if worst is not None:
         message += f"; even the fastest partition is {gib(worst)} over on its worst device"
