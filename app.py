@@ -37,7 +37,9 @@ if config is not None:
 
 if choice is None or cluster is None or config is None:
     st.header("4. Plan")
-    st.info("Fix the inputs above to see a plan.")
+    # nothing uploaded yet is not a mistake: only point at "fix" when a setting was refused
+    st.info("No plan yet: pick a sample model or upload one in tab 1." if choice is None else
+            "Fix the settings marked in red above to see a plan.")
 else:
     plan = plan_section(choice.profile, cluster, config,
                         lambda n: cluster_inputs.cluster(config.precision, n))

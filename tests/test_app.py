@@ -199,3 +199,20 @@ def test_export_bytes_equal_pipeplan_export(monkeypatch, tmp_path):
         assert names == written
         for name in names:
             assert zf.read(name) == (tmp_path / "job" / name).read_bytes(), name
+
+
+def test_baselines_read_same_not_one_times_slower():
+    from ui.plan_view import versus_plan
+
+    assert versus_plan(100.2, 100.0) == "same (within 0.5%)"
+    assert versus_plan(124.0, 100.0) == "1.24× slower"
+    assert versus_plan(None, 100.0) == "does not fit"
+
+
+def test_nothing_uploaded_yet_is_not_called_a_mistake():
+    at = run_app()
+    at.radio(key="model_source").set_value("Profile JSON").run()
+    no_problems(at)
+    infos = [i.value for i in at.info]
+    assert any(i.startswith("No plan yet: pick a sample model or upload one") for i in infos), infos
+    assert not any("Fix" in i for i in infos), infos

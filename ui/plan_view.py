@@ -131,11 +131,19 @@ def layers_tab(profile: Profile, plan: Plan) -> None:
                    "layer ids": ", ".join(s.node_ids)} for s in plan.stages], hide_index=True)
 
 
+def versus_plan(baseline_ms: float | None, plan_ms: float) -> str:
+    """A baseline's step against the plan's: "1.24× slower", "same" within 0.5%, or "does not fit"."""
+    if baseline_ms is None:
+        return "does not fit"
+    ratio = baseline_ms / plan_ms
+    return "same (within 0.5%)" if ratio < 1.005 else f"{ratio:.2f}× slower"
+
+
 def baselines_table(plan: Plan) -> None:
     rows = [{"partition": "pipeplan (this plan)", "step ms": round(plan.step_time_ms, 2), "vs plan": "1.00×"}]
     for name, ms in sorted(plan.baselines.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
         rows.append({"partition": name, "step ms": round(ms, 2) if ms is not None else None,
-                     "vs plan": f"{ms / plan.step_time_ms:.2f}× slower" if ms else "does not fit"})
+                     "vs plan": versus_plan(ms, plan.step_time_ms)})
     st.dataframe(rows, hide_index=True)
 
 
