@@ -216,3 +216,25 @@ def test_nothing_uploaded_yet_is_not_called_a_mistake():
     infos = [i.value for i in at.info]
     assert any(i.startswith("No plan yet: pick a sample model or upload one") for i in infos), infos
     assert not any("Fix" in i for i in infos), infos
+
+
+def test_utilisation_per_device_adds_up_to_the_simulated_step():
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.pipeline.simulator import simulate
+    from planner.solvers.solve import solve
+    from profiler.synthetic import chain_profile
+    from ui.plan_facts import device_use
+
+    plan = solve(chain_profile([1.0, 2.0, 3.0, 1.5, 2.5, 1.0]), Cluster.uniform(3, "A100-80GB"),
+                 TrainConfig(num_microbatches=6))
+    timeline = simulate(plan)
+    rows = device_use(plan, timeline)
+    assert len(rows) == 3
+    for row, idle in zip(rows, timeline.bubble_per_device):
+        assert row.busy_ms + row.idle_ms == pytest.approx(timeline.makespan_ms)
+        assert row.utilisation == pytest.approx(1 - idle)
+    # the busiest device does every F and B of its stage: M x (fwd + bwd) at the least
+    busiest = max(rows, key=lambda r: r.busy_ms)
+    stage = next(s for s in plan.stages if s.device == busiest.device)
+    assert busiest.busy_ms >= 6 * (stage.fwd_ms + stage.bwd_ms) * (1 - 1e-9)

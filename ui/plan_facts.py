@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from planner.contracts.plan import Plan
+from planner.contracts.timeline import Timeline
 from planner.costmodel.memory import StageMemory
 from planner.costmodel.memory import device_memory as memory_of_device
 
@@ -74,3 +75,25 @@ def headline(plan: Plan) -> Headline:
                     bubble_fraction=plan.bubble_fraction or 0.0,
                     fullest=max(device_memory(plan), key=lambda m: m.fraction),
                     best_baseline=best, best_baseline_ms=fitting.get(best) if best else None)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUse:
+    device: int
+    name: str
+    busy_ms: float
+    idle_ms: float
+
+    @property
+    def utilisation(self) -> float:
+        total = self.busy_ms + self.idle_ms
+        return self.busy_ms / total if total > 0 else 0.0
+
+
+def device_use(plan: Plan, timeline: Timeline) -> list[DeviceUse]:
+    """Busy and idle time of every device over the simulated step: busy is what the simulator counts
+    (forward, backward, weight-gradient and optimizer actions; Timeline.bubble_per_device is the idle
+    share), so these add up to the makespan the timeline draws."""
+    return [DeviceUse(device=d, name=plan.cluster.devices[d].name,
+                      busy_ms=timeline.makespan_ms * (1.0 - idle), idle_ms=timeline.makespan_ms * idle)
+            for d, idle in enumerate(timeline.bubble_per_device)]

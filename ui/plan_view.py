@@ -15,7 +15,7 @@ from profiler.gpus import GiB
 from profiler.profile import Profile
 from ui import cache, charts
 from ui.compare_view import ClusterForCount, schedule_comparison, sweep
-from ui.plan_facts import device_memory, headline
+from ui.plan_facts import device_memory, device_use, headline
 
 MAX_TIMELINE_OPS = 10_000
 """Past this many ops the timeline shows a window of micro-batches plus a summary (shared/notes: go.Bar
@@ -116,6 +116,9 @@ def timeline_tab(plan: Plan) -> None:
                     key="timeline_chart")
     st.caption(f"Simulated makespan {timeline.makespan_ms:.1f} ms, bubble {100 * timeline.bubble_fraction:.1f}% "
                "· F forward, B backward, W weight gradient; the number on each bar is the micro-batch.")
+    st.dataframe([{"device": u.name, "busy ms": round(u.busy_ms, 2), "idle ms": round(u.idle_ms, 2),
+                   "utilisation": f"{100 * u.utilisation:.1f}%"} for u in device_use(plan, timeline)],
+                 hide_index=True, key="device_use_table")
     st.plotly_chart(memory_figure(timeline), key="memory_time_chart")
 
 
