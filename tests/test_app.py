@@ -238,3 +238,23 @@ def test_utilisation_per_device_adds_up_to_the_simulated_step():
     busiest = max(rows, key=lambda r: r.busy_ms)
     stage = next(s for s in plan.stages if s.device == busiest.device)
     assert busiest.busy_ms >= 6 * (stage.fwd_ms + stage.bwd_ms) * (1 - 1e-9)
+
+
+def test_layers_chart_uses_the_plans_cost_model():
+    """Each stage's bars add up to the stage table's fwd + bwd (issue: the chart showed fp32 reference
+    times, 16x the bf16 plan's)."""
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
+    from profiler.sources import load_profile
+    from ui.charts import layer_strip_figure
+
+    profile = load_profile("sample:gpt:tiny", estimate_for="A100-80GB", batch_size=2)
+    cluster = Cluster.uniform(2, "A100-80GB", precision="bf16_mixed")
+    plan = solve(profile, cluster, TrainConfig(num_microbatches=4, micro_batch_size=2, precision="bf16_mixed",
+                                               recompute="on"))
+    fig = layer_strip_figure(profile, plan)
+    for stage, bars in zip(plan.stages, [t for t in fig.data if t.type == "bar"]):
+        overhead = 2 * plan.cluster.devices[stage.device].action_overhead_ms
+        assert sum(bars.y) == pytest.approx(stage.fwd_ms + stage.bwd_ms - overhead, rel=1e-9)
+    assert cluster.speed_factor(0, profile) > 2  # bf16 on an A100 is far from the fp32 reference

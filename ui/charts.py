@@ -15,7 +15,7 @@ from planner.contracts.plan import Plan
 from planner.pipeline.schedules import schedule_spec
 from profiler.gpus import GiB
 from profiler.profile import Profile
-from ui.plan_facts import MEMORY_PARTS, device_memory
+from ui.plan_facts import MEMORY_PARTS, device_memory, layer_ms_on_device
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 MEMORY_COLOURS = dict(zip(MEMORY_PARTS, ("#0072B2", "#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#999999")))
@@ -73,14 +73,16 @@ def compute_per_stage_figure(plan: Plan) -> go.Figure:
 
 
 def layer_strip_figure(profile: Profile, plan: Plan) -> go.Figure:
-    """Every layer in pipeline order as a bar (its forward+backward time on the profile's reference
-    device), coloured and labelled by the stage that holds it, with a dashed line at each cut."""
+    """Every layer in pipeline order as a bar (its forward+backward time on the device of its stage,
+    by the plan's cost model: plan_facts.layer_ms_on_device), coloured and labelled by the stage that
+    holds it, with a dashed line at each cut."""
     stage_of = plan.node_to_stage
     nodes = profile.nodes
+    ms = layer_ms_on_device(profile, plan)
     fig = go.Figure()
     for s in plan.stages:
         idx = [i for i, n in enumerate(nodes) if stage_of.get(n.id) == s.index]
-        fig.add_bar(x=idx, y=[nodes[i].train_ms for i in idx], name=f"stage {s.index}",
+        fig.add_bar(x=idx, y=[ms[nodes[i].id] for i in idx], name=f"stage {s.index}",
                     marker_color=stage_colour(s.index), text=[f"S{s.index}"] * len(idx), textposition="inside",
                     customdata=[[nodes[i].id, nodes[i].kind, nodes[i].param_count] for i in idx],
                     hovertemplate="%{customdata[0]} (%{customdata[1]})<br>%{y:.3f} ms fwd+bwd<br>"
@@ -89,7 +91,7 @@ def layer_strip_figure(profile: Profile, plan: Plan) -> go.Figure:
         last = max(i for i, n in enumerate(nodes) if stage_of.get(n.id) == s.index)
         fig.add_vline(x=last + 0.5, line_dash="dash", line_color="#000000",
                       annotation_text=f"cut {s.index}|{s.index + 1}", annotation_position="top")
-    fig.update_layout(xaxis_title="layer (pipeline order)", yaxis_title="ms per micro-batch (reference device)",
+    fig.update_layout(xaxis_title="layer (pipeline order)", yaxis_title="ms per micro-batch on its device",
                       bargap=0.1)
     fig.update_xaxes(tickvals=list(range(len(nodes))), ticktext=[n.id for n in nodes],
                      tickangle=-60 if len(nodes) <= 80 else 0, showticklabels=len(nodes) <= 80)

@@ -12,8 +12,11 @@ from dataclasses import dataclass, fields
 
 from planner.contracts.plan import Plan
 from planner.contracts.timeline import Timeline
+from planner.costmodel.cost import StageTimeCoefficients
 from planner.costmodel.memory import StageMemory
 from planner.costmodel.memory import device_memory as memory_of_device
+from planner.costmodel.microbatches import scale_profile
+from profiler.profile import Profile
 
 MEMORY_PARTS = tuple(f.name for f in fields(StageMemory))
 """params, grads, optimizer, activations, relay, reserve: the stacked-bar segments."""
@@ -97,3 +100,20 @@ def device_use(plan: Plan, timeline: Timeline) -> list[DeviceUse]:
     return [DeviceUse(device=d, name=plan.cluster.devices[d].name,
                       busy_ms=timeline.makespan_ms * (1.0 - idle), idle_ms=timeline.makespan_ms * idle)
             for d, idle in enumerate(timeline.bubble_per_device)]
+
+
+def layer_ms_on_device(profile: Profile, plan: Plan) -> dict[str, float]:
+    """Each layer's forward + backward per micro-batch on the device of its stage, by the cost model the
+    plan was made with (the profile at the plan's micro-batch size, the device's speed, recompute):
+    a stage's layers add up to its fwd_ms + bwd_ms less the two per-action overheads."""
+    scaled = scale_profile(profile, plan.config.micro_batch_size)
+    stage_of = {nid: st for st in plan.stages for nid in st.node_ids}
+    out = {}
+    for node in scaled.nodes:
+        st = stage_of.get(node.id)
+        if st is None:
+            continue
+        time = StageTimeCoefficients(speed=plan.cluster.speed_factor(st.device, scaled))
+        fwd, bwd, _, _ = time.compute_ms(node.fwd_ms, node.bwd_ms, 0.0, st.recompute)
+        out[node.id] = fwd + bwd
+    return out
