@@ -258,3 +258,34 @@ def test_layers_chart_uses_the_plans_cost_model():
         overhead = 2 * plan.cluster.devices[stage.device].action_overhead_ms
         assert sum(bars.y) == pytest.approx(stage.fwd_ms + stage.bwd_ms - overhead, rel=1e-9)
     assert cluster.speed_factor(0, profile) > 2  # bf16 on an A100 is far from the fp32 reference
+
+
+def test_measured_times_on_a_device_without_a_peak_are_not_silently_scaled():
+    """A CPU-measured profile planned on A100s: the A100s cannot be scaled (no reference TFLOP/s), so
+    they run at the CPU's speed, and the app says so in a warning above the plan."""
+    import dataclasses
+
+    from planner.contracts.cluster import Cluster, Device
+    from profiler.synthetic import chain_profile
+
+    measured = chain_profile([1.0, 2.0])
+    measured.provenance = dataclasses.replace(measured.provenance, method="measured", device="cpu",
+                                              reference_tflops=None)
+    gpus = Cluster.uniform(2, "A100-80GB")
+    assert gpus.unscaled_devices(measured) == [0, 1]
+    assert gpus.speed_factor(0, measured) == 1.0
+    explicit = Cluster(devices=[Device(name="d0", memory_bytes=1 << 30, speed=3.0)])
+    assert explicit.unscaled_devices(measured) == []
+    estimated = dataclasses.replace(measured.provenance, reference_tflops=19.5)
+    measured.provenance = estimated
+    assert gpus.unscaled_devices(measured) == []
+
+
+def test_measuring_on_this_machine_warns_that_the_gpus_run_at_its_speed():
+    at = run_app()
+    at.selectbox(key="sample_model").set_value("gpt").run()
+    at.selectbox(key="sample_size_gpt").set_value("tiny").run()
+    at.toggle(key="measure").set_value(True).run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("measured on cpu" in w and "planned at cpu speed" in w for w in warnings), warnings

@@ -154,6 +154,13 @@ def plan_section(profile: Profile, cluster: Cluster, config: TrainConfig,
                  cluster_for_count: ClusterForCount) -> Plan | None:
     """Solve and show the plan. Returns the plan when it is feasible (for the export), else None."""
     st.header("4. Plan")
+    unscaled = cluster.unscaled_devices(profile)
+    if unscaled:  # never mix measured times with another device's speed silently
+        names = ", ".join(sorted({cluster.devices[d].name for d in unscaled}))
+        st.warning(f"The layer times were measured on {profile.provenance.device}, whose peak TFLOP/s pipeplan "
+                   f"does not know, so {names} are planned at {profile.provenance.device} speed: the step times "
+                   "below are that device's, not theirs. For a GPU estimate, profile with the estimate for the "
+                   "GPU (tab 1), or measure on that GPU.")
     plan = solve_plan(profile, cluster, config)
     if plan is None:
         return None

@@ -124,6 +124,14 @@ class Cluster:
             return d.tflops / ref
         return 1.0
 
+    def unscaled_devices(self, profile: Profile) -> list[int]:
+        """Devices whose speed cannot be scaled to this profile: they name a speed in TFLOP/s (a GPU
+        preset) but the profile does not say its reference device's TFLOP/s (times measured on a CPU or
+        a device pipeplan has no peak for), so speed_factor falls back to 1.0: they are planned at the
+        profiling device's speed. Callers must say so (or give `speed` per device)."""
+        ref = profile.provenance.reference_tflops
+        return [i for i, d in enumerate(self.devices) if d.speed is None and d.tflops is not None and not ref]
+
     @classmethod
     def uniform(cls, n: int, preset: str | None = None, *, memory_bytes: int | None = None,
                 devices_per_node: int = 8, precision: str = "bf16_mixed") -> Cluster:
