@@ -289,3 +289,12 @@ def test_measuring_on_this_machine_warns_that_the_gpus_run_at_its_speed():
     assert not at.exception, at.exception
     warnings = [w.value for w in at.warning]
     assert any("measured on cpu" in w and "planned at cpu speed" in w for w in warnings), warnings
+
+
+def test_sweep_marks_counts_where_nothing_fits_and_cut_lines_show_on_dark():
+    from ui.charts import CUT_LINE_COLOUR, sweep_figure
+
+    fig = sweep_figure([1, 2, 4, 8], [None, None, 40.0, 25.0], "devices", 4)
+    marks = [t for t in fig.data if t.name == "does not fit"]
+    assert len(marks) == 1 and list(marks[0].x) == [1, 2] and set(marks[0].text) == {"does not fit"}
+    assert CUT_LINE_COLOUR not in ("#000000", "#ffffff")  # neither vanishes on a dark or light theme

@@ -28,6 +28,10 @@ def stage_colour(stage: int) -> str:
     return OKABE_ITO[stage % len(OKABE_ITO)]
 
 
+CUT_LINE_COLOUR = "#888888"
+"""Mid grey: visible on the light and the dark theme alike (black vanished on dark)."""
+
+
 def _legend_top(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     # A horizontal legend at the default spot overlaps the x tick labels: put it above.
     fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 70, "b": 10},
@@ -89,7 +93,7 @@ def layer_strip_figure(profile: Profile, plan: Plan) -> go.Figure:
                                   "%{customdata[2]:,} params<extra>stage " + str(s.index) + "</extra>")
     for s in plan.stages[:-1]:
         last = max(i for i, n in enumerate(nodes) if stage_of.get(n.id) == s.index)
-        fig.add_vline(x=last + 0.5, line_dash="dash", line_color="#000000",
+        fig.add_vline(x=last + 0.5, line_dash="dash", line_color=CUT_LINE_COLOUR, line_width=2,
                       annotation_text=f"cut {s.index}|{s.index + 1}", annotation_position="top")
     fig.update_layout(xaxis_title="layer (pipeline order)", yaxis_title="ms per micro-batch on its device",
                       bargap=0.1)
@@ -104,6 +108,13 @@ def sweep_figure(xs: Sequence[int], step_ms: Sequence[float | None], x_title: st
     fig.add_scatter(x=list(xs), y=list(step_ms), mode="lines+markers+text", name="step time",
                     marker={"color": OKABE_ITO[0]}, text=[f"{v:.0f}" if v else "no fit" for v in step_ms],
                     textposition="top center", hovertemplate=x_title + " %{x}: %{y:.1f} ms<extra></extra>")
+    missing = [x for x, v in zip(xs, step_ms) if v is None]
+    if missing:  # a gap in the line says nothing: mark every count where no plan fits
+        fitting = [v for v in step_ms if v is not None]
+        fig.add_scatter(x=missing, y=[min(fitting) if fitting else 0.0] * len(missing), mode="markers+text",
+                        name="does not fit", marker={"symbol": "x", "size": 12, "color": OKABE_ITO[5]},
+                        text=["does not fit"] * len(missing), textposition="bottom center",
+                        hovertemplate=x_title + " %{x}: no plan fits<extra></extra>")
     fig.add_vline(x=current, line_dash="dot", annotation_text="current")
     fig.update_layout(xaxis_title=x_title, yaxis_title="predicted step time, ms")
     return _legend_top(fig, f"Step time against {x_title}")
