@@ -298,3 +298,22 @@ def test_sweep_marks_counts_where_nothing_fits_and_cut_lines_show_on_dark():
     marks = [t for t in fig.data if t.name == "does not fit"]
     assert len(marks) == 1 and list(marks[0].x) == [1, 2] and set(marks[0].text) == {"does not fit"}
     assert CUT_LINE_COLOUR not in ("#000000", "#ffffff")  # neither vanishes on a dark or light theme
+
+
+def test_edits_survive_switching_sources_and_devices_per_node():
+    at = run_app()
+    at.selectbox(key="sample_model").set_value("llama").run()
+    at.selectbox(key="sample_size_llama").set_value("7B").run()
+    at.radio(key="model_source").set_value("HF config.json").run()
+    at.radio(key="model_source").set_value("Sample model").run()
+    assert at.selectbox(key="sample_model").value == "llama"
+    assert at.selectbox(key="sample_size_llama").value == "7B"
+    # a hand-made mixed cluster keeps its rows when devices per node changes, and the caption says what it holds
+    key = device_table_key(DEFAULT_DEVICES, DEFAULT_PRESET, DEFAULT_PER_NODE)
+    at.session_state[key] = {"edited_rows": {2: {"preset": "L4"}, 3: {"preset": "L4"}}, "added_rows": [],
+                             "deleted_rows": []}
+    at.run()
+    at.number_input(key="devices_per_node").set_value(2).run()
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "2 × A100-80GB + 2 × L4 on 2 nodes" in captions, captions

@@ -40,8 +40,43 @@ class ClusterInputs:
 
 
 def device_table_key(n: int, preset: str, devices_per_node: int) -> str:
-    """The data_editor key: a new "N x preset" starts a fresh table (edits to the old one are dropped)."""
+    """The data_editor key: a new "N x preset" starts a fresh table (edits to the old one are dropped);
+    a new devices-per-node starts from the edited table with its nodes renumbered (table_base)."""
     return f"devices-{n}-{preset}-{devices_per_node}"
+
+
+def renumbered(rows: list[dict[str, Any]], old_per_node: int, new_per_node: int) -> list[dict[str, Any]]:
+    """The rows with the default node numbering redone for new_per_node; a node the user typed is kept."""
+    return [{**row, "node": i // new_per_node if row.get("node") == i // old_per_node else row.get("node")}
+            for i, row in enumerate(rows)]
+
+
+def table_base(n: int, preset: str, per_node: int) -> list[dict[str, Any]]:
+    """The rows the editor starts from. The editor's identity includes its data, so a refill would drop
+    the user's edits: when only devices per node changed, start from the edited table, renumbered.
+    The base is kept per editor key, so it stays the same while the user edits."""
+    key = device_table_key(n, preset, per_node)
+    held = st.session_state.get("kept:device_table_base")
+    if held is not None and held[0] == key:
+        return held[1]
+    last = st.session_state.get("kept:device_rows")
+    if last is not None and last[:2] == (n, preset) and last[2] != per_node:
+        base = renumbered(last[3], last[2], per_node)
+    else:
+        base = base_rows(n, preset, per_node)
+    st.session_state["kept:device_table_base"] = (key, base)
+    return base
+
+
+def table_summary(rows: list[dict[str, Any]]) -> str:
+    """What the table holds now, edits included: "2 × A100-80GB + 2 × L4 on 2 nodes"."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        kind = str(row.get("preset") or "custom")
+        counts[kind] = counts.get(kind, 0) + 1
+    nodes = len({row.get("node") for row in rows})
+    kinds = " + ".join(f"{c} × {k}" for k, c in counts.items()) or "no devices"
+    return f"{kinds} on {nodes} node{'s' if nodes != 1 else ''}"
 
 
 def device_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -61,10 +96,9 @@ def cluster_section() -> ClusterInputs:
     preset = quick[1].selectbox("GPU preset", presets, index=presets.index(DEFAULT_PRESET), key="preset")
     per_node = int(quick[2].number_input("Devices per node", min_value=1, max_value=64, value=DEFAULT_PER_NODE,
                                          step=1, key="devices_per_node"))
-    quick[3].caption(f"The table below holds **{n} × {preset}**, {per_node} per node. Edit any row to mix GPUs; "
-                     "changing these three fields refills it.")
+    caption = quick[3].empty()  # filled after the table, so it says what the edited table holds
     rows = st.data_editor(
-        device_frame(base_rows(n, preset, per_node)),
+        device_frame(table_base(n, preset, per_node)),
         key=device_table_key(n, preset, per_node),
         num_rows="dynamic",
         placeholder="preset",
@@ -82,6 +116,10 @@ def cluster_section() -> ClusterInputs:
             "node": st.column_config.NumberColumn("Node", min_value=0, step=1, format="%d"),
         },
     )
+    records = rows.to_dict("records")
+    st.session_state["kept:device_rows"] = (n, preset, per_node, records)
+    caption.caption(f"The table below holds **{table_summary(records)}**. Edit any row to mix GPUs; changing "
+                    "the device count or the preset refills it, devices per node renumbers the nodes.")
     links = st.columns(2)
     intra = links[0].number_input("Link within a node, GB/s", min_value=0.1, max_value=10000.0,
                                   value=float(get_preset(preset).intra_node_bw_gbs), key=f"intra_gbs_{preset}",

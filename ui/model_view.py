@@ -6,6 +6,7 @@ import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -93,16 +94,31 @@ def model_section() -> ModelChoice | None:
         return None
 
 
+def kept(key: str, default: Any) -> Any:
+    """The value a widget had when it was last shown. Streamlit drops a widget's state in any run that
+    does not draw it (the sample picker while an upload source is chosen), so the choice is copied to
+    a key of our own (keep) and restored from it."""
+    return st.session_state.get(f"kept:{key}", default)
+
+
+def keep(key: str, value: Any) -> None:
+    st.session_state[f"kept:{key}"] = value
+
+
 def _sample_model(batch_size: int, estimate_for: str, shape_col) -> ModelChoice | None:
     cols = st.columns(3)
     names = list(sample_models.REGISTRY)
-    name = cols[0].selectbox("Sample model", names, index=names.index(DEFAULT_MODEL), key="sample_model",
-                             format_func=lambda n: f"{n}: {sample_models.REGISTRY[n].description}")
+    name = cols[0].selectbox("Sample model", names, index=names.index(kept("sample_model", DEFAULT_MODEL)),
+                             key="sample_model", format_func=lambda n: f"{n}: {sample_models.REGISTRY[n].description}")
+    keep("sample_model", name)
     entry = sample_models.REGISTRY[name]
     sizes = list(entry.sizes)
-    size = cols[1].selectbox("Size", sizes, index=sizes.index(DEFAULT_SIZE) if DEFAULT_SIZE in sizes else 0,
-                             key=f"sample_size_{name}",
+    size_key = f"sample_size_{name}"
+    size = cols[1].selectbox("Size", sizes, index=sizes.index(kept(size_key, DEFAULT_SIZE if DEFAULT_SIZE in sizes
+                                                                    else sizes[0])),
+                             key=size_key,
                              format_func=lambda s: f"{s} ({human_count(entry.documented_params[s])} params)")
+    keep(size_key, size)
     measure = cols[2].toggle("Measure on this machine instead", value=False, key="measure",
                              help="Runs the model on this machine's CPU to time each layer (slow for big models). "
                                   "Off: times are estimated for the GPU chosen above.")
