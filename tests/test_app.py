@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -317,3 +318,16 @@ def test_edits_survive_switching_sources_and_devices_per_node():
     assert not at.exception, at.exception
     captions = " ".join(c.value for c in at.caption)
     assert "2 × A100-80GB + 2 × L4 on 2 nodes" in captions, captions
+
+
+def test_automatic_micro_batches_say_the_size_the_plan_uses():
+    at = run_app()
+    at.radio(key="mb_mode").set_value("automatic").run()
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.caption)
+    infos = " ".join(i.value for i in at.info)
+    used = re.search(r"(\d+) micro-batches of (\d+)", captions)
+    # GPT-2 124M on 4 x A100 with a global batch of 32: micro-batches of 1 beat the 2 set in tab 1
+    assert used and used.groups() == ("32", "1"), captions
+    assert at.number_input(key="micro_batch_size").value == 2
+    assert "runs micro-batches of **1**, not the 2 set in tab 1" in infos, infos

@@ -168,6 +168,11 @@ def plan_section(profile: Profile, cluster: Cluster, config: TrainConfig,
         show_diagnosis(plan.diagnosis)
         return None
     headline_metrics(plan)
+    if plan.config.micro_batch_size != profile.model.micro_batch_size:
+        st.info(f"This plan runs micro-batches of **{plan.config.micro_batch_size}**, not the "
+                f"{profile.model.micro_batch_size} set in tab 1: automatic micro-batches found "
+                f"{plan.config.num_microbatches} × {plan.config.micro_batch_size} fastest for the global batch, and "
+                "every time and byte shown is scaled to that size. The export uses it too.")
     tabs = st.tabs(["Timeline", "Memory", "Compute", "Layers and cuts", "Schedules and baselines", "Sweep"])
     with tabs[0]:
         timeline_tab(plan)
