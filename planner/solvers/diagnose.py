@@ -9,6 +9,7 @@ from core.errors import PipeplanError
 from planner.contracts.cluster import Cluster, Device
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import Diagnosis, Plan, SolverInfo
+from planner.costmodel.memory import bytes_per_param
 from planner.solvers.evaluate import gib, memory_problems
 from profiler.profile import Profile
 
@@ -54,6 +55,55 @@ def _valid_for(config: TrainConfig, num_devices: int) -> TrainConfig | None:
         if schedule_accepts(config.schedule, num_devices, M, config.virtual_stages) is None:
             return config if M == config.num_microbatches else dataclasses.replace(config, num_microbatches=M)
     return None
+
+
+def _fewest_devices_with_every_saving(profile: Profile, cluster: Cluster, config: TrainConfig,
+                                     out_of_time) -> tuple[int, Plan] | None:
+    """The fewest devices like the first one (up to one layer per device) on which the model fits with
+    every memory saving that keeps the model's math: recomputation on every stage and micro-batches of
+    one sample (as many micro-batches as samples per step); with the plan found there. Bisection on the
+    count, each step a solve: more devices never hold more per device."""
+    try:
+        saving = dataclasses.replace(config, recompute="on", micro_batch_size=1,
+                                     num_microbatches=config.samples_per_step, global_batch=None)
+    except PipeplanError:
+        return None
+
+    def plan_on(n: int) -> Plan | None:
+        cfg = _valid_for(saving, n)
+        return None if cfg is None else _fits(profile, _with_devices(cluster, n), cfg)
+
+    lo, hi = cluster.num_devices, len(profile.nodes) // config.virtual_stages
+    if hi <= lo or out_of_time("the smallest device count with recompute and micro-batches of 1"):
+        return None
+    best = plan_on(hi)
+    if best is None:
+        return None
+    while hi - lo > 1 and not out_of_time("the smallest device count with recompute and micro-batches of 1"):
+        mid = (lo + hi) // 2
+        plan = plan_on(mid)
+        if plan is None:
+            lo = mid
+        else:
+            hi, best = mid, plan
+    return hi, best
+
+
+def _beyond_pipeline_parallelism(profile: Profile, cluster: Cluster, config: TrainConfig) -> str:
+    """A plain sentence when pipeline parallelism alone cannot fit the model on devices like these, what
+    ever the cut: the largest layer's weights, gradients and optimizer state (which no schedule,
+    recompute or micro-batch size shrinks) exceed the largest device. Empty otherwise."""
+    per_param = sum(bytes_per_param(config.precision, config.optimizer))
+    largest = max(profile.nodes, key=lambda n: n.param_count)
+    need = largest.param_count * per_param + config.reserve_bytes
+    room = max(d.memory_bytes for d in cluster.devices)
+    if need <= room:
+        return ""
+    return (f"Pipeline parallelism alone cannot fit this model on these devices: layer {largest.id!r} alone holds "
+            f"{gib(need)} of weights, gradients and optimizer state ({config.precision}, {config.optimizer}), more "
+            f"than the {gib(room)} of the largest device, however the model is cut. Sharding that state across "
+            "data-parallel replicas (ZeRO/FSDP) or splitting the layer with tensor parallelism would; pipeplan "
+            "does not plan those yet")
 
 
 def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
@@ -115,6 +165,15 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     suggestions = []
     if min_devices is not None:
         suggestions.append(f"use {min_devices} devices like {cluster.devices[0].name}{min_devices_note} (fits)")
+    else:
+        combined = _fewest_devices_with_every_saving(profile, cluster, quick, out_of_time)
+        if combined is not None:
+            n, plan = combined
+            used = plan.config
+            suggestions.append(f"use {n} devices like {cluster.devices[0].name} with activation recomputation on "
+                               f"(--recompute on) and micro-batches of 1 ({used.num_microbatches} micro-batches of "
+                               f"{used.micro_batch_size}): fits, predicted step {plan.step_time_ms:.1f} ms")
+    beyond = _beyond_pipeline_parallelism(profile, cluster, config)
     if min_mem is not None:
         suggestions.append(f"use devices with at least {gib(min_mem)} each (fits)")
     changes = []
@@ -147,6 +206,8 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     message = "no partition fits in memory on this cluster"
     if worst is not None:
         message += f"; even the fastest partition is {gib(worst)} over on its worst device"
+    if beyond:
+        message += f". {beyond}"
     if skipped:
         message += (f". The diagnosis was cut short after {time.perf_counter() - started:.0f} s "
                     f"(limit {budget:.0f} s); not searched: {'; '.join(skipped)}")
