@@ -15,11 +15,13 @@ from ui.export_view import export_section
 from ui.model_view import model_section
 from ui.plan_view import plan_section
 from ui.training_view import training_section
+from ui.url_state import restore_from_url, save_to_url
 
 st.set_page_config(page_title="pipeplan", layout="wide")
 st.title("pipeplan: pipeline-parallel training planner")
 st.caption("Cut a model into pipeline stages across your GPUs, see the schedule and memory, download the job.")
 
+restore_from_url()
 model_tab, cluster_tab, training_tab = st.tabs(["1. Model", "2. Cluster", "3. Training"])
 with model_tab:
     choice = model_section()
@@ -27,6 +29,10 @@ with cluster_tab:
     cluster_inputs = cluster_section()
 with training_tab:
     config = training_section(choice.profile.model.micro_batch_size if choice else 1)
+
+save_to_url()
+st.caption("The page URL holds these settings: share it, or reload without losing them. Uploaded files and "
+           "edits to single rows of the device table are not part of the link.")
 
 cluster = None
 if config is not None:

@@ -331,3 +331,22 @@ def test_automatic_micro_batches_say_the_size_the_plan_uses():
     assert used and used.groups() == ("32", "1"), captions
     assert at.number_input(key="micro_batch_size").value == 2
     assert "runs micro-batches of **1**, not the 2 set in tab 1" in infos, infos
+
+
+def test_settings_travel_in_the_url_and_a_bad_link_is_ignored():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"schedule": "GPipe", "n_devices": "2", "sample_model": "llama", "size": "tiny",
+                            "num_microbatches": "nonsense", "preset": "TPU9"})
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="schedule").value == "GPipe"
+    assert at.number_input(key="n_devices").value == 2
+    assert at.selectbox(key="sample_model").value == "llama"
+    assert at.selectbox(key="sample_size_llama").value == "tiny"
+    assert at.number_input(key="num_microbatches").value == 8  # the bad values were dropped
+    assert at.selectbox(key="preset").value == DEFAULT_PRESET
+    assert "GPipe, 8 micro-batches" in " ".join(c.value for c in at.caption)
+    # a change goes back into the URL
+    at.selectbox(key="recompute").set_value("on").run()
+    assert at.query_params["recompute"] == ["on"] or at.query_params["recompute"] == "on"
+    assert at.query_params["schedule"] in ("GPipe", ["GPipe"])
