@@ -140,9 +140,18 @@ def test_timeline_figure_windows_large_timelines():
     fig = timeline_figure(tl, max_ops=2000)
     drawn = sum(len(t.x) for t in fig.data if t.name in ("F forward", "B backward"))
     assert 0 < drawn <= 2000
-    assert "showing micro-batches 0–" in fig.layout.annotations[0].text
+    assert "showing micro-batches 0–" in fig.layout.title.text  # in the title: always in view
     fig = timeline_figure(tl, microbatch_window=(10, 12))
     assert sum(len(t.x) for t in fig.data if t.name == "F forward") == 2 * S
+    # the axis spans the window, not the whole step (a window squeezed into the left of the axis)
+    ends = [x0 + w for t in fig.data if t.name == "F forward" for x0, w in zip(t.base, t.x)]
+    lo, hi = fig.layout.xaxis.range
+    assert hi == pytest.approx(max(e.end_ms for e in tl.events if 10 <= e.microbatch < 12 and e.op != "O"))
+    assert hi < 0.2 * tl.makespan_ms and max(ends) <= hi + 1e-9 and lo >= 0
+    # interleaved chunks: the hatching of the second chunk is in the legend
+    assert any(t.name == "chunk 1 (pattern)" for t in fig.data)
+    # the title and the legend get their own bands at the top (16 devices overlapped them)
+    assert fig.layout.title.yref == "container" and fig.layout.margin.t >= 120
 
 
 def test_memory_figure_steps_and_peak():

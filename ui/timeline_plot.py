@@ -66,7 +66,9 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
             fig.add_trace(_bars(evs, [rows[_row(e.device, has_comm)] for e in evs], labels[op], COLORS[op],
                                 text=[str(e.microbatch) for e in evs],
                                 patterns=[CHUNK_PATTERNS[chunk_of[e.stage] % len(CHUNK_PATTERNS)] for e in evs]))
-    steps = [e for e in timeline.events if e.op == "O"]
+    # the optimizer steps come after the whole drain: a window of micro-batches leaves them out, or the
+    # axis would stretch to the end of the step and squeeze the window into its left part
+    steps = [] if windowed else [e for e in timeline.events if e.op == "O"]
     if steps:
         fig.add_trace(_bars(steps, [rows[_row(e.device, has_comm)] for e in steps], labels["O"], COLORS["O"],
                             text=["opt"] * len(steps)))
@@ -83,25 +85,33 @@ def timeline_figure(timeline: Timeline, *, max_ops: int = 10000,
         if idle:
             fig.add_trace(_bars(idle, [rows[_row(e.device, has_comm)] for e in idle], labels["idle"],
                                 COLORS["idle"], text=None))
+    chunks = sorted({chunk_of[e.stage] for e in shown if e.op in ("F", "B", "W")})
+    for c in chunks[1:] if len(chunks) > 1 else []:  # the legend explains the hatching of later chunks
+        fig.add_bar(x=[None], y=[None], name=f"chunk {c} (pattern)", showlegend=True,
+                    marker={"color": "#bbbbbb", "pattern": {"shape": CHUNK_PATTERNS[c % len(CHUNK_PATTERNS)]}})
     title = (f"{timeline.schedule}: {P} devices, {timeline.num_microbatches} micro-batches · "
              f"makespan {timeline.makespan_ms:.2f} ms · bubble {100 * timeline.bubble_fraction:.1f}%")
-    fig.update_layout(
-        title=title, barmode="overlay", bargap=0.15, height=max(260, 60 * len(rows) + 140),
-        xaxis={"title": "time (ms)", "type": "linear"},
-        yaxis={"categoryorder": "array", "categoryarray": list(reversed(rows)), "type": "category"},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0}, margin={"l": 10, "r": 10, "t": 90, "b": 40},
-    )
-    if windowed:
+    if windowed:  # said in the title, where it is always in view (a note under the axis was cut off)
         total = len(timeline.compute_events())
-        fig.add_annotation(
-            text=(f"showing micro-batches {lo}–{hi - 1} of {timeline.num_microbatches} "
-                  f"({sum(1 for e in shown if e.op != 'send')} of {total} ops); idle bars hidden. "
-                  f"Whole step: makespan {timeline.makespan_ms:.2f} ms, bubble "
-                  f"{100 * timeline.bubble_fraction:.1f}%, per device "
-                  + ", ".join(f"{100 * b:.1f}%" for b in timeline.bubble_per_device[:8])
-                  + ("…" if P > 8 else "")),
-            xref="paper", yref="paper", x=0, y=-0.12, showarrow=False, align="left", font={"size": 11})
-        fig.update_layout(margin={"b": 80})
+        title += (f"<br><sup>showing micro-batches {lo}–{hi - 1} of {timeline.num_microbatches} "
+                  f"({sum(1 for e in shown if e.op != 'send')} of {total} ops); idle bars and the optimizer step "
+                  "hidden; per-device bubble "
+                  + ", ".join(f"{100 * b:.1f}%" for b in timeline.bubble_per_device[:8]) + ("…" if P > 8 else "")
+                  + "</sup>")
+    x_range = None
+    if windowed and shown:
+        x_range = [min(e.start_ms for e in shown), max(e.end_ms for e in shown)]
+    fig.update_layout(
+        # the title sits at the top of the figure and the legend just above the plot, with room between
+        # them for two legend lines, so the two never overlap however tall the figure
+        title={"text": title, "x": 0, "xanchor": "left", "yref": "container", "y": 1.0, "yanchor": "top",
+               "pad": {"t": 8}},
+        barmode="overlay", bargap=0.15, height=max(260, 60 * len(rows) + 180),
+        xaxis={"title": "time (ms)", "type": "linear", "range": x_range},
+        yaxis={"categoryorder": "array", "categoryarray": list(reversed(rows)), "type": "category"},
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "yref": "paper"},
+        margin={"l": 10, "r": 10, "t": 140 if windowed else 120, "b": 40},
+    )
     return fig
 
 
