@@ -19,6 +19,10 @@ EXPORTABLE_SCHEDULES = tuple(name for name, spec in SCHEDULE_SPECS.items() if sp
 """Schedules train.py runs with torch's built-in schedule classes (ScheduleSpec.torch_class). ZBH1 is
 torch's ScheduleInterleavedZeroBubble with one stage per rank; its per-rank order equals
 planner.pipeline.schedules.schedule_actions("ZBH1", ...) (tests/test_export_zbh1.py checks this)."""
+JOB_OPTIMIZERS = ("adamw", "adam", "sgd", "sgd_momentum")
+"""Optimizers train.py's make_optimizer builds; any other name is refused at export."""
+JOB_PRECISIONS = ("fp32", "bf16_mixed")
+"""Precisions train.py applies (fp32, or bf16 autocast with fp32 master weights); others are refused."""
 PRECISION_NOTES = {
     "fp32": "fp32",
     "bf16_mixed": "`bf16_mixed`: fp32 weights, gradients and optimizer; each stage's forward under "
@@ -46,6 +50,40 @@ def pipeline_ranks(plan: Plan) -> list[int]:
     return ranks
 
 
+def _device_kind(plan: Plan, d: int) -> tuple:
+    dev = plan.cluster.devices[d]
+    return dev.memory_bytes, dev.speed, dev.tflops, dev.preset, dev.node, dev.action_overhead_ms
+
+
+def check_device_order(plan: Plan, ranks: list[int]) -> None:
+    """The job starts pipeline rank r as process r (node r // per-node, GPU r % per-node), i.e. on the
+    cluster's device r. A plan that puts rank r's stages on another device (device_order="auto") is
+    applied only if the two devices are alike (memory, speed, node): else export refuses."""
+    stages = sorted(plan.stages, key=lambda s: s.index)
+    for s, r in zip(stages, ranks):
+        if s.device != r and _device_kind(plan, s.device) != _device_kind(plan, r):
+            devs = plan.cluster.devices
+            raise PipeplanError(
+                f"plan runs stage {s.index} on device {s.device} ({devs[s.device].name}), but the job starts "
+                f"pipeline rank {r} on the cluster's device {r} ({devs[r].name}), which differs in memory, speed "
+                "or node; export does not reorder devices: list the cluster's devices in the plan's order "
+                "and plan again, or plan with device_order fixed")
+
+
+def check_recompute(plan: Plan, spec) -> list[bool]:
+    """The per-stage recompute flags train.py applies (activation checkpointing of the whole stage)."""
+    flags = [bool(s.recompute) for s in sorted(plan.stages, key=lambda s: s.index)]
+    if any(flags) and spec.split_backward:
+        on = ", ".join(str(i) for i, f in enumerate(flags) if f)
+        raise PipeplanError(
+            f"plan recomputes stage(s) {on} under {spec.name}, whose weight-gradient pass is split from the "
+            "input-gradient pass: torch's checkpoint then rebuilds the stage's forward once for the input "
+            "gradient and again for every weight-gradient group (13 times per micro-batch for a 2-block GPT "
+            "stage), not once as the plan assumes; re-plan with recompute off, or with 1F1B, "
+            "Interleaved1F1B or GPipe")
+    return flags
+
+
 def job_settings(plan: Plan, source: str) -> dict:
     """What train.py needs from the plan, in train.py's own terms."""
     if not plan.feasible or not plan.stages:
@@ -56,7 +94,18 @@ def job_settings(plan: Plan, source: str) -> dict:
                             "class here: re-plan with one of those")
     if cfg.num_microbatches is None:
         raise PipeplanError("plan config has no num_microbatches; export a plan returned by the solver")
+    if cfg.micro_batch_size != plan.model.micro_batch_size:
+        raise PipeplanError(f"plan config has micro_batch_size {cfg.micro_batch_size} but its model was profiled "
+                            f"at {plan.model.micro_batch_size}; the job traces and feeds micro-batches of the "
+                            "profiled shape: re-profile at the micro-batch size you want and plan again")
+    if cfg.optimizer not in JOB_OPTIMIZERS:
+        raise PipeplanError(f"the exported job runs {', '.join(JOB_OPTIMIZERS)}; the plan's optimizer "
+                            f"{cfg.optimizer!r} is not one of them")
+    if cfg.precision not in JOB_PRECISIONS:
+        raise PipeplanError(f"the exported job runs {', '.join(JOB_PRECISIONS)}; the plan's precision "
+                            f"{cfg.precision!r} is not one of them")
     ranks = pipeline_ranks(plan)
+    check_device_order(plan, ranks)
     pp = max(ranks) + 1
     # torch raises only after the process group exists; say it here, clearly
     spec = schedule_spec(cfg.schedule)
@@ -64,6 +113,7 @@ def job_settings(plan: Plan, source: str) -> dict:
     why = spec.export_rule(pp, cfg.num_microbatches, cfg.virtual_stages) if spec.export_rule else None
     if why is not None:
         raise PipeplanError(why)
+    recompute = check_recompute(plan, spec)
     return {
         "model_source": source,
         "schedule": cfg.schedule,
@@ -75,6 +125,7 @@ def job_settings(plan: Plan, source: str) -> dict:
         "precision": cfg.precision,
         "stage_to_rank": ranks,
         "stages": [list(s.node_ids) for s in sorted(plan.stages, key=lambda s: s.index)],
+        "recompute": recompute,
     }
 
 
@@ -97,8 +148,9 @@ def render_job(plan: Plan, *, model_source: str | None = None) -> dict[str, str]
         "@MODEL@": shlex.quote(source),
         "@MICRO@": str(settings["num_microbatches"]),
         "@MBS@": str(settings["micro_batch_size"]),
-        "@STAGES_TABLE@": "\n".join(f"| {i} | {r} | {', '.join(ids)} |" for i, (r, ids) in
-                                    enumerate(zip(settings["stage_to_rank"], settings["stages"]))),
+        "@STAGES_TABLE@": "\n".join(f"| {i} | {r} | {', '.join(ids)} | {'on' if rc else 'off'} |"
+                                    for i, (r, ids, rc) in enumerate(zip(settings["stage_to_rank"],
+                                                                         settings["stages"], settings["recompute"]))),
         "@PREDICTED@": f"{plan.step_time_ms:.2f} ms" if plan.step_time_ms is not None else "n/a",
         "@MODEL_NOTES@": model_readme(source),
         "@PRECISION@": PRECISION_NOTES.get(settings["precision"], settings["precision"]),

@@ -17,7 +17,8 @@ How the model is split:
    owns the ones it uses;
 4. each rank materialises only its own stages' parameters, initialised per FQN exactly as the
    unsplit model is (materialize, with model/init.py's rule), and runs PipelineStage in static
-   mode with the shapes taken from a meta run of the split model (stage_shapes).
+   mode with the shapes taken from a meta run of the split model (stage_shapes). A stage the plan
+   recomputes runs its whole forward under activation checkpointing (StageModule).
 
 Then, per step: tied-gradient sum and data-parallel average (sync_gradients), clipping by the
 global norm over all stages (clip_by_global_norm), one JSON line (log_step), and checkpoints by
@@ -38,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.fx.passes.split_module import split_module
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "JobError", "StageModule", "all_reduce_mean", "assign_stages", "check_batch", "clip_by_global_norm",
@@ -168,11 +170,18 @@ class StageModule(nn.Module):
     may not notice). Casting up at the boundary keeps the values exactly (bf16 -> fp32 is lossless)
     and is a no-op for the usual boundary, a pre-norm transformer's residual stream, which autocast
     already keeps in fp32. The price: such a bf16 boundary costs fp32 bytes on the wire.
+
+    With `recompute` (the plan's StagePlan.recompute) the whole forward runs under
+    torch.utils.checkpoint.checkpoint(use_reentrant=False, preserve_rng_state=True): autograd keeps
+    only the stage's inputs per micro-batch and rebuilds that micro-batch's activations during its
+    backward, the granularity pipeplan's memory model assumes (planner/costmodel/memory.py). The RNG
+    state is restored for the rebuild, so dropout draws the same mask and the math is unchanged.
+    Parameters are read from the module, not passed as arguments, so they are not saved twice.
     """
 
     def __init__(self, index: int, submod: torch.fx.GraphModule, call_args: list[str], bindings: list[tuple[str, int | None]],
                  in_names: list[str], out_names: list[str], param_fqns: dict[str, str], buffer_fqns: dict[str, str],
-                 root: nn.Module, bf16_mixed: bool = False) -> None:
+                 root: nn.Module, bf16_mixed: bool = False, recompute: bool = False) -> None:
         super().__init__()
         self.index = index
         self.submod = submod
@@ -186,9 +195,16 @@ class StageModule(nn.Module):
         for i, f in enumerate(self.buffer_fqns):
             self.register_buffer(f"buf_{i}", root.get_buffer(f), persistent=False)
         self.bf16_mixed = bf16_mixed
+        self.recompute = recompute
         self.out_dtypes: list[torch.dtype] | None = None  # set by stage_shapes
 
     def forward(self, *inputs: torch.Tensor):
+        device = self.params[0].device if len(self.params) else inputs[0].device
+        if self.recompute and device.type != "meta" and torch.is_grad_enabled():
+            return checkpoint(self._forward, *inputs, use_reentrant=False, preserve_rng_state=True)
+        return self._forward(*inputs)
+
+    def _forward(self, *inputs: torch.Tensor):
         env = dict(zip(self.in_names, inputs))
         env.update(zip(self.param_names, self.params))
         env.update((n, getattr(self, f"buf_{i}")) for i, n in enumerate(self.buffer_names))
@@ -204,12 +220,16 @@ class StageModule(nn.Module):
         return result[0] if len(result) == 1 else result
 
 
-def split_into_stages(gm: torch.fx.GraphModule, stages: list[list[str]], *,
-                      bf16_mixed: bool = False) -> list[StageModule]:
+def split_into_stages(gm: torch.fx.GraphModule, stages: list[list[str]], *, bf16_mixed: bool = False,
+                      recompute: list[bool] | None = None) -> list[StageModule]:
     """Cut the traced model into len(stages) chain-contract stage modules (still on meta).
-    `stages`: the plan layer ids of every stage; `bf16_mixed`: run each stage's forward under bf16 autocast.
+    `stages`: the plan layer ids of every stage; `bf16_mixed`: run each stage's forward under bf16 autocast;
+    `recompute`: per stage, checkpoint its whole forward (StageModule; default: off everywhere).
     Reorders `gm`'s graph (stage by stage); the stages share its parameters."""
     num_stages = len(stages)
+    recompute = list(recompute) if recompute is not None else [False] * num_stages
+    if len(recompute) != num_stages:
+        raise JobError(f"recompute has {len(recompute)} flags for {num_stages} stages")
     node_stage = assign_stages(gm, stages)
     used = set(node_stage.values())
     empty = [s for s in range(num_stages) if s not in used]
@@ -274,7 +294,7 @@ def split_into_stages(gm: torch.fx.GraphModule, stages: list[list[str]], *,
         params = {a: attrs[a][1] for a in call_args if a in attrs and attrs[a][0] == "param"}
         buffers = {a: attrs[a][1] for a in call_args if a in attrs and attrs[a][0] == "buffer"}
         modules.append(StageModule(k, getattr(split, call.target), call_args, bindings, in_names, out_names,
-                                   params, buffers, gm, bf16_mixed))
+                                   params, buffers, gm, bf16_mixed, bool(recompute[k])))
     return modules
 
 

@@ -7,6 +7,8 @@
 
 Every step prints one JSON line (from the rank holding the last stage):
     {"step": 1, "loss": 6.24, "step_time_s": 0.05, "samples_per_s": 160.0, "max_mem_bytes": ...}
+At start-up every rank prints to stderr one line saying what it applies (startup_line), e.g.
+    rank 1: stage 1 layers layers.2..lm_head (4), recompute on; 1F1B, M=4, micro-batch 2, fp32, adamw, ...
 
 No pipeplan import needed: only torch, ./model (the model's code) and
 ./pipeline_runtime.py (tracing, splitting into stages, gradient sync, clipping,
@@ -17,6 +19,11 @@ the optimizer and LR schedule, and the two training loops.
 Precision (SETTINGS["precision"]): "fp32", or "bf16_mixed": fp32 weights, gradients
 and optimizer; every stage's forward (so its backward too) runs under
 torch.autocast(bfloat16); --single-process does the same for the unsplit model.
+
+Recompute (SETTINGS["recompute"], one flag per stage): a stage with it on runs its whole
+forward under torch.utils.checkpoint (non-reentrant, RNG state preserved), so it keeps only
+its inputs per micro-batch and rebuilds its activations during backward; the losses do not
+change. --single-process never recomputes (it is the unsplit reference).
 """
 
 from __future__ import annotations
@@ -121,6 +128,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def startup_line(rank: int, args: argparse.Namespace) -> str:
+    """What global rank `rank` applies, in one line: its stages (layers, recompute) and the step's settings."""
+    stage_to_rank = SETTINGS["stage_to_rank"]
+    pp = max(stage_to_rank) + 1
+    dp_rank, pp_rank = divmod(rank, pp)
+    parts = []
+    for s, r in enumerate(stage_to_rank):
+        if r == pp_rank:
+            ids = SETTINGS["stages"][s]
+            layers = ids[0] if len(ids) == 1 else f"{ids[0]}..{ids[-1]} ({len(ids)})"
+            parts.append(f"stage {s} layers {layers}, recompute {'on' if SETTINGS['recompute'][s] else 'off'}")
+    chunks = len(stage_to_rank) // pp
+    schedule = SETTINGS["schedule"] + (f" v={chunks}" if chunks > 1 else "")
+    clip = f"clip {args.max_grad_norm:g}" if args.max_grad_norm > 0 else "no clipping"
+    return (f"rank {rank}: {'; '.join(parts)}; {schedule}, M={SETTINGS['num_microbatches']}, "
+            f"micro-batch {SETTINGS['micro_batch_size']}, {SETTINGS['precision']}, {SETTINGS['optimizer']}, "
+            f"{clip}, dp {args.dp} (replica {dp_rank})")
+
+
 def meta_model() -> nn.Module:
     """The unsplit model on the meta device (no memory), as pipeplan's profiler built it."""
     with torch.device("meta"):
@@ -133,6 +159,13 @@ def example_batch() -> tuple[tuple, list[bool]]:
     one, _ = model_source.make_batch(mb, device="meta")
     two, _ = model_source.make_batch(mb + 1, device="meta")
     return one, [a.shape[:1] != b.shape[:1] for a, b in zip(one, two)]
+
+
+def split_model(example: tuple) -> list:
+    """Every stage of the plan as a StageModule on meta (pipeline_runtime.split_into_stages), with the
+    plan's precision and per-stage recompute applied."""
+    return split_into_stages(trace_model(meta_model(), example), SETTINGS["stages"], bf16_mixed=BF16_MIXED,
+                             recompute=SETTINGS["recompute"])
 
 
 def run_single_process(args: argparse.Namespace) -> None:
@@ -195,8 +228,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     # Everything that can fail on bad input happens before the first collective.
     example, batched = example_batch()
     check_batch(*get_batch(1, args.dp * M * mb, args.seed), example, batched, args.dp * M)
-    gm = trace_model(meta_model(), example)
-    modules = split_into_stages(gm, SETTINGS["stages"], bf16_mixed=BF16_MIXED)
+    modules = split_model(example)
     shapes = stage_shapes(modules, example)
     local = [s for s in range(num_stages) if stage_to_rank[s] == pp_rank]
     for s in local:
@@ -212,7 +244,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
         for f in m.param_fqns:
             if stage_to_rank[s] not in owners.setdefault(f, []):
                 owners[f].append(stage_to_rank[s])
-    del gm
+    print(startup_line(rank, args), file=sys.stderr, flush=True)
 
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     mesh = init_device_mesh(device.type, (args.dp, pp), mesh_dim_names=("dp", "pp"))
