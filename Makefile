@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8501
 
-.PHONY: install app test test-fast bench bench-quick lint clean
+.PHONY: install app test test-fast bench bench-quick bench-coverage lint clean
 
 $(VENV)/.pipeplan-installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,12 @@ bench: install
 # never overwrites the full run's results or docs/benchmarks.md.
 bench-quick: install
 	PIPEPLAN_BENCH_RESULTS=bench/results/quick PIPEPLAN_BENCH_DOCS=bench/results/quick $(PY) -m bench.run --quick
+
+# Every model_type of transformers' causal-LM, masked-LM, image- and sequence-classification registries:
+# profile (meta estimate) and plan on 2 devices; writes bench/results/coverage.json and its section of
+# docs/benchmarks.md. `make bench-coverage ARGS=--quick` sweeps 10 types.
+bench-coverage: install
+	$(PY) -m bench.bench_coverage $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

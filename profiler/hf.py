@@ -1,39 +1,46 @@
 """Hugging Face config.json -> Profile, with random weights and no download.
 
-The model is built with `AutoModelFor*.from_config` on the meta device (on the
-measuring device with --measure), `use_cache=False` (a DynamicCache in the
-output breaks torch.export, shared notes §5), and
-never with `trust_remote_code`: a config whose `auto_map` asks for custom code
-is refused. Layer ids are module paths of the HF model ("model.layers.3").
+Any architecture transformers can build from a config: the class comes from
+transformers' own auto registries (profiler.hf_tasks: the config's `architectures`
+entry when transformers registers it, else the first task of causal LM, masked LM,
+image classification, sequence classification that has this model_type). The
+model is built from the config on the meta device (on the measuring device with
+--measure), `use_cache=False` (a DynamicCache in the output breaks torch.export,
+shared notes §5), and never with `trust_remote_code`: a config whose `auto_map`
+asks for custom code is refused. Layer ids are module paths of the HF model
+("model.layers.3"), from the structural rule of profiler/trace.py.
+
+Whatever goes wrong is one line (PipeplanError): an unknown model_type, no auto
+class for any task, remote code, a config transformers refuses, or a trace failure
+naming the module and source line it happened in.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from core.errors import PipeplanError
 from core.jsonio import load_json_text
+from profiler import hf_moe
+from profiler.hf_tasks import TASK_BY_NAME, TASK_OF_TYPE, TASKS, make_batch, pick_class
 from profiler.memcheck import check_fits_for_measuring
 from profiler.profile import Profile
 from profiler.profile_model import profile_model
 
-# model_type -> task. The task picks the Auto class, the inputs and the loss.
-SUPPORTED: dict[str, str] = {
-    "gpt2": "causal-lm", "llama": "causal-lm", "mistral": "causal-lm", "qwen2": "causal-lm",
-    "bert": "masked-lm", "vit": "image-classification", "resnet": "image-classification",
-}
-_AUTO = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
-         "image-classification": "AutoModelForImageClassification"}
+SUPPORTED = TASK_OF_TYPE
+"""model_type -> task name, for every model_type in the task registries (lazy mapping)."""
 MAX_CONFIG_BYTES = 4 * 2**20
 MAX_HF_LAYERS = 1024
 """More layers than any real model: building a million-layer config on meta takes hours."""
-DEFAULT_SEQ_LEN = 1024
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "depths", "encoder_layers", "decoder_layers")
+_DROP = ("model_type", "architectures", "transformers_version", "auto_map")
 
 
 def read_config(config_json: dict | str | bytes | Path) -> dict[str, Any]:
@@ -55,85 +62,153 @@ def read_config(config_json: dict | str | bytes | Path) -> dict[str, Any]:
     return data
 
 
-def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int | None = None):
-    """(model, task, config) for a config dict; PipeplanError for what pipeplan does not support."""
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise PipeplanError("hf: models need transformers; install the extra: pip install 'pipeplan[hf]'") from None
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return transformers
+
+
+def resolve_class(data: dict[str, Any]):
+    """(task, class name) for a config dict, or a one-line PipeplanError."""
     if "auto_map" in data:
         raise PipeplanError("this config asks for custom remote code (auto_map); pipeplan never runs "
-                            "trust_remote_code. Use a built-in architecture: " + ", ".join(SUPPORTED))
+                            "trust_remote_code. Use an architecture built into transformers")
     model_type = data.get("model_type")
-    if model_type not in SUPPORTED:
-        raise PipeplanError(f"HF model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED)} "
-                            "(causal LMs, BERT-style masked LMs, ViT/ResNet image classifiers)")
-    for key in ("num_hidden_layers", "n_layer", "num_layers", "depths"):
+    if not isinstance(model_type, str) or not model_type:
+        raise PipeplanError("HF config has no model_type; config.json must name its architecture "
+                            "(e.g. \"model_type\": \"llama\")")
+    transformers = _import_transformers()
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise PipeplanError(f"HF model_type {model_type!r} is unknown to transformers {transformers.__version__} "
+                            "(a newer transformers, or a model that needs remote code); pipeplan never runs "
+                            "trust_remote_code")
+    return pick_class(model_type, data.get("architectures"))
+
+
+def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int | None = None,
+                   task: str | None = None):
+    """(model, task name, config) for a config dict; PipeplanError for what pipeplan cannot build.
+
+    task: force one of profiler.hf_tasks.TASKS instead of the architectures/priority choice."""
+    picked, class_name = resolve_class(data)
+    model_type = data["model_type"]
+    if task is not None:
+        from profiler.hf_tasks import registry
+
+        picked = TASK_BY_NAME[task]
+        names = registry(picked).get(model_type)
+        if not names:
+            raise PipeplanError(f"HF model_type {model_type!r} has no {picked.label} class in transformers")
+        class_name = names[0]
+    for key in _LAYER_KEYS:
         value = data.get(key)
         count = sum(v for v in value if isinstance(v, int)) if isinstance(value, list) else value
         if isinstance(count, int) and not isinstance(count, bool) and count > MAX_HF_LAYERS:
             raise PipeplanError(f"HF config {key}={count} is more layers than pipeplan profiles "
                                 f"(at most {MAX_HF_LAYERS}); check the config.json")
-    try:
-        import transformers
-    except ImportError:
-        raise PipeplanError("hf: models need transformers; install the extra: pip install 'pipeplan[hf]'") from None
-    task = SUPPORTED[model_type]
-    fields = {k: v for k, v in data.items() if k not in ("model_type", "architectures", "transformers_version")}
+    transformers = _import_transformers()
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        raise PipeplanError(f"transformers {transformers.__version__} registers {class_name} for {model_type!r} "
+                            "but cannot import it (a missing optional dependency?)")
+    fields = {k: v for k, v in data.items() if k not in _DROP}
     fields.update(use_cache=False)
-    if task == "image-classification" and model_type == "vit" and seq_len is not None:
-        fields["image_size"] = seq_len  # position embeddings follow the image side
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    if device == "meta" and "experts_implementation" not in fields and hf_moe.register():
+        fields["experts_implementation"] = hf_moe.BALANCED  # routing is data-dependent: see profiler.hf_moe
     try:
-        config = transformers.AutoConfig.for_model(model_type, **fields)
-        with torch.device(device):
-            model = getattr(transformers, _AUTO[task]).from_config(config, trust_remote_code=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            config = transformers.AutoConfig.for_model(model_type, **fields)
+            for sub in [config.get_text_config(), *(getattr(config, k, None) for k in getattr(config, "sub_configs", {}))]:
+                if hasattr(sub, "use_cache"):
+                    sub.use_cache = False  # composite models (vision + text): the text part's cache too
+            if picked.shape_kind == "image_size" and seq_len is not None:
+                for sub in [config, *(getattr(config, k, None) for k in getattr(config, "sub_configs", {}))]:
+                    if isinstance(getattr(sub, "image_size", None), int):
+                        sub.image_size = seq_len  # position embeddings follow the image side
+            with torch.device(device):
+                model = cls._from_config(config)
     except PipeplanError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad configs
-        raise PipeplanError(f"transformers could not build {model_type!r} from this config: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    return model, task, config
+        raise PipeplanError(f"transformers could not build {class_name} from this config: {_first_line(exc)}") from None
+    return model, picked.name, config
 
 
 def make_hf_batch(task: str, config, batch_size: int, seq_len: int | None, device: str):
-    """(inputs, target, loss_fn, shape) for one micro-batch of the task."""
-    gen = torch.Generator().manual_seed(0)
+    """(inputs, target, loss_fn, shape) for one micro-batch of the task (profiler.hf_tasks.make_batch)."""
+    return make_batch(TASK_BY_NAME[task], config, batch_size, seq_len, device)
 
-    def ints(high: int, shape: tuple) -> torch.Tensor:
-        if device == "meta":
-            return torch.empty(shape, dtype=torch.long, device="meta")
-        return torch.randint(0, high, shape, generator=gen).to(device)
 
-    if task in ("causal-lm", "masked-lm"):
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        t = seq_len or min(DEFAULT_SEQ_LEN, limit or DEFAULT_SEQ_LEN)
-        if limit and t > limit:
-            raise PipeplanError(f"sequence length {t} exceeds this model's max_position_embeddings ({limit})")
-        ids = ints(config.vocab_size, (batch_size, t + 1))
-        loss: Callable = lambda out, tgt: F.cross_entropy(out.flatten(0, 1).float(), tgt.flatten())
-        return (ids[:, :-1],), ids[:, 1:], loss, t
-    side = seq_len or getattr(config, "image_size", None) or 224
-    channels = getattr(config, "num_channels", 3)
-    shape = (batch_size, channels, side, side)
-    images = torch.empty(shape, device="meta") if device == "meta" else torch.randn(shape, generator=gen).to(device)
-    labels = ints(config.num_labels, (batch_size,))
-    return (images,), labels, (lambda out, tgt: F.cross_entropy(out.float(), tgt)), side
+def _where(exc: BaseException, model: torch.nn.Module) -> str:
+    """' in module model.layers.0.mlp (MixtralSparseMoeBlock) at modeling_mixtral.py:120: `code`' for the
+    innermost frame of the traceback that runs a submodule of `model`, or ''."""
+    paths = {id(m): p for p, m in model.named_modules()}
+    tb = exc.__traceback__
+    found = ""
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if owner is not None and id(owner) in paths:
+            line = (traceback.extract_tb(tb, limit=1)[0].line or "").strip()
+            path = paths[id(owner)] or "(root)"
+            found = (f" in module {path} ({type(owner).__name__}) at "
+                     f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}: `{line[:120]}`")
+        tb = tb.tb_next
+    return found
+
+
+def _trace_failure(model, inputs, name: str) -> PipeplanError:
+    """The one-line reason torch.export gives for this model, naming the module it failed in."""
+    try:
+        torch.export.export(model, tuple(inputs), strict=False)
+    except Exception as exc:  # noqa: BLE001 - the reason is what we are after
+        return PipeplanError(f"cannot trace {name}: {_first_line(exc)}{_where(exc, model)}")
+    return PipeplanError(f"cannot trace {name} (torch.export succeeded on retry; profile again)")
 
 
 def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int = 1, seq_len: int | None = None,
                       estimate_for: str | None = None, measure: str | None = None, granularity: str = "block",
-                      progress: Callable[[str, float], None] | None = None, source: str | None = None) -> Profile:
+                      progress: Callable[[str, float], None] | None = None, source: str | None = None,
+                      task: str | None = None) -> Profile:
     """Profile an HF architecture from its config.json (dict, JSON text or path)."""
     data = read_config(config_json)
     device = measure or "meta"
     if measure is not None:
-        meta_model, _, _ = build_hf_model(data, device="meta", seq_len=seq_len)
+        meta_model, _, _ = build_hf_model(data, device="meta", seq_len=seq_len, task=task)
         check_fits_for_measuring(2 * sum(p.numel() * p.element_size() for p in meta_model.parameters()),
                                  measure, "this HF model")
-    model, task, config = build_hf_model(data, device=device, seq_len=seq_len)
-    inputs, target, loss_fn, shape = make_hf_batch(task, config, batch_size, seq_len, device)
-    name = (data.get("architectures") or [type(model).__name__])[0]
-    kwargs = {"seq_len": shape} if task != "image-classification" else {"image_size": shape}
-    return profile_model(model, inputs, loss_fn=lambda out, tgt: loss_fn(out[0] if isinstance(out, tuple) else out, tgt),
-                         target=target, source=source or f"hf:{data.get('model_type')}", name=name,
-                         estimate_for=estimate_for, measure=measure, granularity=granularity, progress=progress,
-                         **kwargs)
+    model, task_name, config = build_hf_model(data, device=device, seq_len=seq_len, task=task)
+    inputs, target, loss_fn, shape = make_hf_batch(task_name, config, batch_size, seq_len, device)
+    name = type(model).__name__
+    kwargs = {TASK_BY_NAME[task_name].shape_kind: shape}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prof = profile_model(model, inputs, loss_fn=loss_fn, target=target,
+                                 source=source or f"hf:{data.get('model_type')}", name=name,
+                                 estimate_for=estimate_for, measure=measure, granularity=granularity,
+                                 progress=progress, **kwargs)
+    except PipeplanError as exc:
+        if str(exc).startswith("cannot trace the model"):
+            raise _trace_failure(model, inputs, name) from None
+        raise
+    except Exception as exc:  # noqa: BLE001 - an op the analysis cannot run: one line, not a traceback
+        raise PipeplanError(f"cannot profile {name}: {_first_line(exc)}{_where(exc, model)}") from None
+    if hf_moe.uses_balanced(model):
+        prof.provenance.notes += "; " + hf_moe.NOTE
+    return prof
 
 
+__all__ = ["SUPPORTED", "TASKS", "build_hf_model", "make_hf_batch", "profile_hf_config", "read_config",
+           "resolve_class"]

@@ -47,7 +47,7 @@ def test_hf_config_from_text_like_the_app_upload():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"model_type": "t5"}, "not supported; supported: gpt2, llama"),
+    ({"model_type": "nope"}, "unknown to transformers"),
     ({"model_type": "llama", "auto_map": {"AutoModel": "evil.Model"}}, "remote code"),
     ([1, 2], "must be an object"),
 ])

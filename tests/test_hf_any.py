@@ -1,0 +1,169 @@
+"""Any transformers architecture in (issue 14, first part): the class from transformers' auto registries,
+one layer rule from module structure, parameter bytes that sum to transformers' unique count, one-line
+refusals, and the exported train.py agreeing with the profiler's layer rule on HF models."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from helpers_export import hand_plan
+
+from core.errors import PipeplanError
+from profiler.hf import build_hf_model, profile_hf_config, resolve_class
+from profiler.hf_tasks import TASKS
+
+pytest.importorskip("transformers")
+
+DECODER = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 128, "max_position_embeddings": 64}
+QWEN2_GQA = {"model_type": "qwen2", **DECODER}
+MIXTRAL = {"model_type": "mixtral", **DECODER, "num_local_experts": 4, "num_experts_per_tok": 2}
+BERT_MLM = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64}
+RESNET = {"model_type": "resnet", "embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "num_labels": 10}
+SWIN = {"model_type": "swin", "image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2],
+        "window_size": 4, "num_labels": 10}
+
+
+def unique_param_count(config: dict) -> int:
+    model, _, _ = build_hf_model(config)
+    return sum(p.numel() for p in model.parameters())  # named_parameters dedups tied weights
+
+
+@pytest.mark.parametrize("config, seq_len, task, name, layers", [
+    (QWEN2_GQA, 32, "causal-lm", "Qwen2ForCausalLM",
+     ["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
+    (MIXTRAL, 32, "causal-lm", "MixtralForCausalLM",
+     ["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
+    (BERT_MLM, 32, "masked-lm", "BertForMaskedLM",
+     ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "cls"]),
+    (RESNET, 32, "image-classification", "ResNetForImageClassification",
+     ["resnet.embedder", "resnet.encoder.stages.0", "resnet.encoder.stages.1", "resnet.pooler",
+      "classifier.0", "classifier.1"]),
+    (SWIN, None, "image-classification", "SwinForImageClassification",
+     ["swin.embeddings", "swin.encoder.layers.0", "swin.encoder.layers.1", "swin.layernorm", "swin.pooler",
+      "classifier"]),
+])
+def test_families_profile_with_structural_layers_and_exact_parameter_bytes(config, seq_len, task, name, layers):
+    model, picked, _ = build_hf_model(config)
+    assert picked == task and type(model).__name__ == name
+    prof = profile_hf_config(config, batch_size=1, seq_len=seq_len)
+    assert prof.model.name == name
+    assert [n.id for n in prof.nodes] == layers
+    unique = unique_param_count(config)
+    assert prof.model.param_count == unique
+    assert sum(n.param_count for n in prof.nodes) == unique
+    assert prof.total_param_bytes == unique * 4  # fp32, tied weights once
+    assert prof.total_flops > 0
+    if config is BERT_MLM:  # the MLM decoder is tied to the word embeddings: one owner, both list it
+        assert sum(1 for n in prof.nodes if n.shared_params) == 2
+
+
+def test_gqa_keeps_fewer_key_value_heads():
+    model, _, config = build_hf_model(QWEN2_GQA)
+    attn = model.model.layers[0].self_attn
+    assert config.num_key_value_heads == 2 < config.num_attention_heads
+    assert attn.k_proj.out_features == 2 * 16 and attn.q_proj.out_features == 4 * 16
+
+
+def test_moe_estimates_with_balanced_routing_and_counts_every_expert():
+    prof = profile_hf_config(MIXTRAL, batch_size=1, seq_len=32)
+    assert "balanced routing" in prof.provenance.notes
+    block = next(n for n in prof.nodes if n.id == "model.layers.0")
+    experts = 4 * (2 * 128 * 64 + 64 * 128)  # gate_up and down of every expert
+    assert block.param_count > experts
+    dense = profile_hf_config(QWEN2_GQA, batch_size=1, seq_len=32)
+    assert "balanced routing" not in dense.provenance.notes
+
+
+def test_architectures_entry_picks_the_class_else_the_task_priority():
+    assert resolve_class({"model_type": "bert"})[1] == "BertLMHeadModel"  # causal LM comes first
+    assert resolve_class({"model_type": "bert", "architectures": ["BertForMaskedLM"]})[1] == "BertForMaskedLM"
+    assert resolve_class({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}) == \
+        (TASKS[3], "LlamaForSequenceClassification")
+    # an architectures entry transformers does not register for a task we train: the priority decides
+    assert resolve_class({"model_type": "bert", "architectures": ["BertForTokenClassification"]})[1] == "BertLMHeadModel"
+    assert resolve_class({"model_type": "vit"})[0].name == "image-classification"
+
+
+def test_sequence_classification_profiles():
+    config = {**QWEN2_GQA, "architectures": ["Qwen2ForSequenceClassification"], "num_labels": 3, "pad_token_id": 0}
+    prof = profile_hf_config(config, batch_size=2, seq_len=16)
+    assert prof.model.name == "Qwen2ForSequenceClassification" and prof.nodes[-1].id == "score"
+
+
+class _DataDependentMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a tensor value: neither tracer can follow it
+            return self.fc(x)
+        return x
+
+
+@pytest.mark.parametrize("config, message", [
+    ({**QWEN2_GQA, "auto_map": {"AutoModelForCausalLM": "evil.Model"}}, r"custom remote code \(auto_map\)"),
+    ({"model_type": "not_a_model"}, "HF model_type 'not_a_model' is unknown to transformers"),
+    ({"model_type": "llava"}, "HF model_type 'llava' has no auto class for any task pipeplan trains"),
+    ({"vocab_size": 10}, "HF config has no model_type"),
+    ({**QWEN2_GQA, "num_attention_heads": 0}, "transformers could not build Qwen2ForCausalLM from this config: "),
+])
+def test_refusals_are_one_line(config, message):
+    with pytest.raises(PipeplanError, match=message) as info:
+        profile_hf_config(config, batch_size=1, seq_len=8)
+    assert "\n" not in str(info.value)
+
+
+def test_trace_failure_names_the_module_and_line(monkeypatch):
+    from profiler import hf
+
+    real = hf.build_hf_model
+
+    def build(*args, **kw):
+        model, task, config = real(*args, **kw)
+        with torch.device(kw.get("device", "meta")):
+            model.model.layers[1].mlp = _DataDependentMLP()
+        return model, task, config
+
+    monkeypatch.setattr(hf, "build_hf_model", build)
+    with pytest.raises(PipeplanError) as info:
+        profile_hf_config(QWEN2_GQA, batch_size=1, seq_len=8)
+    text = str(info.value)
+    assert text.startswith("cannot trace Qwen2ForCausalLM: ") and "\n" not in text
+    assert "in module model.layers.1.mlp (_DataDependentMLP) at test_hf_any.py:" in text and "x.sum() > 0" in text
+
+
+@pytest.mark.parametrize("config, stages", [
+    (QWEN2_GQA, [["model.embed_tokens", "model.rotary_emb", "model.layers.0"],
+                 ["model.layers.1", "model.norm", "lm_head"]]),
+    ({"model_type": "gpt_neox", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+      "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64, "use_parallel_residual": True},
+     None),
+])
+def test_train_py_stage_rule_agrees_with_profiler_layer_rule_on_hf_models(load_job, tmp_path, config, stages):
+    """The exported job's assign_stages puts every graph op in the stage of the profile layer the
+    profiler assigned it to (the same check as test_export_files.py, on HF causal LMs)."""
+    from planner.export import export_plan
+    from profiler.trace import trace_model
+
+    path = tmp_path / "hf" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(config))
+    ids = [n.id for n in profile_hf_config(config, batch_size=2, seq_len=16).nodes]
+    stages = stages or [ids[:len(ids) // 2], ids[len(ids) // 2:]]
+    assert [x for s in stages for x in s] == ids
+    export_plan(hand_plan(f"hf:{path}", stages, seq_len=16), tmp_path / "job")
+    train = load_job(tmp_path / "job")
+    runtime = sys.modules["pipeline_runtime"]
+    example, _ = train.example_batch()
+    node_stage = runtime.assign_stages(train.trace_model(train.meta_model(), example), train.SETTINGS["stages"])
+    with torch.device("meta"):
+        traced = trace_model(train.model_source.build_model(), example)
+    assert traced.layers == ids
+    layer_stage = {lid: s for s, lids in enumerate(stages) for lid in lids}
+    assert node_stage == {name: layer_stage[lay] for name, lay in traced.node_layer.items()}
