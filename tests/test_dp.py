@@ -16,12 +16,13 @@ from planner.contracts.config import TrainConfig
 from planner.contracts.plan import SolverInfo
 from planner.costmodel.cost import build_tables, stage_devices
 from planner.costmodel.microbatches import schedule_accepts
+from planner.pipeline.schedules import schedule_spec
 from planner.pipeline.simulator import simulate
 from planner.solvers.baselines import BASELINES, baseline_plans
 from planner.solvers.dp import solve_chain
 from planner.solvers.evaluate import make_plan
 from planner.solvers.ilp import solve_ilp
-from planner.solvers.search import chain_problem, cuts_to_stage_of, ilp_problem
+from planner.solvers.search import chain_problem, cuts_to_stage_of, ilp_problem, recompute_options
 from planner.solvers.solve import solve
 from profiler.synthetic import chain_profile
 
@@ -97,6 +98,7 @@ def instances(draw, max_nodes=8, max_devices=3):
     M = draw(st.integers(P, 3 * P))
     assume(schedule_accepts(schedule, P, M) is None)
     recompute = draw(st.sampled_from(["off", "on", "auto"]))
+    assume(recompute != "on" or schedule_spec(schedule).supports_recompute)  # TrainConfig refuses the rest
     reserve = draw(st.sampled_from([0, 0, max(1, total_need // (4 * P))]))
     cfg = TrainConfig(schedule=schedule, num_microbatches=M, recompute=recompute, reserve_bytes=reserve)
     return chain_profile(times, params=params, acts=acts, edge_bytes=edge_bytes), cluster, cfg
@@ -107,8 +109,9 @@ def brute_force(profile, cluster, config):
     tables = build_tables(profile)
     N, S = tables.num_nodes, cluster.num_devices
     devices = stage_devices(S, config)
-    rec_opts = {"off": [(False,) * S], "on": [(True,) * S],
-                "auto": list(itertools.product([False, True], repeat=S))}[config.recompute]
+    # "auto" may turn recompute on only where the schedule supports it (search.recompute_options)
+    rec_opts = list(itertools.product(recompute_options(config), repeat=S)) if config.recompute == "auto" \
+        else [(config.recompute == "on",) * S]
     best = None
     for cuts in itertools.combinations(range(1, N), S - 1):
         stage_of = cuts_to_stage_of([0, *cuts, N])

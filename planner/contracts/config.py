@@ -82,6 +82,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise PipeplanError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.recompute == "on" and not schedule_spec(self.schedule).supports_recompute:
+            raise PipeplanError(f"{self.schedule} cannot recompute activations in the exported job (its weight-"
+                                "gradient pass would rebuild each stage's forward many times, not once): use "
+                                "recompute off or auto, or 1F1B, GPipe or Interleaved1F1B with recompute on")
         fixed_chunks = schedule_spec(self.schedule).chunks_per_device
         if fixed_chunks is not None and fixed_chunks > 1:
             self.virtual_stages = fixed_chunks  # the schedule's own count (ZBV: 2), whatever was given

@@ -73,7 +73,7 @@ def check_device_order(plan: Plan, ranks: list[int]) -> None:
 def check_recompute(plan: Plan, spec) -> list[bool]:
     """The per-stage recompute flags train.py applies (activation checkpointing of the whole stage)."""
     flags = [bool(s.recompute) for s in sorted(plan.stages, key=lambda s: s.index)]
-    if any(flags) and spec.split_backward:
+    if any(flags) and not spec.supports_recompute:
         on = ", ".join(str(i) for i, f in enumerate(flags) if f)
         raise PipeplanError(
             f"plan recomputes stage(s) {on} under {spec.name}, whose weight-gradient pass is split from the "

@@ -70,6 +70,14 @@ class ScheduleSpec:
     description: str = ""
 
     @property
+    def supports_recompute(self) -> bool:
+        """Whether the exported job can recompute a stage as the cost model assumes (one forward rebuilt
+        per backward). Not with a split backward: torch's checkpoint rebuilds the forward for the input
+        gradient and again for every weight-gradient group (measured: 13 times per micro-batch for a
+        2-block GPT stage), so config validation, the solvers and the export all refuse it."""
+        return not self.split_backward
+
+    @property
     def multi_chunk(self) -> bool:
         """Several stages per device (always, or when virtual_stages > 1 is allowed)."""
         return self.chunks_per_device != 1

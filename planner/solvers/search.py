@@ -25,7 +25,7 @@ from planner.contracts.plan import Plan, SolverInfo
 from planner.costmodel.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
 from planner.costmodel.memory import even_chunk_limit_bytes, stages_budget_bytes
 from planner.costmodel.microbatches import microbatch_options, scale_profile
-from planner.pipeline.schedules import in_flight_microbatches
+from planner.pipeline.schedules import in_flight_microbatches, schedule_spec
 from planner.solvers.baselines import baseline_partitions
 from planner.solvers.coarsen import block_size, coarsen, refine_cuts
 from planner.solvers.dp import TABLE_BUDGET_BYTES, ChainProblem, cut_bytes, cut_tensors, solve_chain
@@ -37,6 +37,10 @@ MAX_DEVICE_ORDERS = 24
 
 
 def recompute_options(config: TrainConfig) -> tuple[bool, ...]:
+    """The per-stage recompute choices the solvers may make: "auto" is off only for schedules the job
+    cannot recompute under (ScheduleSpec.supports_recompute; TrainConfig refuses "on" there)."""
+    if not schedule_spec(config.schedule).supports_recompute:
+        return (False,)
     return {"off": (False,), "on": (True,), "auto": (False, True)}[config.recompute]
 
 
