@@ -39,8 +39,11 @@ def schedule_configs(config: TrainConfig) -> list[TrainConfig]:
     chunk count: Interleaved1F1B)."""
     out = []
     for schedule in SCHEDULES:
-        virtual = max(2, config.virtual_stages) if schedule_spec(schedule).chunks_per_device is None else 1
-        out.append(dataclasses.replace(config, schedule=schedule, virtual_stages=virtual))
+        spec = schedule_spec(schedule)
+        virtual = max(2, config.virtual_stages) if spec.chunks_per_device is None else 1
+        # a schedule that cannot recompute is compared with recompute auto (which keeps it off there)
+        recompute = "auto" if config.recompute == "on" and not spec.supports_recompute else config.recompute
+        out.append(dataclasses.replace(config, schedule=schedule, virtual_stages=virtual, recompute=recompute))
     return out
 
 
