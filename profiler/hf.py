@@ -29,13 +29,11 @@ import torch
 from core.errors import PipeplanError
 from core.jsonio import load_json_text
 from profiler import hf_moe
-from profiler.hf_tasks import TASK_BY_NAME, TASK_OF_TYPE, TASKS, make_batch, pick_class
+from profiler.hf_tasks import TASK_BY_NAME, TASKS, make_batch, pick_class
 from profiler.memcheck import check_fits_for_measuring
 from profiler.profile import Profile
 from profiler.profile_model import profile_model
 
-SUPPORTED = TASK_OF_TYPE
-"""model_type -> task name, for every model_type in the task registries (lazy mapping)."""
 MAX_CONFIG_BYTES = 4 * 2**20
 MAX_HF_LAYERS = 1024
 """More layers than any real model: building a million-layer config on meta takes hours."""
@@ -210,5 +208,5 @@ def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int
     return prof
 
 
-__all__ = ["SUPPORTED", "TASKS", "build_hf_model", "make_hf_batch", "profile_hf_config", "read_config",
+__all__ = ["TASKS", "build_hf_model", "make_hf_batch", "profile_hf_config", "read_config",
            "resolve_class"]

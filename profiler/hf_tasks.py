@@ -14,7 +14,7 @@ Each task is written once here: its Auto registry, its inputs, its target and it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -77,26 +77,6 @@ def pick_class(model_type: str, architectures: list | None) -> tuple[Task, str]:
                         "seq2seq-only and encoder-only base models are not supported yet")
 
 
-class _TaskOfType(Mapping):
-    """model_type -> task name for every model_type in the registries (lazy; the old SUPPORTED dict)."""
-
-    def _data(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for task in reversed(TASKS):  # the first task of the priority wins
-            out.update(dict.fromkeys(_registries()[task.name], task.name))
-        return out
-
-    def __getitem__(self, key: str) -> str:
-        return self._data()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data())
-
-    def __len__(self) -> int:
-        return len(self._data())
-
-
-TASK_OF_TYPE: Mapping[str, str] = _TaskOfType()
 
 
 def _logits(out):

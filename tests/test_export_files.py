@@ -94,9 +94,13 @@ def test_model_sources(tmp_path):
     with pytest.raises(PipeplanError, match="does not exist"):
         render_job(gpt_plan(), model_source=f"hf:{tmp_path}/missing.json")
     bert = tmp_path / "bert.json"
-    bert.write_text(json.dumps({"model_type": "bert", "vocab_size": 100}))
-    with pytest.raises(PipeplanError, match="causal LMs"):
+    bert.write_text(json.dumps({"model_type": "bert", "vocab_size": 100, "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(PipeplanError, match="causal LMs .*builds BertForMaskedLM, a masked-lm model"):
         render_job(gpt_plan(), model_source=f"hf:{bert}")
+    vit = tmp_path / "vit.json"
+    vit.write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(PipeplanError, match="causal LMs"):
+        render_job(gpt_plan(), model_source=f"hf:{vit}")
     # a profile-derived plan exports with the model named explicitly
     files = render_job(gpt_plan(), model_source="sample:gpt:tiny")
     assert "model/gpt.py" in files

@@ -84,12 +84,13 @@ def _hf_model_files(source: str, info: ModelInfo) -> dict[str, str]:
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise PipeplanError(f"model source {source!r}: {path} is not an HF config.json (a JSON object with a "
                             "model_type); pass the model's config.json with --model-source hf:PATH/config.json")
-    from profiler.hf import SUPPORTED
+    from profiler.hf import resolve_class
 
-    if SUPPORTED.get(config["model_type"]) != "causal-lm":
-        raise PipeplanError(f"model source {source!r}: export trains HF causal LMs "
-                            f"({', '.join(t for t, task in SUPPORTED.items() if task == 'causal-lm')}); "
-                            f"{config['model_type']!r} is not one")
+    # the class the profiler built for this config (profiler.hf.resolve_class) is the one the job builds
+    task, class_name = resolve_class(config)
+    if task.name != "causal-lm":
+        raise PipeplanError(f"model source {source!r}: export trains HF causal LMs (AutoModelForCausalLM); this "
+                            f"config builds {class_name}, a {task.name} model")
     files = {"model/config.json": text.decode("utf-8"),
              "model/init.py": (Path(sample_models.__file__).parent / "init.py").read_text(encoding="utf-8")}
     files["model/__init__.py"] = template_text("model_hf.py").replace("@SHAPE@", repr(info.seq_len))
