@@ -24,6 +24,10 @@ import torch.nn.functional as F
 from core.errors import PipeplanError
 
 DEFAULT_SEQ_LEN = 1024
+"""The sequence length of a config that states no maximum."""
+MAX_DEFAULT_SEQ_LEN = 8192
+"""A config's max_position_embeddings is its default length up to this (long-context models are usually
+trained at a few thousand tokens first; pass --seq-len for more)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ def text_config(config):
 def _text_len(config, seq_len: int | None) -> int:
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     limit = limit if isinstance(limit, int) and limit > 0 else None
-    t = seq_len or min(DEFAULT_SEQ_LEN, limit or DEFAULT_SEQ_LEN)
+    # the model's own length by default (a 4096-token Llama is planned at 4096, not 1024)
+    t = seq_len or (min(limit, MAX_DEFAULT_SEQ_LEN) if limit else DEFAULT_SEQ_LEN)
     if limit and t > limit:
         raise PipeplanError(f"sequence length {t} exceeds this model's max_position_embeddings ({limit})")
     return t

@@ -167,3 +167,15 @@ def test_train_py_stage_rule_agrees_with_profiler_layer_rule_on_hf_models(load_j
     assert traced.layers == ids
     layer_stage = {lid: s for s, lids in enumerate(stages) for lid in lids}
     assert node_stage == {name: layer_stage[lay] for name, lay in traced.node_layer.items()}
+
+
+def test_default_sequence_length_is_the_configs_own_capped():
+    """Issue 17, item 3: an uploaded Llama config with 4096 positions is planned at 4096, not 1024."""
+    from profiler.hf import profile_hf_config
+    from profiler.hf_tasks import MAX_DEFAULT_SEQ_LEN
+
+    base = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4}
+    assert profile_hf_config({**base, "max_position_embeddings": 4096}, estimate_for="A100-80GB").model.seq_len == 4096
+    long = profile_hf_config({**base, "max_position_embeddings": 131072}, estimate_for="A100-80GB")
+    assert long.model.seq_len == MAX_DEFAULT_SEQ_LEN
