@@ -21,7 +21,8 @@ MAX_JSON_BYTES = 50 * 2**20
 
 
 def load_json_text(text: str | bytes, what: str) -> Any:
-    """Parse JSON with one clear error; NaN/Infinity are rejected like any other bad number."""
+    """Parse JSON with one clear error; NaN/Infinity are rejected like any other bad number, and an object
+    with a key twice (json.loads would silently keep the last value) is refused, naming the key and where."""
     if len(text) > MAX_JSON_BYTES:
         raise PipeplanError(f"{what} is {len(text) / 2**20:.0f} MiB; pipeplan reads at most "
                             f"{MAX_JSON_BYTES // 2**20} MiB of JSON")
@@ -29,7 +30,14 @@ def load_json_text(text: str | bytes, what: str) -> Any:
     def _reject_constant(name: str) -> Any:
         raise PipeplanError(f"{what} JSON contains {name}: numbers must be finite")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        try:
+            key, path = _find_duplicate(text)
+        except RecursionError:
+            raise PipeplanError(f"{what} JSON is nested too deeply") from None
+        raise PipeplanError(f"{what} JSON: duplicate key {json.dumps(key)} at {path}; each key may appear "
+                            "once per object (which value was meant?)") from None
     except PipeplanError:
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -39,6 +47,47 @@ def load_json_text(text: str | bytes, what: str) -> Any:
     except ValueError as exc:  # e.g. an integer with more than 4300 digits
         raise PipeplanError(f"{what} JSON has a number pipeplan cannot read ({exc}); "
                             "numbers must be ordinary integers or floats") from None
+
+
+class _DuplicateKey(Exception):
+    """Raised inside json.loads; load_json_text then finds the key's path in a second pass."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _DuplicateKey
+    return d
+
+
+class _Pairs(list):
+    """An object as its list of (key, value) pairs, duplicates kept (the second pass's object type)."""
+
+
+def _find_duplicate(text: str | bytes) -> tuple[str, str]:
+    """(key, JSONPath of its object) of the first duplicated key, in document order. Only called after
+    the first parse found one, so the text is otherwise valid JSON."""
+    doc = json.loads(text, object_pairs_hook=_Pairs, parse_constant=lambda name: None)
+    stack: list[tuple[Any, str]] = [(doc, "$")]
+    while stack:
+        value, path = stack.pop()
+        children: list[tuple[Any, str]] = []
+        if isinstance(value, _Pairs):
+            seen: set[str] = set()
+            for key, child in value:
+                if key in seen:
+                    return key, path
+                seen.add(key)
+            children = [(child, f"{path}.{key}" if _plain_key(key) else f"{path}[{json.dumps(key)}]")
+                        for key, child in value]
+        elif isinstance(value, list):
+            children = [(child, f"{path}[{i}]") for i, child in enumerate(value)]
+        stack.extend(reversed(children))
+    return "?", "$"  # not reached: the first pass saw a duplicate
+
+
+def _plain_key(key: str) -> bool:
+    return key.isidentifier()
 
 
 def read_json_file(path: str | Path, what: str) -> bytes:

@@ -196,3 +196,48 @@ def test_non_finite_is_rejected_everywhere():
     assert not math.isfinite(float("inf"))
     with pytest.raises(PipeplanError):
         Cluster.from_json('{"schema": "pipeplan.cluster/1", "devices": [{"name": "g", "memory_bytes": Infinity}]}')
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_plan_parser(data):
+    """Any one field of a valid plan replaced by any JSON value: a valid Plan or PipeplanError (issue 18);
+    the stage structure itself is fuzzed against an oracle in tests/test_plan_validation.py."""
+    assert_valid_or_pipeplan_error(Plan.from_dict, data.draw(mutated(json.loads(small_plan().to_json()))))
+
+
+# -- duplicate keys: ambiguous, refused with the key and where it is (issue 18, class 3) -------------------
+@pytest.mark.parametrize("parse, text, expect", [
+    (Profile.from_json, lambda: small_profile().to_json().replace('"fwd_ms": 1.0', '"fwd_ms": 1.0, "fwd_ms": 9.0', 1),
+     r'^profile JSON: duplicate key "fwd_ms" at \$\.nodes\[0\];'),
+    (Cluster.from_json, lambda: '{"schema": "pipeplan.cluster/1", "devices": [{"name": "g", "memory_bytes": 10, '
+                                '"memory_bytes": 99999999999}]}',
+     r'^cluster JSON: duplicate key "memory_bytes" at \$\.devices\[0\];'),
+    (TrainConfig.from_json, lambda: TrainConfig().to_json().replace('"schedule": "1F1B"',
+                                                                    '"schedule": "1F1B", "schedule": "GPipe"'),
+     r'^train config JSON: duplicate key "schedule" at \$;'),
+    (Plan.from_json, lambda: small_plan().to_json().replace('"num_microbatches": 8',
+                                                            '"num_microbatches": 8, "num_microbatches": 64'),
+     r'^plan JSON: duplicate key "num_microbatches" at \$\.config;'),
+    (Plan.from_json, lambda: small_plan().to_json().replace('"baselines": {', '"baselines": {"x y": 1.0, "x y": 2.0, '),
+     r'^plan JSON: duplicate key "x y" at \$\.baselines;'),
+    (Timeline.from_json, lambda: '{"schema": "pipeplan.timeline/1", "events": [], "events": []}',
+     r'^timeline JSON: duplicate key "events" at \$;'),
+], ids=["profile", "cluster", "train_config", "plan", "plan_odd_key", "timeline"])
+def test_duplicate_keys_are_refused_naming_the_key_and_path(parse, text, expect):
+    with pytest.raises(PipeplanError, match=expect):
+        parse(text())
+
+
+def test_duplicate_keys_in_hf_configs_and_nested_paths():
+    from core.jsonio import load_json_text
+    from profiler.hf import read_config
+
+    with pytest.raises(PipeplanError, match=r'^HF config JSON: duplicate key "n_layer" at \$;'):
+        read_config('{"model_type": "gpt2", "n_layer": 2, "n_layer": 200}')
+    with pytest.raises(PipeplanError, match=r'duplicate key "b" at \$\.a\[1\]\["odd key"\];'):
+        load_json_text('{"a": [0, {"odd key": {"b": 1, "b": 2}}]}', "x")
+    # the same key in different objects is not a duplicate
+    assert load_json_text('{"a": {"k": 1}, "b": {"k": 2}, "k": 3}', "x") == {"a": {"k": 1}, "b": {"k": 2}, "k": 3}
+    with pytest.raises(PipeplanError, match="nested too deeply"):
+        load_json_text('{"a": 1, "a": 2, "deep": ' + "[" * 100_000 + "]" * 100_000 + "}", "x")

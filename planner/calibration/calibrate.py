@@ -17,7 +17,6 @@ measured one: plans made with it predict what this machine's exported jobs measu
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.errors import PipeplanError
+from core.jsonio import load_json_text, read_json_file
 from planner.contracts.cluster import Cluster, Device, Link
 
 TIMEOUT_S = 300
@@ -106,7 +106,7 @@ def run_worker(*, threads: int = 1, progress: Callable[[str], None] | None = Non
         if proc.returncode != 0 or not out.is_file():
             tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
             raise PipeplanError(f"the calibration ranks failed (exit {proc.returncode}):\n{tail}")
-        return json.loads(out.read_text(encoding="utf-8"))
+        return load_json_text(read_json_file(out, "calibration"), "calibration")
 
 
 def calibrate(*, threads: int = 1, progress: Callable[[str], None] | None = None) -> Calibration:
