@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from core.errors import PipeplanError
+from core.files import check_writable, write_file_atomic
 from planner.contracts.cluster import MAX_DEVICES, parse_memory
 
 
@@ -33,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
         raise PipeplanError(f"--threads must be between 1 and 256, got {args.threads}")
     memory = parse_memory(args.memory)
     out = Path(args.output) if args.output else None
-    if out is not None and out.is_dir():
-        raise PipeplanError(f"--output {str(out)!r} is a folder; give a file name such as cluster.json")
+    if out is not None:
+        check_writable(out, "calibrated cluster JSON")
     result = calibrate(threads=args.threads, progress=lambda m: print(f"calibrate: {m}", file=sys.stderr))
     cluster = calibrated_cluster(result, args.devices, memory, name="gpu" if result.backend == "nccl" else "cpu")
     if out is not None:
-        out.write_text(cluster.to_json(indent=2) + "\n", encoding="utf-8")
+        write_file_atomic(out, cluster.to_json(indent=2) + "\n", "calibrated cluster JSON")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

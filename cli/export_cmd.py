@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from core.errors import PipeplanError
+from core.files import check_writable, write_file_atomic
 from core.jsonio import read_json_file
 
 
@@ -13,28 +14,37 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a torchrun training job (train.py, launch.sh, slurm.sbatch...) for a plan",
                        description="Write train.py, launch.sh, slurm.sbatch, plan.json, README.md and model/ into DIR.")
     p.add_argument("plan", type=Path, help="plan JSON from `pipeplan plan`")
-    p.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if needed)")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="output folder: created, or replaced if it is a previous export holding nothing else")
     p.add_argument("--model-source", default=None,
                    help="model to train when the plan's own source has no code or is not found from here, e.g. "
                         "sample:gpt:tiny, hf:PATH/config.json or file:PATH.py:FACTORY (default: the plan's model "
                         "source)")
     p.add_argument("--zip", action="store_true", help="also write DIR.zip (the same bytes the app offers)")
+    p.add_argument("--profile", metavar="PROFILE.json",
+                   help="the profile the plan was made from: check the plan against it before exporting "
+                        "(fingerprint, every layer in exactly one stage, stages in topological order)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from planner.contracts.plan import Plan
-    from planner.export import export_plan, export_zip_bytes
+    from planner.export import check_export_folder, export_plan, export_zip_bytes
 
     if not args.plan.is_file():
         raise PipeplanError(f"plan file {args.plan} does not exist; make one with `pipeplan plan ... -o plan.json`")
-    if args.out.exists() and not args.out.is_dir():
-        raise PipeplanError(f"output {args.out} exists and is not a folder; choose another -o")
+    zip_path = args.out.with_name(args.out.name + ".zip") if args.zip else None
+    if zip_path is not None:
+        check_writable(zip_path, "the job zip")
     plan = Plan.from_json(read_json_file(args.plan, "plan"))
+    if args.profile:
+        from cli.simulate_cmd import check_plan_against_profile
+
+        check_plan_against_profile(plan, args.profile)
+    check_export_folder(args.out)  # before the job is rendered (which may import torch for the model)
     written = export_plan(plan, args.out, model_source=args.model_source)
-    if args.zip:
-        zip_path = args.out.with_name(args.out.name + ".zip")
-        zip_path.write_bytes(export_zip_bytes(plan, model_source=args.model_source))
+    if zip_path is not None:
+        write_file_atomic(zip_path, export_zip_bytes(plan, model_source=args.model_source), "the job zip")
         written.append(zip_path)
     stages = len(plan.stages)
     ranks = len({s.device for s in plan.stages}) * plan.config.data_parallel

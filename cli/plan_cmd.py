@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from core.errors import PipeplanError
+from core.files import check_writable, write_file_atomic
 from core.jsonio import read_json_file
 from planner.contracts.cluster import Cluster, parse_memory
 from planner.contracts.config import TrainConfig
@@ -138,11 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.devices is not None and args.devices < 1:
         raise PipeplanError(f"--devices must be >= 1, got {args.devices}")
+    if args.output:
+        check_writable(args.output, "plan JSON")
     profile = load_model(args.model, args)
     cluster = build_cluster(args)
     config = build_config(args, profile.model.micro_batch_size)
     plan = solve(profile, cluster, config)
     if args.output:
-        Path(args.output).write_text(plan.to_json(indent=2))
+        write_file_atomic(args.output, plan.to_json(indent=2), "plan JSON")
     print(plan.to_json(indent=2) if args.json else summary(plan))
     return 0 if plan.feasible else 1

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.errors import PipeplanError
+from core.files import check_writable, write_file_atomic
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -36,17 +36,17 @@ def _progress(msg: str, frac: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    check_writable(out, "profile JSON")  # before the profiler (and torch) is imported
+
     from profiler.sources import load_profile
 
-    out = Path(args.output)
-    if out.parent and not out.parent.exists():
-        raise PipeplanError(f"output folder {str(out.parent)!r} does not exist")
     prof = load_profile(args.model, batch_size=args.batch_size, seq_len=args.seq_len,
                         estimate_for=args.estimate_for, measure=args.measure, granularity=args.granularity,
                         allow_code=args.allow_code, progress=None if args.quiet else _progress)
     if not args.quiet:
         print(file=sys.stderr)
-    out.write_text(prof.to_json(indent=1))
+    write_file_atomic(out, prof.to_json(indent=1), "profile JSON")
     m, pv = prof.model, prof.provenance
     step_ms = sum(n.fwd_ms + n.bwd_ms for n in prof.nodes)
     print(f"{m.name}: {len(prof.nodes)} layers, {m.param_count / 1e6:.2f}M params, "

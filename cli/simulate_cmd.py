@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from core.errors import PipeplanError
+from core.files import check_writable, write_file_atomic
 from core.jsonio import read_json_file
 
 
@@ -22,6 +23,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                                   "as a standalone HTML file")
     p.add_argument("--timeline-json", metavar="FILE", help="write the full timeline (every event) as JSON")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--profile", metavar="PROFILE.json",
+                   help="the profile the plan was made from: check the plan against it (fingerprint, every "
+                        "layer in exactly one stage, stages in topological order)")
     return p
 
 
@@ -56,13 +60,18 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.plan)
     if not path.is_file():
         raise PipeplanError(f"plan file {str(path)!r} not found; write one with `pipeplan plan ... -o plan.json`")
+    for target, what in ((args.timeline_json, "timeline JSON"), (args.html, "timeline HTML")):
+        if target:
+            check_writable(target, what)
     plan = Plan.from_json(read_json_file(path, "plan"))
+    if args.profile:
+        check_plan_against_profile(plan, args.profile)
     timeline = simulate(plan, schedule=args.schedule, num_microbatches=args.microbatches)
     info = summary(timeline, plan)
     if args.timeline_json:
-        _write(args.timeline_json, timeline.to_json())
+        write_file_atomic(args.timeline_json, timeline.to_json(), "timeline JSON")
     if args.html:
-        _write(args.html, timeline_html(timeline))
+        write_file_atomic(args.html, timeline_html(timeline), "timeline HTML")
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -81,6 +90,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_plan_against_profile(plan, profile_path: str) -> None:
+    """--profile: the plan must come from this profile and cover its layer graph (validate_plan)."""
+    from planner.contracts.plan import validate_plan
+    from profiler.profile import Profile
+
+    path = Path(profile_path)
+    if not path.is_file():
+        raise PipeplanError(f"profile file {str(path)!r} not found")
+    validate_plan(plan, Profile.from_json(read_json_file(path, "profile")))
+
+
 def timeline_html(timeline) -> str:
     """The app's two charts in one standalone page (plotly.js inlined: opens offline)."""
     from ui.timeline_plot import memory_figure, timeline_figure
@@ -89,13 +109,6 @@ def timeline_html(timeline) -> str:
              memory_figure(timeline).to_html(full_html=False, include_plotlyjs=False)]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>pipeplan timeline</title></head><body>"
             + "".join(parts) + "</body></html>")
-
-
-def _write(target: str, text: str) -> None:
-    try:
-        Path(target).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise PipeplanError(f"cannot write {target!r}: {exc.strerror}") from None
 
 
 def _human_bytes(n: float | None) -> str:

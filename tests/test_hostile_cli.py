@@ -11,26 +11,26 @@ The corpus is tests/hostile/corpus.py; see docs/security.md for the rules it che
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
+import shutil
 import subprocess
 import sys
-import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hostile.corpus import CASES, Base, pickle_payload
 from hostile.harness import (
-    CliResult,
     assert_clear_refusal,
+    assert_nothing_left,
     base_documents,
     fill,
     markers_absent,
     module_exists,
     run_cli,
+    run_in_process,
+    snapshot,
+    world_readable_folder,
+    wrapper,
 )
 
 NEEDS = {"hf": "profiler.hf"}
@@ -39,37 +39,16 @@ TIME_LIMIT_S = {"profile_sparse_20gib": 30, "train_hundred_million_microbatches"
 
 
 FAMILY_REPRESENTATIVES = {"profile_truncated", "cluster_zero_devices", "plan_truncated",
-                          "plan_model_source_reads_server_file", "train_zero_devices", "hf_not_an_object"}
+                          "plan_model_source_reads_server_file", "train_zero_devices", "hf_not_an_object",
+                          "plan_stages_overlap", "plan_duplicate_key_in_config", "write_plan_dev_full",
+                          "write_export_over_previous_export_with_checkpoints"}
 """One real subprocess per input family (the others of the family run in-process)."""
 
 
 def needs_subprocess(case) -> bool:
     return (case.name in FAMILY_REPRESENTATIVES or case.name in TIME_LIMIT_S or bool(case.markers)
-            or case.kind in ("code", "archive", "hf") or case.name in ("profile_huge_60mib", "hf_million_layers"))
-
-
-def run_in_process(argv: list[str], cwd) -> CliResult:
-    """cli.main(argv) in this process, cwd and env as run_cli sets them; a crash becomes a traceback."""
-    from cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old_cwd, allow = os.getcwd(), os.environ.pop("PIPEPLAN_ALLOW_CODE", None)
-    start = time.monotonic()
-    try:
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = main(argv)
-            except SystemExit as exc:  # argparse usage errors
-                rc = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:  # noqa: BLE001 - what the real process would print
-                traceback.print_exc()
-                rc = 1
-    finally:
-        os.chdir(old_cwd)
-        if allow is not None:
-            os.environ["PIPEPLAN_ALLOW_CODE"] = allow
-    return CliResult(rc, out.getvalue(), err.getvalue(), time.monotonic() - start)
+            or case.kind in ("code", "archive", "hf") or case.name in ("profile_huge_60mib", "hf_million_layers")
+            or bool(case.extra.get("wrap")))
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +66,23 @@ def good_profile(base, tmp_path_factory):
 def test_corpus_is_big_and_names_are_unique():
     names = [c.name for c in CASES]
     assert len(names) == len(set(names))
-    assert len(CASES) >= 30
-    assert {c.kind for c in CASES} >= {"profile", "cluster", "plan", "hf", "archive", "train", "code"}
+    assert len(CASES) >= 100
+    assert {c.kind for c in CASES} >= {"profile", "cluster", "plan", "hf", "archive", "train", "code", "write"}
+
+
+def test_write_cases_cover_every_writer_and_error_class():
+    """Issue 18, class 2: each OS error class for each file pipeplan writes."""
+    from hostile.corpus import FILE_WRITERS, WRITERS
+
+    names = {c.name for c in CASES if c.kind == "write"}
+    for writer in WRITERS:
+        for problem in ("missing_parent", "parent_is_file", "permission", "read_only"):
+            assert f"write_{writer}_{problem}" in names
+    for writer in FILE_WRITERS:
+        assert f"write_{writer}_folder" in names
+    for writer in ("profile", "plan", "html", "timeline"):  # calibrate's full disk: tests/test_writes.py
+        assert f"write_{writer}_dev_full" in names and f"write_{writer}_disk_full" in names
+    assert "write_export_disk_full" in names and "write_export_folder_not_an_export" in names
 
 
 def test_good_inputs_are_accepted(base, good_profile, tmp_path):
@@ -108,24 +102,39 @@ def cli_results(base, good_profile, tmp_path_factory):
     fresh interpreter), in-process cases one after another in this thread (they chdir)."""
     runnable = [c for c in CASES if not (c.kind in NEEDS and not module_exists(NEEDS[c.kind]))]
     root = tmp_path_factory.mktemp("hostile_cli")
+    public = world_readable_folder()  # for cases run as another user: pytest's tmp is root's alone
 
     def prepare(case):
-        folder = root / case.name
+        folder = (public if case.extra.get("wrap") == "nobody" else root) / case.name
         folder.mkdir()
+        folder.chmod(0o755)
         path = case.build(folder, base)
         return folder, fill(case.cli, path=path, good_profile=good_profile, folder=folder)
 
     def one(case):
         folder, argv = prepare(case)
-        return case.name, (folder, run_cli(argv, cwd=folder, timeout=TIME_LIMIT_S.get(case.name, 60) + 120))
+        before = snapshot(folder)
+        wrap, why = wrapper(case, folder)
+        if wrap is None:
+            return case.name, (folder, why, before)
+        res = run_cli(argv, cwd=folder, timeout=TIME_LIMIT_S.get(case.name, 60) + 120, wrap=wrap)
+        return case.name, (folder, res, before)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(pool.map(one, [c for c in runnable if needs_subprocess(c)]))
-    for case in runnable:
-        if not needs_subprocess(case):
-            folder, argv = prepare(case)
-            results[case.name] = (folder, run_in_process(argv, folder))
-    return results
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = dict(pool.map(one, [c for c in runnable if needs_subprocess(c)]))
+        for case in runnable:
+            if not needs_subprocess(case):
+                folder, argv = prepare(case)
+                before = snapshot(folder)
+                results[case.name] = (folder, run_in_process(argv, folder), before)
+        for name, (folder, res, before) in results.items():  # taken before the folders are removed
+            results[name] = (folder, res, before, snapshot(folder) if folder.exists() else {})
+        yield results
+    finally:
+        for locked in public.glob("*/locked"):
+            locked.chmod(0o700)
+        shutil.rmtree(public, ignore_errors=True)
 
 
 def test_subprocess_subset_covers_every_family_and_process_case():
@@ -152,11 +161,17 @@ def test_in_process_runner_reports_a_crash_as_a_traceback(monkeypatch, tmp_path)
 def test_cli_refuses_clearly(case, cli_results):
     if case.kind in NEEDS and not module_exists(NEEDS[case.kind]):
         pytest.skip(f"{NEEDS[case.kind]} is not built yet")
-    folder, res = cli_results[case.name]
+    folder, res, before, after = cli_results[case.name]
+    if isinstance(res, str):
+        pytest.skip(res)
     assert_clear_refusal(res, case)
     assert res.seconds < TIME_LIMIT_S.get(case.name, 120), f"{case.name} took {res.seconds:.1f} s"
-    markers_absent(folder, case)
-    assert not (folder / "out.json").exists(), "a refused input must not leave an output file"
+    if case.kind == "write":
+        assert_nothing_left(before, after, case, res)
+    else:
+        markers_absent(folder, case)
+        assert not (folder / "out.json").exists(), "a refused input must not leave an output file"
+        assert not (folder / "job_out").exists(), "a refused plan must not leave an export folder"
 
 
 def test_pickle_payload_is_live(tmp_path):

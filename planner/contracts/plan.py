@@ -15,7 +15,7 @@ from core.jsonio import build_dataclass, load_json_text
 from planner.contracts.cluster import Cluster
 from planner.contracts.config import TrainConfig
 from planner.costmodel.memory import StageMemory
-from profiler.profile import ModelInfo
+from profiler.profile import ModelInfo, Profile
 
 SCHEMA = "pipeplan.plan/1"
 
@@ -133,6 +133,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Any) -> Plan:
+        """A Plan from its JSON object, or PipeplanError naming the bad field; the plan's structure is
+        then checked (validate_plan) so a plan that contradicts itself is refused when it is read."""
         if not isinstance(data, dict):
             raise PipeplanError("plan JSON must be an object")
         if data.get("schema") != SCHEMA:
@@ -142,27 +144,154 @@ class Plan:
             d["model"] = build_dataclass(ModelInfo, d.get("model"), "plan model")
             d["cluster"] = Cluster.from_dict(d.get("cluster"))
             d["config"] = TrainConfig.from_dict(d.get("config"))
+            raw_stages = d.get("stages", [])
+            if not isinstance(raw_stages, list):
+                raise PipeplanError("plan stages must be a list of stage objects")
             stages = []
-            for i, s in enumerate(d.get("stages") or []):
+            for i, s in enumerate(raw_stages):
+                if not isinstance(s, dict):
+                    raise PipeplanError(f"plan stages[{i}] must be a JSON object")
                 s = dict(s)
-                mem = dict(s.get("memory") or {})
+                mem = s.get("memory", {})
+                if not isinstance(mem, dict):
+                    raise PipeplanError(f"plan stages[{i}].memory must be a JSON object")
+                mem = dict(mem)
                 mem.pop("total", None)
                 s["memory"] = build_dataclass(StageMemory, mem, f"plan stages[{i}].memory")
                 stages.append(build_dataclass(StagePlan, s, f"plan stages[{i}]"))
             d["stages"] = stages
-            n_dev = d["cluster"].num_devices
-            for i, s in enumerate(stages):
-                if isinstance(s.device, int) and not 0 <= s.device < n_dev:
-                    raise PipeplanError(f"plan stages[{i}] runs on device {s.device}, but the plan's cluster has "
-                                        f"{n_dev} devices (0..{n_dev - 1}); re-create the plan with `pipeplan plan`")
             if d.get("solver") is not None:
                 d["solver"] = build_dataclass(SolverInfo, d["solver"], "plan solver")
             if d.get("diagnosis") is not None:
                 d["diagnosis"] = build_dataclass(Diagnosis, d["diagnosis"], "plan diagnosis")
         except (TypeError, AttributeError) as exc:
             raise PipeplanError(f"plan JSON is malformed: {exc}") from None
-        return build_dataclass(cls, d, "plan")
+        plan = build_dataclass(cls, d, "plan")
+        validate_plan(plan)
+        return plan
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Plan:
         return cls.from_dict(load_json_text(text, "plan"))
+
+    def validate(self, profile: Profile | None = None) -> None:
+        """validate_plan(self, profile)."""
+        validate_plan(self, profile)
+
+
+# -- structure: a plan that contradicts itself is refused ----------------------------------------
+_REPLAN = "re-create the plan with `pipeplan plan`"
+_NON_NEGATIVE = ("fwd_ms", "bwd_ms", "bwd_input_ms", "bwd_weight_ms", "comm_out_ms", "comm_out_bytes",
+                 "comm_grad_ms", "relay_bytes", "input_bytes", "in_flight", "param_count", "optimizer_ms")
+_MEMORY_FIELDS = ("params", "grads", "optimizer", "activations", "relay", "reserve")
+
+
+def validate_plan(plan: Plan, profile: Profile | None = None) -> None:
+    """Raise PipeplanError, naming the stage and the problem, unless the plan is self-consistent:
+
+    - a feasible plan has stages; stage i has index i (0..S-1, in order) and at least one layer;
+    - every layer is in exactly one stage ("stage 2 repeats layer 'layers.3' (also in stage 1)");
+    - every stage's device is one of the plan's cluster; times, bytes and counts are >= 0 and the
+      memory limit is > 0;
+    - the schedule's rules: S = devices x chunks per device (chunks_per_device), the schedule accepts
+      that many devices and the plan's micro-batches (check_schedule), and the stages sit where the
+      schedule puts them (stage_to_device: every pipeline rank on one device, one rank per device);
+
+    and, when the profile the plan was made from is given:
+
+    - the plan's profile_fingerprint is the profile's;
+    - every profile layer is in exactly one stage and the plan names no other layer;
+    - the stages follow the layer graph: no edge runs from a later stage to an earlier one, and
+      within a stage a layer comes after the layers it reads.
+    """
+    from planner.pipeline.schedules import check_schedule, chunks_per_device, stage_to_device
+
+    stages = plan.stages
+    if plan.feasible and not stages:
+        raise PipeplanError(f"plan says it is feasible but has no stages; {_REPLAN}")
+    n_dev = plan.cluster.num_devices
+    owner: dict[str, int] = {}
+    for i, s in enumerate(stages):
+        if s.index != i:
+            raise PipeplanError(f"plan stage at position {i} has index {s.index}: stages must be numbered "
+                                f"0..{len(stages) - 1} in order; {_REPLAN}")
+        if not 0 <= s.device < n_dev:
+            raise PipeplanError(f"plan stages[{i}] runs on device {s.device}, but the plan's cluster has "
+                                f"{n_dev} devices (0..{n_dev - 1}); {_REPLAN}")
+        if not s.node_ids:
+            raise PipeplanError(f"plan stage {i} has no layers; {_REPLAN}")
+        for name in _NON_NEGATIVE:
+            if getattr(s, name) < 0:
+                raise PipeplanError(f"plan stage {i} {name} is {getattr(s, name)!r}; it must be >= 0")
+        for name in _MEMORY_FIELDS:
+            if getattr(s.memory, name) < 0:
+                raise PipeplanError(f"plan stage {i} memory.{name} is {getattr(s.memory, name)!r}; it must be >= 0")
+        if s.memory_limit_bytes <= 0:
+            raise PipeplanError(f"plan stage {i} memory_limit_bytes is {s.memory_limit_bytes!r}; it must be > 0")
+        for node in s.node_ids:
+            first = owner.setdefault(node, i)
+            if first != i:
+                raise PipeplanError(f"plan stage {i} repeats layer {node!r} (also in stage {first}); "
+                                    f"every layer belongs to exactly one stage; {_REPLAN}")
+        if len(set(s.node_ids)) != len(s.node_ids):
+            twice = next(n for k, n in enumerate(s.node_ids) if n in s.node_ids[:k])
+            raise PipeplanError(f"plan stage {i} lists layer {twice!r} twice; {_REPLAN}")
+    if stages:
+        _check_schedule_shape(plan, check_schedule, chunks_per_device, stage_to_device)
+    if profile is not None:
+        _check_against_profile(plan, profile, owner)
+
+
+def _check_schedule_shape(plan: Plan, check_schedule, chunks_per_device, stage_to_device) -> None:
+    cfg, stages = plan.config, plan.stages
+    M = cfg.num_microbatches
+    if M is None:
+        raise PipeplanError(f"plan config has no num_microbatches; {_REPLAN}")
+    v = chunks_per_device(cfg.schedule, cfg.virtual_stages)
+    S = len(stages)
+    devices = sorted({s.device for s in stages})
+    P = len(devices)
+    if S != P * v:
+        per = f"{v} stages per device" if v > 1 else "one stage per device"
+        raise PipeplanError(f"plan has {S} stages on {P} device(s), but {cfg.schedule} runs {per}: "
+                            f"{P} device(s) need {P * v} stages; {_REPLAN}")
+    try:
+        check_schedule(cfg.schedule, P, M, cfg.virtual_stages)
+    except PipeplanError as exc:
+        raise PipeplanError(f"plan's schedule does not fit its stages: {exc}") from None
+    ranks = stage_to_device(P, cfg.schedule, cfg.virtual_stages)
+    device_of_rank: dict[int, int] = {}
+    first_stage: dict[int, int] = {}
+    for s, rank in zip(stages, ranks):
+        if device_of_rank.setdefault(rank, s.device) != s.device:
+            raise PipeplanError(f"plan stage {s.index} is on device {s.device}, but {cfg.schedule} places it on the "
+                                f"device of stage {first_stage[rank]} (device {device_of_rank[rank]}); {_REPLAN}")
+        first_stage.setdefault(rank, s.index)
+
+
+def _check_against_profile(plan: Plan, profile: Profile, owner: dict[str, int]) -> None:
+    fp = profile.fingerprint()
+    if plan.profile_fingerprint != fp:
+        raise PipeplanError(f"the plan was made from another profile (plan's profile_fingerprint "
+                            f"{plan.profile_fingerprint!r}, this profile's is {fp!r}); re-plan from this profile")
+    if not plan.stages:
+        return
+    ids = [n.id for n in profile.nodes]
+    known = set(ids)
+    for node, stage in owner.items():
+        if node not in known:
+            raise PipeplanError(f"plan stage {stage} lists layer {node!r}, which the profile does not have; {_REPLAN}")
+    missing = [n for n in ids if n not in owner]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise PipeplanError(f"profile layer {missing[0]!r}{more} is in no stage of the plan: every layer belongs "
+                            f"to exactly one stage; {_REPLAN}")
+    position = {n: k for s in plan.stages for k, n in enumerate(s.node_ids)}
+    for e in profile.edges:
+        a, b = owner[e.src], owner[e.dst]
+        if a > b:
+            raise PipeplanError(f"plan stage {b} holds layer {e.dst!r}, which reads {e.src!r} from stage {a}, a later "
+                                f"stage: stages must follow the layers' topological order; {_REPLAN}")
+        if a == b and position[e.src] > position[e.dst]:
+            raise PipeplanError(f"plan stage {a} lists layer {e.dst!r} before {e.src!r}, which it reads: a stage's "
+                                f"layers must be in topological order; {_REPLAN}")

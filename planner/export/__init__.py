@@ -16,6 +16,7 @@ from pathlib import Path
 
 from planner.contracts.plan import Plan
 from planner.export.job import render_job
+from planner.export.runtime import RUNTIME_FILES
 
 __all__ = ["export_plan", "export_zip_bytes", "render_job"]
 
@@ -27,17 +28,59 @@ ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 def export_plan(plan: Plan, out_dir: str | Path, *, model_source: str | None = None) -> list[Path]:
     """Write the job for `plan` into out_dir (created if needed); returns the paths written.
     `model_source` overrides plan.model.source (e.g. for a plan made from a profile JSON)."""
-    files = render_job(plan, model_source=model_source)
-    out = Path(out_dir)
-    written = []
-    for rel, text in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        if rel in EXECUTABLE:
-            path.chmod(0o755)
-        written.append(path)
-    return written
+    return write_job_folder(out_dir, render_job(plan, model_source=model_source))
+
+
+# -- the folder write (core.files.replace_folder): all or nothing --------------------------------
+JOB_TOP_LEVEL = frozenset({"train.py", "launch.sh", "slurm.sbatch", "README.md", "plan.json", "model",
+                           *RUNTIME_FILES})
+"""What an export writes at the top of its folder (render_job); with __pycache__, what a previous
+export may hold and still be replaced."""
+
+
+def write_job_folder(out_dir: str | Path, files: dict[str, str]) -> list[Path]:
+    """out_dir becomes a folder holding exactly `files`: built as a temporary sibling and swapped in,
+    so a failed write (disk full, permission denied, ...) leaves out_dir as it was and a re-export
+    never mixes old and new files. An existing out_dir must be empty or a previous export that holds
+    nothing else (checkpoints or logs written into it are not deleted: the export is refused)."""
+    from core.files import replace_folder
+
+    own = {rel.split("/", 1)[0] for rel in files}
+    return replace_folder(out_dir, files, "the export folder", executable=EXECUTABLE,
+                          is_previous=lambda folder: previous_export_problem(folder, own))
+
+
+def check_export_folder(out_dir: str | Path) -> None:
+    """PipeplanError now if write_job_folder(out_dir, ...) would certainly fail (disk full aside)."""
+    from core.files import check_folder_writable
+
+    check_folder_writable(out_dir, "the export folder", is_previous=previous_export_problem)
+
+
+def previous_export_problem(folder: Path, own: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """None if `folder` is a previous pipeplan export (a plan.json of pipeplan's and a train.py) holding
+    nothing but what an export writes (JOB_TOP_LEVEL, `own`, __pycache__); else why it may not be replaced."""
+    if not ((folder / "train.py").is_file() and _is_plan_file(folder / "plan.json")):
+        return ("it exists and is not a pipeplan export (no train.py and plan.json of pipeplan's); "
+                "choose a new folder or empty this one")
+    allowed = JOB_TOP_LEVEL | set(own) | {"__pycache__"}
+    extra = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in allowed)
+    if extra:
+        shown = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
+        return (f"it is a previous export but also holds files the export did not write ({shown}); "
+                "move them out (checkpoints?) or choose another -o")
+    return None
+
+
+def _is_plan_file(path: Path) -> bool:
+    from core.errors import PipeplanError
+    from core.jsonio import load_json_text, read_json_file
+
+    try:
+        data = load_json_text(read_json_file(path, "plan"), "plan")
+    except PipeplanError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("schema"), str) and data["schema"].startswith("pipeplan.plan/")
 
 
 def export_zip_bytes(plan: Plan, *, model_source: str | None = None) -> bytes:

@@ -10,6 +10,15 @@ Every Case says:
 - expect: a regex the one-line error must match (it names the bad field or the fix);
 - cli: the argv after `python -m cli`, with {path}, {good_profile}, {out} filled in;
 - markers: file names (relative to `folder`) a payload would create; they must never exist.
+
+Kind "write" (issue 18, class 2) attacks the writers instead of the parsers: the inputs are good
+(`in_profile.json`, `in_plan.json` in the case folder) and `build` prepares a hostile output path
+(/dev/full, a folder, a missing parent, a locked or read-only folder, a full file system, a folder
+that is not a previous export). The folder must be exactly as `build` left it afterwards: no
+temporary file, no half-written output. `extra["wrap"]` runs the CLI under a wrapper
+(hostile.harness.wrapper): "nobody" (as root, drop to uid 65534 so a 0o500 folder refuses
+writes), "ro" or "full" (a private mount namespace with a read-only, or a full, tmpfs on
+`extra["mount"]`).
 """
 
 from __future__ import annotations
@@ -218,6 +227,182 @@ def _py_factory(name: str) -> Callable[[Path, Base], Path]:
     return build
 
 
+def _dup_key(doc: str, name: str, where: tuple, key: str, value: Any) -> Callable[[Path, Base], Path]:
+    """A base document whose object at `where` has `key` twice (the second time with `value`)."""
+    marker = key + "__pipeplan_dup__"
+
+    def build(folder: Path, base: Base) -> Path:
+        d = copy.deepcopy(getattr(base, doc))
+        target: Any = d
+        for part in where:
+            target = target[part]
+        target[marker] = value
+        p = folder / name
+        p.write_text(json.dumps(d).replace(json.dumps(marker), json.dumps(key)))
+        return p
+    return build
+
+
+def _stages(mutate: Callable[[list[dict]], Any], name: str) -> Callable[[Path, Base], Path]:
+    """The base plan with its stages changed by `mutate` (a list of stage dicts, edited in place)."""
+    def edit(d: dict) -> None:
+        mutate(d["stages"])
+    return _mutated("plan", name, edit)
+
+
+def _move_first_of_stage1_to_stage0(stages: list[dict]) -> None:
+    """stage 0 gets layers.3 and stage 1 gets layers.2: the edge layers.2 -> layers.3 runs backwards."""
+    a, b = stages[0]["node_ids"], stages[1]["node_ids"]
+    a[-1], b[0] = b[0], a[-1]
+
+
+# -- hostile output paths (kind "write") ------------------------------------------
+
+WRITERS: dict[str, tuple[str, ...]] = {
+    "profile": ("profile", "profile:{folder}/in_profile.json", "--quiet", "-o", "{path}"),
+    "plan": ("plan", "profile:{folder}/in_profile.json", "--devices", "2", "--memory", "80GB", "-o", "{path}"),
+    "html": ("simulate", "{folder}/in_plan.json", "--html", "{path}"),
+    "timeline": ("simulate", "{folder}/in_plan.json", "--timeline-json", "{path}"),
+    "export": ("export", "{folder}/in_plan.json", "-o", "{path}"),
+    "calibrate": ("calibrate", "-o", "{path}"),
+}
+"""Every file pipeplan writes, and the CLI call that writes it to {path}. `calibrate` checks its output
+before measuring, so every refusal but a full disk comes before torchrun starts (tests/test_writes.py
+fills the disk under a stubbed measurement)."""
+FILE_WRITERS = ("profile", "plan", "html", "timeline", "calibrate")
+
+
+def _inputs(folder: Path, base: Base) -> None:
+    (folder / "in_profile.json").write_text(json.dumps(base.profile))
+    (folder / "in_plan.json").write_text(json.dumps(base.plan))
+
+
+def _target(prepare: Callable[[Path, Base], Path]) -> Callable[[Path, Base], Path]:
+    """Write the good inputs, then let `prepare` make the hostile output path."""
+    def build(folder: Path, base: Base) -> Path:
+        _inputs(folder, base)
+        return prepare(folder, base)
+    return build
+
+
+def _dev_full(folder: Path, base: Base) -> Path:
+    return Path("/dev/full")
+
+
+def _existing_folder(folder: Path, base: Base) -> Path:
+    (folder / "a_folder").mkdir()
+    (folder / "a_folder" / "notes.txt").write_text("the user's own file\n")
+    return folder / "a_folder"
+
+
+def _missing_parent(folder: Path, base: Base) -> Path:
+    return folder / "no_such_folder" / "out"
+
+
+def _parent_is_file(folder: Path, base: Base) -> Path:
+    (folder / "a_file").write_text("not a folder\n")
+    return folder / "a_file" / "out"
+
+
+def _locked(folder: Path, base: Base) -> Path:
+    """A folder its owner may read but not write (0o500); as root the CLI runs as nobody, its owner."""
+    import os
+
+    locked = folder / "locked"
+    locked.mkdir()
+    (locked / "kept.txt").write_text("already here\n")
+    if os.geteuid() == 0:
+        os.chown(locked, 65534, 65534)
+    locked.chmod(0o500)
+    return locked / "out"
+
+
+def _mount_point(name: str) -> Callable[[Path, Base], Path]:
+    def prepare(folder: Path, base: Base) -> Path:
+        (folder / name).mkdir()
+        return folder / name / "out"
+    return prepare
+
+
+def _previous_export_with_checkpoints(folder: Path, base: Base) -> Path:
+    """A real previous export that training has since written checkpoints into."""
+    from planner.contracts.plan import Plan
+    from planner.export import export_plan
+
+    job = folder / "job"
+    export_plan(Plan.from_dict(base.plan), job)
+    (job / "checkpoints" / "step_000010").mkdir(parents=True)
+    (job / "checkpoints" / "step_000010" / "model.pt").write_bytes(b"weights")
+    return job
+
+
+def _a_file(folder: Path, base: Base) -> Path:
+    (folder / "job").write_text("a file where the job folder should go\n")
+    return folder / "job"
+
+
+def _zip_is_folder(folder: Path, base: Base) -> Path:
+    (folder / "zjob.zip").mkdir()
+    return folder / "zjob"
+
+
+_WRITE_EXPECT = {  # WHAT: the writer's name for its file (_WHAT)
+    "dev_full": r"cannot write WHAT to '/dev/full': no space left on the device$",
+    "folder": r"cannot write WHAT to '\S*/a_folder': it is a folder",
+    "missing_parent": r"cannot write WHAT to '\S*/no_such_folder/out': its folder '\S*/no_such_folder' does not exist$",
+    "parent_is_file": r"cannot write WHAT to '\S*/a_file/out': '\S*/a_file' is a file, not a folder$",
+    "permission": r"cannot write WHAT to '\S*/locked/out': permission denied$",
+    "read_only": r"cannot write WHAT to '\S*/ro/out': it is on a read-only file system$",
+    "disk_full": r"cannot write WHAT to '\S*/full/out': no space left on the device$",
+}
+_WHAT = {"profile": "profile JSON", "plan": "plan JSON", "html": "timeline HTML", "timeline": "timeline JSON",
+         "export": "the export folder", "calibrate": "calibrated cluster JSON"}
+
+
+def _write_cases() -> list[Case]:
+    out: list[Case] = []
+
+    def add(writer: str, problem: str, prepare, *, wrap: str | None = None, expect: str | None = None,
+            notes: str = "") -> None:
+        extra = {"wrap": wrap, "mount": prepare_mount.get(problem)} if wrap else {}
+        pattern = expect or _WRITE_EXPECT[problem].replace("WHAT", _WHAT[writer])
+        out.append(Case(f"write_{writer}_{problem}", "write", _target(prepare), pattern, WRITERS[writer],
+                        app=False, notes=notes, extra=extra))
+
+    prepare_mount = {"read_only": "ro", "disk_full": "full"}
+    for w in ("profile", "plan", "html", "timeline"):
+        add(w, "dev_full", _dev_full, notes="ENOSPC: the device refuses every byte")
+    for w in FILE_WRITERS:
+        add(w, "folder", _existing_folder)
+    for w in WRITERS:
+        add(w, "missing_parent", _missing_parent)
+        add(w, "parent_is_file", _parent_is_file, notes="ENOTDIR")
+        add(w, "permission", _locked, wrap="nobody", notes="EACCES: a 0o500 folder")
+        add(w, "read_only", _mount_point("ro"), wrap="ro", notes="EROFS")
+    for w in ("profile", "plan", "html", "timeline", "export"):
+        add(w, "disk_full", _mount_point("full"), wrap="full",
+            notes="ENOSPC on a real file system: the temporary file or folder is removed")
+    out += [
+        Case("write_export_folder_not_an_export", "write", _target(_existing_folder),
+             r"cannot write the export folder to .*a_folder': it exists and is not a pipeplan export",
+             WRITERS["export"], app=False, notes="the user's notes.txt must survive"),
+        Case("write_export_over_previous_export_with_checkpoints", "write", _target(_previous_export_with_checkpoints),
+             r"is a previous export but also holds files the export did not write \(checkpoints/\); "
+             r"move them out", WRITERS["export"], app=False,
+             notes="re-exporting would delete the checkpoints: refused, the old job untouched"),
+        Case("write_export_target_is_a_file", "write", _target(_a_file),
+             r"cannot write the export folder to .*job': it exists and is not a folder", WRITERS["export"], app=False),
+        Case("write_export_to_dev_full", "write", _target(_dev_full),
+             r"cannot write the export folder to '/dev/full': it exists and is not a folder", WRITERS["export"],
+             app=False),
+        Case("write_export_zip_path_is_a_folder", "write", _target(_zip_is_folder),
+             r"cannot write the job zip to .*zjob\.zip': it is a folder",
+             ("export", "{folder}/in_plan.json", "-o", "{path}", "--zip"), app=False,
+             notes="checked before the folder is written: no zjob/ either"),
+    ]
+    return out
+
+
 # -- the corpus ----------------------------------------------------------------
 
 PLAN_PROFILE = ("plan", "profile:{path}", "--devices", "2", "--memory", "80GB")
@@ -225,6 +410,8 @@ PROFILE_PROFILE = ("profile", "profile:{path}", "-o", "{out}")
 PLAN_CLUSTER = ("plan", "profile:{good_profile}", "--cluster", "{path}")
 SIMULATE = ("simulate", "{path}")
 EXPORT = ("export", "{path}", "-o", "{out_dir}")
+SIMULATE_WITH_PROFILE = ("simulate", "{path}", "--profile", "{good_profile}")
+EXPORT_WITH_PROFILE = ("export", "{path}", "-o", "{out_dir}", "--profile", "{good_profile}")
 PROFILE_HF = ("profile", "hf:{path}", "-o", "{out}")
 PROFILE_FILE = ("profile", "file:{path}:make_model", "-o", "{out}")
 
@@ -326,6 +513,75 @@ CASES: list[Case] = [
          _mutated("plan", "plan_passwd.json", _set("model.source", "hf:/etc/passwd")),
          r"not an HF config\.json|model_type", EXPORT,
          notes="the exporter would copy /etc/passwd into the job as model/config.json"),
+    # Plans that contradict themselves (issue 18, class 4) ---------------------------------
+    Case("plan_stages_overlap", "plan", _stages(lambda st: st[1]["node_ids"].insert(0, "layers.2"), "overlap.json"),
+         r"plan stage 1 repeats layer 'layers\.2' \(also in stage 0\)", SIMULATE),
+    Case("plan_stages_overlap_export", "plan",
+         _stages(lambda st: st[1]["node_ids"].append("layers.0"), "overlap_export.json"),
+         r"plan stage 1 repeats layer 'layers\.0' \(also in stage 0\)", EXPORT,
+         notes="the exporter would build a model holding layers.0 twice"),
+    Case("plan_layer_twice_in_one_stage", "plan", _stages(lambda st: st[0]["node_ids"].append("layers.1"), "twice.json"),
+         r"plan stage 0 lists layer 'layers\.1' twice", SIMULATE),
+    Case("plan_stage_index_gap", "plan", _mutated("plan", "gap.json", _set("stages.1.index", 5)),
+         r"position 1 has index 5: stages must be numbered 0\.\.1", SIMULATE),
+    Case("plan_stage_indices_swapped", "plan",
+         _stages(lambda st: (st[0].__setitem__("index", 1), st[1].__setitem__("index", 0)), "swapped.json"),
+         r"position 0 has index 1", EXPORT),
+    Case("plan_empty_stage", "plan", _mutated("plan", "empty_stage.json", _set("stages.1.node_ids", [])),
+         r"plan stage 1 has no layers", SIMULATE),
+    Case("plan_two_stages_on_one_device", "plan", _mutated("plan", "one_device.json", _set("stages.1.device", 0)),
+         r"2 stages on 1 device\(s\), but 1F1B runs one stage per device", EXPORT),
+    Case("plan_too_few_microbatches_for_its_schedule", "plan",
+         _mutated("plan", "few_mb.json", _set("config.num_microbatches", 1)),
+         r"schedule does not fit its stages: 1F1B needs at least as many micro-batches as devices", SIMULATE),
+    Case("plan_stage_count_against_interleaving", "plan",
+         _mutated("plan", "interleaved.json",
+                  lambda d: d["config"].update(schedule="Interleaved1F1B", virtual_stages=2)),
+         r"2 stages on 2 device\(s\), but Interleaved1F1B runs 2 stages per device: 2 device\(s\) need 4", EXPORT),
+    Case("plan_feasible_without_stages", "plan", _mutated("plan", "nostages.json", _set("stages", [])),
+         r"feasible but has no stages", SIMULATE),
+    Case("plan_negative_stage_time", "plan", _mutated("plan", "negtime.json", _set("stages.0.fwd_ms", -3.0)),
+         r"plan stage 0 fwd_ms is -3\.0; it must be >= 0", SIMULATE),
+    Case("plan_zero_memory_limit", "plan", _mutated("plan", "zerolimit.json", _set("stages.1.memory_limit_bytes", 0)),
+         r"plan stage 1 memory_limit_bytes is 0", SIMULATE),
+    Case("plan_stage_not_an_object", "plan", _mutated("plan", "stage_str.json", _set("stages.0", "layers.0")),
+         r"plan stages\[0\] must be a JSON object", SIMULATE),
+    Case("plan_negative_device", "plan", _mutated("plan", "negdev.json", _set("stages.0.device", -1)),
+         r"runs on device -1", EXPORT),
+    Case("plan_fingerprint_is_another_profiles", "plan",
+         _mutated("plan", "fingerprint.json", _set("profile_fingerprint", "0123456789abcdef")),
+         r"made from another profile \(plan's profile_fingerprint '0123456789abcdef'", SIMULATE_WITH_PROFILE),
+    Case("plan_fingerprint_mismatch_export", "plan",
+         _mutated("plan", "fingerprint_export.json", _set("profile_fingerprint", "feedfacefeedface")),
+         r"made from another profile", EXPORT_WITH_PROFILE),
+    Case("plan_misses_a_profile_layer", "plan", _stages(lambda st: st[1]["node_ids"].pop(), "missing_layer.json"),
+         r"profile layer 'layers\.5' is in no stage of the plan", SIMULATE_WITH_PROFILE),
+    Case("plan_names_a_layer_the_profile_lacks", "plan",
+         _stages(lambda st: st[1]["node_ids"].__setitem__(2, "layers.99"), "unknown_layer.json"),
+         r"plan stage 1 lists layer 'layers\.99', which the profile does not have", EXPORT_WITH_PROFILE),
+    Case("plan_stages_against_topological_order", "plan", _stages(_move_first_of_stage1_to_stage0, "backwards.json"),
+         r"plan stage 0 holds layer 'layers\.3', which reads 'layers\.2' from stage 1, a later stage",
+         SIMULATE_WITH_PROFILE),
+    Case("plan_stage_layers_out_of_order", "plan", _stages(lambda st: st[0]["node_ids"].reverse(), "reversed.json"),
+         r"plan stage 0 lists layer 'layers\.\d' before 'layers\.\d', which it reads", SIMULATE_WITH_PROFILE),
+    # Duplicate keys (issue 18, class 3): refused, naming the key and where ------------------
+    Case("profile_duplicate_key_at_top", "profile", _dup_key("profile", "dup_top.json", (), "schema", "pipeplan.profile/1"),
+         r'profile JSON: duplicate key "schema" at \$;', PLAN_PROFILE),
+    Case("profile_duplicate_key_in_a_node", "profile",
+         _dup_key("profile", "dup_node.json", ("nodes", 2), "fwd_ms", 0.001), r'duplicate key "fwd_ms" at \$\.nodes\[2\]',
+         PROFILE_PROFILE, notes="a reviewer reads the first fwd_ms; json.loads keeps the last"),
+    Case("cluster_duplicate_key_memory", "cluster",
+         _dup_key("cluster", "dup_cluster.json", ("devices", 1), "memory_bytes", 10**15),
+         r'cluster JSON: duplicate key "memory_bytes" at \$\.devices\[1\]', PLAN_CLUSTER),
+    Case("plan_duplicate_key_in_config", "plan",
+         _dup_key("plan", "dup_config.json", ("config",), "num_microbatches", 64),
+         r'plan JSON: duplicate key "num_microbatches" at \$\.config', SIMULATE),
+    Case("plan_duplicate_key_in_a_stage", "plan", _dup_key("plan", "dup_stage.json", ("stages", 1), "device", 0),
+         r'plan JSON: duplicate key "device" at \$\.stages\[1\]', EXPORT),
+    Case("hf_duplicate_key", "hf",
+         _write("config.json", '{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": 2, '
+                               '"n_embd": 64, "n_head": 2, "vocab_size": 1000, "n_layer": 2000}'),
+         r'HF config JSON: duplicate key "n_layer" at \$;', PROFILE_HF),
     # HF config.json ---------------------------------------------------------------
     Case("hf_trust_remote_code_architecture", "hf", _hf_remote_code("config.json"),
          r"(?i)evil|auto_map|remote code|not supported", PROFILE_HF, markers=("hf_remote/PWNED-remote-code",)),
@@ -354,6 +610,8 @@ CASES: list[Case] = [
            markers=(f"job/RAN-{n}", "job/LEAKED-env.txt", "PWNED-write_outside", "PWNED-import_payload"))
       for n in ("loop_forever", "alloc_50gb", "os_exit", "write_outside", "garbage_stdout", "raises",
                 "read_secret", "import_payload")],
+    # Writes that fail (issue 18, class 2) ------------------------------------------------------
+    *_write_cases(),
 ]
 
 SANDBOX_CASES: dict[str, str] = {
