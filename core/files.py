@@ -282,14 +282,14 @@ def replace_folder(out: str | Path, files: Mapping[str, str | bytes], what: str,
         if st is not None:
             old = _temp_name(parent, out.name, "old")
             os.rename(out, old)
-        try:
-            os.rename(new, out)
-        except OSError:
-            if old is not None:
+        os.rename(new, out)
+    except BaseException as exc:
+        if old is not None and not os.path.lexists(out):  # the swap failed half-way (or Ctrl-C): put it back
+            try:
                 os.rename(old, out)
                 old = None
-            raise
-    except BaseException as exc:
+            except OSError:
+                pass
         _rmtree_quietly(new)
         if isinstance(exc, OSError):
             raise write_error(exc, out, what) from None

@@ -187,17 +187,19 @@ def test_replace_folder_failing_midway_leaves_the_old_folder(tmp_path, monkeypat
     assert leftovers(tmp_path) == []
 
 
-def test_replace_folder_restores_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, raised", [(OSError(errno.EACCES, "Permission denied"), PipeplanError),
+                                           (KeyboardInterrupt(), KeyboardInterrupt)], ids=["eacces", "ctrl_c"])
+def test_replace_folder_restores_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch, error, raised):
     out = tmp_path / "job"
     replace_folder(out, {"a.txt": "old"}, "the job", is_previous=lambda f: None)
     real_rename = os.rename
 
     def rename(src, dst):
-        if Path(src).name.startswith(".job.new-"):
-            raise OSError(errno.EACCES, "Permission denied")
+        if Path(src).name.startswith(".job.new-"):  # after the old folder was renamed aside
+            raise error
         real_rename(src, dst)
     monkeypatch.setattr(os, "rename", rename)
-    with pytest.raises(PipeplanError, match=r"permission denied$"):
+    with pytest.raises(raised):
         replace_folder(out, {"a.txt": "new"}, "the job", is_previous=lambda f: None)
     monkeypatch.undo()
     assert (out / "a.txt").read_text() == "old"
