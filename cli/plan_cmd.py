@@ -125,6 +125,8 @@ def summary(plan: Plan) -> str:
     lines.append(f"step time {plan.step_time_ms:.2f} ms, {plan.throughput_samples_per_s:.1f} samples/s, "
                  f"bubble {100 * plan.bubble_fraction:.1f}%")
     lines.append(f"solver {sol.backend}: {sol.status}, gap {gap}, {sol.seconds:.2f} s")
+    if sol.note:
+        lines.append(f"note: {sol.note}")
     fits = {k: v for k, v in plan.baselines.items() if v is not None}
     if fits:
         name, t = min(fits.items(), key=lambda kv: kv[1])
