@@ -350,3 +350,32 @@ def test_settings_travel_in_the_url_and_a_bad_link_is_ignored():
     at.selectbox(key="recompute").set_value("on").run()
     assert at.query_params["recompute"] == ["on"] or at.query_params["recompute"] == "on"
     assert at.query_params["schedule"] in ("GPipe", ["GPipe"])
+
+
+def test_pin_a_plan_then_compare_with_the_next():
+    at = run_app()
+    at.button(key="pin_plan").click().run()
+    at.number_input(key="n_devices").set_value(2).run()
+    no_problems(at)
+    table = next(d for d in at.dataframe if "vs pinned" in d.value.columns)
+    rows = table.value.to_dict("records")
+    assert [r[""] for r in rows] == ["pinned", "current"]
+    assert [r["devices"] for r in rows] == [DEFAULT_DEVICES, 2]
+    assert rows[1]["vs pinned"].endswith(("faster", "slower", "(within 0.5%)"))
+    at.button(key="unpin_plan").click().run()
+    assert not any("vs pinned" in d.value.columns for d in at.dataframe)
+
+
+def test_use_the_fastest_schedule_in_one_click():
+    at = run_app()
+    at.button(key="compare_schedules").click().run()
+    no_problems(at)
+    rows = next(d for d in at.dataframe if "fits" in d.value.columns).value.to_dict("records")
+    best = min((r for r in rows if r["fits"]), key=lambda r: r["step ms"])[""]
+    if best == "1F1B":  # already in use: no button
+        assert not [b for b in at.button if b.key == "use_best_schedule"]
+        return
+    at.button(key="use_best_schedule").click().run()
+    no_problems(at)
+    assert at.selectbox(key="schedule").value == best
+    assert best in " ".join(c.value for c in at.caption)

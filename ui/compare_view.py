@@ -47,6 +47,14 @@ def schedule_configs(config: TrainConfig) -> list[TrainConfig]:
     return out
 
 
+def use_schedule(schedule: str) -> None:
+    """Button callback (runs before the page is drawn again, when widget state may still be set): the
+    schedule selector, and its chunk count where it takes one, as the comparison solved it."""
+    st.session_state["schedule"] = schedule
+    if schedule_spec(schedule).chunks_per_device is None:
+        st.session_state["virtual"] = max(2, int(st.session_state.get("virtual", 2)))
+
+
 def schedule_comparison(profile: Profile, cluster: Cluster, config: TrainConfig) -> None:
     st.subheader("Schedules")
     key = ("schedules", profile.fingerprint(), cluster.to_json(), config.to_json())
@@ -60,7 +68,13 @@ def schedule_comparison(profile: Profile, cluster: Cluster, config: TrainConfig)
         bar.progress(1.0, text="Done")
         st.session_state[key] = rows
     if key in st.session_state:
-        st.dataframe(st.session_state[key], hide_index=True)
+        rows = st.session_state[key]
+        st.dataframe(rows, hide_index=True)
+        fitting = [r for r in rows if r["fits"]]
+        best = min(fitting, key=lambda r: r["step ms"])[""] if fitting else None
+        if best is not None and best != config.schedule:
+            st.button(f"Use {best} (fastest here)", key="use_best_schedule", on_click=use_schedule, args=(best,),
+                      help="Sets the schedule in tab 3; the plan above is solved again")
     else:
         st.caption("Solves this model and cluster under each schedule (one solve each).")
 

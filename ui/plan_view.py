@@ -15,6 +15,7 @@ from profiler.gpus import GiB
 from profiler.profile import Profile
 from ui import cache, charts
 from ui.compare_view import ClusterForCount, schedule_comparison, sweep
+from ui.pinned import pinned_section
 from ui.plan_facts import device_memory, device_use, headline
 
 MAX_TIMELINE_OPS = 10_000
@@ -173,6 +174,7 @@ def plan_section(profile: Profile, cluster: Cluster, config: TrainConfig,
                 f"{profile.model.micro_batch_size} set in tab 1: automatic micro-batches found "
                 f"{plan.config.num_microbatches} × {plan.config.micro_batch_size} fastest for the global batch, and "
                 "every time and byte shown is scaled to that size. The export uses it too.")
+    pinned_section(plan)
     tabs = st.tabs(["Timeline", "Memory", "Compute", "Layers and cuts", "Schedules and baselines", "Sweep"])
     with tabs[0]:
         timeline_tab(plan)
