@@ -51,4 +51,4 @@ else:
                         lambda n: cluster_inputs.cluster(config.precision, n))
     if plan is not None:
         export_section(plan, choice.profile, choice.cli_source, choice.cli_flags, choice.export_source,
-                       choice.export_error)
+                       choice.export_error, choice.export_label)

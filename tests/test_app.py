@@ -379,3 +379,28 @@ def test_use_the_fastest_schedule_in_one_click():
     no_problems(at)
     assert at.selectbox(key="schedule").value == best
     assert best in " ".join(c.value for c in at.caption)
+
+
+def test_uploaded_hf_config_is_named_by_its_own_file_name_not_the_servers_path(tmp_path):
+    at = run_app()
+    at.radio(key="model_source").set_value("HF config.json").run()
+    at.file_uploader(key="upload_hf_config").upload("my_gpt2.json", json.dumps(GPT2_CONFIG).encode(),
+                                                    "application/json").run()
+    no_problems(at)
+    commands = " ".join(c.value for c in at.code)
+    # the plan's profile already names the upload (hf:my_gpt2.json), so export needs no --model-source
+    assert "hf:my_gpt2.json" in commands and "/tmp" not in commands and "--model-source" not in commands, commands
+    # the job's files name the upload the same way (render_job's source_label)
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.export.job import render_job
+    from planner.solvers.solve import solve
+    from profiler.hf import profile_hf_config
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(GPT2_CONFIG))
+    plan = solve(profile_hf_config(config, seq_len=64, estimate_for="A100-80GB"), Cluster.uniform(2, "A100-80GB"),
+                 TrainConfig(num_microbatches=2))
+    files = render_job(plan, model_source=f"hf:{config}", source_label="hf:my_gpt2.json")
+    assert all(str(tmp_path) not in text for text in files.values())
+    assert "hf:my_gpt2.json" in files["README.md"] and json.loads(files["model/config.json"]) == GPT2_CONFIG

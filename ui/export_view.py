@@ -12,14 +12,17 @@ from ui.commands import cli_commands
 
 
 def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str,
-                   export_source: str | None = None, export_error: str | None = None) -> None:
+                   export_source: str | None = None, export_error: str | None = None,
+                   export_label: str | None = None) -> None:
+    """The job's zip (naming an uploaded config by export_label, its own file name, not the server's
+    path), the plan, profile and cluster JSON, and the CLI commands that make the same job."""
     st.header("5. Export")
     cols = st.columns(4)
     try:
         if export_error:
             raise PipeplanError(export_error)
         with st.spinner("Writing the training job…"):
-            data = cache.export_zip(plan, plan.to_json(), export_source)
+            data = cache.export_zip(plan, plan.to_json(), export_source, export_label)
     except PipeplanError as exc:
         st.error(f"Cannot export this plan: {exc}")
     else:
@@ -33,4 +36,4 @@ def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str
     cols[3].download_button("cluster.json", data=plan.cluster.to_json(indent=2), file_name="cluster.json",
                             mime="application/json", key="download_cluster", on_click="ignore")
     st.markdown("The same job from the command line (`pipeplan export plan.json` writes exactly the zip's files):")
-    st.code(cli_commands(plan, cli_source, cli_flags, export_source), language="bash")
+    st.code(cli_commands(plan, cli_source, cli_flags, export_label or export_source), language="bash")

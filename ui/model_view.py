@@ -37,6 +37,9 @@ class ModelChoice:
     """Model source the exporter builds the job's model from, when not the profile's own."""
     export_error: str | None = None
     """Why the job cannot be exported (a Profile JSON whose model config was not uploaded)."""
+    export_label: str | None = None
+    """How the job and the commands name export_source: the uploaded file's own name ("hf:config.json"),
+    never the server's temporary path."""
 
 
 def save_session_config(data: bytes, folder: str | Path) -> Path:
@@ -174,12 +177,14 @@ def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) 
             export_source, export_error = profile_export_source(profile.model.source, config), None
         except PipeplanError as exc:
             export_source, export_error = None, str(exc)
+        label = f"hf:{cfg_upload.name}" if config is not None else None
         return ModelChoice(profile=profile, cli_source=f"profile:{upload.name}", cli_flags="",
-                           export_source=export_source, export_error=export_error)
+                           export_source=export_source, export_error=export_error, export_label=label)
     flags = f"--batch-size {batch_size}{f' --seq-len {seq_len}' if seq_len else ''} --estimate-for {estimate_for}"
     if kind == "hf_config":
         return ModelChoice(profile=profile, cli_source=f"hf:{upload.name}", cli_flags=flags,
-                           export_source=f"hf:{save_session_config(upload.getvalue(), _session_dir())}")
+                           export_source=f"hf:{save_session_config(upload.getvalue(), _session_dir())}",
+                           export_label=f"hf:{upload.name}")
     return ModelChoice(profile=profile, cli_source=f"file:{upload.name}:{factory}", cli_flags=flags)
 
 

@@ -83,11 +83,11 @@ def _is_plan_file(path: Path) -> bool:
     return isinstance(data, dict) and isinstance(data.get("schema"), str) and data["schema"].startswith("pipeplan.plan/")
 
 
-def export_zip_bytes(plan: Plan, *, model_source: str | None = None) -> bytes:
+def export_zip_bytes(plan: Plan, *, model_source: str | None = None, source_label: str | None = None) -> bytes:
     """The job as a zip archive; byte-identical for the same plan (fixed timestamps and order)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for rel, text in render_job(plan, model_source=model_source).items():
+        for rel, text in render_job(plan, model_source=model_source, source_label=source_label).items():
             info = zipfile.ZipInfo(rel, date_time=ZIP_TIMESTAMP)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = (0o100755 if rel in EXECUTABLE else 0o100644) << 16

@@ -129,10 +129,14 @@ def job_settings(plan: Plan, source: str) -> dict:
     }
 
 
-def render_job(plan: Plan, *, model_source: str | None = None) -> dict[str, str]:
-    """relative path -> file text for the whole job folder (deterministic)."""
+def render_job(plan: Plan, *, model_source: str | None = None, source_label: str | None = None) -> dict[str, str]:
+    """relative path -> file text for the whole job folder (deterministic).
+
+    model_source is where the model comes from (read here: an HF config's path); source_label is how
+    the job names it (the app passes the uploaded file's own name, not the server's temporary path)."""
     source = model_source or plan.model.source
-    settings = job_settings(plan, source)
+    label = source_label or source
+    settings = job_settings(plan, label)
     pp = max(settings["stage_to_rank"]) + 1
     world = pp * settings["data_parallel"]
     nodes = sorted({plan.cluster.devices[s.device].node for s in plan.stages}) if plan.cluster.devices else [0]
@@ -145,7 +149,7 @@ def render_job(plan: Plan, *, model_source: str | None = None) -> dict[str, str]
         "@NODES@": str(len(nodes)),
         "@PER_NODE@": str(per_node),
         "@SCHEDULE@": settings["schedule"],
-        "@MODEL@": shlex.quote(source),
+        "@MODEL@": shlex.quote(label),
         "@MICRO@": str(settings["num_microbatches"]),
         "@MBS@": str(settings["micro_batch_size"]),
         "@STAGES_TABLE@": "\n".join(f"| {i} | {r} | {', '.join(ids)} | {'on' if rc else 'off'} |"
