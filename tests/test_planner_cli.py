@@ -71,3 +71,28 @@ def test_plan_defaults_to_the_profiles_micro_batch_size(tmp_path, capsys):
     plan = Plan.from_json(capsys.readouterr().out)
     assert plan.config.micro_batch_size == 4
     assert plan.throughput_samples_per_s == 4 * plan.config.num_microbatches * 1000.0 / plan.step_time_ms
+
+
+def test_a_huge_device_count_is_refused_at_once_within_memory_and_time_limits():
+    """Issue 18, class 1: --devices 10^9 grew to GBs for minutes; it is refused before anything
+    proportional to it is built, here under a 1 GiB address-space limit and a 10 s timeout."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    code = "import sys; from cli import main; sys.exit(main(sys.argv[1:]))"
+    out = subprocess.run([sys.executable, "-c", code, "plan", "sample:gpt:tiny", "--devices", "1000000000",
+                          "--gpu", "A100"], check=False, capture_output=True, text=True, timeout=10,
+                         preexec_fn=limit)  # the address-space limit applies to the child only
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == "pipeplan plan: error: --devices 1000000000 is more than pipeplan plans (at most 4096)"
+    import pytest
+
+    from core.errors import PipeplanError
+    from planner.contracts.cluster import Cluster
+
+    with pytest.raises(PipeplanError, match="more than pipeplan plans"):
+        Cluster.uniform(10**9, "A100-80GB")

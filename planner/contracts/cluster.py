@@ -137,6 +137,9 @@ class Cluster:
                 devices_per_node: int = 8, precision: str = "bf16_mixed") -> Cluster:
         """n identical devices, `devices_per_node` to a host."""
         check_number(n, "device count", positive=True, integer=True)
+        if n > MAX_DEVICES:  # before anything proportional to n is built (10^9 devices took GBs and minutes)
+            raise PipeplanError(f"{n} devices is more than pipeplan plans (at most {MAX_DEVICES}); a pipeline "
+                                "rarely has more than a few dozen stages: use data parallelism for the rest")
         if preset is None and memory_bytes is None:
             raise PipeplanError("give a GPU preset or a memory size per device")
         devices = []
