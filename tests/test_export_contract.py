@@ -156,13 +156,17 @@ def test_recompute_keeps_only_the_stage_inputs_as_the_plan_predicts(load_job, tm
     print("saved bytes per micro-batch (measured off, predicted off, measured on, predicted on):", report)
 
 
-def test_recompute_rebuilds_the_forward_once_and_leaves_gradients_unchanged(load_job, tmp_path, gpt3_plans):
+@pytest.fixture
+def middle_stage(load_job, tmp_path, gpt3_plans):
+    """Stage 1 of the 3-stage GPT plan's exported job, a counter of its forwards, and its inputs."""
     export_plan(gpt3_plans[1], tmp_path / "job")
     train = load_job(tmp_path / "job")
     modules = real_stages(train)
-    m = modules[1]
-    calls = count_forwards(m)
-    args = stage_inputs(train, modules, 1)
+    return modules[1], count_forwards(modules[1]), stage_inputs(train, modules, 1)
+
+
+def test_recompute_rebuilds_the_forward_once_and_leaves_gradients_unchanged(middle_stage):
+    m, calls, args = middle_stage
     grads = {}
     for recompute in (False, True):
         m.recompute = recompute
@@ -224,18 +228,13 @@ def test_recompute_restores_the_rng_for_dropout():
     assert not all(torch.equal(a, b) for a, b in zip(plain[1:], unpreserved[1:])), "the test would notice"
 
 
-def test_split_backward_rebuilds_once_per_weight_group_so_export_refuses(load_job, tmp_path, gpt3_plans):
+def test_split_backward_rebuilds_once_per_weight_group_so_export_refuses(middle_stage):
     """Zero-bubble schedules split the backward (torch's stage_backward_input / stage_backward_weight):
     torch's checkpoint then rebuilds the forward for the input gradient and again for every
     weight-gradient group, not once as the plan's time assumes, so export refuses recompute there."""
     from torch.distributed.pipelining._backward import stage_backward_input, stage_backward_weight
 
-    export_plan(gpt3_plans[1], tmp_path / "job")
-    train = load_job(tmp_path / "job")
-    modules = real_stages(train)
-    m = modules[1]
-    calls = count_forwards(m)
-    args = stage_inputs(train, modules, 1)
+    m, calls, args = middle_stage
     grads = {}
     for recompute in (False, True):
         m.recompute = recompute
