@@ -54,3 +54,14 @@ def test_reserve_is_held_once_per_device():
     assert stages_budget_bytes(1000, 100) == 900
     # two chunks share 900: 450 each, and every stage's own total counts the reserve
     assert even_chunk_limit_bytes(1000, 100, 2) == 550.0
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_total_bytes_is_stage_memory_bytes_exactly(recompute):
+    """The solvers' memory (MemoryCoefficients.total_bytes) rounds as stage_memory_bytes does."""
+    cfg = TrainConfig(precision="bf16_mixed", reserve_bytes=64)
+    for acts, inputs, relay in ((5e6 + 0.5, 3e5, 2e4 + 0.25), (1.0, 0.5, 0.5), (0.0, 0.0, 0.0)):
+        m = stage_memory_bytes(param_count=1234, activation_bytes=acts, input_bytes=inputs, relay_bytes=relay,
+                               in_flight=3, config=cfg, recompute=recompute)
+        c = memory_coefficients(in_flight=3, config=cfg, recompute=recompute)
+        assert c.total_bytes(1234, acts, inputs, relay) == m.total

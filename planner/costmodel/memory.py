@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from planner.contracts.config import TrainConfig
 
 # Bytes per parameter as (weights, gradients, optimizer state).
@@ -128,6 +130,13 @@ class MemoryCoefficients:
     per_input_byte: float
     per_relay_byte: float
     constant: int
+
+    def total_bytes(self, param_count, activation_bytes, input_bytes, relay_bytes=0.0):
+        """stage_memory_bytes(...).total from these coefficients, rounded as it rounds (half to even);
+        on floats or numpy arrays (the DP evaluates every interval at once)."""
+        return (self.per_param * param_count
+                + np.rint(self.per_activation_byte * activation_bytes + self.per_input_byte * input_bytes)
+                + np.rint(self.per_relay_byte * relay_bytes) + self.constant)
 
 
 def memory_coefficients(*, in_flight: int, config: TrainConfig, profile_dtype: str = "float32",

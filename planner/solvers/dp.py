@@ -193,9 +193,7 @@ class IntervalCosts:
             for r in prob.recompute_options:  # "off" first: where it fits it is never slower
                 co = memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
                                          profile_dtype=tb.dtype, recompute=r)
-                # rounded exactly as stage_memory_bytes rounds (both round half to even)
-                mem = (co.per_param * params + np.rint(co.per_activation_byte * acts + co.per_input_byte * inputs)
-                       + np.rint(co.per_relay_byte * relay) + co.constant)
+                mem = co.total_bytes(params, acts, inputs, relay)
                 fits = (mem <= prob.stage_limit[s]) & ~done
                 coefficients = prob.time_coefficients(s)
                 key = (coefficients, key_c, r)
