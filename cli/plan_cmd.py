@@ -8,7 +8,7 @@ from pathlib import Path
 from core.errors import PipeplanError
 from core.files import check_writable, write_file_atomic
 from core.jsonio import read_json_file
-from planner.contracts.cluster import MAX_DEVICES, Cluster, parse_memory
+from planner.contracts.cluster import Cluster, check_device_count, parse_memory
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import Plan
 from planner.pipeline.schedules import SCHEDULE_SPECS, SCHEDULES
@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.devices is not None and args.devices < 1:
         raise PipeplanError(f"--devices must be >= 1, got {args.devices}")
-    if args.devices is not None and args.devices > MAX_DEVICES:  # refused before the model is profiled
-        raise PipeplanError(f"--devices {args.devices} is more than pipeplan plans (at most {MAX_DEVICES})")
+    if args.devices is not None:  # refused before the model is profiled
+        check_device_count(args.devices, "--devices asks for")
     if args.output:
         check_writable(args.output, "plan JSON")
     profile = load_model(args.model, args)

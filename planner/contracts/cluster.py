@@ -25,6 +25,14 @@ INTER_NODE_LATENCY_S = 10e-6
 MAX_DEVICES = 4096
 
 
+def check_device_count(n: int, what: str = "the cluster has") -> None:
+    """Refuse more devices than pipeplan plans, before anything proportional to the count is built
+    (10^9 devices took GBs and minutes). `what` says where the count came from ("--devices asks for")."""
+    if n > MAX_DEVICES:
+        raise PipeplanError(f"{what} {n} devices; pipeplan plans at most {MAX_DEVICES} (a pipeline rarely has more "
+                            "than a few dozen stages: use data parallelism for the rest)")
+
+
 @dataclass(kw_only=True, slots=True)
 class Device:
     name: str
@@ -103,8 +111,7 @@ class Cluster:
     def __post_init__(self) -> None:
         if not isinstance(self.devices, list) or not self.devices:
             raise PipeplanError("the cluster has no devices: add at least one device")
-        if len(self.devices) > MAX_DEVICES:
-            raise PipeplanError(f"the cluster has {len(self.devices)} devices; pipeplan plans at most {MAX_DEVICES}")
+        check_device_count(len(self.devices))
 
     @property
     def num_devices(self) -> int:
@@ -137,9 +144,7 @@ class Cluster:
                 devices_per_node: int = 8, precision: str = "bf16_mixed") -> Cluster:
         """n identical devices, `devices_per_node` to a host."""
         check_number(n, "device count", positive=True, integer=True)
-        if n > MAX_DEVICES:  # before anything proportional to n is built (10^9 devices took GBs and minutes)
-            raise PipeplanError(f"{n} devices is more than pipeplan plans (at most {MAX_DEVICES}); a pipeline "
-                                "rarely has more than a few dozen stages: use data parallelism for the rest")
+        check_device_count(n)
         if preset is None and memory_bytes is None:
             raise PipeplanError("give a GPU preset or a memory size per device")
         devices = []
@@ -171,8 +176,7 @@ class Cluster:
         devices = data.get("devices")
         if not isinstance(devices, list):
             raise PipeplanError("cluster JSON: 'devices' must be a list")
-        if len(devices) > MAX_DEVICES:
-            raise PipeplanError(f"the cluster has {len(devices)} devices; pipeplan plans at most {MAX_DEVICES}")
+        check_device_count(len(devices))
         kwargs: dict[str, Any] = {"devices": [build_dataclass(Device, d, f"cluster devices[{i}]")
                                               for i, d in enumerate(devices)]}
         for key in ("intra_node", "inter_node"):
