@@ -7,7 +7,7 @@ import streamlit as st
 
 from planner.contracts.plan import Plan
 from ui import cache
-from ui.plan_facts import headline
+from ui.plan_facts import headline, step_versus
 
 PINNED_KEY = "kept:pinned_plan"
 
@@ -23,9 +23,7 @@ def comparison_rows(pinned: Plan, current: Plan) -> list[dict]:
                      "step ms": round(h.step_time_ms, 2), "samples/s": round(h.throughput_samples_per_s, 1),
                      "bubble %": round(100 * h.bubble_fraction, 1),
                      "fullest memory %": round(100 * h.fullest.fraction, 1)})
-    ratio = rows[0]["step ms"] / rows[1]["step ms"] if rows[1]["step ms"] else None
-    rows[1]["vs pinned"] = f"{ratio:.2f}× faster" if ratio and ratio >= 1.005 else \
-        (f"{1 / ratio:.2f}× slower" if ratio and ratio <= 0.995 else "same (within 0.5%)")
+    rows[1]["vs pinned"] = step_versus(current.step_time_ms, pinned.step_time_ms)
     rows[0]["vs pinned"] = ""
     return rows
 

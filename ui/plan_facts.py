@@ -80,6 +80,16 @@ def headline(plan: Plan) -> Headline:
                     best_baseline=best, best_baseline_ms=fitting.get(best) if best else None)
 
 
+def step_versus(step_ms: float, reference_ms: float) -> str:
+    """A step time against a reference one: "1.24× slower", "1.24× faster", or "same (within 0.5%)"."""
+    ratio = step_ms / reference_ms
+    if ratio >= 1.005:
+        return f"{ratio:.2f}× slower"
+    if ratio <= 0.995:
+        return f"{1 / ratio:.2f}× faster"
+    return "same (within 0.5%)"
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceUse:
     device: int

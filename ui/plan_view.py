@@ -16,7 +16,7 @@ from profiler.profile import Profile
 from ui import cache, charts
 from ui.compare_view import ClusterForCount, schedule_comparison, sweep
 from ui.pinned import pinned_section
-from ui.plan_facts import device_memory, device_use, headline
+from ui.plan_facts import device_memory, device_use, headline, step_versus
 
 MAX_TIMELINE_OPS = 10_000
 """Past this many ops the timeline shows a window of micro-batches plus a summary (shared/notes: go.Bar
@@ -137,10 +137,7 @@ def layers_tab(profile: Profile, plan: Plan) -> None:
 
 def versus_plan(baseline_ms: float | None, plan_ms: float) -> str:
     """A baseline's step against the plan's: "1.24× slower", "same" within 0.5%, or "does not fit"."""
-    if baseline_ms is None:
-        return "does not fit"
-    ratio = baseline_ms / plan_ms
-    return "same (within 0.5%)" if ratio < 1.005 else f"{ratio:.2f}× slower"
+    return "does not fit" if baseline_ms is None else step_versus(baseline_ms, plan_ms)
 
 
 def baselines_table(plan: Plan) -> None:
