@@ -9,14 +9,14 @@ from planner.contracts.config import DEFAULT_RESERVE_BYTES, OPTIMIZERS, PRECISIO
 from planner.pipeline.schedules import schedule_spec
 from profiler.gpus import GiB
 
-AUTO = "automatic"
+AUTO, FIXED = "automatic", "fixed"
 RECOMPUTE_LABELS = {"off": "off", "on": "on (every stage)", "auto": "auto (solver picks per stage)"}
 
 
 def training_section(micro_batch_size: int) -> TrainConfig | None:
     """The TrainConfig from the widgets, or None after showing st.error for a bad combination."""
     c = st.columns(4)
-    mode = c[0].radio("Micro-batches per step", ["fixed", AUTO], horizontal=True, key="mb_mode",
+    mode = c[0].radio("Micro-batches per step", [FIXED, AUTO], horizontal=True, key="mb_mode",
                       help="automatic: pipeplan picks the fastest count that divides the global batch")
     if mode == AUTO:
         global_batch = int(c[1].number_input("Global batch (samples per step)", min_value=1, max_value=1 << 20,

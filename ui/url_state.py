@@ -15,6 +15,8 @@ import streamlit as st
 import sample_models
 from planner.contracts.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES
 from profiler.gpus import GPU_PRESETS
+from ui.model_view import HF, PROFILE_JSON, SAMPLE
+from ui.training_view import AUTO, FIXED
 
 
 def _int_in(lo: int, hi: int) -> Callable[[str], int | None]:
@@ -33,14 +35,14 @@ def _one_of(options) -> Callable[[str], str | None]:
 
 
 URL_SETTINGS: dict[str, Callable[[str], Any]] = {
-    "model_source": _one_of(("Sample model", "HF config.json", "Profile JSON")),
+    "model_source": _one_of((SAMPLE, HF, PROFILE_JSON)),  # never the .py source: code runs only when allowed
     "sample_model": _one_of(sample_models.REGISTRY),
     "estimate_for": _one_of(GPU_PRESETS),
     "micro_batch_size": _int_in(1, 4096),
     "n_devices": _int_in(1, 512),
     "preset": _one_of(GPU_PRESETS),
     "devices_per_node": _int_in(1, 64),
-    "mb_mode": _one_of(("fixed", "automatic")),
+    "mb_mode": _one_of((FIXED, AUTO)),
     "num_microbatches": _int_in(1, 4096),
     "global_batch": _int_in(1, 1 << 20),
     "schedule": _one_of(SCHEDULES),
