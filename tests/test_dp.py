@@ -22,7 +22,7 @@ from planner.solvers.baselines import BASELINES, baseline_plans
 from planner.solvers.dp import solve_chain
 from planner.solvers.evaluate import make_plan
 from planner.solvers.ilp import solve_ilp
-from planner.solvers.search import chain_problem, cuts_to_stage_of, ilp_problem, recompute_options
+from planner.solvers.search import chain_problem, cuts_to_stage_of, ilp_problem
 from planner.solvers.solve import solve
 from profiler.synthetic import chain_profile
 
@@ -109,8 +109,8 @@ def brute_force(profile, cluster, config):
     tables = build_tables(profile)
     N, S = tables.num_nodes, cluster.num_devices
     devices = stage_devices(S, config)
-    # "auto" may turn recompute on only where the schedule supports it (search.recompute_options)
-    rec_opts = list(itertools.product(recompute_options(config), repeat=S)) if config.recompute == "auto" \
+    # "auto" may turn recompute on only where the schedule supports it (TrainConfig.recompute_choices)
+    rec_opts = list(itertools.product(config.recompute_choices(), repeat=S)) if config.recompute == "auto" \
         else [(config.recompute == "on",) * S]
     best = None
     for cuts in itertools.combinations(range(1, N), S - 1):

@@ -104,6 +104,13 @@ class TrainConfig:
                     f"{self.num_microbatches * self.micro_batch_size} samples, not global_batch {self.global_batch}; "
                     "fix one of them or leave num_microbatches empty to choose it automatically")
 
+    def recompute_choices(self) -> tuple[bool, ...]:
+        """Per-stage recompute values the solvers may choose: "auto" never turns it on under a schedule the
+        job cannot recompute under (ScheduleSpec.supports_recompute; "on" is refused there above)."""
+        if not schedule_spec(self.schedule).supports_recompute:
+            return (False,)
+        return {"off": (False,), "on": (True,), "auto": (False, True)}[self.recompute]
+
     @property
     def samples_per_step(self) -> int:
         """Samples per optimizer step per pipeline replica."""

@@ -25,7 +25,7 @@ from planner.costmodel.cost import (
     stage_optimizer_ms,
 )
 from planner.costmodel.memory import device_memory, stage_memory_bytes
-from planner.pipeline.schedules import in_flight_microbatches, schedule_spec
+from planner.pipeline.schedules import in_flight_microbatches
 from profiler.gpus import GiB
 from profiler.profile import Profile
 
@@ -147,7 +147,7 @@ def choose_recompute(profile: Profile, tables: CostTables, cluster: Cluster, con
     """Per-stage recomputation for config.recompute: all off, all on, or (auto) on exactly where
     a device would not fit otherwise, largest activation saving first."""
     S = len(devices)
-    if config.recompute != "auto" or not schedule_spec(config.schedule).supports_recompute:
+    if config.recompute != "auto" or True not in config.recompute_choices():
         return [config.recompute == "on"] * S
     recompute = [False] * S
     stages = build_stages(profile, tables, cluster, config, stage_of, devices, recompute)

@@ -25,7 +25,7 @@ from planner.contracts.plan import Plan, SolverInfo
 from planner.costmodel.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
 from planner.costmodel.memory import even_chunk_limit_bytes, stages_budget_bytes
 from planner.costmodel.microbatches import microbatch_options, scale_profile
-from planner.pipeline.schedules import in_flight_microbatches, schedule_spec
+from planner.pipeline.schedules import in_flight_microbatches
 from planner.solvers.baselines import baseline_partitions
 from planner.solvers.coarsen import block_size, coarsen, refine_cuts
 from planner.solvers.dp import TABLE_BUDGET_BYTES, ChainProblem, cut_bytes, cut_tensors, solve_chain
@@ -34,14 +34,6 @@ from planner.solvers.ilp import ILPProblem, solve_ilp
 from profiler.profile import Profile
 
 MAX_DEVICE_ORDERS = 24
-
-
-def recompute_options(config: TrainConfig) -> tuple[bool, ...]:
-    """The per-stage recompute choices the solvers may make: "auto" is off only for schedules the job
-    cannot recompute under (ScheduleSpec.supports_recompute; TrainConfig refuses "on" there)."""
-    if not schedule_spec(config.schedule).supports_recompute:
-        return (False,)
-    return {"off": (False,), "on": (True,), "auto": (False, True)}[config.recompute]
 
 
 def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -70,7 +62,7 @@ def chain_problem(profile: Profile, tables: CostTables, cluster: Cluster, config
                         else [cluster.devices[d].memory_bytes for d in devices],
                         stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
                                                                config.virtual_stages),
-                        recompute_options=recompute_options(config), comm_ms_per_cut=comm, config=config,
+                        recompute_options=config.recompute_choices(), comm_ms_per_cut=comm, config=config,
                         stage_overhead=[cluster.devices[d].action_overhead_ms for d in devices])
 
 
@@ -87,7 +79,7 @@ def ilp_problem(profile: Profile, tables: CostTables, cluster: Cluster, config: 
                       stage_speed=[sp[d] for d in devices], device_limit=limits,
                       stage_in_flight=in_flight_microbatches(config.schedule, P, config.num_microbatches,
                                                              config.virtual_stages),
-                      recompute_options=recompute_options(config), link_latency_ms=[lat for lat, _ in links],
+                      recompute_options=config.recompute_choices(), link_latency_ms=[lat for lat, _ in links],
                       link_ms_per_byte=[per_byte for _, per_byte in links], config=config,
                       stage_overhead=[cluster.devices[d].action_overhead_ms for d in devices])
 
