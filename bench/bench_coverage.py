@@ -7,7 +7,9 @@ sequence-classification auto registries (issue 14). For each type:
 
 1. config: the type's default config (`AutoConfig.for_model(model_type)`), shrunk: hidden size,
    layers, heads (kv heads keep their ratio), intermediate sizes, vocabulary, experts, per-stage
-   depths, recursively into sub-configs (`shrink_config`). When transformers refuses the shrunk
+   depths, recursively into sub-configs (`shrink_config`). Fields the default config leaves None but
+   every real checkpoint states (head_dim, kv heads, layer_types, expert counts; `fill_unset`, and a
+   few per-type `REPAIRS`) are filled first. When transformers refuses the shrunk
    config, the sweep retries with only layers and experts shrunk, then with the default config;
    the level used is recorded. Nothing is downloaded: no weights, no remote code.
 2. profile: meta-device estimate for A100-80GB (`profile_hf_config`), micro-batch 1, 64 tokens
@@ -71,12 +73,52 @@ _INTER_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "encoder_ffn_dim", "de
                "moe_intermediate_size", "shared_expert_intermediate_size", "ffn_hidden_size", "inner_hidden_size",
                "expert_intermediate_size", "dense_intermediate_size", "d_inner")
 _EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
-_TOPK_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "moe_k")
+_TOPK_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "top_k", "num_selected_experts", "moe_k")
 _HEAD_DIM_KEYS = ("head_dim", "kv_channels", "attention_head_size")
 
 
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+REPAIRS: dict[str, dict[str, Any]] = {
+    # its LM head asserts is_decoder; the axial position shape must multiply to the swept 64 tokens
+    "reformer": {"is_decoder": True, "axial_pos_shape": [8, 8], "axial_pos_embds_dim": [32, 32], "hidden_size": 64},
+}
+"""Per-type values that transformers' default config leaves out but every real checkpoint states."""
+
+
+def fill_unset(d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a default config with the fields transformers leaves None, that real checkpoints always
+    name and the model cannot be built without, filled: head_dim, kv heads, layer_types, expert counts.
+    Recursive into sub-configs."""
+    d = dict(d)
+    hidden = next((d[k] for k in _HIDDEN_KEYS if _int(d.get(k)) and d[k] > 0), None)
+    heads = next((d[k] for k in _HEAD_KEYS if _int(d.get(k)) and d[k] > 0), None)
+    layers = next((d[k] for k in _LAYER_KEYS if _int(d.get(k)) and d[k] > 0), None)
+    if "head_dim" in d and d["head_dim"] is None and hidden and heads:
+        d["head_dim"] = hidden // heads
+    if "num_key_value_heads" in d and d["num_key_value_heads"] is None and heads:
+        d["num_key_value_heads"] = heads
+    if "layer_types" in d and d["layer_types"] is None and layers:
+        d["layer_types"] = ["full_attention"] * layers
+    if any(k in d for k in _EXPERT_KEYS):
+        for k in _EXPERT_KEYS:
+            if k in d and d[k] is None:
+                d[k] = EXPERTS
+        for k in _TOPK_KEYS:
+            if k in d and d[k] is None:
+                d[k] = 2
+        if "n_shared_experts" in d and d["n_shared_experts"] is None:
+            d["n_shared_experts"] = 1
+    attn = d.get("attn_config")
+    if isinstance(attn, dict) and isinstance(d.get("rope_parameters"), dict):  # DBRX's attention settings
+        d["attn_config"] = {**attn, "rope_theta": attn.get("rope_theta") or d["rope_parameters"].get("rope_theta"),
+                            "clip_qkv": attn.get("clip_qkv") or 8.0}
+    for k, v in list(d.items()):
+        if isinstance(v, dict) and ("model_type" in v or any(x in v for x in _LAYER_KEYS + _HIDDEN_KEYS)):
+            d[k] = fill_unset(v)
+    return d
 
 
 def shrink_config(d: dict[str, Any], level: int = 2) -> dict[str, Any]:
@@ -95,6 +137,8 @@ def shrink_config(d: dict[str, Any], level: int = 2) -> dict[str, Any]:
         for k, v in list(d.items()):  # per-layer lists (layer_types, ...) follow the layer count
             if isinstance(v, list) and len(v) == old_layers and k not in ("depths",):
                 d[k] = v[:new_layers]
+            elif isinstance(v, dict) and v and all(isinstance(x, str) and x.isdigit() for x in v):
+                d[k] = {x: y for x, y in v.items() if int(x) < new_layers}  # per-layer overrides by index
     old_experts = next((d[k] for k in _EXPERT_KEYS if _int(d.get(k)) and d[k] > 0), None)
     for k in _EXPERT_KEYS:
         if _int(d.get(k)) and d[k] > EXPERTS:
@@ -186,6 +230,7 @@ def run_type(model_type: str) -> dict[str, Any]:
         out["config"] = f"default config: {reason_of(exc)}"
         return out
     base = {k: v for k, v in base.items() if k not in ("architectures", "transformers_version", "_name_or_path")}
+    base = {**fill_unset(base), **REPAIRS.get(model_type, {})}
     prof = None
     errors: list[str] = []
     for level in (2, 1, 0):  # a milder shrink when transformers (or the trace) refuses the tiny config

@@ -134,6 +134,7 @@ def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int |
                 for sub in [config, *(getattr(config, k, None) for k in getattr(config, "sub_configs", {}))]:
                     if isinstance(getattr(sub, "image_size", None), int):
                         sub.image_size = seq_len  # position embeddings follow the image side
+            config = _config_for_class(config, cls)
             with torch.device(device):
                 model = cls._from_config(config)
     except PipeplanError:
@@ -141,6 +142,17 @@ def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int |
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for bad configs
         raise PipeplanError(f"transformers could not build {class_name} from this config: {_first_line(exc)}") from None
     return model, picked.name, config
+
+
+def _config_for_class(config, cls):
+    """The part of a composite config that `cls` is built from, as transformers' Auto classes pick it: a
+    Qwen3.5 or Llama-4 config.json describes the vision-language model, and its causal LM is built from
+    the `text_config`; MusicGen's from its `decoder`. The config itself when it is already of that class."""
+    wanted = getattr(cls, "config_class", None)
+    if wanted is None or isinstance(config, wanted):
+        return config
+    parts = [config.get_text_config(), *(getattr(config, k, None) for k in getattr(config, "sub_configs", {}))]
+    return next((p for p in parts if isinstance(p, wanted)), config)
 
 
 def make_hf_batch(task: str, config, batch_size: int, seq_len: int | None, device: str):

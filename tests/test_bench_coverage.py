@@ -30,3 +30,19 @@ def test_shrink_keeps_grouped_query_attention_and_per_layer_lists():
     assert d["num_hidden_layers"] == 2 and len(d["layer_types"]) == 2
     assert d["vocab_size"] == 1024 and d["eos_token_id"] == 1023
     assert (d["num_local_experts"], d["num_experts_per_tok"]) == (4, 2)
+
+
+def test_fill_unset_names_what_real_checkpoints_always_state():
+    """transformers' default configs leave some fields None that every checkpoint sets (and the model
+    cannot be built without); the sweep fills them, recursively, and trims per-layer override dicts."""
+    from bench.bench_coverage import fill_unset, shrink_config
+
+    d = fill_unset({"hidden_size": 256, "num_attention_heads": 8, "head_dim": None, "num_key_value_heads": None,
+                    "num_hidden_layers": 3, "layer_types": None, "n_routed_experts": None,
+                    "num_experts_per_tok": None, "n_shared_experts": None,
+                    "text_config": {"model_type": "x", "hidden_size": 64, "num_attention_heads": 4, "head_dim": None}})
+    assert (d["head_dim"], d["num_key_value_heads"], d["layer_types"]) == (32, 8, ["full_attention"] * 3)
+    assert (d["n_routed_experts"], d["num_experts_per_tok"], d["n_shared_experts"]) == (4, 2, 1)
+    assert d["text_config"]["head_dim"] == 16
+    s = shrink_config({"num_hidden_layers": 8, "per_layer_config": {"01": {"a": 1}, "05": {"a": 2}}})
+    assert s["num_hidden_layers"] == 2 and s["per_layer_config"] == {"01": {"a": 1}}

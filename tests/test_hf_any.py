@@ -179,3 +179,18 @@ def test_default_sequence_length_is_the_configs_own_capped():
     assert profile_hf_config({**base, "max_position_embeddings": 4096}, estimate_for="A100-80GB").model.seq_len == 4096
     long = profile_hf_config({**base, "max_position_embeddings": 131072}, estimate_for="A100-80GB")
     assert long.model.seq_len == MAX_DEFAULT_SEQ_LEN
+
+
+def test_composite_config_builds_its_causal_lm_from_the_text_config():
+    """A vision-language config.json (Qwen3.5: model_type qwen3_5, the text model under text_config) plans
+    as its causal LM, built from the text part, as transformers' AutoModelForCausalLM does."""
+    text = {"model_type": "qwen3_5_text", **DECODER, "head_dim": 16, "layer_types": ["full_attention"] * 2}
+    config = {"model_type": "qwen3_5", "text_config": text,
+              "vision_config": {"model_type": "qwen3_5", "depth": 1, "hidden_size": 32, "intermediate_size": 64,
+                                "num_heads": 2, "out_hidden_size": 64}}
+    model, task, built = build_hf_model(config)
+    assert (type(model).__name__, task, type(built).__name__) == ("Qwen3_5ForCausalLM", "causal-lm",
+                                                                  "Qwen3_5TextConfig")
+    prof = profile_hf_config(config, seq_len=16)
+    assert prof.model.name == "Qwen3_5ForCausalLM"
+    assert prof.model.param_count == sum(p.numel() for p in model.parameters())
