@@ -2,7 +2,7 @@
 
     python -m bench.bench_coverage [--quick] [--types a,b,...] [--workers N] [--timeout S]
 
-Sweeps every model_type in transformers' causal-LM, masked-LM, image-classification and
+Sweeps every model_type in transformers' causal-LM, seq2seq-LM, masked-LM, image-classification and
 sequence-classification auto registries (issue 14). For each type:
 
 1. config: the type's default config (`AutoConfig.for_model(model_type)`), shrunk: hidden size,
@@ -14,7 +14,7 @@ sequence-classification auto registries (issue 14). For each type:
    the level used is recorded. Nothing is downloaded: no weights, no remote code.
 2. profile: meta-device estimate for A100-80GB (`profile_hf_config`), micro-batch 1, 64 tokens
    (image models at their config's image size), with the class picked the way an uploaded
-   config without `architectures` is (profiler.hf_tasks: causal LM, masked LM, image
+   config without `architectures` is (profiler.hf_tasks: causal LM, seq2seq LM, masked LM, image
    classification, sequence classification, the first the type has).
 3. plan: `solve` on 2 x A100-80GB, 1F1B, 8 micro-batches.
 
@@ -47,6 +47,7 @@ SEQ_LEN = 64
 TIMEOUT_S = 120.0
 REGISTRIES = {
     "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "seq2seq-lm": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "masked-lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
     "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
     "sequence-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",

@@ -2,7 +2,7 @@
 
 Any architecture transformers can build from a config: the class comes from
 transformers' own auto registries (profiler.hf_tasks: the config's `architectures`
-entry when transformers registers it, else the first task of causal LM, masked LM,
+entry when transformers registers it, else the first task of causal LM, seq2seq LM, masked LM,
 image classification, sequence classification that has this model_type). The
 model is built from the config on the meta device (on the measuring device with
 --measure), `use_cache=False` (a DynamicCache in the output breaks torch.export,
@@ -155,9 +155,10 @@ def _config_for_class(config, cls):
     return next((p for p in parts if isinstance(p, wanted)), config)
 
 
-def make_hf_batch(task: str, config, batch_size: int, seq_len: int | None, device: str):
+def make_hf_batch(task: str, config, batch_size: int, seq_len: int | None, device: str,
+                  model_class: type | None = None):
     """(inputs, target, loss_fn, shape) for one micro-batch of the task (profiler.hf_tasks.make_batch)."""
-    return make_batch(TASK_BY_NAME[task], config, batch_size, seq_len, device)
+    return make_batch(TASK_BY_NAME[task], config, batch_size, seq_len, device, model_class)
 
 
 def _where(exc: BaseException, model: torch.nn.Module) -> str:
@@ -199,7 +200,7 @@ def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int
         check_fits_for_measuring(2 * sum(p.numel() * p.element_size() for p in meta_model.parameters()),
                                  measure, "this HF model")
     model, task_name, config = build_hf_model(data, device=device, seq_len=seq_len, task=task)
-    inputs, target, loss_fn, shape = make_hf_batch(task_name, config, batch_size, seq_len, device)
+    inputs, target, loss_fn, shape = make_hf_batch(task_name, config, batch_size, seq_len, device, type(model))
     name = type(model).__name__
     kwargs = {TASK_BY_NAME[task_name].shape_kind: shape}
     try:

@@ -6,14 +6,18 @@ No allowlist: the class comes from transformers' own auto registries
 1. The config's `architectures[0]`, when it is the registered class of this model_type for one
    of the tasks below (e.g. `Qwen2ForCausalLM`, `BertForSequenceClassification`).
 2. Otherwise the first task, in `TASKS` order, whose registry has this model_type:
-   causal LM, masked LM, image classification, sequence classification.
-   (Seq2seq LMs are not taken yet: an encoder-decoder needs decoder inputs and two stacks.)
+   causal LM, seq2seq LM, masked LM, image classification, sequence classification.
+
+An encoder-decoder (T5, BART, Marian, ...) trains as a seq2seq LM: source ids, decoder ids and
+next-token targets of the same length. Its layer graph has two stacks; the encoder output is an
+edge into every decoder layer that reads it (relayed across the cuts in between).
 
 Each task is written once here: its Auto registry, its inputs, its target and its loss.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,6 +47,7 @@ class Task:
 
 TASKS: tuple[Task, ...] = (
     Task("causal-lm", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "causal LM", "seq_len"),
+    Task("seq2seq-lm", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "seq2seq LM", "seq_len"),
     Task("masked-lm", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", "masked LM", "seq_len"),
     Task("image-classification", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image classification", "image_size"),
     Task("sequence-classification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "sequence classification",
@@ -78,7 +83,7 @@ def pick_class(model_type: str, architectures: list | None) -> tuple[Task, str]:
             return task, names[0]
     raise PipeplanError(f"HF model_type {model_type!r} has no auto class for any task pipeplan trains "
                         f"({', '.join(t.label for t in TASKS)}) in this transformers version; "
-                        "seq2seq-only and encoder-only base models are not supported yet")
+                        "encoder-only base models are not supported yet")
 
 
 
@@ -130,9 +135,22 @@ def image_side(config, seq_len: int | None) -> int:
     return seq_len or (size if isinstance(size, int) and size > 0 else 224)
 
 
+def seq2seq_inputs(model_class: type | None, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> tuple:
+    """The positional inputs of an encoder-decoder's forward: input_ids first, decoder_input_ids at its
+    place in the signature (T5 and BART put attention_mask between them), None in the slots between."""
+    names = list(inspect.signature(model_class.forward).parameters)[1:] if model_class is not None else []
+    if "decoder_input_ids" not in names or names.index("decoder_input_ids") > 8:
+        raise PipeplanError(f"{getattr(model_class, '__name__', 'this model')} takes no decoder_input_ids "
+                            "argument; pipeplan trains encoder-decoders that do")
+    slots: list = [None] * (names.index("decoder_input_ids") + 1)
+    slots[0], slots[-1] = input_ids, decoder_input_ids
+    return tuple(slots)
+
+
 def make_batch(task: Task, config, batch_size: int, seq_len: int | None, device: str,
-               ) -> tuple[tuple, torch.Tensor, Callable, int]:
-    """(inputs, target, loss_fn(output, target), shape) for one micro-batch of `task`."""
+               model_class: type | None = None) -> tuple[tuple, torch.Tensor, Callable, int]:
+    """(inputs, target, loss_fn(output, target), shape) for one micro-batch of `task` (model_class: the
+    class built, needed for the order of a seq2seq model's inputs)."""
     gen = torch.Generator().manual_seed(0)
 
     def ints(high: int, shape: tuple) -> torch.Tensor:
@@ -150,6 +168,10 @@ def make_batch(task: Task, config, batch_size: int, seq_len: int | None, device:
         if task.name == "causal-lm":
             ids = ints(vocab, (batch_size, t + 1))
             return (ids[:, :-1],), ids[:, 1:], token_loss, t
+        if task.name == "seq2seq-lm":
+            decoder = ints(vocab, (batch_size, t + 1))
+            return seq2seq_inputs(model_class, ints(vocab, (batch_size, t)), decoder[:, :-1]), decoder[:, 1:], \
+                token_loss, t
         if task.name == "masked-lm":
             ids = ints(vocab, (batch_size, t))
             return (ids,), ints(vocab, (batch_size, t)), token_loss, t

@@ -19,7 +19,9 @@ always names the same graph nodes:
    "op" granularity also ops of non-leaf modules) join the *latest* layer that
    produced one of their inputs; ops fed only by model inputs or constants join
    their *earliest* consumer's layer.
-4. Layers are ordered by first appearance; any cycle (a module called twice,
+4. A module with no parameters or buffers whose calls are interleaved with other layers (T5's one
+   dropout, run before and after the blocks) is no layer: rule 3 places its ops.
+5. Layers are ordered by first appearance; any other cycle (a module with weights called twice,
    interleaved with others) is merged into its first layer so the graph is a DAG.
 """
 
@@ -111,12 +113,16 @@ def node_module_path(node: fx.Node) -> str:
 
 
 def assign_layers(gm: fx.GraphModule, tree: ModuleTree, granularity: str = "block") -> tuple[dict[str, str], list[str], dict[str, str]]:
-    """Rules 1-4 of the module docstring: (node name -> layer, layer order, merged ids)."""
+    """Rules 1-5 of the module docstring: (node name -> layer, layer order, merged ids)."""
     if granularity not in GRANULARITIES:
         raise PipeplanError(f"granularity {granularity!r} is not supported; use one of {', '.join(GRANULARITIES)}")
     ops = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")
            and n.target != "_guards_fn"]
     layer: dict[str, str | None] = {n.name: layer_for_path(node_module_path(n), tree, granularity) for n in ops}
+    for lay in _stateless_reused(ops, layer, tree):
+        for name, owner in layer.items():
+            if owner == lay:
+                layer[name] = None
     first_seen: dict[str, int] = {}
     for i, n in enumerate(ops):
         if layer[n.name] is not None:
@@ -134,7 +140,7 @@ def assign_layers(gm: fx.GraphModule, tree: ModuleTree, granularity: str = "bloc
         if layer[n.name] is None:
             consumers = [layer.get(u.name) for u in n.users if layer.get(u.name)]
             layer[n.name] = min(consumers, key=first_seen.__getitem__) if consumers else min(first_seen, key=first_seen.get)
-    # Rule 4: order by first appearance and fold cycles.
+    # Rule 5: order by first appearance and fold cycles.
     g = nx.DiGraph()
     g.add_nodes_from(first_seen)
     for n in ops:
@@ -154,6 +160,24 @@ def assign_layers(gm: fx.GraphModule, tree: ModuleTree, granularity: str = "bloc
     cond.add_edges_from((merged.get(a, a), merged.get(b, b)) for a, b in g.edges if merged.get(a, a) != merged.get(b, b))
     order = list(nx.lexicographical_topological_sort(cond, key=first_seen.__getitem__))
     return final, order, merged
+
+
+def _stateless_reused(ops: list[fx.Node], layer: dict[str, str | None], tree: ModuleTree) -> set[str]:
+    """Layers of modules with no parameters or buffers whose ops are interleaved with another layer's: one
+    nn.Dropout called before and after a stack of blocks (T5). Rule 4 would fold everything between the
+    two calls into one layer; such a module holds nothing a stage must own, so rule 3 places its ops."""
+    span: dict[str, list[int]] = {}
+    for i, n in enumerate(ops):
+        if layer[n.name] is not None:
+            span.setdefault(layer[n.name], [i, i])[1] = i
+    reused = set()
+    for lay, (lo, hi) in span.items():
+        module = tree.modules.get(lay)
+        if module is None or any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+            continue
+        if any(layer[n.name] not in (None, lay) for n in ops[lo:hi + 1]):
+            reused.add(lay)
+    return reused
 
 
 def _user_frame(exc: BaseException) -> str:

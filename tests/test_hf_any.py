@@ -13,7 +13,7 @@ from helpers_export import hand_plan
 
 from core.errors import PipeplanError
 from profiler.hf import build_hf_model, profile_hf_config, resolve_class
-from profiler.hf_tasks import TASKS
+from profiler.hf_tasks import TASK_BY_NAME, TASKS
 
 pytest.importorskip("transformers")
 
@@ -23,6 +23,11 @@ QWEN2_GQA = {"model_type": "qwen2", **DECODER}
 MIXTRAL = {"model_type": "mixtral", **DECODER, "num_local_experts": 4, "num_experts_per_tok": 2}
 BERT_MLM = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64}
+T5 = {"model_type": "t5", "d_model": 64, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4,
+      "d_kv": 16, "vocab_size": 128}
+BART = {"model_type": "bart", "architectures": ["BartForConditionalGeneration"], "d_model": 64,
+        "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "encoder_layers": 2, "decoder_layers": 2,
+        "encoder_attention_heads": 4, "decoder_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64}
 RESNET = {"model_type": "resnet", "embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "num_labels": 10}
 SWIN = {"model_type": "swin", "image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2],
         "window_size": 4, "num_labels": 10}
@@ -38,6 +43,14 @@ def unique_param_count(config: dict) -> int:
      ["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
     (MIXTRAL, 32, "causal-lm", "MixtralForCausalLM",
      ["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
+    (T5, 16, "seq2seq-lm", "T5ForConditionalGeneration",
+     ["encoder.embed_tokens", "encoder.block.0", "encoder.block.1", "encoder.final_layer_norm",
+      "decoder.embed_tokens", "decoder.block.0", "decoder.block.1", "decoder.final_layer_norm", "lm_head"]),
+    (BART, 16, "seq2seq-lm", "BartForConditionalGeneration",
+     ["model.encoder.embed_tokens", "model.encoder.embed_positions", "model.encoder.layernorm_embedding",
+      "model.encoder.layers.0", "model.encoder.layers.1", "model.decoder.embed_tokens",
+      "model.decoder.embed_positions", "model.decoder.layernorm_embedding", "model.decoder.layers.0",
+      "model.decoder.layers.1", "lm_head"]),
     (BERT_MLM, 32, "masked-lm", "BertForMaskedLM",
      ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "cls"]),
     (RESNET, 32, "image-classification", "ResNetForImageClassification",
@@ -83,10 +96,13 @@ def test_architectures_entry_picks_the_class_else_the_task_priority():
     assert resolve_class({"model_type": "bert"})[1] == "BertLMHeadModel"  # causal LM comes first
     assert resolve_class({"model_type": "bert", "architectures": ["BertForMaskedLM"]})[1] == "BertForMaskedLM"
     assert resolve_class({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]}) == \
-        (TASKS[3], "LlamaForSequenceClassification")
+        (TASK_BY_NAME["sequence-classification"], "LlamaForSequenceClassification")
     # an architectures entry transformers does not register for a task we train: the priority decides
     assert resolve_class({"model_type": "bert", "architectures": ["BertForTokenClassification"]})[1] == "BertLMHeadModel"
     assert resolve_class({"model_type": "vit"})[0].name == "image-classification"
+    assert resolve_class({"model_type": "t5"})[1] == "T5ForConditionalGeneration"  # seq2seq before the rest
+    assert [t.name for t in TASKS] == ["causal-lm", "seq2seq-lm", "masked-lm", "image-classification",
+                                       "sequence-classification"]
 
 
 def test_sequence_classification_profiles():
@@ -194,3 +210,22 @@ def test_composite_config_builds_its_causal_lm_from_the_text_config():
     prof = profile_hf_config(config, seq_len=16)
     assert prof.model.name == "Qwen3_5ForCausalLM"
     assert prof.model.param_count == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("config, encoder_out, decoder_blocks", [
+    (T5, "encoder.final_layer_norm", ["decoder.block.0", "decoder.block.1"]),
+    (BART, "model.encoder.layers.1", ["model.decoder.layers.0", "model.decoder.layers.1"]),
+])
+def test_encoder_decoder_graph_feeds_the_encoder_output_to_every_decoder_block(config, encoder_out, decoder_blocks):
+    """Two stacks in one DAG: every decoder block's cross-attention reads the encoder output (an edge of
+    B x T x d_model fp32 bytes), so a cut inside the decoder relays it; and the plan is a valid DAG plan."""
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
+
+    prof = profile_hf_config(config, batch_size=2, seq_len=16)
+    edges = {(e.src, e.dst): e.bytes for e in prof.edges}
+    for block in decoder_blocks:
+        assert edges[(encoder_out, block)] == 2 * 16 * 64 * 4
+    plan = solve(prof, Cluster.uniform(3, "A100-80GB"), TrainConfig(schedule="1F1B", num_microbatches=6))
+    assert plan.feasible and [n for s in plan.stages for n in s.node_ids] == [n.id for n in prof.nodes]
