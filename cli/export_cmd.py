@@ -20,6 +20,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="model to train when the plan's own source has no code or is not found from here, e.g. "
                         "sample:gpt:tiny, hf:PATH/config.json or file:PATH.py:FACTORY (default: the plan's model "
                         "source)")
+    p.add_argument("--weights", metavar="PATH", default=None,
+                   help="pretrained safetensors weights for the job to start from: a Hugging Face checkpoint folder "
+                        "or one .safetensors file, as a path on the machine that runs the job (recorded in train.py's "
+                        "settings and launch.sh; not read by export). Pickles (.bin, .pt) are refused")
     p.add_argument("--zip", action="store_true", help="also write DIR.zip (the same bytes the app offers)")
     p.add_argument("--profile", metavar="PROFILE.json",
                    help="the profile the plan was made from: check the plan against it before exporting "
@@ -42,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
         check_plan_against_profile(plan, args.profile)
     check_export_folder(args.out)  # before the job is rendered (which may import torch for the model)
-    written = export_plan(plan, args.out, model_source=args.model_source)
+    written = export_plan(plan, args.out, model_source=args.model_source, weights=args.weights)
     if zip_path is not None:
-        write_file_atomic(zip_path, export_zip_bytes(plan, model_source=args.model_source), "the job zip")
+        write_file_atomic(zip_path, export_zip_bytes(plan, model_source=args.model_source, weights=args.weights),
+                          "the job zip")
         written.append(zip_path)
     stages = len(plan.stages)
     ranks = len({s.device for s in plan.stages}) * plan.config.data_parallel

@@ -129,14 +129,37 @@ def job_settings(plan: Plan, source: str) -> dict:
     }
 
 
-def render_job(plan: Plan, *, model_source: str | None = None, source_label: str | None = None) -> dict[str, str]:
+WEIGHTS_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+"""Pickle checkpoints: refused by name at export (the job refuses them too, pipeline_runtime.pickle_refusal)."""
+
+
+def check_weights_path(weights: str) -> str:
+    """The --weights path as the job will get it. Only the text is checked (it names a file on the
+    training machine, which pipeplan never reads): not empty, one line, and no pickle checkpoint."""
+    text = weights.strip()
+    if not text or any(ord(c) < 32 for c in text):
+        raise PipeplanError("--weights must be one line naming a safetensors file or a Hugging Face checkpoint "
+                            "folder on the machine that runs the job")
+    if text.lower().endswith(WEIGHTS_PICKLE_SUFFIXES):
+        from planner.export.runtime.pipeline_runtime import pickle_refusal
+
+        raise PipeplanError(pickle_refusal(text))
+    return text
+
+
+def render_job(plan: Plan, *, model_source: str | None = None, source_label: str | None = None,
+               weights: str | None = None) -> dict[str, str]:
     """relative path -> file text for the whole job folder (deterministic).
 
     model_source is where the model comes from (read here: an HF config's path); source_label is how
-    the job names it (the app passes the uploaded file's own name, not the server's temporary path)."""
+    the job names it (the app passes the uploaded file's own name, not the server's temporary path).
+    weights: pretrained safetensors for the job to start from (a path on the training machine, never
+    read here): SETTINGS["weights"], the default of train.py --weights, and launch.sh's command."""
     source = model_source or plan.model.source
     label = source_label or source
     settings = job_settings(plan, label)
+    if weights:
+        settings["weights"] = check_weights_path(weights)
     pp = max(settings["stage_to_rank"]) + 1
     world = pp * settings["data_parallel"]
     nodes = sorted({plan.cluster.devices[s.device].node for s in plan.stages}) if plan.cluster.devices else [0]
@@ -158,6 +181,10 @@ def render_job(plan: Plan, *, model_source: str | None = None, source_label: str
         "@PREDICTED@": f"{plan.step_time_ms:.2f} ms" if plan.step_time_ms is not None else "n/a",
         "@MODEL_NOTES@": model_readme(source),
         "@PRECISION@": PRECISION_NOTES.get(settings["precision"], settings["precision"]),
+        "@WEIGHTS_ARGS@": f" --weights {shlex.quote(settings['weights'])}" if "weights" in settings else "",
+        "@WEIGHTS@": (f"This job starts from the weights at `{settings['weights']}` (train.py's `--weights` default)."
+                      if "weights" in settings else
+                      "This job starts from pipeplan's random initialisation; `--weights` loads pretrained ones."),
     }
     files: dict[str, str] = {}
     for name in ("train.py", "launch.sh", "slurm.sbatch", "README.md"):

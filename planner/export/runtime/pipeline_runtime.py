@@ -42,10 +42,12 @@ from torch.fx.passes.split_module import split_module
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "JobError", "StageModule", "all_reduce_mean", "assign_stages", "check_batch", "clip_by_global_norm",
-    "finish_checkpoint", "layer_of", "load_checkpoint", "log_step", "materialize", "max_mem_bytes",
-    "micro_batches", "mixed_precision", "module_path", "pick_device", "retarget_devices", "save_checkpoint",
-    "split_into_stages", "stage_shapes", "sync_gradients", "trace_model", "upcast",
+    "JobError", "StageModule", "WeightsFile", "all_reduce_mean", "assign_stages", "check_batch", "checkpoint_keys",
+    "clip_by_global_norm", "finish_checkpoint", "layer_of", "load_checkpoint", "load_weights", "log_step",
+    "match_weights", "materialize", "max_mem_bytes", "micro_batches", "mixed_precision", "module_path", "pick_device",
+    "pickle_refusal", "retarget_devices", "save_checkpoint", "save_weights_file", "save_weights_index", "shard_name",
+    "split_into_stages", "stage_shapes", "sync_gradients", "trace_model", "upcast", "weights_digest",
+    "weights_report",
 ]
 
 
@@ -464,3 +466,280 @@ def load_checkpoint(ckpt_dir: Path, groups: dict[str, dict[str, torch.Tensor]], 
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return step
+
+
+# --------------------------------------------------------------------------- weights (safetensors only)
+# Pretrained weights enter a job only as safetensors, read by name; nothing is ever unpickled.
+# Every rank reads the header of every file (names, dtypes, shapes: a few KB) and checks the WHOLE
+# checkpoint against the model before training, so all ranks stop with the same message; then it
+# opens with safetensors.safe_open only the files holding its own stages' tensors and copies them,
+# one tensor at a time, into its already-materialised parameters (peak: the stage's parameters plus
+# the largest single tensor read).
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool, "F8_E4M3": getattr(torch, "float8_e4m3fn", None),
+              "F8_E5M2": getattr(torch, "float8_e5m2", None)}
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+def pickle_refusal(path: str | Path) -> str:
+    """The one-line refusal for a pickle checkpoint (.bin, .pt, ...), with a command that converts it.
+    The conversion runs in the user's own process, by their choice: the job never unpickles."""
+    p = Path(path)
+    if p.is_dir() or p.name.startswith("pytorch_model"):
+        folder = p if p.is_dir() else p.parent
+        cmd = (f"python -c \"from transformers import AutoModelForCausalLM as M; "
+               f"M.from_pretrained('{folder}').save_pretrained('{folder}-safetensors', safe_serialization=True)\"")
+    else:
+        cmd = (f"python -c \"import torch; from safetensors.torch import save_file; "
+               f"save_file({{k: v.contiguous() for k, v in torch.load('{p}', weights_only=True).items()}}, "
+               f"'{p.with_suffix('.safetensors')}')\"")
+    return (f"--weights {path}: pickle checkpoints (.bin/.pt) are refused, because loading one runs code from the "
+            f"file; convert it to safetensors yourself, then pass the result: {cmd}")
+
+
+class WeightsFile:
+    """A safetensors checkpoint resolved from --weights: a Hugging Face folder (model.safetensors, or
+    model-0000x-of-0000y.safetensors with model.safetensors.index.json) or one .safetensors file.
+    Only headers are read here: `entries[key] = (file, dtype, shape, nbytes)`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self.files_opened: list[str] = []  # by safe_open, in load_weights
+        self.bytes_read = 0  # tensor bytes read by load_weights
+        self.header_bytes = 0
+        self.entries: dict[str, tuple[Path, torch.dtype | None, tuple[int, ...], int]] = {}
+        self._indexed: dict[Path, set[str]] = {}  # file -> keys the index puts there
+        for f in self._files():
+            for key, (dtype, shape, nbytes) in self._header(f).items():
+                if key in self.entries:
+                    raise JobError(f"--weights {self.path}: tensor {key} is in both {self.entries[key][0].name} and {f.name}")
+                self.entries[key] = (f, dtype, shape, nbytes)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e[3] for e in self.entries.values())
+
+    def _files(self) -> list[Path]:
+        p = self.path
+        if p.suffix.lower() in PICKLE_SUFFIXES:
+            raise JobError(pickle_refusal(p))
+        if p.is_file():
+            if p.name == INDEX_FILE:
+                p = p.parent
+            elif p.suffix != ".safetensors":
+                raise JobError(f"--weights {p}: not a .safetensors file; give a safetensors file or a Hugging Face "
+                               "checkpoint folder")
+            else:
+                return [p]
+        if not p.is_dir():
+            raise JobError(f"--weights {p} does not exist; give a safetensors file or a Hugging Face checkpoint folder")
+        index = p / INDEX_FILE
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                shards = sorted(set(weight_map.values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise JobError(f"--weights {index}: not a safetensors index (a JSON object with a weight_map)") from None
+            bad = [s for s in shards if not isinstance(s, str) or Path(s).name != s or not s.endswith(".safetensors")]
+            if bad:
+                raise JobError(f"--weights {index}: the weight_map names files that are not .safetensors files in "
+                               f"that folder: {bad[:3]}")
+            missing = [s for s in shards if not (p / s).is_file()]
+            if missing:
+                raise JobError(f"--weights {p}: the index names shard(s) that are not there: {', '.join(missing[:5])}")
+            for s in shards:  # the index and the shards must agree (checked in _header)
+                self._indexed[p / s] = {k for k, v in weight_map.items() if v == s}
+            return [p / s for s in shards]
+        if (p / SINGLE_FILE).is_file():
+            return [p / SINGLE_FILE]
+        pickles = sorted(x.name for x in p.iterdir() if x.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles:
+            raise JobError(pickle_refusal(p))
+        found = sorted(x.name for x in p.glob("*.safetensors"))
+        if len(found) == 1:
+            return [p / found[0]]
+        raise JobError(f"--weights {p}: no {SINGLE_FILE} or {INDEX_FILE} in this folder"
+                       + (f" (it holds {len(found)} .safetensors files but no index)" if found else ""))
+
+    def _header(self, f: Path) -> dict[str, tuple[torch.dtype | None, tuple[int, ...], int]]:
+        """Names, dtypes and shapes from a safetensors header (8-byte length, then JSON), without
+        reading any tensor data."""
+        try:
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if not 2 <= n <= MAX_HEADER_BYTES:
+                    raise ValueError
+                header = json.loads(fh.read(n))
+            self.header_bytes += 8 + n
+            out = {}
+            for key, info in dict(header).items():
+                if key == "__metadata__":
+                    continue
+                begin, end = info["data_offsets"]
+                out[key] = (_ST_DTYPES.get(info["dtype"]), tuple(int(s) for s in info["shape"]), int(end) - int(begin))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise JobError(f"--weights {f}: not a safetensors file (unreadable header)") from None
+        expected = self._indexed.get(f)
+        if expected is not None and expected != set(out):
+            extra = sorted(expected ^ set(out))
+            raise JobError(f"--weights {f.parent}: {INDEX_FILE} and {f.name} disagree about tensors {extra[:5]}")
+        return out
+
+
+def checkpoint_keys(model: nn.Module) -> dict[str, list[str]]:
+    """Canonical parameter FQN -> the checkpoint keys it may be stored under, from the model the job
+    builds (on meta). The canonical FQN is the first name named_parameters() gives (a tied parameter
+    appears once, under its owner: GPT-2's transformer.wte.weight, not lm_head.weight). Also accepted:
+    every alias of a tied parameter (a checkpoint may hold lm_head.weight too), and, for a Hugging
+    Face model, every name without the base model's prefix (`model.`, `transformer.`), which is how a
+    checkpoint of the bare base model (LlamaModel, GPT2Model) names its tensors."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    keys: dict[str, list[str]] = {}
+    for names in groups.values():
+        alts = list(names)
+        if prefix:
+            alts += [n[len(prefix) + 1:] for n in names if n.startswith(prefix + ".")]
+        keys[names[0]] = list(dict.fromkeys(alts))
+    return keys
+
+
+def _ignored_keys(model: nn.Module) -> tuple[set[str], list[str]]:
+    """Checkpoint keys that are not parameters but are no error: the model's buffers (RoPE inv_freq,
+    GPT-2's attn.bias mask; the job recomputes them) and the model's own ignore patterns (HF's
+    _keys_to_ignore_on_load_unexpected)."""
+    import re
+
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    names = {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    names |= {n[len(prefix) + 1:] for n in names if prefix and n.startswith(prefix + ".")}
+    patterns = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
+    return names, patterns
+
+
+def _kind(dtype: torch.dtype | None) -> str:
+    if dtype is None:
+        return "unknown"
+    return "float" if dtype.is_floating_point else ("bool" if dtype == torch.bool else "int")
+
+
+def match_weights(source: WeightsFile, model: nn.Module) -> dict[str, str]:
+    """Canonical FQN -> checkpoint key for every parameter of `model` (the unsplit model on meta),
+    after checking names, shapes and dtypes of the whole checkpoint. Raises JobError listing every
+    missing, unexpected and mismatched tensor. A floating-point tensor may have another floating
+    dtype (a bf16 checkpoint for fp32 master weights): it is converted on copy; a float/int/bool
+    kind mismatch is an error."""
+    params = dict(model.named_parameters())
+    keys = checkpoint_keys(model)
+    chosen: dict[str, str] = {}
+    used: set[str] = set()
+    missing, mismatched = [], []
+    for fqn, alts in keys.items():
+        present = [k for k in alts if k in source.entries]
+        if not present:
+            missing.append(fqn)
+            continue
+        used.update(present)
+        p = params[fqn]
+        for k in present:
+            _, dtype, shape, _ = source.entries[k]
+            if shape != tuple(p.shape) or _kind(dtype) != _kind(p.dtype):
+                mismatched.append(f"{k} {list(shape)} {str(dtype).replace('torch.', '')} "
+                                  f"(model: {list(p.shape)} {str(p.dtype).replace('torch.', '')})")
+        chosen[fqn] = present[0]
+    names, patterns = _ignored_keys(model)
+    unexpected = sorted(k for k in source.entries
+                        if k not in used and k not in names and not any(r.search(k) for r in patterns))
+    if missing or unexpected or mismatched:
+        show = lambda xs: ", ".join(xs[:8]) + (f", ... ({len(xs)} in all)" if len(xs) > 8 else "")
+        parts = ([f"missing {len(missing)}: {show(missing)}"] if missing else []) + \
+                ([f"unexpected {len(unexpected)}: {show(unexpected)}"] if unexpected else []) + \
+                ([f"mismatched {len(mismatched)}: {show(mismatched)}"] if mismatched else [])
+        raise JobError(f"--weights {source.path} does not fit this model: {'; '.join(parts)}")
+    return chosen
+
+
+@torch.no_grad()
+def load_weights(source: WeightsFile, chosen: dict[str, str], params: dict[str, list[torch.Tensor]]) -> None:
+    """Copy checkpoint tensors into materialised parameters: params[fqn] lists this rank's copies of
+    one parameter (one per local stage using it; a tied parameter on two ranks is read by each, the
+    same bytes, so the copies agree with no collective). Opens only the files that hold these
+    tensors (safe_open: memory-mapped, lazy) and reads each tensor once, straight into its copies."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for fqn in params:
+        by_file.setdefault(source.entries[chosen[fqn]][0], []).append(fqn)
+    for f in sorted(by_file):
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            source.files_opened.append(f.name)
+            for fqn in by_file[f]:
+                key = chosen[fqn]
+                t = st.get_tensor(key)  # one tensor in memory at a time
+                source.bytes_read += t.numel() * t.element_size()
+                for p in params[fqn]:
+                    p.copy_(t)
+                del t
+
+
+def weights_report(source: WeightsFile, rank: int, tensors: int) -> str:
+    return (f"rank {rank}: loaded {tensors} tensors, {source.bytes_read:,} of {source.total_bytes:,} bytes, from "
+            f"{len(source.files_opened)} of {len({e[0] for e in source.entries.values()})} file(s) of {source.path}")
+
+
+def weights_digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (CPU, contiguous): a per-parameter fingerprint for --check-weights."""
+    import hashlib
+
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- saving (Hugging Face layout)
+def shard_name(i: int, n: int) -> str:
+    return f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def save_weights_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """One safetensors file {key: tensor} (metadata format "pt", which transformers expects), atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = {k: t.detach().to("cpu").contiguous() for k, t in sorted(tensors.items())}
+    _write_atomic(path, lambda tmp: save_file(cpu, str(tmp), metadata={"format": "pt"}))
+
+
+def save_weights_index(out_dir: Path, weight_map: dict[str, str] | None, total_size: int, config: Path | None) -> None:
+    """Finish a save: model.safetensors.index.json ({"metadata": {"total_size"}, "weight_map"}), or
+    none when weight_map is None (a single model.safetensors); the model's config.json if it has one
+    (a Hugging Face model); and removal of the files of an earlier save into the same folder that
+    this one does not name (so the folder always describes one model)."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if weight_map is not None:
+        text = json.dumps({"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))},
+                          indent=2) + "\n"
+        _write_atomic(out_dir / INDEX_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        keep = set(weight_map.values())
+    else:
+        (out_dir / INDEX_FILE).unlink(missing_ok=True)
+        keep = {SINGLE_FILE}
+    if config is not None and config.is_file():
+        _write_atomic(out_dir / "config.json", lambda tmp: shutil.copyfile(config, tmp))
+    for f in out_dir.glob("model*.safetensors"):
+        if f.name not in keep:
+            f.unlink()

@@ -29,11 +29,11 @@ fi
 NPROC_PER_NODE="${NPROC_PER_NODE:-$(( WORLD / NNODES ))}"
 
 if [[ "$NNODES" == 1 ]]; then
-  exec torchrun --standalone --nproc-per-node "$NPROC_PER_NODE" train.py --dp @DP@ "$@"
+  exec torchrun --standalone --nproc-per-node "$NPROC_PER_NODE" train.py --dp @DP@@WEIGHTS_ARGS@ "$@"
 fi
 if [[ -z "$RDZV_ENDPOINT" ]]; then
   echo "launch.sh: multi-node runs need --rdzv-endpoint HOST:PORT (the same on every node)" >&2; exit 2
 fi
 exec torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NPROC_PER_NODE" \
   --rdzv-backend c10d --rdzv-endpoint "$RDZV_ENDPOINT" --rdzv-id pipeplan \
-  train.py --dp @DP@ "$@"
+  train.py --dp @DP@@WEIGHTS_ARGS@ "$@"

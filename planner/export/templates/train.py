@@ -4,6 +4,8 @@
     torchrun --nproc-per-node P train.py            # the plan's pipeline (P = ranks, see SETTINGS)
     python train.py --single-process                # the unsplit model, same data/seed/micro-batching
     torchrun --nproc-per-node P*N train.py --dp N   # pipeline x data parallel
+    torchrun ... train.py --weights CKPT --save-weights OUT   # start from / write safetensors weights
+    torchrun ... train.py --data tokens.npy         # a local tokenised dataset instead of synthetic data
 
 Every step prints one JSON line (from the rank holding the last stage):
     {"step": 1, "loss": 6.24, "step_time_s": 0.05, "samples_per_s": 160.0, "max_mem_bytes": ...}
@@ -24,6 +26,13 @@ Recompute (SETTINGS["recompute"], one flag per stage): a stage with it on runs i
 forward under torch.utils.checkpoint (non-reentrant, RNG state preserved), so it keeps only
 its inputs per micro-batch and rebuilds its activations during backward; the losses do not
 change. --single-process never recomputes (it is the unsplit reference).
+
+Weights (--weights, default SETTINGS["weights"]): a Hugging Face checkpoint folder
+(model.safetensors, or sharded with model.safetensors.index.json) or one .safetensors file keyed
+by parameter name. Checked whole (names, shapes, dtypes) before any process group; each rank then
+reads only its stages' tensors, lazily (safetensors.safe_open), into its materialised parameters.
+Pickles (.bin, .pt) are refused. --save-weights DIR writes the trained model in the same layout
+(one shard per pipeline rank + index, and config.json for HF models: from_pretrained(DIR) loads it).
 """
 
 from __future__ import annotations
@@ -42,23 +51,31 @@ import torch
 import torch.distributed as dist
 from pipeline_runtime import (  # ./pipeline_runtime.py: the plan-independent machinery, copied by pipeplan
     JobError,
+    WeightsFile,
     all_reduce_mean,
     check_batch,
     clip_by_global_norm,
     finish_checkpoint,
     load_checkpoint,
+    load_weights,
     log_step,
+    match_weights,
     materialize,
     micro_batches,
     mixed_precision,
     pick_device,
     retarget_devices,
     save_checkpoint,
+    save_weights_file,
+    save_weights_index,
+    shard_name,
     split_into_stages,
     stage_shapes,
     sync_gradients,
     trace_model,
     upcast,
+    weights_digest,
+    weights_report,
 )
 from torch import nn
 
@@ -68,6 +85,10 @@ SETTINGS = json.loads(r"""
 """)
 HERE = Path(__file__).resolve().parent
 BF16_MIXED = SETTINGS["precision"] == "bf16_mixed"
+MODEL_CONFIG = HERE / "model" / "config.json"
+"""A Hugging Face model's config.json: copied into every --save-weights folder (None-like if absent)."""
+TOKENS = None
+"""The --data token file (TokenFile), or None for synthetic data; set by main()."""
 
 
 # --------------------------------------------------------------------------- data
@@ -84,9 +105,59 @@ def get_batch(step: int, num_samples: int, seed: int) -> tuple[tuple[torch.Tenso
     plan's (checked before training starts).
 
     Default: synthetic samples from model_source.make_batch, seeded by (seed, step).
+    With --data FILE: random windows of a local token file (TokenFile below), seeded the same way.
     """
+    if TOKENS is not None:
+        return TOKENS.batch(step, num_samples, seed)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return model_source.make_batch(num_samples, generator=generator)
+
+
+class TokenFile:
+    """A real-data example: a local tokenised dataset, one long 1-D array of token ids, memory-mapped
+    with numpy so that only the windows drawn are read from disk. A `.npy` file (np.save of an integer
+    array; read with allow_pickle=False), or a raw token file (`.bin`, e.g. nanoGPT's train.bin) of
+    --data-dtype (default uint16). Sample i of step s is the window tokens[a : a + T + 1] at a random
+    start a drawn from (seed, step): inputs = its first T tokens, target = its last T (next-token
+    prediction), T = the plan's sequence length. For models whose only input is a (batch, T) tensor
+    of token ids and whose target is the next tokens (GPT-like samples, HF causal LMs)."""
+
+    def __init__(self, path: Path, dtype: str, seq_len: int, vocab: int | None) -> None:
+        import numpy as np
+
+        if not path.is_file():
+            raise JobError(f"--data {path} does not exist")
+        try:
+            self.tokens = (np.load(path, mmap_mode="r", allow_pickle=False) if path.suffix == ".npy"
+                           else np.memmap(path, dtype=np.dtype(dtype), mode="r"))
+        except (ValueError, TypeError, OSError) as exc:
+            raise JobError(f"--data {path}: cannot memory-map it as tokens ({exc})") from None
+        if self.tokens.ndim != 1 or self.tokens.dtype.kind not in "iu":
+            raise JobError(f"--data {path}: need a 1-D integer array of token ids, got {self.tokens.ndim}-D "
+                           f"{self.tokens.dtype}")
+        if len(self.tokens) < seq_len + 2:
+            raise JobError(f"--data {path}: {len(self.tokens)} tokens, fewer than one window of {seq_len + 1}")
+        self.seq_len, self.vocab = seq_len, vocab
+
+    def batch(self, step: int, num_samples: int, seed: int) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        import numpy as np
+
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        starts = torch.randint(0, len(self.tokens) - self.seq_len, (num_samples,), generator=generator).tolist()
+        seq = torch.from_numpy(np.stack([self.tokens[a:a + self.seq_len + 1] for a in starts]).astype(np.int64))
+        if self.vocab is not None and int(seq.max()) >= self.vocab:
+            raise JobError(f"--data: token id {int(seq.max())} is outside the model's vocabulary ({self.vocab})")
+        return (seq[:, :-1],), seq[:, 1:]
+
+
+def open_tokens(args: argparse.Namespace) -> TokenFile:
+    """--data for this model: checks that its input is one (batch, seq_len) tensor of token ids."""
+    (example, *rest), _ = model_source.make_batch(1, device="meta")
+    if rest or example.dim() != 2 or example.dtype != torch.long:
+        raise JobError("--data feeds models whose only input is a (batch, seq_len) tensor of token ids; for this "
+                       "model, write get_batch yourself")
+    vocab = next((m.num_embeddings for m in meta_model().modules() if isinstance(m, nn.Embedding)), None)
+    return TokenFile(args.data, args.data_dtype, example.shape[1], vocab)
 
 
 # --------------------------------------------------------------------------- optimizer and steps
@@ -122,6 +193,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --checkpoint-dir")
     p.add_argument("--single-process", action="store_true",
                    help="train the unsplit model in this process on the same data, for an equivalence check")
+    p.add_argument("--weights", default=SETTINGS.get("weights"),
+                   help="start from these safetensors weights: a Hugging Face checkpoint folder or one .safetensors "
+                        "file keyed by parameter name (default: the export's --weights, else pipeplan's init)")
+    p.add_argument("--save-weights", type=Path, default=None, metavar="DIR",
+                   help="write the trained weights there as safetensors (one shard per pipeline rank and an index; "
+                        "HF models also get config.json), at the end and at every --checkpoint-every step "
+                        "(DIR/step_N)")
+    p.add_argument("--check-weights", action="store_true",
+                   help="debug: each rank prints one JSON line with a sha256 per parameter and the bytes it read")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a local token file (.npy, or a raw .bin of --data-dtype) to train on instead of synthetic data")
+    p.add_argument("--data-dtype", default="uint16", help="element type of a raw --data .bin file")
     args = p.parse_args(argv)
     if args.steps < 1 or args.dp < 1 or args.checkpoint_every < 0:
         raise JobError("--steps and --dp must be >= 1 and --checkpoint-every >= 0")
@@ -168,6 +251,46 @@ def split_model(example: tuple) -> list:
                              recompute=SETTINGS["recompute"])
 
 
+def open_weights(args: argparse.Namespace) -> tuple[WeightsFile, dict[str, str]] | None:
+    """--weights checked against the whole model (names, shapes, dtypes; only file headers are read):
+    the file and parameter FQN -> checkpoint key. None without --weights."""
+    if not args.weights:
+        return None
+    source = WeightsFile(args.weights)
+    return source, match_weights(source, meta_model())
+
+
+def report_weights(rank: int, params: dict[str, list[torch.Tensor]], source: WeightsFile | None,
+                   args: argparse.Namespace) -> None:
+    """stderr: what this rank loaded; with --check-weights, stdout: one JSON line with every parameter's sha256."""
+    if source is not None:
+        print(weights_report(source, rank, len(params)), file=sys.stderr, flush=True)
+    if args.check_weights:
+        line = {"rank": rank, "digests": {f: weights_digest(ps[0]) for f, ps in sorted(params.items())}}
+        if source is not None:
+            line.update(files=source.files_opened, bytes_read=source.bytes_read, total_bytes=source.total_bytes,
+                        header_bytes=source.header_bytes)
+        print(json.dumps({"check_weights": line}), flush=True)
+
+
+def save_pretrained(out_dir: Path, mine: dict[str, torch.Tensor], writer: dict[str, int],
+                    sizes: dict[str, int], pp_rank: int, finish: bool) -> None:
+    """Write this rank's tensors (`mine`: FQN -> tensor) as its shard of a Hugging Face style
+    safetensors folder; `writer` gives every parameter's writing pipeline rank and `sizes` its bytes.
+    With finish (rank 0, after every shard is written): the index and config.json."""
+    ranks = sorted(set(writer.values()))
+    if len(ranks) == 1:  # one writer (the unsplit model): a plain model.safetensors, no index
+        if mine:
+            save_weights_file(out_dir / "model.safetensors", mine)
+            save_weights_index(out_dir, None, sum(sizes.values()), MODEL_CONFIG)
+        return
+    if mine:
+        save_weights_file(out_dir / shard_name(ranks.index(pp_rank), len(ranks)), mine)
+    if finish:
+        weight_map = {f: shard_name(ranks.index(r), len(ranks)) for f, r in writer.items()}
+        save_weights_index(out_dir, weight_map, sum(sizes.values()), MODEL_CONFIG)
+
+
 def run_single_process(args: argparse.Namespace) -> None:
     """The reference: the unsplit model, gradient accumulation over the same micro-batches."""
     device = pick_device(0)
@@ -175,8 +298,14 @@ def run_single_process(args: argparse.Namespace) -> None:
     num_mb = SETTINGS["num_microbatches"] * args.dp
     samples = num_mb * SETTINGS["micro_batch_size"]
     check_batch(*get_batch(1, samples, args.seed), example, batched, num_mb)
+    weights = open_weights(args)
     model = model_source.materialize(meta_model(), device, args.seed)
     params = dict(model.named_parameters())
+    if weights is not None:
+        load_weights(weights[0], weights[1], {f: [p] for f, p in params.items()})
+    report_weights(0, {f: [p] for f, p in params.items()}, weights[0] if weights else None, args)
+    sizes = {f: p.numel() * p.element_size() for f, p in params.items()}
+    save = lambda out: save_pretrained(out, params, dict.fromkeys(params, 0), sizes, 0, True)
     opt = make_optimizer(list(params.values()), args)
     start = load_checkpoint(args.checkpoint_dir, {"model": params}, opt, 0) if args.resume else 0
     for step in range(start + 1, args.steps + 1):
@@ -201,8 +330,12 @@ def run_single_process(args: argparse.Namespace) -> None:
         opt.zero_grad(set_to_none=False)
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             save_checkpoint(args.checkpoint_dir, step, {"model": params}, opt, 0, True)
+            if args.save_weights:
+                save(args.save_weights / f"step_{step:06d}")
             finish_checkpoint(args.checkpoint_dir, step)
         log_step(step, float(torch.stack(losses).mean()), time.perf_counter() - t0, samples, device)
+    if args.save_weights:
+        save(args.save_weights)
 
 
 def run_pipeline(args: argparse.Namespace) -> None:
@@ -228,13 +361,16 @@ def run_pipeline(args: argparse.Namespace) -> None:
     # Everything that can fail on bad input happens before the first collective.
     example, batched = example_batch()
     check_batch(*get_batch(1, args.dp * M * mb, args.seed), example, batched, args.dp * M)
+    weights = open_weights(args)  # the whole checkpoint checked against the model: headers only
     modules = split_model(example)
     shapes = stage_shapes(modules, example)
     local = [s for s in range(num_stages) if stage_to_rank[s] == pp_rank]
     for s in local:
         retarget_devices(modules[s], device)
-    stage_params = {s: materialize(modules[s], device, args.seed, model_source.init_parameters,
-                                   model_source.init_buffers) for s in local}
+    # sizes of every parameter (other ranks' stages are still on meta), for the saved index
+    sizes = {f: p.numel() * p.element_size() for m in modules for f, p in zip(m.param_fqns, m.params)}
+    init = model_source.init_parameters if weights is None else (lambda named, seed: None)  # overwritten below
+    stage_params = {s: materialize(modules[s], device, args.seed, init, model_source.init_buffers) for s in local}
     copies: dict[str, list[nn.Parameter]] = {}  # FQN -> this rank's copies (one per local stage using it)
     for s in local:
         for f, p in stage_params[s].items():
@@ -245,6 +381,12 @@ def run_pipeline(args: argparse.Namespace) -> None:
             if stage_to_rank[s] not in owners.setdefault(f, []):
                 owners[f].append(stage_to_rank[s])
     print(startup_line(rank, args), file=sys.stderr, flush=True)
+    if weights is not None:  # this rank's stages only: its tensors, from the files holding them
+        load_weights(weights[0], weights[1], copies)
+    report_weights(rank, copies, weights[0] if weights else None, args)
+    # --save-weights: each parameter written once, by the lowest pipeline rank holding it (replica 0)
+    writer = {f: min(r) for f, r in owners.items()}
+    mine = {f: ps[0] for f, ps in copies.items() if writer[f] == pp_rank}
 
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     mesh = init_device_mesh(device.type, (args.dp, pp), mesh_dim_names=("dp", "pp"))
@@ -293,6 +435,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
         opt.zero_grad(set_to_none=False)
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             save_checkpoint(args.checkpoint_dir, step, groups, opt, rank, dp_rank == 0)
+            if args.save_weights:
+                save_weights_everywhere(args.save_weights / f"step_{step:06d}", mine, writer, sizes, rank, pp_rank,
+                                        dp_rank)
             dist.barrier()  # every file is written before `latest` points at this step
             if rank == 0:
                 finish_checkpoint(args.checkpoint_dir, step)
@@ -303,15 +448,30 @@ def run_pipeline(args: argparse.Namespace) -> None:
                 all_reduce_mean([loss], mesh.get_group("dp"), args.dp)
             if dp_rank == 0:
                 log_step(step, float(loss), time.perf_counter() - t0, args.dp * M * mb, device)
+    if args.save_weights:
+        save_weights_everywhere(args.save_weights, mine, writer, sizes, rank, pp_rank, dp_rank)
     dist.barrier()
     dist.destroy_process_group()
 
 
+def save_weights_everywhere(out_dir: Path, mine: dict, writer: dict, sizes: dict, rank: int, pp_rank: int,
+                            dp_rank: int) -> None:
+    """--save-weights from the pipeline: replica 0's ranks write their shards, then (after a barrier)
+    rank 0 writes the index, so the index never names a shard that is not complete."""
+    if dp_rank == 0:
+        save_pretrained(out_dir, mine, writer, sizes, pp_rank, False)
+    dist.barrier()
+    if rank == 0:
+        save_pretrained(out_dir, {}, writer, sizes, pp_rank, True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global TOKENS
     try:
         args = parse_args(argv)
         torch.manual_seed(args.seed)
         random.seed(args.seed)
+        TOKENS = open_tokens(args) if args.data is not None else None
         if args.single_process:
             run_single_process(args)
         else:
