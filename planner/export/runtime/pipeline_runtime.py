@@ -518,10 +518,7 @@ class WeightsFile:
                 if key in self.entries:
                     raise JobError(f"--weights {self.path}: tensor {key} is in both {self.entries[key][0].name} and {f.name}")
                 self.entries[key] = (f, dtype, shape, nbytes)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(e[3] for e in self.entries.values())
+        self.total_bytes = sum(e[3] for e in self.entries.values())  # every tensor's bytes
 
     def _files(self) -> list[Path]:
         p = self.path
