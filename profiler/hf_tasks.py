@@ -6,7 +6,8 @@ No allowlist: the class comes from transformers' own auto registries
 1. The config's `architectures[0]`, when it is the registered class of this model_type for one
    of the tasks below (e.g. `Qwen2ForCausalLM`, `BertForSequenceClassification`).
 2. Otherwise the first task, in `TASKS` order, whose registry has this model_type:
-   causal LM, seq2seq LM, masked LM, image classification, sequence classification.
+   causal LM, seq2seq LM (when the class takes token ids, not audio), masked LM, image
+   classification, sequence classification.
 
 An encoder-decoder (T5, BART, Marian, ...) trains as a seq2seq LM: source ids, decoder ids and
 next-token targets of the same length. Its layer graph has two stacks; the encoder output is an
@@ -79,7 +80,7 @@ def pick_class(model_type: str, architectures: list | None) -> tuple[Task, str]:
                 return task, arch
     for task in TASKS:
         names = regs[task.name].get(model_type)
-        if names:
+        if names and (task.name != "seq2seq-lm" or _takes_seq2seq_args(names[0])):
             return task, names[0]
     raise PipeplanError(f"HF model_type {model_type!r} has no auto class for any task pipeplan trains "
                         f"({', '.join(t.label for t in TASKS)}) in this transformers version; "
@@ -135,16 +136,31 @@ def image_side(config, seq_len: int | None) -> int:
     return seq_len or (size if isinstance(size, int) and size > 0 else 224)
 
 
+SEQ2SEQ_ARGS = ("input_ids", "attention_mask", "decoder_input_ids")
+"""The positional inputs of the encoder-decoders pipeplan trains (T5, BART, Marian, Pegasus, ...). Every
+input is a tensor (the mask all ones), so the pipeline's first stage receives no None."""
+
+
+def _takes_seq2seq_args(class_name: str) -> bool:
+    """Whether transformers' class takes SEQ2SEQ_ARGS first (speech-to-text models in the seq2seq
+    registry take audio features instead: they go on to the next task)."""
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    try:
+        return cls is not None and tuple(list(inspect.signature(cls.forward).parameters)[1:4]) == SEQ2SEQ_ARGS
+    except (TypeError, ValueError):
+        return False
+
+
 def seq2seq_inputs(model_class: type | None, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> tuple:
-    """The positional inputs of an encoder-decoder's forward: input_ids first, decoder_input_ids at its
-    place in the signature (T5 and BART put attention_mask between them), None in the slots between."""
-    names = list(inspect.signature(model_class.forward).parameters)[1:] if model_class is not None else []
-    if "decoder_input_ids" not in names or names.index("decoder_input_ids") > 8:
-        raise PipeplanError(f"{getattr(model_class, '__name__', 'this model')} takes no decoder_input_ids "
-                            "argument; pipeplan trains encoder-decoders that do")
-    slots: list = [None] * (names.index("decoder_input_ids") + 1)
-    slots[0], slots[-1] = input_ids, decoder_input_ids
-    return tuple(slots)
+    """(input_ids, attention_mask, decoder_input_ids) for a forward that takes them in this order."""
+    names = list(inspect.signature(model_class.forward).parameters)[1:4] if model_class is not None else []
+    if tuple(names) != SEQ2SEQ_ARGS:
+        raise PipeplanError(f"{getattr(model_class, '__name__', 'this model')}.forward does not start with "
+                            f"{', '.join(SEQ2SEQ_ARGS)}; pipeplan trains encoder-decoders whose forward does")
+    mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
+    return input_ids, mask, decoder_input_ids
 
 
 def make_batch(task: Task, config, batch_size: int, seq_len: int | None, device: str,
