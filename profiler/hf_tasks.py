@@ -84,7 +84,7 @@ def pick_class(model_type: str, architectures: list | None) -> tuple[Task, str]:
             return task, names[0]
     raise PipeplanError(f"HF model_type {model_type!r} has no auto class for any task pipeplan trains "
                         f"({', '.join(t.label for t in TASKS)}) in this transformers version; "
-                        "encoder-only base models are not supported yet")
+                        "speech models and encoder-only base models are not supported yet")
 
 
 
