@@ -186,10 +186,13 @@ def test_torchrun_stops_on_a_wrong_shape_before_any_process_group(tmp_path):
     safetensors_torch.save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
     job = export(tmp_path, "job", hf_plan(tmp_path, llama_config(), LLAMA_STAGES, "llama"))
     proc = run(job, ["--steps", "2", "--weights", str(ckpt)], 2, ok=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and '"step"' not in proc.stdout
-    assert "mismatched 1: model.layers.3.mlp.up_proj.weight [3, 64] float32 (model: [128, 64] float32)" in proc.stderr
-    for rank in (0, 1):  # every rank checked the whole checkpoint and stopped before its start-up line
-        assert f"[rank{rank}]" not in proc.stderr or f"rank {rank}: stage" not in proc.stderr
+    assert proc.returncode != 0 and '"step"' not in proc.stdout
+    # no worker traceback (torchrun itself prints one for any worker that exits non-zero)
+    assert 'train.py", line' not in proc.stderr and 'pipeline_runtime.py", line' not in proc.stderr
+    # a rank stops on a tensor of another rank's stage (each checks the whole checkpoint), before its start-up line
+    message = "mismatched 1: model.layers.3.mlp.up_proj.weight [3, 64] float32 (model: [128, 64] float32)"
+    assert sum(line.startswith("train.py: error: --weights") and line.endswith(message)
+               for line in proc.stderr.splitlines()) >= 1
     assert "rank 0: stage" not in proc.stderr and "rank 1: stage" not in proc.stderr
 
 
