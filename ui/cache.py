@@ -107,7 +107,8 @@ def timeline_for(_plan: Plan, plan_json: str) -> Timeline:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def export_zip(_plan: Plan, plan_json: str, model_source: str | None, source_label: str | None = None) -> bytes:
+def export_zip(_plan: Plan, plan_json: str, model_source: str | None, source_label: str | None = None,
+               weights: str | None = None) -> bytes:
     from planner.export import export_zip_bytes
 
-    return export_zip_bytes(_plan, model_source=model_source, source_label=source_label)
+    return export_zip_bytes(_plan, model_source=model_source, source_label=source_label, weights=weights)

@@ -12,7 +12,8 @@ from planner.contracts.plan import Plan
 from planner.pipeline.schedules import schedule_spec
 
 
-def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str | None = None) -> str:
+def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str | None = None,
+                 weights: str | None = None) -> str:
     """profile -> plan -> export, with the files the app offers for download (cluster.json)."""
     c = plan.config
     lines = []
@@ -33,5 +34,7 @@ def cli_commands(plan: Plan, cli_source: str, cli_flags: str, export_source: str
     export = "pipeplan export plan.json -o job/"
     if export_source and export_source != plan.model.source:
         export += f" --model-source {shlex.quote(export_source)}"
+    if weights:
+        export += f" --weights {shlex.quote(weights)}"
     lines.append(export)
     return "\n".join(lines)

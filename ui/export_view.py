@@ -15,14 +15,21 @@ def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str
                    export_source: str | None = None, export_error: str | None = None,
                    export_label: str | None = None) -> None:
     """The job's zip (naming an uploaded config by export_label, its own file name, not the server's
-    path), the plan, profile and cluster JSON, and the CLI commands that make the same job."""
+    path), the plan, profile and cluster JSON, and the CLI commands that make the same job.
+    The pretrained-weights path is text for the job (its settings and launch.sh): this server never
+    opens it, since it names a file on the machine that will train."""
     st.header("5. Export")
+    weights = st.text_input(
+        "Pretrained weights (optional)", key="export_weights",
+        placeholder="/data/checkpoints/my-model  (a Hugging Face safetensors folder or a .safetensors file)",
+        help="Path on the machine that runs the job; written into train.py's settings and launch.sh as "
+             "--weights. This app never reads it. Only safetensors: .bin/.pt pickles are refused.").strip() or None
     cols = st.columns(4)
     try:
         if export_error:
             raise PipeplanError(export_error)
         with st.spinner("Writing the training job…"):
-            data = cache.export_zip(plan, plan.to_json(), export_source, export_label)
+            data = cache.export_zip(plan, plan.to_json(), export_source, export_label, weights)
     except PipeplanError as exc:
         st.error(f"Cannot export this plan: {exc}")
     else:
@@ -36,4 +43,4 @@ def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str
     cols[3].download_button("cluster.json", data=plan.cluster.to_json(indent=2), file_name="cluster.json",
                             mime="application/json", key="download_cluster", on_click="ignore")
     st.markdown("The same job from the command line (`pipeplan export plan.json` writes exactly the zip's files):")
-    st.code(cli_commands(plan, cli_source, cli_flags, export_label or export_source), language="bash")
+    st.code(cli_commands(plan, cli_source, cli_flags, export_label or export_source, weights), language="bash")
