@@ -13,7 +13,10 @@ always names the same graph nodes:
    from the root: an element of a ModuleList/ModuleDict/Sequential is a layer
    ("layers.3", "down.1"); a module that holds no ModuleList/ModuleDict below it
    is a layer ("wte", "ln_f", "head", "stem"); a wrapper that does (HF's
-   "model", "transformer", "encoder") is descended into.
+   "model", "transformer", "encoder") is descended into, and so is a stage of
+   a hierarchical model (a module with a stack of blocks as a direct child,
+   `is_stack`): Swin's "encoder.layers.2.blocks.7" and "encoder.layers.2.downsample"
+   are layers, not "encoder.layers.2".
    granularity="op": every leaf module (no children) is a layer.
 3. Ops of no layer (root-level adds, reshapes, masks, the DLRM interaction; at
    "op" granularity also ops of non-leaf modules) join the *latest* layer that
@@ -67,6 +70,16 @@ def normalize_module_path(path: str) -> str:
     return path.strip(".")
 
 
+def is_stack(module: nn.Module) -> bool:
+    """A stack of blocks: a ModuleList/ModuleDict/Sequential of modules of one class that have submodules
+    of their own (a Sequential(Linear, GELU, Linear) is an MLP; T5's [self-attention, feed-forward] are
+    the parts of one block)."""
+    if not isinstance(module, _CONTAINERS):
+        return False
+    kids = list(module.children())
+    return bool(kids) and len({type(k) for k in kids}) == 1 and all(any(True for _ in k.children()) for k in kids)
+
+
 class ModuleTree:
     """What the layer rule needs to know about the module hierarchy."""
 
@@ -74,6 +87,9 @@ class ModuleTree:
         self.modules = dict(model.named_modules(remove_duplicate=False))
         self.wrappers = {p for p, m in self.modules.items()
                          if not isinstance(m, _CONTAINERS) and any(isinstance(c, _REPEATED) for c in m.modules())}
+        self.stages = {p for p, m in self.modules.items() if any(is_stack(c) for c in m.children())}
+        """Modules with a stack of blocks as a direct child: a hierarchical model's stage (Swin's
+        `layers.2` and its 18 `blocks`, ResNet's `stages.1`). Its blocks are the layers, not the stage."""
 
     def layer_for_path(self, path: str, granularity: str = "block") -> str | None:
         return layer_for_path(path, self, granularity)
@@ -87,6 +103,7 @@ def layer_for_path(path: str, tree: ModuleTree, granularity: str = "block") -> s
         module = tree.modules[path]
         return path if not any(True for _ in module.children()) else None
     parts = path.split(".")
+    in_stage = False
     for i in range(1, len(parts) + 1):
         prefix = ".".join(parts[:i])
         parent = ".".join(parts[:i - 1])
@@ -94,7 +111,10 @@ def layer_for_path(path: str, tree: ModuleTree, granularity: str = "block") -> s
         if module is None:
             return None
         if isinstance(tree.modules.get(parent), _CONTAINERS):
-            return prefix  # an element of a container: a block, a stage, a U-Net level
+            if in_stage or prefix not in tree.stages:
+                return prefix  # an element of a container: a block, a U-Net level
+            in_stage = True  # a stage of blocks: descend to its blocks (once: a block is not split further)
+            continue
         if isinstance(module, _CONTAINERS) or prefix in tree.wrappers:
             continue  # descend into containers and wrappers
         return prefix

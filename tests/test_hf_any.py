@@ -29,7 +29,7 @@ BART = {"model_type": "bart", "architectures": ["BartForConditionalGeneration"],
         "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "encoder_layers": 2, "decoder_layers": 2,
         "encoder_attention_heads": 4, "decoder_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64}
 RESNET = {"model_type": "resnet", "embedding_size": 16, "hidden_sizes": [16, 32], "depths": [1, 1], "num_labels": 10}
-SWIN = {"model_type": "swin", "image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2],
+SWIN = {"model_type": "swin", "image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [2, 2], "num_heads": [1, 2],
         "window_size": 4, "num_labels": 10}
 
 
@@ -54,11 +54,12 @@ def unique_param_count(config: dict) -> int:
     (BERT_MLM, 32, "masked-lm", "BertForMaskedLM",
      ["bert.embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "cls"]),
     (RESNET, 32, "image-classification", "ResNetForImageClassification",
-     ["resnet.embedder", "resnet.encoder.stages.0", "resnet.encoder.stages.1", "resnet.pooler",
+     ["resnet.embedder", "resnet.encoder.stages.0.layers.0", "resnet.encoder.stages.1.layers.0", "resnet.pooler",
       "classifier.0", "classifier.1"]),
-    (SWIN, None, "image-classification", "SwinForImageClassification",
-     ["swin.embeddings", "swin.encoder.layers.0", "swin.encoder.layers.1", "swin.layernorm", "swin.pooler",
-      "classifier"]),
+    (SWIN, None, "image-classification", "SwinForImageClassification",  # hierarchical: each block is a layer
+     ["swin.embeddings", "swin.encoder.layers.0.blocks.0", "swin.encoder.layers.0.blocks.1",
+      "swin.encoder.layers.0.downsample", "swin.encoder.layers.1.blocks.0", "swin.encoder.layers.1.blocks.1",
+      "swin.layernorm", "swin.pooler", "classifier"]),
 ])
 def test_families_profile_with_structural_layers_and_exact_parameter_bytes(config, seq_len, task, name, layers):
     model, picked, _ = build_hf_model(config)
@@ -229,3 +230,22 @@ def test_encoder_decoder_graph_feeds_the_encoder_output_to_every_decoder_block(c
         assert edges[(encoder_out, block)] == 2 * 16 * 64 * 4
     plan = solve(prof, Cluster.uniform(3, "A100-80GB"), TrainConfig(schedule="1F1B", num_microbatches=6))
     assert plan.feasible and [n for s in plan.stages for n in s.node_ids] == [n.id for n in prof.nodes]
+
+
+def test_job_stage_rule_agrees_on_blocks_inside_stages():
+    """Hierarchical models (Swin): the layers are the blocks inside each stage and the stage's downsample.
+    The job's rule (longest layer-id prefix of an op's module, then rule 3) puts every op where the
+    profiler's layer rule does, for a cut between two blocks of one stage."""
+    from planner.export.runtime import pipeline_runtime as job
+    from profiler.hf import make_hf_batch
+    from profiler.trace import trace_model
+
+    model, task, config = build_hf_model(SWIN)
+    inputs, *_ = make_hf_batch(task, config, 2, None, "meta", type(model))
+    traced = trace_model(model, inputs)
+    ids = traced.layers
+    cut = ids.index("swin.encoder.layers.0.blocks.1")  # inside stage 0 of the model
+    stages = [ids[:cut], ids[cut:]]
+    layer_stage = {lid: s for s, lids in enumerate(stages) for lid in lids}
+    node_stage = job.assign_stages(job.trace_model(model, tuple(inputs)), stages)
+    assert node_stage == {name: layer_stage[lay] for name, lay in traced.node_layer.items()}
