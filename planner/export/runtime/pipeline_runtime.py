@@ -23,6 +23,12 @@ How the model is split:
 Then, per step: tied-gradient sum and data-parallel average (sync_gradients), clipping by the
 global norm over all stages (clip_by_global_norm), one JSON line (log_step), and checkpoints by
 parameter FQN (save_checkpoint, finish_checkpoint, load_checkpoint).
+
+Pretrained weights (safetensors only, never a pickle): WeightsFile reads every file's header and
+match_weights checks the whole checkpoint against the model before any process group; load_weights
+then opens only the files holding this rank's tensors and copies them one at a time into its
+materialised parameters. save_weights_file / save_weights_index write a Hugging Face-style
+folder (a shard per writing rank, the index, config.json).
 """
 
 from __future__ import annotations

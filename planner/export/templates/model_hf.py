@@ -1,8 +1,8 @@
 """The model of this job: a Hugging Face causal LM built from config.json (next to this file),
 with random weights from pipeplan's per-FQN initialisation rule (init.py). Needs transformers.
 
-To fine-tune pretrained weights instead, load them by FQN into each stage after
-train.py's materialize() (state-dict keys are the same FQNs).
+To fine-tune pretrained weights instead, run train.py with --weights (a safetensors checkpoint
+folder of this model, or of its base model); --save-weights writes a folder from_pretrained loads.
 
 train.py uses exactly these names:
     build_model() -> nn.Module           called under torch.device("meta")
