@@ -411,11 +411,12 @@ def markdown(data: dict) -> str:
     lines = [BEGIN, "## Coverage of transformers architectures", "",
              (f"`make bench-coverage` (bench/bench_coverage.py), {data['env']['date']}, transformers "
              f"{data['transformers']}, torch {data['env']['torch']}, {data['env']['cpu_count']} CPUs. Each model_type "
-             "of the four registries: its default config shrunk (2 layers, hidden 64, 4 heads, GQA ratio kept, 4 "
-             "experts, vocabulary 1024), profiled on meta as an A100-80GB estimate (64 tokens or the config's image "
+             f"of the {len(REGISTRIES)} registries: its default config, with the fields transformers leaves unset "
+             "filled, shrunk (2 layers, hidden 64, 4 heads, GQA ratio kept, 4 experts, vocabulary 1024), profiled on meta as an A100-80GB estimate (64 tokens or the config's image "
              "size), then planned on 2 x A100-80GB (1F1B, 8 micro-batches). A type is counted in every registry that "
-             "lists it, with the class an uploaded config without `architectures` gets (causal LM, masked LM, image "
-             f"classification, sequence classification: the first it has). Budget {data['timeout_s']:.0f} s per type; "
+             "lists it, with the class an uploaded config without `architectures` gets (causal LM, seq2seq LM, masked "
+             f"LM, image classification, sequence classification: the first it has; speech-to-text models, which "
+             f"take audio features, are not trained). Budget {data['timeout_s']:.0f} s per type; "
              f"sweep took {data['seconds']:.0f} s."), "",
              "| registry | swept | profiled | planned | planned % |", "|---|---:|---:|---:|---:|"]
     for task, row in s["registries"].items():
