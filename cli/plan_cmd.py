@@ -8,6 +8,14 @@ from pathlib import Path
 from core.errors import PipeplanError
 from core.files import check_writable, write_file_atomic
 from core.jsonio import read_json_file
+from core.limits import (
+    MAX_GLOBAL_BATCH,
+    MAX_MICROBATCHES,
+    MAX_VIRTUAL_STAGES,
+    check_count,
+    check_pipeline_size,
+    check_shape,
+)
 from planner.contracts.cluster import Cluster, check_device_count, parse_memory
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import Plan
@@ -136,6 +144,19 @@ def summary(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def check_early_sizes(args: argparse.Namespace) -> None:
+    """The counts the flags give, against core.limits, before the model is profiled (TrainConfig and the
+    schedule check them again with the profile's micro-batch size)."""
+    check_count(args.microbatches, MAX_MICROBATCHES, "num_microbatches", "; use larger micro-batches")
+    check_count(args.global_batch, MAX_GLOBAL_BATCH, "global_batch")
+    check_count(args.virtual_stages, MAX_VIRTUAL_STAGES, "virtual_stages")
+    check_shape(args.batch_size, args.seq_len)
+    if args.devices and args.microbatches and args.devices > 0 and args.microbatches > 0 and args.virtual_stages > 0:
+        from planner.pipeline.schedules import chunks_per_device
+
+        check_pipeline_size(args.devices * chunks_per_device(args.schedule, args.virtual_stages), args.microbatches)
+
+
 def run(args: argparse.Namespace) -> int:
     from planner.solvers.solve import solve
 
@@ -143,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         raise PipeplanError(f"--devices must be >= 1, got {args.devices}")
     if args.devices is not None:  # refused before the model is profiled
         check_device_count(args.devices, "--devices asks for")
+    check_early_sizes(args)
     if args.output:
         check_writable(args.output, "plan JSON")
     profile = load_model(args.model, args)

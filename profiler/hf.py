@@ -28,6 +28,7 @@ import torch
 
 from core.errors import PipeplanError
 from core.jsonio import load_json_text
+from core.limits import MAX_HF_LAYERS, check_hf_config_sizes, check_shape  # noqa: F401  (MAX_HF_LAYERS: re-exported)
 from profiler import hf_moe
 from profiler.hf_tasks import TASK_BY_NAME, TASKS, make_batch, pick_class
 from profiler.memcheck import check_fits_for_measuring
@@ -35,9 +36,6 @@ from profiler.profile import Profile
 from profiler.profile_model import profile_model
 
 MAX_CONFIG_BYTES = 4 * 2**20
-MAX_HF_LAYERS = 1024
-"""More layers than any real model: building a million-layer config on meta takes hours."""
-_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "depths", "encoder_layers", "decoder_layers")
 _DROP = ("model_type", "architectures", "transformers_version", "auto_map")
 
 
@@ -98,6 +96,7 @@ def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int |
     """(model, task name, config) for a config dict; PipeplanError for what pipeplan cannot build.
 
     task: force one of profiler.hf_tasks.TASKS instead of the architectures/priority choice."""
+    check_hf_config_sizes(data)  # before transformers builds anything proportional to a size
     picked, class_name = resolve_class(data)
     model_type = data["model_type"]
     if task is not None:
@@ -108,12 +107,6 @@ def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int |
         if not names:
             raise PipeplanError(f"HF model_type {model_type!r} has no {picked.label} class in transformers")
         class_name = names[0]
-    for key in _LAYER_KEYS:
-        value = data.get(key)
-        count = sum(v for v in value if isinstance(v, int)) if isinstance(value, list) else value
-        if isinstance(count, int) and not isinstance(count, bool) and count > MAX_HF_LAYERS:
-            raise PipeplanError(f"HF config {key}={count} is more layers than pipeplan profiles "
-                                f"(at most {MAX_HF_LAYERS}); check the config.json")
     transformers = _import_transformers()
     cls = getattr(transformers, class_name, None)
     if cls is None:
@@ -193,6 +186,7 @@ def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int
                       progress: Callable[[str, float], None] | None = None, source: str | None = None,
                       task: str | None = None) -> Profile:
     """Profile an HF architecture from its config.json (dict, JSON text or path)."""
+    check_shape(batch_size, seq_len)
     data = read_config(config_json)
     device = measure or "meta"
     if measure is not None:

@@ -17,6 +17,7 @@ import networkx as nx
 
 from core.errors import PipeplanError
 from core.jsonio import build_dataclass, load_json_text
+from core.limits import MAX_PROFILE_EDGES, MAX_PROFILE_NODES
 
 SCHEMA = "pipeplan.profile/1"
 
@@ -204,8 +205,10 @@ class Profile:
             return cls(
                 model=_build(ModelInfo, data.get("model"), "model"),
                 provenance=_build(Provenance, data.get("provenance"), "provenance"),
-                nodes=[_build(ProfileNode, n, f"nodes[{i}]") for i, n in enumerate(_list(data, "nodes"))],
-                edges=[_build(ProfileEdge, e, f"edges[{i}]") for i, e in enumerate(_list(data, "edges"))],
+                nodes=[_build(ProfileNode, n, f"nodes[{i}]")
+                       for i, n in enumerate(_list(data, "nodes", MAX_PROFILE_NODES))],
+                edges=[_build(ProfileEdge, e, f"edges[{i}]")
+                       for i, e in enumerate(_list(data, "edges", MAX_PROFILE_EDGES))],
                 schema=schema,
             )
         except PipeplanError:
@@ -226,10 +229,13 @@ def _flat_dict(obj: Any) -> dict[str, Any]:
 _FIELD_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in (ProfileNode, ProfileEdge)}
 
 
-def _list(data: dict, key: str) -> list:
+def _list(data: dict, key: str, limit: int) -> list:
     value = data.get(key)
     if not isinstance(value, list):
         raise PipeplanError(f"profile JSON: {key!r} must be a list")
+    if len(value) > limit:  # checked before any is built (core.limits)
+        raise PipeplanError(f"profile JSON has {len(value)} {key}; pipeplan plans at most {limit} "
+                            "(profile at --granularity block)")
     return value
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from core.errors import PipeplanError
+from core.limits import check_shape
 from profiler.memcheck import check_fits_for_measuring
 from profiler.profile import Profile
 from profiler.profile_model import profile_model
@@ -58,6 +59,7 @@ def load_profile(spec: str, *, batch_size: int | None = None, seq_len: int | Non
     """
     _positive(batch_size, "batch size")
     _positive(seq_len, "sequence length")
+    check_shape(batch_size, seq_len)
     kind, rest = split_spec(spec)
     if kind == "profile":
         prof = read_profile_file(rest)
@@ -65,12 +67,23 @@ def load_profile(spec: str, *, batch_size: int | None = None, seq_len: int | Non
             raise PipeplanError(f"{rest} was profiled at micro-batch {prof.model.micro_batch_size}, not {batch_size}; "
                                 "re-profile the model at the micro-batch size you want")
         return prof
-    if kind == "sample":
-        return _profile_sample(spec, rest, batch_size or 1, seq_len, estimate_for, measure, granularity, progress)
-    if kind == "hf":
-        from profiler.hf import profile_hf_config
-        return profile_hf_config(Path(rest), batch_size=batch_size or 1, seq_len=seq_len, estimate_for=estimate_for,
-                                 measure=measure, granularity=granularity, progress=progress, source=spec)
+    if kind in ("sample", "hf"):
+        try:
+            if kind == "sample":
+                return _profile_sample(spec, rest, batch_size or 1, seq_len, estimate_for, measure, granularity,
+                                       progress)
+            from profiler.hf import profile_hf_config
+            return profile_hf_config(Path(rest), batch_size=batch_size or 1, seq_len=seq_len,
+                                     estimate_for=estimate_for, measure=measure, granularity=granularity,
+                                     progress=progress, source=spec)
+        except (MemoryError, RuntimeError) as exc:
+            # measuring allocates real tensors: the weights were checked against free memory first
+            # (check_fits_for_measuring), a huge batch or sequence shows only when its activations are made
+            if isinstance(exc, RuntimeError) and "allocate" not in str(exc):
+                raise
+            raise PipeplanError(f"{spec} ran out of memory while measuring on {measure or 'meta'} at batch size "
+                                f"{batch_size or 1}: lower --batch-size / --seq-len, or estimate with "
+                                "--estimate-for PRESET") from None
     if not allow_code:
         raise PipeplanError("file: models run your Python code; pass --allow-code (or enable 'allow code' "
                             "in the app) to allow it. It runs in a separate, time- and memory-limited process")

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.errors import PipeplanError
 from core.jsonio import build_dataclass, check_number, load_json_text
+from core.limits import MAX_DEVICES
 from profiler.gpus import GiB, get_preset
 from profiler.profile import Profile
 
@@ -22,7 +23,6 @@ INTRA_NODE_LATENCY_S = 5e-6
 """Default latency of one message inside a host (NVLink/PCIe p2p through NCCL: a few microseconds)."""
 INTER_NODE_LATENCY_S = 10e-6
 """Default latency of one message between hosts (InfiniBand/RoCE)."""
-MAX_DEVICES = 4096
 
 
 def check_device_count(n: int, what: str = "the cluster has") -> None:

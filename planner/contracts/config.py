@@ -12,6 +12,13 @@ from typing import Any
 
 from core.errors import PipeplanError
 from core.jsonio import build_dataclass, check_number, load_json_text
+from core.limits import (
+    MAX_DATA_PARALLEL,
+    MAX_GLOBAL_BATCH,
+    MAX_MICROBATCHES,
+    MAX_VIRTUAL_STAGES,
+    check_count,
+)
 from planner.pipeline.schedules import (  # noqa: F401  (re-exported: the closed set of schedule names)
     MULTI_CHUNK_SCHEDULES,
     SCHEDULES,
@@ -27,9 +34,6 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "sgd_momentum")
 PRECISIONS = ("fp32", "bf16_mixed")
 RECOMPUTE = ("off", "on", "auto")
 SOLVERS = ("auto", "highs", "cbc", "dp")
-MAX_MICROBATCHES = 4096
-"""Most micro-batches per step (the app's limit too): more would make planning and simulation crawl."""
-MAX_GLOBAL_BATCH = 1 << 20
 
 
 @dataclass(kw_only=True, slots=True)
@@ -74,8 +78,10 @@ class TrainConfig:
                                     f"(at most {MAX_GLOBAL_BATCH} samples per step per pipeline)")
         check_number(self.micro_batch_size, "micro_batch_size", positive=True, integer=True)
         check_number(self.virtual_stages, "virtual_stages", positive=True, integer=True)
+        check_count(self.virtual_stages, MAX_VIRTUAL_STAGES, "virtual_stages")
         check_number(self.reserve_bytes, "reserve_bytes", integer=True, minimum=0)
         check_number(self.data_parallel, "data_parallel", positive=True, integer=True)
+        check_count(self.data_parallel, MAX_DATA_PARALLEL, "data_parallel")
         check_number(self.time_limit_s, "time_limit_s", positive=True)
         for name, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS),
                               ("recompute", RECOMPUTE), ("solver", SOLVERS), ("device_order", ("fixed", "auto"))):

@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
 from core.errors import PipeplanError
+from core.limits import check_pipeline_size
 
 if TYPE_CHECKING:
     from planner.contracts.config import TrainConfig
@@ -206,6 +207,7 @@ def check_schedule(schedule: str, num_devices: int, num_microbatches: int, virtu
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PipeplanError(f"{name} needs a whole number of {label} >= 1, got {value!r}")
     check_virtual_stages(name, virtual_stages)
+    check_pipeline_size(num_devices * chunks_per_device(name, virtual_stages), num_microbatches)
     rule = SCHEDULE_SPECS[name].microbatch_rule
     why = rule(num_devices, num_microbatches, virtual_stages) if rule is not None else None
     if why is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import PipeplanError
 from planner.costmodel.cost import (
     CostTables,
     StageTimeCoefficients,
@@ -137,8 +138,10 @@ def interval_table_bytes(num_nodes: int, num_stages: int, max_len: int) -> int:
     return 8 * (3 * num_stages + 24) * (num_nodes + 1) * max_len
 
 
-class DPTooLarge(Exception):
-    """The interval tables would take more than TABLE_BUDGET_BYTES; the caller coarsens the graph."""
+class DPTooLarge(PipeplanError):
+    """The interval tables would take more than TABLE_BUDGET_BYTES; the caller coarsens the graph. Raised
+    to the user (one line) only when even the coarsest graph with one layer per stage is too large: too
+    many stages (issue 18: --devices 4096 --schedule GPipe on a 5000-layer profile was a traceback)."""
 
 
 class IntervalCosts:
@@ -149,7 +152,8 @@ class IntervalCosts:
         N, S = tb.num_nodes, prob.num_stages
         need = interval_table_bytes(N, S, max_len) + (relay_matrix_bytes(tb) if prob.relay is None else 0)
         if need > TABLE_BUDGET_BYTES:
-            raise DPTooLarge(f"{N} nodes x {S} stages: the DP's tables would take {need / 2**30:.1f} GiB")
+            raise DPTooLarge(f"{N} layers x {S} stages: the planner's tables would take {need / 2**30:.1f} GiB "
+                             f"(at most {TABLE_BUDGET_BYTES / 2**30:.0f} GiB); plan for fewer devices")
         self.N, self.S, self.L = N, S, max_len
         P = lambda a: np.concatenate([[0.0], np.cumsum(a)])
         pf, pb, pw, pp, pa = P(tb.fwd), P(tb.bwd), P(tb.bwd_weight), P(tb.params.astype(float)), P(tb.activation)
