@@ -54,8 +54,10 @@ MAX_HF_WIDTH = 1 << 18
 """Hidden and feed-forward sizes (262144): the largest real models use ~25k hidden, ~100k FFN."""
 MAX_HF_VOCAB = 1 << 22
 """Vocabulary (4M entries): real models use up to ~260k."""
-MAX_HF_EXPERTS = 4096
-"""MoE experts per layer: real models use up to a few hundred routed experts."""
+MAX_HF_EXPERTS = 1 << 16
+"""MoE experts per layer (65536): most real models use up to a few hundred routed experts, Doge's
+default config 16384 tiny ones; transformers stores experts as one fused tensor, so the count is cheap
+on meta, but a per-expert Python loop (older MoE classes) would not be."""
 MAX_HF_HEADS = 1 << 14
 """Attention heads (and key/value heads)."""
 MAX_HF_POSITIONS = 1 << 24
@@ -83,16 +85,18 @@ HF_KEY_LIMITS: dict[str, tuple[int, str]] = {
     **{k: (MAX_HF_IMAGE, "image size") for k in ("image_size",)},
 }
 """HF config keys that size the model, with their limit and what they count. A list value (e.g. Swin's
-`depths`) counts its sum; nested sub-configs (text_config, vision_config, ...) are checked too."""
+`depths`) of layers counts its sum, of sizes its largest; nested sub-configs (text_config, vision_config, ...) are checked too."""
 
 
-def _count(value: Any) -> int | None:
+def _count(value: Any, total: bool) -> int | None:
+    """An int, or a list of ints: their sum (`total`, e.g. Swin's depths per stage) or their largest
+    (e.g. Gemma 3n's intermediate_size per layer)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return sum(value) if value else None
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return sum(value) if total else max(value)
     return None
 
 
@@ -106,13 +110,9 @@ def check_count(value: Any, limit: int, what: str, hint: str = "") -> None:
 def check_hf_config_sizes(data: dict[str, Any], where: str = "HF config") -> None:
     """Refuse an HF config whose sizes exceed HF_KEY_LIMITS, naming the key: `HF config vocab_size=10^12
     is more vocabulary than pipeplan profiles (at most 4194304); check the config.json`."""
-    stack: list[tuple[str, dict]] = [("", data)]
-    seen = 0
+    stack: list[tuple[str, dict]] = [("", data)]  # linear in the JSON, which is capped (4 MiB, 5 MB upload)
     while stack:
         prefix, d = stack.pop()
-        seen += 1
-        if seen > 64:  # sub-configs nest a level or two; a deeper tree is not a config
-            raise PipeplanError(f"{where} nests too many sub-configs; check the config.json")
         for key, value in d.items():
             if isinstance(value, dict):
                 stack.append((f"{prefix}{key}.", value))
@@ -120,7 +120,7 @@ def check_hf_config_sizes(data: dict[str, Any], where: str = "HF config") -> Non
             if key not in HF_KEY_LIMITS:
                 continue
             limit, what = HF_KEY_LIMITS[key]
-            count = _count(value)
+            count = _count(value, total=what == "layers")
             if count is not None and count > limit:
                 raise PipeplanError(f"{where} {prefix}{key}={count} is more {what} than pipeplan profiles "
                                     f"(at most {limit}); check the config.json")
