@@ -23,6 +23,10 @@ QWEN2_GQA = {"model_type": "qwen2", **DECODER}
 MIXTRAL = {"model_type": "mixtral", **DECODER, "num_local_experts": 4, "num_experts_per_tok": 2}
 BERT_MLM = {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 64, "intermediate_size": 128,
             "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64}
+MISTRAL_SLIDING = {"model_type": "mistral", **DECODER, "sliding_window": 8}  # window < sequence: banded masks
+NEOX_PARALLEL = {"model_type": "gpt_neox", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "vocab_size": 128, "max_position_embeddings": 64,
+                 "use_parallel_residual": True}  # attention and MLP side by side in each block
 T5 = {"model_type": "t5", "d_model": 64, "d_ff": 128, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4,
       "d_kv": 16, "vocab_size": 128}
 BART = {"model_type": "bart", "architectures": ["BartForConditionalGeneration"], "d_model": 64,
@@ -43,6 +47,11 @@ def unique_param_count(config: dict) -> int:
      ["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
     (MIXTRAL, 32, "causal-lm", "MixtralForCausalLM",
      ["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
+    (MISTRAL_SLIDING, 32, "causal-lm", "MistralForCausalLM",
+     ["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
+    (NEOX_PARALLEL, 32, "causal-lm", "GPTNeoXForCausalLM",
+     ["gpt_neox.embed_in", "gpt_neox.emb_dropout", "gpt_neox.rotary_emb", "gpt_neox.layers.0", "gpt_neox.layers.1",
+      "gpt_neox.final_layer_norm", "lm_head"]),
     (T5, 16, "seq2seq-lm", "T5ForConditionalGeneration",
      ["encoder.embed_tokens", "encoder.block.0", "encoder.block.1", "encoder.final_layer_norm",
       "decoder.embed_tokens", "decoder.block.0", "decoder.block.1", "decoder.final_layer_norm", "lm_head"]),
@@ -72,6 +81,8 @@ def test_families_profile_with_structural_layers_and_exact_parameter_bytes(confi
     assert sum(n.param_count for n in prof.nodes) == unique
     assert prof.total_param_bytes == unique * 4  # fp32, tied weights once
     assert prof.total_flops > 0
+    fed = {e.dst for e in prof.edges if e.bytes > 0}
+    assert fed >= set(layers[1:]) - {n.id for n in prof.nodes if n.id.endswith("rotary_emb")}  # one connected DAG
     if config is BERT_MLM:  # the MLM decoder is tied to the word embeddings: one owner, both list it
         assert sum(1 for n in prof.nodes if n.shared_params) == 2
 
