@@ -55,4 +55,6 @@ def run(args: argparse.Namespace) -> int:
     ranks = len({s.device for s in plan.stages}) * plan.config.data_parallel
     print(f"wrote {len(written)} files to {args.out}: {stages} stages, {plan.config.schedule}, {ranks} processes")
     print(f"run:   cd {args.out} && ./launch.sh        check: python train.py --single-process --steps 5")
+    if args.weights:
+        print(f"weights: {args.weights} (train.py's --weights default; the job reads it, export did not)")
     return 0

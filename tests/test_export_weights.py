@@ -147,12 +147,18 @@ def test_llama_sharded_checkpoint_two_ranks(tmp_path):
     export_plan(hf_plan(tmp_path, llama_config(), LLAMA_STAGES, "llama"), job, weights=str(ckpt))
     assert f"--weights {ckpt}" in (job / "launch.sh").read_text()
     args = ["--steps", str(STEPS), "--check-weights"]  # --weights comes from SETTINGS
-    pipe_loss, pipe_checks = steps_and_checks(run(job, [*args, "--save-weights", str(tmp_path / "out_pp")], 2))
+    pipe_loss, pipe_checks = steps_and_checks(run(job, [*args, "--save-weights", str(tmp_path / "out_pp"),
+                                                        "--checkpoint-every", "2"], 2))
     single_loss, single_checks = steps_and_checks(run(job, [*args, "--save-weights", str(tmp_path / "out_sp")], None))
     check_ranks_read_their_tensors(pipe_checks, ckpt, 2)
     assert single_checks[0]["bytes_read"] == single_checks[0]["total_bytes"]
     assert max(abs(a - b) for a, b in zip(pipe_loss, single_loss)) <= TOL, (pipe_loss, single_loss)
     check_saved_folder(tmp_path / "out_pp", tmp_path / "out_sp", 2)
+    # --checkpoint-every 2: the step-2 weights beside the training-state checkpoint, loadable too
+    assert (job / "checkpoints" / "latest").read_text() == "2"
+    step2 = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out_pp" / "step_000002").state_dict()
+    final = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out_pp").state_dict()
+    assert step2.keys() == final.keys() and any(not torch.equal(step2[k], final[k]) for k in final)
 
 
 @pytest.mark.slow
