@@ -676,6 +676,9 @@ def load_weights(source: WeightsFile, chosen: dict[str, str], params: dict[str, 
     tensors (safe_open: memory-mapped, lazy) and reads each tensor once, straight into its copies."""
     from safetensors import safe_open
 
+    unknown = sorted(f for f in params if f not in chosen)
+    if unknown:  # the split model names a parameter the unsplit model does not: not expected to happen
+        raise JobError(f"--weights: parameters {unknown[:5]} of this rank's stages have no checkpoint key")
     by_file: dict[Path, list[str]] = {}
     for fqn in params:
         by_file.setdefault(source.entries[chosen[fqn]][0], []).append(fqn)

@@ -86,7 +86,7 @@ SETTINGS = json.loads(r"""
 HERE = Path(__file__).resolve().parent
 BF16_MIXED = SETTINGS["precision"] == "bf16_mixed"
 MODEL_CONFIG = HERE / "model" / "config.json"
-"""A Hugging Face model's config.json: copied into every --save-weights folder (None-like if absent)."""
+"""A Hugging Face model's config.json, copied into every --save-weights folder (sample and file: models have none)."""
 TOKENS = None
 """The --data token file (TokenFile), or None for synthetic data; set by main()."""
 
