@@ -377,3 +377,14 @@ def test_token_file_data(tmp_path, load_job, capsys):
     np.save(tmp_path / "floats.npy", np.ones(100))
     assert train.main(["--single-process", "--steps", "1", "--data", str(tmp_path / "floats.npy")]) == 2
     assert "1-D integer array of token ids" in capsys.readouterr().err
+
+
+def test_a_truncated_shard_is_refused_before_loading(tmp_path):
+    ckpt = hf_checkpoint(tmp_path / "ckpt", llama_config())
+    shard = ckpt / sorted(set(shard_of(ckpt).values()))[1]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(rt.JobError, match=r"truncated \(\d+ bytes; its header describes \d+\)"):
+        rt.WeightsFile(ckpt)
+    (ckpt / rt.INDEX_FILE).write_text('{"weight_map": {"a": "../elsewhere.safetensors"}}')
+    with pytest.raises(rt.JobError, match="not .safetensors files in that folder"):
+        rt.WeightsFile(ckpt)

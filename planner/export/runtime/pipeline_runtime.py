@@ -578,14 +578,18 @@ class WeightsFile:
                     raise ValueError
                 header = json.loads(fh.read(n))
             self.header_bytes += 8 + n
-            out = {}
+            out, data_end = {}, 0
             for key, info in dict(header).items():
                 if key == "__metadata__":
                     continue
                 begin, end = info["data_offsets"]
                 out[key] = (_ST_DTYPES.get(info["dtype"]), tuple(int(s) for s in info["shape"]), int(end) - int(begin))
+                data_end = max(data_end, int(end))
+            size = f.stat().st_size
         except (OSError, ValueError, KeyError, TypeError):
             raise JobError(f"--weights {f}: not a safetensors file (unreadable header)") from None
+        if size < 8 + n + data_end:
+            raise JobError(f"--weights {f}: truncated ({size} bytes; its header describes {8 + n + data_end})")
         expected = self._indexed.get(f)
         if expected is not None and expected != set(out):
             extra = sorted(expected ^ set(out))
