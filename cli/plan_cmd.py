@@ -68,6 +68,13 @@ def load_model(spec: str, args: argparse.Namespace) -> Profile:
     except ImportError:
         raise PipeplanError("this pipeplan cannot profile models yet; pass profile:PATH.json") from None
     estimate_for = args.gpu if args.gpu else None
+    if args.allow_code and spec.startswith("file:"):
+        import sys
+
+        from profiler.sandbox import sandbox_notice
+
+        if note := sandbox_notice():  # no bubblewrap here: say the code runs in the weaker sandbox
+            print(f"pipeplan plan: note: {note}", file=sys.stderr)
     return load_profile(spec, batch_size=args.batch_size, seq_len=args.seq_len, estimate_for=estimate_for,
                         allow_code=args.allow_code)
 

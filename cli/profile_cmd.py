@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
     from profiler.sources import load_profile
 
+    if args.allow_code and args.model.startswith("file:"):
+        from profiler.sandbox import sandbox_notice
+
+        if note := sandbox_notice():  # no bubblewrap here: say the code runs in the weaker sandbox
+            print(f"pipeplan profile: note: {note}", file=sys.stderr)
     prof = load_profile(args.model, batch_size=args.batch_size, seq_len=args.seq_len,
                         estimate_for=args.estimate_for, measure=args.measure, granularity=args.granularity,
                         allow_code=args.allow_code, progress=None if args.quiet else _progress)

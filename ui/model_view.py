@@ -79,8 +79,12 @@ def model_section() -> ModelChoice | None:
     sources = [SAMPLE, HF, PROFILE_JSON] + ([PYTHON] if code_execution_allowed() else [])
     source = st.radio("Model source", sources, horizontal=True, key="model_source")
     if code_execution_allowed():
+        from profiler.sandbox import sandbox_notice
+
+        note = sandbox_notice()  # None under bubblewrap
         st.warning("Code execution is allowed on this server (`--allow-code`): an uploaded .py file runs "
-                   "Python code. Use this only on your own machine, with files you trust.")
+                   "Python code. Use this only on your own machine, with files you trust."
+                   + (f" Note: {note}." if note else ""))
     timing = st.columns(3)
     gpus = list(GPU_PRESETS)
     estimate_for = timing[0].selectbox("Estimate layer times for", gpus, index=gpus.index(DEFAULT_GPU),
