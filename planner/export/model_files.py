@@ -70,8 +70,6 @@ def _hf_model_files(source: str, info: ModelInfo) -> dict[str, str]:
     if not path.is_file():
         raise PipeplanError(f"model source {source!r}: {path} does not exist; give the HF config.json to copy "
                             "(pipeplan export --model-source hf:PATH/config.json)")
-    if not info.seq_len:
-        raise PipeplanError("the plan's model has no seq_len; an HF causal LM needs one: re-profile with --seq-len")
     # Only a real HF config is copied into the job: a plan's model source comes from a file the user may
     # not have written (an uploaded profile), and must not smuggle another file (hf:/etc/passwd) into it.
     from core.jsonio import load_json_text, read_json_file
@@ -88,12 +86,14 @@ def _hf_model_files(source: str, info: ModelInfo) -> dict[str, str]:
 
     # the class the profiler built for this config (profiler.hf.resolve_class) is the one the job builds
     task, class_name = resolve_class(config)
-    if task.name != "causal-lm":
-        raise PipeplanError(f"model source {source!r}: export trains HF causal LMs (AutoModelForCausalLM); this "
-                            f"config builds {class_name}, a {task.name} model")
+    shape = info.image_size if task.shape_kind == "image_size" else info.seq_len
+    if not shape:
+        raise PipeplanError(f"the plan's model has no {task.shape_kind}; an HF {task.label} needs one: re-profile "
+                            "with --seq-len (the image side for image models)")
     files = {"model/config.json": text.decode("utf-8"),
              "model/init.py": (Path(sample_models.__file__).parent / "init.py").read_text(encoding="utf-8")}
-    files["model/__init__.py"] = template_text("model_hf.py").replace("@SHAPE@", repr(info.seq_len))
+    files["model/__init__.py"] = (template_text("model_hf.py").replace("@SHAPE@", repr(shape))
+                                  .replace("@TASK@", repr(task.name)).replace("@MODEL_CLASS@", repr(class_name)))
     return files
 
 

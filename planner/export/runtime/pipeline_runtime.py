@@ -221,7 +221,8 @@ class StageModule(nn.Module):
             out = self.submod(*[env[a] for a in self.call_args])
         for name, idx in self.bindings:
             env[name] = out if idx is None else out[idx]
-        result = tuple(env[n] for n in self.out_names)
+        # contiguous: P2P sends need it, and a boundary may be a view (a transpose, an expanded mask)
+        result = tuple(env[n].contiguous() for n in self.out_names)
         if self.out_dtypes is not None:
             result = tuple(t.to(d) if t.is_floating_point() and t.dtype != d else t
                            for t, d in zip(result, self.out_dtypes))
