@@ -152,3 +152,51 @@ def test_profile_json_cannot_point_the_export_at_a_server_file(base, tmp_path):
     at.file_uploader(key="profile_export_config").upload("config.json", cfg, "application/json").run()
     assert not at.exception and not _errors(at), _errors(at)
     assert not any("/etc/passwd" in c.value for c in at.code)
+
+
+def test_app_refuses_a_step_too_large_to_simulate(base):
+    """A 600-layer profile on 512 devices x 4096 micro-batches (both within the widgets' ranges): one error,
+    no exception, fast; the app plans again once the user lowers the count (issue 18:
+    core.limits.MAX_STAGE_MICROBATCHES)."""
+    import copy
+    import time
+
+    doc = copy.deepcopy(base.profile)
+    node, edge = doc["nodes"][0], doc["edges"][0]
+    doc["nodes"] = [{**node, "id": f"l{i}", "name": f"l{i}", "module_path": f"l{i}"} for i in range(600)]
+    doc["edges"] = [{**edge, "src": f"l{i}", "dst": f"l{i + 1}"} for i in range(599)]
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.radio(key="model_source").set_value("Profile JSON").run()
+    at.file_uploader(key="upload_profile_json").upload("p600.json", json.dumps(doc).encode(), "application/json").run()
+    at.number_input(key="n_devices").set_value(512).run()
+    at.radio(key="mb_mode").set_value("fixed").run()
+    start = time.monotonic()
+    at.number_input(key="num_microbatches").set_value(4096).run()
+    took = time.monotonic() - start
+    assert not at.exception, at.exception
+    errs = _errors(at)
+    assert any("512 stages x 4096 micro-batches is more than pipeplan simulates (at most 262144" in e
+               for e in errs), errs
+    assert took < 60, f"{took:.1f} s"
+    at.number_input(key="n_devices").set_value(4).run()
+    at.number_input(key="num_microbatches").set_value(8).run()
+    assert not at.exception and not _errors(at), _errors(at)
+
+
+@pytest.mark.parametrize("bwrap", ["none", None])
+def test_app_says_which_sandbox_runs_code(bwrap, monkeypatch):
+    """With code execution allowed, the app's warning says when only the weaker sandbox is available."""
+    from profiler.sandbox import sandbox_status
+
+    monkeypatch.setenv("PIPEPLAN_ALLOW_CODE", "1")
+    if bwrap is None:
+        monkeypatch.delenv("PIPEPLAN_BWRAP", raising=False)
+        if not sandbox_status()[0]:
+            pytest.skip("no working bwrap here")
+    else:
+        monkeypatch.setenv("PIPEPLAN_BWRAP", bwrap)
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    warnings = [w.value for w in at.warning if "Code execution is allowed" in w.value]
+    assert len(warnings) == 1, [w.value for w in at.warning]
+    weaker = "file: models run in the weaker sandbox" in warnings[0]
+    assert weaker == (bwrap == "none"), warnings[0]

@@ -46,6 +46,8 @@ FAMILY_REPRESENTATIVES = {"profile_truncated", "cluster_zero_devices", "plan_tru
 
 
 def needs_subprocess(case) -> bool:
+    if case.extra.get("limits"):  # tests/test_hostile_limits.py runs them as limited, measured processes
+        return False
     return (case.name in FAMILY_REPRESENTATIVES or case.name in TIME_LIMIT_S or bool(case.markers)
             or case.kind in ("code", "archive", "hf") or case.name in ("profile_huge_60mib", "hf_million_layers")
             or bool(case.extra.get("wrap")))

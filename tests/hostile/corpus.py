@@ -27,6 +27,7 @@ import copy
 import io
 import json
 import pickle
+import re
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -256,6 +257,49 @@ def _move_first_of_stage1_to_stage0(stages: list[dict]) -> None:
     a[-1], b[0] = b[0], a[-1]
 
 
+# -- sizes that explode (issue 18, class 1) ------------------------------------------------------
+
+def _many(doc: str, name: str, key: str, n: int) -> Callable[[Path, Base], Path]:
+    """The base document with `key` a list of n empty objects: the count must be refused before any
+    entry is built (each would fail on its own, later)."""
+    def build(folder: Path, base: Base) -> Path:
+        d = copy.deepcopy(getattr(base, doc))
+        d[key] = "__MANY__"
+        p = folder / name
+        p.write_text(json.dumps(d).replace('"__MANY__"', "[" + ",".join(["{}"] * n) + "]"))
+        return p
+    return build
+
+
+def _hf(name: str, model_type: str, **fields: Any) -> Callable[[Path, Base], Path]:
+    """A small config of `model_type` with some fields set absurdly large."""
+    small = {
+        "gpt2": {"architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_embd": 64, "n_head": 2, "vocab_size": 100},
+        "llama": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+                  "num_key_value_heads": 2, "vocab_size": 100},
+        "mixtral": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+                    "num_key_value_heads": 2, "vocab_size": 100, "num_local_experts": 4, "num_experts_per_tok": 2},
+        "deepseek_v3": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                        "moe_intermediate_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2,
+                        "vocab_size": 100, "n_routed_experts": 4, "num_experts_per_tok": 2},
+        "vit": {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+                "image_size": 32, "patch_size": 8},
+        "llava": {"text_config": {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
+                                  "intermediate_size": 128, "num_attention_heads": 2, "vocab_size": 100},
+                  "vision_config": {"model_type": "clip_vision_model", "num_hidden_layers": 2, "hidden_size": 64,
+                                    "intermediate_size": 128, "num_attention_heads": 2, "image_size": 32,
+                                    "patch_size": 8}},
+    }[model_type]
+    doc = {"model_type": model_type, **copy.deepcopy(small)}
+    for key, value in fields.items():
+        target = doc
+        *parents, last = key.split("__")
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    return _write(name, json.dumps(doc))
+
+
 # -- hostile output paths (kind "write") ------------------------------------------
 
 WRITERS: dict[str, tuple[str, ...]] = {
@@ -402,6 +446,101 @@ def _write_cases() -> list[Case]:
     ]
     return out
 
+
+def _size_cases() -> list[Case]:
+    """Counts a user controls, each past its core.limits bound: refused in one line within seconds and
+    well under 1 GiB (tests/test_hostile_limits.py runs each under RLIMIT_AS and measures it)."""
+    lim = {"limits": True}
+    big = 10**9
+    huge_msg = r" is more than pipeplan handles \(at most {}\)"
+    hf_msg = r"^HF config {}={} is more {} than pipeplan profiles \(at most {}\); check the config\.json$"
+
+    def hf(name, model_type, key, value, what, limit, **extra_fields):
+        shown = key.replace("__", ".")
+        return Case(name, "hf", _hf("config.json", model_type, **{key: value}, **extra_fields),
+                    hf_msg.format(re.escape(shown), value, what, limit), PROFILE_HF, extra=lim)
+
+    return [
+        # flags
+        Case("size_flag_devices_billion", "train", _write("unused", b""),
+             r"^--devices asks for 1000000000 devices; pipeplan plans at most 4096 ",
+             _train("--devices", str(big), "--memory", "80GB"), extra=lim,
+             notes="took 100 s and 2.3 GB before the check"),
+        Case("size_flag_microbatches_billion", "train", _write("unused", b""),
+             r"^num_microbatches 1000000000" + huge_msg.format(4096) + "; use larger micro-batches$",
+             _train("--devices", "2", "--memory", "80GB", "--microbatches", str(big)), extra=lim),
+        Case("size_flag_global_batch_trillion", "train", _write("unused", b""),
+             r"^global_batch 1000000000000" + huge_msg.format(2**20) + "$",
+             _train("--devices", "2", "--memory", "80GB", "--global-batch", str(10**12)), extra=lim),
+        Case("size_flag_virtual_stages_billion", "train", _write("unused", b""),
+             r"^virtual_stages 1000000000" + huge_msg.format(64) + "$",
+             _train("--devices", "2", "--memory", "80GB", "--schedule", "Interleaved1F1B", "--virtual-stages",
+                    str(big)), extra=lim),
+        Case("size_flag_stages_times_microbatches", "train", _write("unused", b""),
+             r"^1024 stages x 4096 micro-batches is more than pipeplan simulates \(at most 262144 "
+             r"stage-micro-batches per step\)",
+             _train("--devices", "1024", "--memory", "80GB", "--microbatches", "4096"), extra=lim,
+             notes="4096 x 4096 ran out of memory after 13 s before the check"),
+        Case("size_flag_batch_size_billion", "train", _write("unused", b""),
+             r"^batch size 1000000000" + huge_msg.format(2**16) + "; profile at a smaller micro-batch$",
+             ("profile", "sample:gpt:tiny", "--batch-size", str(big), "-o", "{out}"), extra=lim),
+        Case("size_flag_batch_size_billion_plan", "train", _write("unused", b""),
+             r"^batch size 1000000000" + huge_msg.format(2**16),
+             ("plan", "sample:mlp:tiny", "--devices", "2", "--memory", "80GB", "--batch-size", str(big)), extra=lim),
+        Case("size_flag_volume_side_ten_million", "train", _write("unused", b""),
+             r"^sequence length \(or image size\) 10000000" + huge_msg.format(2**20) + "$",
+             ("profile", "sample:unet3d:tiny", "--seq-len", str(10**7), "-o", "{out}"), extra=lim),
+        Case("size_flag_measure_huge_volume", "train", _write("unused", b""),
+             r"^sample:unet3d:tiny ran out of memory while measuring on cpu at batch size 65536: lower "
+             r"--batch-size / --seq-len, or estimate with --estimate-for PRESET$",
+             ("profile", "sample:unet3d:tiny", "--batch-size", "65536", "--seq-len", "1024", "--measure", "cpu",
+              "-o", "{out}"), extra=lim,
+             notes="within the caps, but 2.8e17 bytes of input: --measure cpu with a huge batch was a MemoryError "
+                   "traceback"),
+        Case("size_flag_simulate_microbatches_billion", "plan", _mutated("plan", "in_plan.json", lambda d: None),
+             r"^1000000000 micro-batches is more than pipeplan simulates \(at most 4096\)$",
+             ("simulate", "{path}", "--microbatches", str(big)), extra=lim),
+        Case("size_flag_calibrate_devices_billion", "train", _write("unused", b""),
+             r"^--devices must be between 1 and 4096, got 1000000000$",
+             ("calibrate", "--devices", str(big), "-o", "{out}"), extra=lim),
+        # inside JSON files
+        Case("size_profile_too_many_nodes", "profile", _many("profile", "many_nodes.json", "nodes", 200_001),
+             r"^profile JSON has 200001 nodes; pipeplan plans at most 200000 \(profile at --granularity block\)$",
+             PLAN_PROFILE, extra=lim),
+        Case("size_profile_too_many_edges", "profile", _many("profile", "many_edges.json", "edges", 400_001),
+             r"^profile JSON has 400001 edges; pipeplan plans at most 400000", PROFILE_PROFILE, extra=lim,
+             notes="3,000 layers with 400k skip edges took 44 s to plan"),
+        Case("size_cluster_5000_devices_in_json", "cluster",
+             _mutated("cluster", "cmany.json", lambda d: d.__setitem__("devices", [d["devices"][0]] * 5000)),
+             r"^the cluster has 5000 devices; pipeplan plans at most 4096 ", PLAN_CLUSTER, extra=lim),
+        Case("size_plan_microbatches_billion", "plan",
+             _mutated("plan", "plan_mb.json", _set("config.num_microbatches", big)),
+             r"num_microbatches 1000000000 is more than pipeplan plans \(at most 4096\)", SIMULATE, extra=lim),
+        Case("size_plan_virtual_stages_billion", "plan",
+             _mutated("plan", "plan_v.json", lambda d: d["config"].update(schedule="Interleaved1F1B",
+                                                                          virtual_stages=big)),
+             r"virtual_stages 1000000000" + huge_msg.format(64), EXPORT, extra=lim),
+        Case("size_plan_data_parallel_trillion", "plan",
+             _mutated("plan", "plan_dp.json", _set("config.data_parallel", 10**12)),
+             r"data_parallel 1000000000000" + huge_msg.format(2**16), SIMULATE, extra=lim),
+        Case("size_plan_global_batch_trillion", "plan",
+             _mutated("plan", "plan_gb.json", _set("config.global_batch", 10**12)),
+             r"global_batch 1000000000000 is more than pipeplan plans", SIMULATE, extra=lim),
+        # HF config.json: every size key, refused before transformers builds anything
+        hf("size_hf_vocab_trillion", "gpt2", "vocab_size", 10**12, "vocabulary", 2**22),
+        hf("size_hf_hidden_billion", "gpt2", "n_embd", big, "hidden size", 2**18),
+        hf("size_hf_intermediate_trillion", "llama", "intermediate_size", 10**12, "hidden size", 2**18),
+        hf("size_hf_mixtral_experts_hundred_million", "mixtral", "num_local_experts", 10**8, "experts", 2**16),
+        hf("size_hf_deepseek_routed_experts_hundred_million", "deepseek_v3", "n_routed_experts", 10**8, "experts",
+           2**16),
+        hf("size_hf_heads_hundred_million", "llama", "num_attention_heads", 10**8, "attention heads", 2**14),
+        hf("size_hf_positions_trillion", "gpt2", "n_positions", 10**12, "positions", 2**24),
+        hf("size_hf_image_ten_million", "vit", "image_size", 10**7, "image size", 2**16),
+        hf("size_hf_layers_billion", "llama", "num_hidden_layers", big, "layers", 1024),
+        hf("size_hf_nested_text_vocab_trillion", "llava", "text_config__vocab_size", 10**12, "vocabulary", 2**22),
+        hf("size_hf_nested_vision_layers_million", "llava", "vision_config__num_hidden_layers", 10**6, "layers",
+           1024),
+    ]
 
 # -- the corpus ----------------------------------------------------------------
 
@@ -612,6 +751,8 @@ CASES: list[Case] = [
                 "read_secret", "import_payload")],
     # Writes that fail (issue 18, class 2) ------------------------------------------------------
     *_write_cases(),
+    # Sizes that explode (issue 18, class 1) ---------------------------------------------------
+    *_size_cases(),
 ]
 
 SANDBOX_CASES: dict[str, str] = {

@@ -190,8 +190,10 @@ def assert_clear_refusal(res: CliResult, case: Case) -> str:
     lines = [ln for ln in lines if not ln.lstrip("\r").startswith("[")]
     assert len(lines) == 1, f"{case.name}: expected one line on stderr, got {lines!r}"
     line = lines[0]
-    assert line.startswith(f"pipeplan {case.cli[0]}: error: "), line
-    assert re.search(case.expect, line), f"{case.name}: {line!r} does not match {case.expect!r}"
+    prefix = f"pipeplan {case.cli[0]}: error: "
+    assert line.startswith(prefix), line
+    # the pattern is matched against the message after the prefix: "^" anchors at the message's start
+    assert re.search(case.expect, line[len(prefix):]), f"{case.name}: {line!r} does not match {case.expect!r}"
     assert len(line) < 600, f"{case.name}: the error line is {len(line)} characters long"
     return line
 
