@@ -748,7 +748,7 @@ CASES: list[Case] = [
     *[Case(f"py_{n}_without_allow_code", "code", _py_factory(n), r"--allow-code", PROFILE_FILE,
            markers=(f"job/RAN-{n}", "job/LEAKED-env.txt", "PWNED-write_outside", "PWNED-import_payload"))
       for n in ("loop_forever", "alloc_50gb", "os_exit", "write_outside", "garbage_stdout", "raises",
-                "read_secret", "import_payload")],
+                "read_secret", "import_payload", "fork_bomb", "ctypes_libc_write", "socket_loopback")],
     # Writes that fail (issue 18, class 2) ------------------------------------------------------
     *_write_cases(),
     # Sizes that explode (issue 18, class 1) ---------------------------------------------------
@@ -765,6 +765,11 @@ SANDBOX_CASES: dict[str, str] = {
     "read_secret": r"(?i)environment secrets seen|RuntimeError",
     "spawn_orphan": r"sandbox blocked subprocess\.Popen.*may not start processes",
     "write_outside": r"sandbox blocked writing \S*PWNED-write_outside \(outside the factory's folder\)",
+    "fork_bomb": r"PermissionError: the sandbox blocked os\.fork: a model factory may not start processes$",
+    "ctypes_libc_write": r"PermissionError: the sandbox blocked ctypes\.dlopen: a model factory may not load or "
+                         r"call native code through ctypes$",
+    "socket_loopback": r"PermissionError: the sandbox blocked socket\.connect: a model factory may not use the "
+                       r"network$",
 }
 
 
