@@ -17,10 +17,13 @@ sequence-classification auto registries (issue 14). For each type:
    config without `architectures` is (profiler.hf_tasks: causal LM, seq2seq LM, masked LM, image
    classification, sequence classification, the first the type has).
 3. plan: `solve` on 2 x A100-80GB, 1F1B, 8 micro-batches.
+4. train (a seeded sample of `--train N` planned types, default 48, spread over the tasks): the
+   config with dropout off, planned on 2 devices with 4 micro-batches, exported, and run for 3 steps
+   under `torchrun --nproc-per-node 2` and with `--single-process`: per-step losses equal within 1e-5.
 
 Each type runs in a forked worker with a time budget (`--timeout`, default 120 s): a type that
 takes longer is recorded as a timeout and its worker replaced. `--quick` sweeps QUICK_TYPES
-(10 types over the four tasks). Results: bench/results/coverage.json (quick: coverage-quick.json);
+(10 types over the tasks; it trains 3 of them). Results: bench/results/coverage.json (quick: coverage-quick.json);
 the full run also writes its tables into docs/benchmarks.md (section "Coverage of transformers
 architectures", between markers; the rest of the page is left alone).
 """
@@ -358,6 +361,130 @@ class _Pool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Training equivalence on a sample: export, torchrun on 2 ranks, and --single-process
+
+
+TRAIN_STEPS = 3
+TRAIN_TOL = 1e-5
+TRAIN_SAMPLE = 48
+TRAIN_SAMPLE_QUICK = 3
+TRAIN_TIMEOUT_S = 300.0
+
+
+def no_dropout(d: dict[str, Any]) -> dict[str, Any]:
+    """The config with every dropout probability 0 (recursively): the pipeline and the single process
+    draw their dropout masks from different generators, so only a dropout-free model can match exactly."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = no_dropout(v)
+        elif isinstance(v, float) and not isinstance(v, bool) and re.search(r"drop", k):
+            v = 0.0
+        out[k] = v
+    return out
+
+
+def train_sample(results: list[dict], n: int, seed: int = 14) -> list[str]:
+    """n planned types, seeded, spread over the tasks: round robin over each task's shuffled types."""
+    import random
+
+    rng = random.Random(seed)
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for r in sorted(results, key=lambda r: r["model_type"]):
+        if r.get("plan") == "ok":
+            by_task[r["task"]].append(r["model_type"])
+    for types in by_task.values():
+        rng.shuffle(types)
+    picked: list[str] = []
+    while len(picked) < n and any(by_task.values()):
+        for task in sorted(by_task):
+            if by_task[task] and len(picked) < n:
+                picked.append(by_task[task].pop())
+    return picked
+
+
+def _first_error(text: str) -> str:
+    lines = [x.strip() for x in text.splitlines() if re.search(r"Error|error:|refused|JobError", x)]
+    return (lines[-1] if lines else (text.strip().splitlines() or [""])[-1])[:300]
+
+
+def train_type(model_type: str, level: int, work: Path) -> dict[str, Any]:
+    """Profile the type's config as the sweep did (dropout off), plan it on 2 devices, export the job, run
+    it under torchrun on 2 ranks and with --single-process for TRAIN_STEPS steps; equal within TRAIN_TOL."""
+    import subprocess
+    import warnings
+
+    import transformers
+
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.export import export_plan
+    from planner.solvers.solve import solve
+    from profiler.hf import profile_hf_config
+
+    warnings.simplefilter("ignore")
+    base = transformers.AutoConfig.for_model(model_type).to_dict()
+    base = {k: v for k, v in base.items() if k not in ("architectures", "transformers_version", "_name_or_path")}
+    data = no_dropout(shrink_config({**fill_unset(base), **REPAIRS.get(model_type, {})}, level))
+    data["model_type"] = model_type
+    folder = work / model_type
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(data, default=str))
+    t0 = time.perf_counter()
+    try:
+        image = "image" in (resolve_task(data) or "")
+        prof = profile_hf_config(data, batch_size=1, seq_len=None if image else SEQ_LEN, estimate_for="A100-80GB")
+        plan = solve(prof, Cluster.uniform(2, "A100-80GB"),
+                     TrainConfig(schedule="1F1B", num_microbatches=4, micro_batch_size=1, time_limit_s=10.0))
+        if not plan.feasible:
+            return {"train": "plan infeasible"}
+        export_plan(plan, folder / "job", model_source=f"hf:{folder / 'config.json'}")
+    except Exception as exc:  # noqa: BLE001 - recorded
+        return {"train": f"export: {reason_of(exc)}"}
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)  # the job runs without pipeplan on its path
+    runs = {}
+    venv_bin = Path(sys.executable).parent
+    for name, cmd in (("pipeline", [str(venv_bin / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py"]),
+                      ("single", [sys.executable, "train.py", "--single-process"])):
+        try:
+            proc = subprocess.run([*cmd, "--steps", str(TRAIN_STEPS)], cwd=folder / "job", env=env,
+                                  capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            return {"train": f"{name} run: timeout after {TRAIN_TIMEOUT_S:.0f} s"}
+        if proc.returncode != 0:
+            return {"train": f"{name} run failed: {_first_error(proc.stderr + proc.stdout)}"}
+        runs[name] = [json.loads(x)["loss"] for x in proc.stdout.splitlines() if x.startswith("{") and '"loss"' in x]
+    diff = max((abs(a - b) for a, b in zip(runs["pipeline"], runs["single"])), default=float("inf"))
+    ok = len(runs["pipeline"]) == len(runs["single"]) == TRAIN_STEPS and diff <= TRAIN_TOL
+    return {"train": "equal" if ok else f"losses differ by {diff:.3g}", "train_max_diff": diff,
+            "train_s": round(time.perf_counter() - t0, 1)}
+
+
+def resolve_task(data: dict[str, Any]) -> str | None:
+    from profiler.hf import resolve_class
+
+    try:
+        return resolve_class(data)[0].name
+    except Exception:  # noqa: BLE001 - the profile step reports it
+        return None
+
+
+def run_training(results: list[dict], n: int) -> list[str]:
+    """Train a seeded sample of n planned types; each result gains its 'train' outcome."""
+    import tempfile
+
+    sample = train_sample(results, n)
+    by_type = {r["model_type"]: r for r in results}
+    with tempfile.TemporaryDirectory(prefix="pipeplan-coverage-") as tmp:
+        for i, model_type in enumerate(sample, 1):
+            r = by_type[model_type]
+            r.update(train_type(model_type, r["shrink_level"], Path(tmp)))
+            print(f"[coverage] train {i}/{len(sample)} {model_type}: {r['train']}", file=sys.stderr, flush=True)
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------
 # Results and report
 
 
@@ -398,8 +525,13 @@ def summarize(results: list[dict], regs: dict[str, list[str]]) -> dict[str, Any]
     for r in results:
         if outcome(r) != "planned":
             causes[cause(r)].append(r["model_type"])
+    trained = [r for r in results if "train" in r]
+    equal = sum(1 for r in trained if r["train"] == "equal")
+    training = {"sampled": len(trained), "equal": equal,
+                "equal_pct": round(100 * equal / len(trained), 1) if trained else None,
+                "steps": TRAIN_STEPS, "tolerance": TRAIN_TOL}
     return {"registries": rows, "failure_causes": {k: sorted(v) for k, v in sorted(causes.items())},
-            "tasks_used": dict(Counter(r.get("task") for r in results if r.get("task")))}
+            "tasks_used": dict(Counter(r.get("task") for r in results if r.get("task"))), "training": training}
 
 
 def _cell(text: str | None) -> str:
@@ -424,6 +556,18 @@ def markdown(data: dict) -> str:
     lines += ["", "Failures by cause:", "", "| cause | count | model types |", "|---|---:|---|"]
     for c, types in s["failure_causes"].items():
         lines.append(f"| {c} | {len(types)} | {', '.join(types)} |")
+    t = s.get("training") or {}
+    if t.get("sampled"):
+        lines += ["", (f"Training equivalence: a seeded sample of {t['sampled']} planned types, spread over the tasks, "
+                  f"exported and run for {t['steps']} steps under `torchrun --nproc-per-node 2` and with "
+                  f"`--single-process` (dropout off): {t['equal']} of {t['sampled']} ({t['equal_pct']}%) give "
+                  f"per-step losses equal within {t['tolerance']:g}."), "",
+                  "| model type | task | outcome | max loss diff |", "|---|---|---|---:|"]
+        for r in data["results"]:
+            if "train" in r:
+                d = r.get("train_max_diff")
+                lines.append(f"| {r['model_type']} | {r.get('task')} | {_cell(r['train'])} | "
+                             f"{'' if d is None else f'{d:.1e}'} |")
     lines += ["", "<details><summary>Every model type</summary>", "",
               "| model_type | task | class | config | profile | plan | layers | s |", "|---|---|---|---|---|---|---:|---:|"]
     for r in sorted(data["results"], key=lambda r: r["model_type"]):
@@ -447,7 +591,7 @@ def write_docs(data: dict, path: Path = DOCS) -> None:
 
 
 def run(quick: bool, types: list[str] | None = None, workers: int | None = None,
-        timeout: float = TIMEOUT_S, docs: bool | None = None) -> dict:
+        timeout: float = TIMEOUT_S, docs: bool | None = None, train: int = 0) -> dict:
     import transformers
 
     regs = registries()
@@ -462,6 +606,8 @@ def run(quick: bool, types: list[str] | None = None, workers: int | None = None,
                                                    file=sys.stderr, flush=True))
     finally:
         pool.close()
+    if train:
+        run_training(results, train)
     regs_swept = {k: [t for t in v if t in chosen] for k, v in regs.items()}
     data = {"benchmark": "coverage", "quick": quick, "env": environment(), "transformers": transformers.__version__,
             "timeout_s": timeout, "seconds": round(time.perf_counter() - t0, 1),
@@ -480,8 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--types", help="comma-separated model types to sweep (no docs update)")
     ap.add_argument("--workers", type=int, help="parallel workers (default: CPU count)")
     ap.add_argument("--timeout", type=float, default=TIMEOUT_S, help="seconds per type")
+    ap.add_argument("--train", type=int, default=None,
+                    help=f"train a seeded sample of this many planned types (default {TRAIN_SAMPLE}, --quick "
+                         f"{TRAIN_SAMPLE_QUICK}; 0: none)")
     args = ap.parse_args(argv)
-    data = run(args.quick, args.types.split(",") if args.types else None, args.workers, args.timeout)
+    train = args.train if args.train is not None else (TRAIN_SAMPLE_QUICK if args.quick else TRAIN_SAMPLE)
+    data = run(args.quick, args.types.split(",") if args.types else None, args.workers, args.timeout, train=train)
     print(json.dumps(data["summary"], indent=2))
     return 0
 

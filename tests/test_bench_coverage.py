@@ -1,4 +1,5 @@
-"""The coverage benchmark's --quick sweep (10 transformers architectures) runs and writes its results."""
+"""The coverage benchmark's --quick sweep (10 transformers architectures) runs, trains two of them under
+torchrun, and writes its results."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ def test_quick_coverage_sweep(tmp_path, monkeypatch):
     import bench.bench_coverage as cov
 
     monkeypatch.setattr(cov, "RESULTS_DIR", tmp_path)
-    data = cov.run(True, docs=False)
+    data = cov.run(True, docs=False, train=2)
     saved = json.loads((tmp_path / "coverage-quick.json").read_text())
     assert {r["model_type"] for r in saved["results"]} == set(cov.QUICK_TYPES)
     rows = data["summary"]["registries"]
     assert rows["causal-lm"]["planned"] >= 6 and rows["all"]["swept"] == len(cov.QUICK_TYPES)
     assert all(r.get("config") for r in saved["results"])  # every type has an outcome, failures a reason
+    # step 3: a seeded sample exported and trained under torchrun, equal to one process
+    assert data["summary"]["training"]["sampled"] == 2
+    trained = [r for r in saved["results"] if "train" in r]
+    assert len({r["task"] for r in trained}) == 2  # spread over the tasks
+    assert all(r["train"] == "equal" and r["train_max_diff"] <= 1e-5 for r in trained), trained
 
 
 def test_shrink_keeps_grouped_query_attention_and_per_layer_lists():
@@ -46,3 +52,22 @@ def test_fill_unset_names_what_real_checkpoints_always_state():
     assert d["text_config"]["head_dim"] == 16
     s = shrink_config({"num_hidden_layers": 8, "per_layer_config": {"01": {"a": 1}, "05": {"a": 2}}})
     assert s["num_hidden_layers"] == 2 and s["per_layer_config"] == {"01": {"a": 1}}
+
+
+def test_train_sample_is_seeded_and_spread_over_tasks():
+    from bench.bench_coverage import train_sample
+
+    results = [{"model_type": f"{t}{i}", "task": t, "plan": "ok"} for t in ("a", "b", "c") for i in range(5)]
+    results.append({"model_type": "x", "task": "a", "plan": "infeasible"})
+    first = train_sample(results, 6)
+    assert first == train_sample(results, 6) and len(set(first)) == 6 and "x" not in first
+    assert sorted(t[0] for t in first) == ["a", "a", "b", "b", "c", "c"]
+
+
+def test_no_dropout_zeroes_every_dropout_probability():
+    from bench.bench_coverage import no_dropout
+
+    d = no_dropout({"hidden_dropout_prob": 0.1, "resid_pdrop": 0.1, "layerdrop": 0.05, "hidden_size": 64,
+                    "text_config": {"attention_dropout": 0.2}})
+    assert d == {"hidden_dropout_prob": 0.0, "resid_pdrop": 0.0, "layerdrop": 0.0, "hidden_size": 64,
+                 "text_config": {"attention_dropout": 0.0}}
