@@ -115,8 +115,9 @@ def folder_writable_under_bwrap(factory_dir: str) -> bool:
     return not (factory_dir in NOT_WRITABLE_FOLDERS or any(_under(h, factory_dir) for h in ["/tmp", *_hidden_dirs()]))
 
 
-def bwrap_command(workdir: str, factory_dir: str, factory_file: str) -> list[str]:
-    """The bwrap prefix for one run (`bwrap ... --`): see the module docstring, layer 1."""
+def bwrap_command(workdir: str, factory_dir: str, factory_file: str, *, gpu: bool = False) -> list[str]:
+    """The bwrap prefix for one run (`bwrap ... --`): see the module docstring, layer 1. gpu: also pass
+    the NVIDIA device nodes through (--measure cuda; `--dev /dev` has only the basic devices)."""
     binary = bwrap_binary() or "bwrap"
     hidden = _hidden_dirs()
     covered = ["/tmp", *hidden]  # empty tmpfs, made read-only once the mount points inside exist
@@ -143,6 +144,11 @@ def bwrap_command(workdir: str, factory_dir: str, factory_file: str) -> list[str
     for f in HIDDEN_FILES:
         if os.path.isfile(f):
             cmd += ["--ro-bind", "/dev/null", f]
+    if gpu:
+        import glob
+
+        for dev in sorted(glob.glob("/dev/nvidia*")) + [d for d in ("/dev/dri",) if os.path.exists(d)]:
+            cmd += ["--dev-bind", dev, dev]
     return [*cmd, "--chdir", workdir, "--"]
 
 
@@ -321,7 +327,7 @@ def profile_file_factory(rest: str, *, batch_size: int = 1, seq_len: int | None 
         out_file = Path(workdir) / "profile.json"
         request["output"] = str(out_file)
         folder = str(path.parent)
-        prefix = bwrap_command(workdir, folder, str(path)) if strong else []
+        prefix = bwrap_command(workdir, folder, str(path), gpu=measure == "cuda") if strong else []
         request["writable"] = [workdir] + ([folder] if not strong or folder_writable_under_bwrap(folder) else [])
         if progress:
             how = "bubblewrap sandbox" if strong else "sandboxed process (no bubblewrap)"
