@@ -543,3 +543,33 @@ def test_cli_says_which_sandbox(tmp_path):
     if sandbox_status()[0]:
         strong = run_cli(argv, timeout=300)
         assert [ln for ln in strong.stderr.splitlines() if ln.strip()] == [lines[1]], strong.stderr
+
+
+def test_bwrap_command_hides_homes_and_binds_only_what_it_must(tmp_path):
+    """The command itself (no bwrap needed): read-only root, private /tmp and homes made read-only after
+    their mount points exist, the interpreter re-exposed read-only, scratch and factory folder writable;
+    a factory directly in $HOME or in /usr gets its file only, read-only."""
+    import sys
+    from itertools import pairwise
+
+    from profiler.sandbox import bwrap_command, folder_writable_under_bwrap
+
+    home = os.path.realpath(os.path.expanduser("~"))
+    work, job = str(tmp_path / "work"), str(tmp_path / "job")
+    cmd = bwrap_command(work, job, job + "/m.py")
+    pairs = list(pairwise(cmd))
+    assert cmd[1:4] == ["--ro-bind", "/", "/"] and cmd[-1] == "--"
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session"):
+        assert flag in cmd
+    assert ("--cap-drop", "ALL") in pairs and ("--tmpfs", "/tmp") in pairs and ("--remount-ro", "/tmp") in pairs
+    assert ("--tmpfs", home) in pairs or any(p == "--tmpfs" and home.startswith(q + "/") for p, q in pairs)
+    assert ("--bind", work) in pairs and ("--bind", job) in pairs
+    assert cmd.index("--remount-ro") < cmd.index("--bind")  # mount points first, then read-only, then binds
+    exe_dir = os.path.dirname(os.path.realpath(sys.executable))
+    if any(exe_dir.startswith(h + "/") for h in (home, "/root", "/home")):
+        assert any(p == "--ro-bind" and exe_dir.startswith(q) for p, q in pairs), "the interpreter is hidden"
+    assert not folder_writable_under_bwrap(home) and not folder_writable_under_bwrap("/usr")
+    in_home = bwrap_command(work, home, home + "/m.py")
+    home_pairs = list(pairwise(in_home))
+    assert ("--bind", home) not in home_pairs and ("--ro-bind", home + "/m.py") in home_pairs
+    assert "--dev-bind" not in cmd
