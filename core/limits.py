@@ -30,6 +30,10 @@ MAX_STAGE_MICROBATCHES = 1 << 18
 """Stages x micro-batches of one step (262144): the simulator keeps ~3 events per (stage, micro-batch)
 (F, B, W) and their memory timeline. Measured: 64 stages x 4096 micro-batches simulates in ~5 s and
 550 MB; 4096 x 4096 (16.7M) ran out of memory after 13 s before this check."""
+MAX_STAGES = 4096
+"""Pipeline stages (devices x chunks per device): the planner's tables grow with layers x stages (4096 GPipe
+stages on 5000 layers already exceed their 1 GiB budget), and reading a plan builds every stage: a Plan JSON
+with 100k stages took 17 s before its stage count was checked."""
 MAX_DATA_PARALLEL = 1 << 16
 """Pipeline replicas (data-parallel degree): a multiplier in formulas, never allocated per replica."""
 
@@ -133,7 +137,11 @@ def check_shape(batch_size: Any, seq_len: Any) -> None:
 
 
 def check_pipeline_size(num_stages: int, num_microbatches: int) -> None:
-    """Refuse a step of more stage x micro-batch pairs than the simulator handles (MAX_STAGE_MICROBATCHES)."""
+    """Refuse more stages than MAX_STAGES, or a step of more stage x micro-batch pairs than the simulator
+    handles (MAX_STAGE_MICROBATCHES)."""
+    if num_stages > MAX_STAGES:
+        raise PipeplanError(f"{num_stages} pipeline stages is more than pipeplan plans (at most {MAX_STAGES} "
+                            "devices x chunks per device); use fewer devices or chunks")
     if num_stages * num_microbatches > MAX_STAGE_MICROBATCHES:
         raise PipeplanError(f"{num_stages} stages x {num_microbatches} micro-batches is more than pipeplan "
                             f"simulates (at most {MAX_STAGE_MICROBATCHES} stage-micro-batches per step); "

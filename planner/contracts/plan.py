@@ -12,6 +12,7 @@ from typing import Any
 
 from core.errors import PipeplanError
 from core.jsonio import build_dataclass, load_json_text
+from core.limits import MAX_PROFILE_NODES, MAX_STAGES
 from planner.contracts.cluster import Cluster
 from planner.contracts.config import TrainConfig
 from planner.costmodel.memory import StageMemory
@@ -147,6 +148,7 @@ class Plan:
             raw_stages = d.get("stages", [])
             if not isinstance(raw_stages, list):
                 raise PipeplanError("plan stages must be a list of stage objects")
+            _check_plan_counts(raw_stages)  # before any stage is built (core.limits)
             stages = []
             for i, s in enumerate(raw_stages):
                 if not isinstance(s, dict):
@@ -184,6 +186,17 @@ _REPLAN = "re-create the plan with `pipeplan plan`"
 _NON_NEGATIVE = ("fwd_ms", "bwd_ms", "bwd_input_ms", "bwd_weight_ms", "comm_out_ms", "comm_out_bytes",
                  "comm_grad_ms", "relay_bytes", "input_bytes", "in_flight", "param_count", "optimizer_ms")
 _MEMORY_FIELDS = ("params", "grads", "optimizer", "activations", "relay", "reserve")
+
+
+def _check_plan_counts(raw_stages: list) -> None:
+    """A Plan JSON's stage and layer counts against core.limits, before anything is built from them."""
+    if len(raw_stages) > MAX_STAGES:
+        raise PipeplanError(f"plan JSON has {len(raw_stages)} stages; pipeplan plans at most {MAX_STAGES}; "
+                            f"{_REPLAN}")
+    layers = sum(len(s["node_ids"]) for s in raw_stages if isinstance(s, dict) and isinstance(s.get("node_ids"), list))
+    if layers > MAX_PROFILE_NODES:
+        raise PipeplanError(f"plan JSON lists {layers} layers in its stages; pipeplan plans at most "
+                            f"{MAX_PROFILE_NODES}; {_REPLAN}")
 
 
 def validate_plan(plan: Plan, profile: Profile | None = None) -> None:
