@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from core.errors import PipeplanError
@@ -16,7 +17,7 @@ from core.limits import (
     check_pipeline_size,
     check_shape,
 )
-from planner.contracts.cluster import Cluster, check_device_count, parse_memory
+from planner.contracts.cluster import Cluster, Device, check_device_count, parse_memory
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import Plan
 from planner.pipeline.schedules import SCHEDULE_SPECS, SCHEDULES
@@ -79,7 +80,44 @@ def load_model(spec: str, args: argparse.Namespace) -> Profile:
                         allow_code=args.allow_code)
 
 
-def build_cluster(args: argparse.Namespace) -> Cluster:
+def host_memory_bytes() -> int:
+    """This machine's physical memory: what a CPU-measured profile is planned against."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 16 * GiB
+
+
+def own_device_cluster(n: int, profile: Profile, precision: str) -> tuple[Cluster, str]:
+    """n devices of the kind the profile's layer times belong to, for `--devices N` with no device kind,
+    and the line that says so: the GPU preset the times were estimated for, or this machine's CPU for
+    times measured on it (speed 1.0, memory = this machine's RAM)."""
+    from profiler.gpus import get_preset
+
+    prov = profile.provenance
+    how = "estimated for" if prov.method == "estimated" else "measured on"
+    try:
+        preset = get_preset(prov.device).name
+    except PipeplanError:
+        preset = None
+    if preset is not None:
+        cluster = Cluster.uniform(n, preset, precision=precision)
+        kind = preset
+    elif prov.device.lower() == "cpu":
+        memory = host_memory_bytes()
+        cluster = Cluster(devices=[Device(name=f"cpu{i}", memory_bytes=memory, speed=1.0) for i in range(n)])
+        kind = f"cpu ({memory / GiB:.0f} GiB, this machine's memory)"
+    else:
+        raise PipeplanError(f"the profile's layer times are {how} {prov.device!r}, which is not a GPU preset: "
+                            "say what the devices are: --gpu PRESET, --memory 80GB or --cluster FILE")
+    return cluster, (f"devices: {n} × {kind}, the profile's own device (its layer times are {how} "
+                     f"{prov.device}); pass --gpu, --memory or --cluster to plan for others")
+
+
+def build_cluster(args: argparse.Namespace, profile: Profile | None = None) -> tuple[Cluster, str | None]:
+    """The cluster the flags describe, and a line saying which devices were chosen when no flag said."""
     if args.cluster:
         path = Path(args.cluster)
         if not path.is_file():
@@ -87,15 +125,17 @@ def build_cluster(args: argparse.Namespace) -> Cluster:
         cluster = Cluster.from_json(read_json_file(path, "cluster"))
         if args.devices is not None and args.devices != cluster.num_devices:
             raise PipeplanError(f"--devices {args.devices} but the cluster file lists {cluster.num_devices} devices")
-        return cluster
+        return cluster, None
     if args.devices is None:
         raise PipeplanError("say how many devices: --devices N (with --gpu or --memory), or --cluster FILE")
     precision = "bf16_mixed" if args.precision.lower().startswith("bf16") else "fp32"
     if args.gpu:
-        return Cluster.uniform(args.devices, args.gpu, precision=precision)
+        return Cluster.uniform(args.devices, args.gpu, precision=precision), None
     if args.memory:
-        return Cluster.uniform(args.devices, memory_bytes=parse_memory(args.memory))
-    raise PipeplanError("say what the devices are: --gpu PRESET, --memory 80GB or --cluster FILE")
+        return Cluster.uniform(args.devices, memory_bytes=parse_memory(args.memory)), None
+    if profile is None:
+        raise PipeplanError("say what the devices are: --gpu PRESET, --memory 80GB or --cluster FILE")
+    return own_device_cluster(args.devices, profile, precision)
 
 
 def build_config(args: argparse.Namespace, profile_micro_batch_size: int = 1) -> TrainConfig:
@@ -175,10 +215,12 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output, "plan JSON")
     profile = load_model(args.model, args)
-    cluster = build_cluster(args)
+    cluster, chosen = build_cluster(args, profile)
     config = build_config(args, profile.model.micro_batch_size)
     plan = solve(profile, cluster, config)
     if args.output:
         write_file_atomic(args.output, plan.to_json(indent=2), "plan JSON")
-    print(plan.to_json(indent=2) if args.json else summary(plan))
+    if chosen and args.json:  # stdout stays pure JSON
+        print(chosen, file=sys.stderr)
+    print(plan.to_json(indent=2) if args.json else (f"{chosen}\n" if chosen else "") + summary(plan))
     return 0 if plan.feasible else 1

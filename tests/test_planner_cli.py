@@ -97,3 +97,26 @@ def test_a_huge_device_count_is_refused_at_once_within_memory_and_time_limits():
 
     with pytest.raises(PipeplanError, match="the cluster has 1000000000 devices; pipeplan plans at most 4096"):
         Cluster.uniform(10**9, "A100-80GB")
+
+
+def test_plan_with_no_device_kind_plans_on_the_profiles_own_device(tmp_path, capsys):
+    """`pipeplan plan sample:gpt:tiny --devices 2` (issue 17, item 17): the devices are the ones the
+    layer times belong to (the estimate's GPU preset, or this machine's CPU for measured times), and the
+    output says which."""
+    import dataclasses
+
+    assert main(["plan", "sample:gpt:tiny", "--devices", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("devices: 2 × A100-80GB, the profile's own device (its layer times are estimated "
+                          "for A100-80GB)"), out
+    assert "step time" in out
+    measured = chain_profile([1.0, 2.0, 1.5, 1.0])
+    measured.provenance = dataclasses.replace(measured.provenance, method="measured", device="cpu")
+    path = tmp_path / "cpu.json"
+    path.write_text(measured.to_json())
+    assert main(["plan", f"profile:{path}", "--devices", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    plan = Plan.from_json(captured.out)  # stdout stays pure JSON; the line goes to stderr
+    assert [d.name for d in plan.cluster.devices] == ["cpu0", "cpu1"]
+    assert all(d.speed == 1.0 for d in plan.cluster.devices)
+    assert "devices: 2 × cpu" in captured.err and "measured on cpu" in captured.err
