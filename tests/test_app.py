@@ -72,6 +72,31 @@ def test_default_page_renders_a_plan():
     assert any("pipeplan export plan.json" in c.value for c in at.code)
 
 
+def test_the_opening_example_shows_why_a_planner_matters():
+    """Issue 17, item 14: the page opens on a case where the cut matters: GPT-2 350M on a node of two A100s
+    and a node of two L4s. Every baseline partition is at least 1.3x slower than the plan (or does not fit)."""
+    from ui.cluster_view import OPENING_KINDS
+
+    at = run_app()
+    no_problems(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "sample:gpt:350M" in captions
+    assert "2 × A100-80GB + 2 × L4 on 2 nodes" in captions and "opens on a mixed cluster" in captions, captions
+    speedup = metric(at, "Speed-up over best baseline")
+    assert speedup == "no baseline fits" or float(speedup.rstrip("×")) >= 1.3, speedup
+    baselines = next(d for d in at.dataframe if "vs plan" in d.value.columns).value.to_dict("records")
+    assert len(baselines) == 4  # the plan and three baselines
+    for row in baselines[1:]:
+        assert row["vs plan"] == "does not fit" or float(row["vs plan"].split("×")[0]) >= 1.3, row
+    assert OPENING_KINDS == ("A100-80GB", "A100-80GB", "L4", "L4")
+    # refilling the table leaves the opening example: 4 x A100-80GB means what it says
+    at.number_input(key="n_devices").set_value(2).run()
+    at.number_input(key="n_devices").set_value(4).run()
+    no_problems(at)
+    captions = " ".join(c.value for c in at.caption)
+    assert "4 × A100-80GB on 1 node" in captions and "opens on a mixed cluster" not in captions, captions
+
+
 def test_changing_the_device_count_changes_the_plan():
     at = run_app()
     no_problems(at)
@@ -318,6 +343,13 @@ def test_edits_survive_switching_sources_and_devices_per_node():
     assert not at.exception, at.exception
     captions = " ".join(c.value for c in at.caption)
     assert "2 × A100-80GB + 2 × L4 on 2 nodes" in captions, captions
+    # the opening table is A100, A100, L4, L4 already: make row 1 an H100 and renumber again
+    key = device_table_key(DEFAULT_DEVICES, DEFAULT_PRESET, 2)
+    at.session_state[key] = {"edited_rows": {1: {"preset": "H100-SXM"}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    at.number_input(key="devices_per_node").set_value(4).run()
+    captions = " ".join(c.value for c in at.caption)
+    assert "1 × A100-80GB + 1 × H100-SXM + 2 × L4 on 1 node" in captions, captions  # 4 to a node
 
 
 def test_automatic_micro_batches_say_the_size_the_plan_uses():
@@ -327,7 +359,7 @@ def test_automatic_micro_batches_say_the_size_the_plan_uses():
     captions = " ".join(c.value for c in at.caption)
     infos = " ".join(i.value for i in at.info)
     used = re.search(r"(\d+) micro-batches of (\d+)", captions)
-    # GPT-2 124M on 4 x A100 with a global batch of 32: micro-batches of 1 beat the 2 set in tab 1
+    # the opening GPT-2 350M on 2 x A100 + 2 x L4 with a global batch of 32: micro-batches of 1 beat the 2 set in tab 1
     assert used and used.groups() == ("32", "1"), captions
     assert at.number_input(key="micro_batch_size").value == 2
     assert "runs micro-batches of **1**, not the 2 set in tab 1" in infos, infos

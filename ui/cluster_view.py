@@ -20,6 +20,17 @@ from ui.cluster_table import (
 )
 
 DEFAULT_DEVICES, DEFAULT_PRESET, DEFAULT_PER_NODE = 4, "A100-80GB", 8
+OPENING_KINDS = ("A100-80GB", "A100-80GB", "L4", "L4")
+"""The opening example's table (issue 17, item 14): a node of two A100s and a node of two L4s, where the
+cut matters: an even split waits on the slower L4s (every baseline is over 1.3x slower than the plan)."""
+OPENING_NODES = (0, 0, 1, 1)
+LEFT_OPENING = "kept:left_opening_table"
+
+
+def opening_rows() -> list[dict[str, Any]]:
+    return [{**row, "preset": kind, "node": node}
+            for row, kind, node in zip(base_rows(len(OPENING_KINDS), DEFAULT_PRESET, DEFAULT_PER_NODE),
+                                       OPENING_KINDS, OPENING_NODES)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +71,15 @@ def table_base(n: int, preset: str, per_node: int) -> list[dict[str, Any]]:
     if held is not None and held[0] == key:
         return held[1]
     last = st.session_state.get("kept:device_rows")
+    opening = key == device_table_key(DEFAULT_DEVICES, DEFAULT_PRESET, DEFAULT_PER_NODE)
     if last is not None and last[:2] == (n, preset) and last[2] != per_node:
         base = renumbered(last[3], last[2], per_node)
+    elif opening and not st.session_state.get(LEFT_OPENING):
+        base = opening_rows()  # until the user refills the table, which then means what it says
     else:
         base = base_rows(n, preset, per_node)
+    if not opening:
+        st.session_state[LEFT_OPENING] = True
     st.session_state["kept:device_table_base"] = (key, base)
     return base
 
@@ -118,8 +134,9 @@ def cluster_section() -> ClusterInputs:
     )
     records = rows.to_dict("records")
     st.session_state["kept:device_rows"] = (n, preset, per_node, records)
+    opening = " It opens on a mixed cluster, where the cut matters." if not st.session_state.get(LEFT_OPENING) else ""
     caption.caption(f"The table below holds **{table_summary(records)}**. Edit any row to mix GPUs; changing "
-                    "the device count or the preset refills it, devices per node renumbers the nodes.")
+                    f"the device count or the preset refills it, devices per node renumbers the nodes.{opening}")
     links = st.columns(2)
     intra = links[0].number_input("Link within a node, GB/s", min_value=0.1, max_value=10000.0,
                                   value=float(get_preset(preset).intra_node_bw_gbs), key=f"intra_gbs_{preset}",

@@ -21,7 +21,8 @@ from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, check_upload_size, code_e
 SAMPLE, HF, PROFILE_JSON, PYTHON = "Sample model", "HF config.json", "Profile JSON", "Python file (.py)"
 SHAPE_LABELS = {"seq_len": "Sequence length", "image_size": "Image size (pixels)",
                 "volume_size": "Volume size (voxels per side)"}
-DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_GPU = "gpt", "124M", "A100-80GB"
+DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_GPU = "gpt", "350M", "A100-80GB"
+"""The opening example: GPT-2 350M (on the mixed cluster of ui.cluster_view.OPENING_KINDS)."""
 
 
 @dataclass(frozen=True, slots=True)
