@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -244,3 +245,47 @@ def test_row_with_only_a_name_still_asks_for_memory():
     with pytest.raises(PipeplanError, match=r"device row 0 \(x\): a custom device needs a memory limit"):
         cluster_from_rows([{"name": "x", "preset": CUSTOM}], intra_node_gbs=25, inter_node_gbs=10,
                           precision="bf16_mixed")
+
+
+def test_every_diagnosis_suggestion_is_said_in_app_terms(monkeypatch):
+    """Issue 17, item 8: every kind of suggestion planner/solvers/diagnose.py writes (more devices, the
+    combined savings, memory, recompute, precision, optimizer, schedule, micro-batch size) reaches the
+    app naming a control, never a CLI flag. diagnose() runs for real with its solves faked to fit, so a
+    new suggestion with a new flag fails here."""
+    import dataclasses
+
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers import diagnose as dg
+    from planner.solvers import search
+    from profiler.synthetic import chain_profile
+    from ui.plan_view import CONTROL_OF_FLAG, in_app_terms
+
+    profile = chain_profile([1.0] * 8)
+    cluster = Cluster.uniform(2, "A100-80GB")
+    config = TrainConfig(schedule="GPipe", num_microbatches=4, micro_batch_size=2, precision="fp32",
+                         optimizer="adamw", recompute="off")
+
+    def fake_plan(cfg):
+        return dataclasses.replace(search.solve_once(profile, Cluster.uniform(2, "A100-80GB"),
+                                                     TrainConfig(num_microbatches=4)), config=cfg)
+
+    texts = []
+    for more_devices_fit in (True, False):
+        def fits(_profile, c, cfg, more=more_devices_fit):
+            return fake_plan(cfg) if more or c.num_devices == cluster.num_devices else None
+
+        monkeypatch.setattr(dg, "_fits", fits)
+        monkeypatch.setattr(dg, "_fewest_devices_with_every_saving",
+                            lambda p, c, cfg, out: (6, fake_plan(dataclasses.replace(cfg, micro_batch_size=1))))
+        diagnosis = dg.diagnose(profile, cluster, config).diagnosis
+        texts += diagnosis.suggestions + diagnosis.problems + [diagnosis.message]
+    flags = {m.group(0) for t in texts for m in re.finditer(r"--[a-z-]+", t)}
+    assert {"--recompute", "--precision", "--optimizer", "--schedule"} <= flags, texts  # every kind was made
+    assert flags <= set(CONTROL_OF_FLAG), flags - set(CONTROL_OF_FLAG)
+    said = [in_app_terms(t) for t in texts]
+    assert not [t for t in said if "--" in t], said
+    assert any("set “Recompute activations” to on) and micro-batches of 1" in t for t in said), said
+    assert any("set “Micro-batch size” to 1" in t for t in said), said
+    assert any("set “Schedule” to 1F1B" in t for t in said) and any("set “Optimizer” to sgd_momentum" in t
+                                                                     for t in said), said

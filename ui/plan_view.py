@@ -48,8 +48,13 @@ def solve_plan(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan 
 
 
 CONTROL_OF_FLAG = {"--recompute": "Recompute activations", "--precision": "Precision", "--optimizer": "Optimizer",
-                   "--schedule": "Schedule"}
-"""The app's control for each CLI flag the diagnosis names (ui/training_view.py's labels)."""
+                   "--schedule": "Schedule", "--microbatches": "Micro-batches (M)",
+                   "--global-batch": "Global batch (samples per step)", "--virtual-stages": "Chunks per device",
+                   "--batch-size": "Micro-batch size", "--devices": "Devices", "--gpu": "GPU preset",
+                   "--reserve": "Reserve per device, GiB", "--time-limit": "Solver time limit, s"}
+"""The app's control for each CLI flag a diagnosis may name (the labels of ui/training_view.py,
+ui/model_view.py and ui/cluster_view.py); tests/test_app_units.py runs every suggestion the diagnosis
+writes through in_app_terms."""
 
 
 def in_app_terms(suggestion: str) -> str:
@@ -60,7 +65,11 @@ def in_app_terms(suggestion: str) -> str:
         value = "bf16_mixed" if flag == "--precision" and value == "bf16" else value
         return f"(set “{CONTROL_OF_FLAG[flag]}” to {value})" if flag in CONTROL_OF_FLAG else match.group(0)
 
-    return re.sub(r"\((--[a-z-]+) ([^)\s]+)\)", control, suggestion)
+    text = re.sub(r"\((--[a-z-]+) ([^)\s]+)\)", control, suggestion)
+    if text.startswith("use micro-batches of 1 sample"):  # said without a flag: name the control too
+        text = text.replace("use micro-batches of 1 sample", "use micro-batches of 1 sample (set “Micro-batch "
+                            "size” to 1 in tab 1)", 1)
+    return text
 
 
 def show_diagnosis(diagnosis: Diagnosis | None) -> None:
