@@ -189,14 +189,21 @@ def expand(runs: list[Run], traced: TracedModel, programs: list[LayerProgram], a
             return None
         block = {b0, b1, b2}
         e01, e12 = edges.get((b0, b1)), edges.get((b1, b2))
-        if e01 is None or e01 != e12:
+        # block 0 may also hand every later block one tensor it made from the model's inputs (HF's causal
+        # mask): block 1 gets it with the hidden state (e01 = e12 + side), block 2 from block 0 directly
+        side = edges.get((b0, b2))
+        if e01 is None or e12 is None:
+            return None
+        if side is None and e01 != e12:
+            return None
+        if side is not None and e01 != [e12[0] + side[0], bool(e12[1] or side[1])]:
             return None
         into1 = {s: v for (s, d), v in edges.items() if d == b1 and s not in block}
         into2 = {s: v for (s, d), v in edges.items() if d == b2 and s not in block}
         if into1 != into2:
             return None
         for (s, d) in edges:
-            if s in (b0, b1) and d != {b0: b1, b1: b2}[s]:
+            if s in (b0, b1) and d != {b0: b1, b1: b2}[s] and (s, d) != (b0, b2):
                 return None  # a block output used beyond the next block: not a pure chain
         for b, i in ((b1, 1), (b2, 2)):
             own = model.get_submodule(run.path)._modules[run.keys[i]]
@@ -228,7 +235,10 @@ def expand(runs: list[Run], traced: TracedModel, programs: list[LayerProgram], a
                 new_edges[(last, d)] = list(v)
             elif (s, d) == (b0, b1):
                 for a, b in itertools.pairwise(ids):
-                    new_edges[(a, b)] = list(v)
+                    new_edges[(a, b)] = list(v if a == b0 else e12)
+            elif (s, d) == (b0, b2):  # the side tensor reaches every block after block 1
+                for new in ids[2:]:
+                    new_edges[(b0, new)] = list(v)
             else:
                 new_edges[(s, d)] = list(v)
         edges = new_edges

@@ -225,3 +225,30 @@ def test_shortened_trace_falls_back_when_blocks_are_not_a_chain(monkeypatch):
     short, full, used = _profile_both(model, (torch.randn(4, 8),), loss, torch.tensor([0, 1, 0, 1]), monkeypatch)
     assert not used and short == full
     assert find_runs(_SumOfBlocks(odd=True)) == []  # block 3 has another attribute
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_shortened_trace_of_an_hf_model_equals_the_full_trace(model_type, monkeypatch):
+    """HF decoders build the causal mask from the inputs inside block 0, which hands it to every later
+    block: the shortened trace copies that side edge (block 0 -> block k) and still equals the full trace,
+    so an uploaded config profiles in about a second per sequence length (issue 17, item 11)."""
+    pytest.importorskip("transformers")
+    import warnings
+
+    from profiler.hf import build_hf_model, make_hf_batch
+
+    config = {"llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+                        "num_hidden_layers": 5, "vocab_size": 256, "max_position_embeddings": 128},
+              "gpt2": {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 64, "n_head": 4,
+                       "n_layer": 5, "vocab_size": 256, "n_positions": 128}}[model_type]
+    model, task, cfg = build_hf_model(config, device="meta", seq_len=32)
+    inputs, target, loss_fn, _ = make_hf_batch(task, cfg, 2, 32, "meta", type(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        short, full, used = _profile_both(model, inputs, loss_fn, target, monkeypatch)
+    assert used
+    assert short.edges == full.edges
+    for a, b in zip(short.nodes, full.nodes, strict=True):
+        assert a == b, a.id
+    assert short == full
