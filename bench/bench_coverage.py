@@ -404,8 +404,13 @@ def train_sample(results: list[dict], n: int, seed: int = 14) -> list[str]:
 
 
 def _first_error(text: str) -> str:
-    lines = [x.strip() for x in text.splitlines() if re.search(r"Error|error:|refused|JobError", x)]
-    return (lines[-1] if lines else (text.strip().splitlines() or [""])[-1])[:300]
+    """The worker's own error line (torchrun's ChildFailedError summary comes after it and says nothing)."""
+    lines = [x.strip() for x in text.splitlines()]
+    for pattern in (r"^\[rank\d+\]: \w+(Error|Exception)\b", r"^\w+(Error|Exception)\b", r"error:|refused"):
+        found = [x for x in lines if re.search(pattern, x) and "ChildFailedError" not in x]
+        if found:
+            return found[0][:300]
+    return (lines[-1] if lines else "")[:300]
 
 
 def train_type(model_type: str, level: int, work: Path) -> dict[str, Any]:
