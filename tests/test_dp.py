@@ -18,7 +18,7 @@ from planner.costmodel.cost import build_tables, stage_devices
 from planner.costmodel.microbatches import schedule_accepts
 from planner.pipeline.schedules import schedule_spec
 from planner.pipeline.simulator import simulate
-from planner.solvers.baselines import BASELINES, baseline_plans
+from planner.solvers.baselines import baseline_plans
 from planner.solvers.dp import solve_chain
 from planner.solvers.evaluate import make_plan
 from planner.solvers.ilp import solve_ilp
@@ -104,8 +104,9 @@ def instances(draw, max_nodes=8, max_devices=3):
     return chain_profile(times, params=params, acts=acts, edge_bytes=edge_bytes), cluster, cfg
 
 
-def brute_force(profile, cluster, config):
-    """Every contiguous partition and recompute choice, scored by make_plan: the ground truth."""
+def brute_force(profile, cluster, config, simulated: bool = False):
+    """Every contiguous partition and recompute choice, scored by make_plan: the ground truth (the
+    least closed form, or with simulated=True the least simulated step)."""
     tables = build_tables(profile)
     N, S = tables.num_nodes, cluster.num_devices
     devices = stage_devices(S, config)
@@ -117,9 +118,10 @@ def brute_force(profile, cluster, config):
         stage_of = cuts_to_stage_of([0, *cuts, N])
         for rec in rec_opts:
             plan = make_plan(profile, tables, cluster, config, stage_of, devices, list(rec),
-                             SolverInfo(backend="brute", status="optimal"), timeline=False)
-            if plan.feasible and (best is None or plan.solver.objective_ms < best):
-                best = plan.solver.objective_ms
+                             SolverInfo(backend="brute", status="optimal"), timeline=simulated)
+            score = plan.step_time_ms if simulated else plan.solver.objective_ms
+            if plan.feasible and (best is None or score < best):
+                best = score
     return best
 
 
@@ -145,18 +147,16 @@ def test_dp_equals_brute_force_and_plans_are_valid(inst):
         return
     assert plan.feasible
     check_plan_valid(plan, profile, cluster)
-    # the DP's proven bound is the brute-force optimum of the closed form
-    assert abs(plan.solver.lower_bound_ms - truth) <= 1e-9 * truth
-    if plan.solver.backend == "dp":
-        assert abs(plan.solver.objective_ms - truth) <= 1e-9 * truth
-        assert plan.solver.status == "optimal" and plan.solver.gap == 0.0
-    else:  # a baseline simulated faster than the closed-form optimum (solve's docstring)
-        assert plan.solver.backend in BASELINES and plan.solver.status == "heuristic"
-        assert plan.solver.objective_ms >= truth * (1 - 1e-9) and plan.solver.gap >= 0.0
-    # the step time is the simulated makespan; for 1F1B the closed form bounds it from above
+    # the DP alone minimises the closed form exactly
+    tables = build_tables(profile)
+    dp = solve_chain(chain_problem(profile, tables, cluster, config, stage_devices(cluster.num_devices, config)))
+    assert abs(dp.lower_bound - truth) <= 1e-9 * truth and abs(dp.objective - truth) <= 1e-9 * truth
+    # solve() is optimal under the simulator (the exact finish), which brute force confirms
+    sim_truth = brute_force(profile, cluster, config, simulated=True)
+    assert plan.solver.status == "optimal" and plan.solver.gap == 0.0
+    assert plan.step_time_ms == pytest.approx(sim_truth, rel=1e-9)
+    assert plan.solver.objective_ms == plan.step_time_ms and plan.solver.lower_bound_ms <= sim_truth * (1 + 1e-9)
     assert plan.step_time_ms == pytest.approx(simulate(plan).makespan_ms, rel=1e-12)
-    if config.schedule == "1F1B":
-        assert plan.step_time_ms <= plan.solver.objective_ms * (1 + 1e-9)
     for name, bp in baseline_plans(profile, cluster, plan.config).items():
         assert not bp.feasible or truth <= bp.solver.objective_ms * (1 + 1e-9), name
         assert plan.baselines[name] == (pytest.approx(bp.step_time_ms, rel=1e-12) if bp.feasible else None)

@@ -71,7 +71,9 @@ class SolverInfo:
     backend: str
     """"highs", "cbc", "dp", or a baseline name."""
     status: str
-    """"optimal", "feasible" (time limit hit, gap > 0), "infeasible", "heuristic"."""
+    """"optimal" (proven under the simulator: no plan in the search space simulates faster), "feasible" (the
+    gap, when set, bounds how much faster any plan can simulate), "infeasible", or "evaluated" (a given or
+    baseline partition, scored but not searched)."""
     objective_ms: float | None = None
     lower_bound_ms: float | None = None
     gap: float | None = None

@@ -224,4 +224,4 @@ def _evaluate_one(profile, cluster, config, stage_node_ids, devices, recompute, 
     if len(rec) != S:
         raise PipeplanError(f"recompute must have one flag per stage ({S})")
     return make_plan(profile, tables, cluster, config, stage_of, list(devs), [bool(r) for r in rec],
-                     SolverInfo(backend=backend, status="heuristic"), fingerprint, timeline=False)
+                     SolverInfo(backend=backend, status="evaluated"), fingerprint, timeline=False)

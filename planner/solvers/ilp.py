@@ -53,6 +53,14 @@ class ILPProblem:
     config: object
     stage_overhead: list[float] | None = None
     """Per stage: its device's per-action runtime overhead (ms), added to fwd and bwd (None: 0)."""
+    objective: str = "closed_form"
+    """"closed_form" (the proxy: cost.predicted_step_time_ms) or "stage_bound": the least, over
+    devices d, of the lower bound planner.solvers.exact.device_bound proves for the simulated step
+    (its optimum and its dual bound are lower bounds on the simulated step of every plan)."""
+    split_backward: bool = False
+    """The schedule runs B and W apart (the stage bound's tail then drops)."""
+    optimizer_factor: float = 0.0
+    """Optimizer ms per reference AdamW ms (stage_optimizer_ms at speed 1); 0 leaves it out."""
 
 
 @dataclass(slots=True)
@@ -433,9 +441,35 @@ class _Builder:
         # the closed form's pieces: step >= a * Dmax + b * sum_s c_s, c_s = T_s - credit_s * W_s
         fill = pulp.lpSum(T) - pulp.lpSum(coeffs[s].weight_credit * W[s] for s in range(S)
                                           if coeffs[s].weight_credit)
+        if prob.objective == "stage_bound":
+            self._stage_bound(coeffs, bwd, unit)
+            return
         for a, b in closed_form_pieces(M, v):
             lp += step >= (a * dmax + b * fill if b else a * dmax)
         lp += step  # the objective
+
+    def _stage_bound(self, coeffs, bwd, unit: float) -> None:
+        """step >= sum_{t<d} alpha_t + M sum_{s on d} beta_s + opt_d for every device d, its first stage
+        d (planner.solvers.exact.device_bound: alpha_t = f_t + b_t + 2 c_t, or f_t + c_t with a split
+        backward; beta_s = f_s + b_s; c_t the forward send, which the simulator charges both ways)."""
+        prob, tb, lp, S, M = self.prob, self.tb, self.lp, self.S, self.M
+        fwd_n = [pulp.lpSum(self.cross[k, b] for k in range(len(tb.tensors))) for b in range(S - 1)]
+        cf = [(prob.link_latency_ms[b] * fwd_n[b] + prob.link_ms_per_byte[b] * self.boundary_bytes[b]) * (1.0 / unit)
+              for b in range(S - 1)] + [0]
+        f = [self.fwd[s] * (1.0 / (coeffs[s].speed * unit)) + coeffs[s].action_overhead_ms / unit for s in range(S)]
+        b = [(bwd[s] + self.recompute_fwd[s]) * (1.0 / (coeffs[s].speed * unit)) + coeffs[s].action_overhead_ms / unit
+             for s in range(S)]
+        alpha = [f[t] + cf[t] if prob.split_backward else f[t] + b[t] + 2 * cf[t] for t in range(S)]
+        opt = self.stage_sum(tb.optimizer) if prob.optimizer_factor > 0 else [0] * S
+        step = self.step
+        for d in sorted(set(prob.stage_device)):
+            own = [s for s in range(S) if prob.stage_device[s] == d]
+            first = own[0]
+            lp += step >= (pulp.lpSum(alpha[t] for t in range(first))
+                           + M * pulp.lpSum(f[s] + b[s] for s in own)
+                           + pulp.lpSum(opt[s] * (prob.optimizer_factor / (coeffs[s].speed * unit)) for s in own
+                                        if prob.optimizer_factor > 0))
+        lp += step
 
     def build(self) -> ILPModel | None:
         self.assignment()
@@ -538,3 +572,54 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
         return ILPResult(None, None, "infeasible", None, None, time.perf_counter() - start)
     _run(model, backend, time_limit_s, model.start_values(warm_stage_of, warm_recompute))
     return _decode(model, backend, prob.tables.num_nodes, time.perf_counter() - start)
+
+
+def enumerate_by_bound(prob: ILPProblem, score, *, backend: str = "highs", time_limit_s: float = 10.0,
+                       incumbent_ms: float = math.inf, max_rounds: int = 200):
+    """The exact finish off a chain (docs/ilp.md, "What is proven"): solve prob (objective
+    "stage_bound") for the plan with the least bound, score it with the simulator (score(stage_of,
+    recompute) -> ms, None if it does not fit), forbid that exact assignment (a no-good cut on the x
+    and rec variables) and solve again, each time with the cutoff step <= the best simulated step so
+    far, until nothing below it is left (proven: the best simulated step is optimal), or the time or
+    the rounds run out. Every assignment not yet scored has a bound >= the last optimum, so
+    min(best, last optimum) bounds the simulated step of every plan in the ILP's space.
+
+    Returns (stage_of, recompute, ms) of the best scored plan or None, the lower bound (-inf when the
+    ILP proved nothing), and whether it is proven."""
+    start = time.perf_counter()
+    model = build_model(prob, None)
+    if model is None:
+        return None, incumbent_ms, True
+    best, best_ms, lower = None, incumbent_ms, -math.inf
+    rows = 0
+    for _ in range(max_rounds):
+        left = time_limit_s - (time.perf_counter() - start)
+        if left <= 0.05:
+            return best, min(lower, best_ms), False
+        if math.isfinite(best_ms):
+            model.step.upBound = best_ms / model.unit * (1 - 1e-9)
+        _run(model, backend, left, None)
+        res = _decode(model, backend, prob.tables.num_nodes, 0.0)
+        if res.status == "infeasible":  # nothing left below the best simulated step
+            return best, best_ms, True
+        if res.status != "optimal":  # stopped: only the dual bound (if any) holds for the rest
+            bound = res.bound if res.bound is not None else -math.inf
+            return best, min(max(lower, bound), best_ms), False
+        lower = max(lower, res.objective)
+        if lower >= best_ms * (1 - 1e-9):
+            return best, best_ms, True
+        ms = score(res.stage_of, res.recompute)
+        if ms is not None and ms < best_ms:
+            best, best_ms = (res.stage_of, res.recompute, ms), ms
+        # no-good: at least one x or rec variable must differ from this assignment
+        flips = []
+        for (i, s), var in model.assignment.x.items():
+            flips.append(1 - var if res.stage_of[i] <= s else var)
+        for s, r in enumerate(model.recompute):
+            if not isinstance(r, bool):
+                flips.append(1 - r if res.recompute[s] else r)
+        if not flips:  # the windows fix everything: this was the only plan
+            return best, best_ms, True
+        rows += 1
+        model.lp += pulp.lpSum(flips) >= 1, f"nogood_{rows}"
+    return best, min(lower, best_ms), False

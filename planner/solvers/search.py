@@ -25,12 +25,13 @@ from planner.contracts.plan import Plan, SolverInfo
 from planner.costmodel.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
 from planner.costmodel.memory import even_chunk_limit_bytes, stages_budget_bytes
 from planner.costmodel.microbatches import microbatch_options, scale_profile
-from planner.pipeline.schedules import in_flight_microbatches
+from planner.costmodel.cost import stage_optimizer_ms
+from planner.pipeline.schedules import in_flight_microbatches, schedule_spec
 from planner.solvers.baselines import baseline_partitions
 from planner.solvers.coarsen import block_size, coarsen, refine_cuts
 from planner.solvers.dp import TABLE_BUDGET_BYTES, ChainProblem, cut_bytes, cut_tensors, solve_chain
 from planner.solvers.evaluate import evaluate_partition, make_plan, with_timeline
-from planner.solvers.ilp import ILPProblem, solve_ilp
+from planner.solvers.ilp import ILPProblem, enumerate_by_bound, solve_ilp
 from profiler.profile import Profile
 
 MAX_DEVICE_ORDERS = 24
@@ -159,7 +160,7 @@ def multi_chunk_warm_start(profile: Profile, tables: CostTables, cluster: Cluste
     best = None
     for stage_of, rec, name in candidates:
         plan = make_plan(profile, tables, cluster, config, stage_of, devices, rec,
-                         SolverInfo(backend=name, status="heuristic"), fingerprint, timeline=False)
+                         SolverInfo(backend=name, status="evaluated"), fingerprint, timeline=False)
         if plan.feasible and (best is None or plan.solver.objective_ms < best.objective):
             best = _Warm(stage_of, list(rec), plan.solver.objective_ms, name, 0.0)
     if best is not None:
@@ -167,10 +168,103 @@ def multi_chunk_warm_start(profile: Profile, tables: CostTables, cluster: Cluste
     return best
 
 
+FINISH_SHARE = 0.5
+"""Most of a (micro-batch count, device order) budget the exact finish may take ..."""
+FINISH_MAX_S = 1.0
+"""... and at most this long, unless the budget is over 10 s (then a tenth of it)."""
+
+
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
                 devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> Plan | None:
-    """The best plan with this stage -> device map and micro-batch count; None if nothing fits.
-    Its step_time_ms is still the closed form (solver.objective_ms): solve_once simulates the winner.
+    """The best plan under the simulator with this stage -> device map and micro-batch count; None if
+    nothing fits. Its step_time_ms is the simulated makespan, and solver.objective_ms the same number;
+    solver.lower_bound_ms bounds the simulated step of every plan with this map and count
+    (planner.solvers.exact): on a chain with one stage per device the exact finish proves it, elsewhere
+    the generic bound holds and the status is "feasible" unless the plan reaches it."""
+    from planner.solvers.exact import chain_finish, generic_lower_bound, sync_ms
+
+    start = time.perf_counter()
+    finish_s = min(time_limit_s * FINISH_SHARE, max(FINISH_MAX_S, time_limit_s / 10))
+    chain_exact = config.virtual_stages == 1 and tables.is_chain()
+    proxy = _solve_proxy(profile, tables, cluster, config, devices,
+                         time_limit_s - finish_s if chain_exact else time_limit_s, fingerprint)
+    sp = speeds(cluster, profile)
+    if not chain_exact:
+        # the stage-bound ILP, enumerated by its bound and scored by the simulator (ilp.enumerate_by_bound)
+        if proxy is not None:
+            with_timeline(proxy)
+
+        def score(stage_of: list[int], rec: list[bool]) -> float | None:
+            p = make_plan(profile, tables, cluster, config, stage_of, devices, rec,
+                          SolverInfo(backend="x", status="feasible"), fingerprint)
+            return p.step_time_ms if p.feasible else None
+
+        sync = sync_ms(tables, cluster, devices)
+        prob = dataclasses.replace(ilp_problem(profile, tables, cluster, config, devices), objective="stage_bound",
+                                   split_backward=schedule_spec(config.schedule).split_backward,
+                                   optimizer_factor=stage_optimizer_ms(1.0, config.optimizer, 1.0)
+                                   if float(tables.optimizer.sum()) > 0 else 0.0)
+        found, bound, _ = enumerate_by_bound(
+            prob, lambda so, rec: (lambda ms: None if ms is None else ms - sync)(score(so, rec)),
+            backend="cbc" if config.solver == "cbc" else "highs",
+            time_limit_s=max(0.2, min(finish_s, time_limit_s - (time.perf_counter() - start))),
+            incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"))
+        lower = max(generic_lower_bound(tables, cluster, config, devices, sp), bound + sync)
+        if found is not None and (proxy is None or found[2] + sync < proxy.step_time_ms):
+            proxy = make_plan(profile, tables, cluster, config, found[0], devices, found[1],
+                              SolverInfo(backend=proxy.solver.backend if proxy else "highs", status="feasible"),
+                              fingerprint)
+        if proxy is None:
+            return None
+        with_timeline(proxy)
+        return _with_bound(proxy, lower, time.perf_counter() - start)
+    cache: dict[tuple, float | None] = {}
+
+    def simulate_cuts(cuts: list[int], rec: list[bool]) -> float | None:
+        key = (tuple(cuts), tuple(rec))
+        if key not in cache:
+            p = make_plan(profile, tables, cluster, config, cuts_to_stage_of(cuts), devices, rec,
+                          SolverInfo(backend="dp", status="feasible"), fingerprint, timeline=False)
+            cache[key] = with_timeline(p).step_time_ms if p.feasible else None
+        return cache[key]
+
+    incumbents = []
+    if proxy is not None:
+        stage_of = [0] * tables.num_nodes
+        for st in proxy.stages:
+            for nid in st.node_ids:
+                stage_of[tables.position[nid]] = st.index
+        cuts = [0] + [stage_of.index(s + 1) for s in range(len(devices) - 1)] + [tables.num_nodes]
+        incumbents.append((cuts, [st.recompute for st in proxy.stages]))
+    prob = chain_problem(profile, tables, cluster, config, devices)
+    best, best_ms, lower, proven = chain_finish(prob, cluster, devices, incumbents, simulate_cuts,
+                                                max(0.05, time_limit_s - (time.perf_counter() - start)),
+                                                extra_ms=sync_ms(tables, cluster, devices))
+    if best is None:
+        return None
+    backend = proxy.solver.backend if proxy is not None else "dp"
+    plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(best[0]), devices, best[1],
+                     SolverInfo(backend=backend, status="feasible"), fingerprint)
+    if not proven:  # both bounds hold; the chain's is -inf when its tables were too large
+        lower = max(lower, generic_lower_bound(tables, cluster, config, devices, sp))
+    return _with_bound(plan, lower, time.perf_counter() - start)
+
+
+def _with_bound(plan: Plan, lower: float | None, seconds: float) -> Plan:
+    """The plan (simulated) with its objective, bound, gap and status under the simulator."""
+    info = plan.solver
+    info.objective_ms = plan.step_time_ms
+    info.lower_bound_ms = None if lower is None else min(lower, plan.step_time_ms)
+    info.gap = relative_gap(info.objective_ms, info.lower_bound_ms)
+    info.status = "optimal" if info.gap == 0.0 else "feasible"
+    info.seconds = seconds
+    return plan
+
+
+def _solve_proxy(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
+                 devices: list[int], time_limit_s: float, fingerprint: str | None = None) -> Plan | None:
+    """The best plan under the closed form (the proxy the DP and the ILP minimise); None if nothing fits.
+    Its step_time_ms is still the closed form (solver.objective_ms); solve_fixed simulates it.
 
     The ILP is always warm-started and cut off by a plan known to fit (the DP's for one stage per
     device; the best of the baselines and a chunk-split DP for several), so a run that times out
@@ -193,7 +287,7 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
         if use_dp:
             if dp.cuts is None:
                 return None
-            status = ("optimal" if dp.optimal else "feasible") if chain else "heuristic"
+            status = ("optimal" if dp.optimal else "feasible") if chain else "feasible"
             info = SolverInfo(backend="dp", status=status, seconds=dp.seconds)
             plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(dp.cuts), devices, dp.recompute,
                              info, fingerprint, timeline=False)
@@ -265,10 +359,37 @@ def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan 
     k = block_size(len(profile.nodes), cluster.num_devices * config.virtual_stages)
     if k > 1:
         return solve_coarsened(profile, cluster, config, k, start)
+    best, lower = _search(profile, cluster, config, config.time_limit_s)
+    proven = best is not None and lower is not None and relative_gap(best.step_time_ms, lower) == 0.0
+    if best is not None and not proven and config.recompute == "auto" \
+            and len(config.recompute_choices()) > 1:
+        # no proof: make sure "auto" is never worse than all-off or all-on (each searched on its own)
+        for r in ("off", "on"):
+            other, _ = _search(profile, cluster, dataclasses.replace(config, recompute=r), config.time_limit_s / 4)
+            if other is not None and other.step_time_ms < best.step_time_ms:
+                best = other
+        best.config = dataclasses.replace(best.config, recompute=config.recompute)
+    if best is not None:
+        _with_bound(best, lower, time.perf_counter() - start)
+    return best
+
+
+def _generic(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig, order: list[int]) -> float:
+    from planner.solvers.exact import generic_lower_bound
+
+    return generic_lower_bound(tables, cluster, config, stage_devices(cluster.num_devices, config, order),
+                               speeds(cluster, profile))
+
+
+def _search(profile: Profile, cluster: Cluster, config: TrainConfig, time_limit_s: float
+            ) -> tuple[Plan | None, float | None]:
+    """The plan with the least simulated step over micro-batch counts and device orders, and a lower
+    bound on the simulated step of every plan in that space (None when one part has none)."""
     options = microbatch_options(config, cluster.num_devices)
     orders = device_orders(cluster, config)
-    budget = config.time_limit_s / (len(options) * len(orders))
+    budget = time_limit_s / (len(options) * len(orders))
     best = None
+    lower: float | None = float("inf")
     fingerprint = profile.fingerprint()
     for M, mbs in options:
         cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
@@ -277,17 +398,16 @@ def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan 
         for order in orders:
             plan = solve_fixed(prof, tables, cluster, cfg, stage_devices(cluster.num_devices, cfg, order), budget,
                                fingerprint)
-            # candidates are ranked by the closed form the solvers minimise (an upper bound on the
-            # 1F1B makespan); simulating every (M, order) candidate would cost a timeline each
-            if plan is not None and plan.feasible and (best is None or
-                                                       plan.solver.objective_ms < best.solver.objective_ms):
+            if plan is None:  # nothing fits this (M, order): proven on a chain by the DP, else maybe not
+                if not (cfg.virtual_stages == 1 and tables.is_chain()) and lower is not None:
+                    lower = min(lower, _generic(prof, tables, cluster, cfg, order))
+                continue
+            b = plan.solver.lower_bound_ms
+            lower = None if lower is None or b is None else min(lower, b)
+            # candidates are ranked by their simulated step (solve_fixed simulates each)
+            if plan.feasible and (best is None or plan.step_time_ms < best.step_time_ms):
                 best = plan
-    if best is not None:
-        with_timeline(best)
-        best.solver.seconds = time.perf_counter() - start
-    return best
-
-
+    return best, lower
 
 
 def solve_coarsened(profile: Profile, cluster: Cluster, config: TrainConfig, k: int, start: float) -> Plan | None:

@@ -21,12 +21,11 @@ from profiler.profile import Profile
 def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     """The fastest plan that fits, or Plan(feasible=False) with a Diagnosis saying why and what would fit.
 
-    The solvers minimise the closed form (solver.objective_ms); the plan's step time is its simulated
-    makespan. The baselines are scored the same way, and should one of them simulate faster than the
-    solver's plan (the closed form charges sends serially and is only an estimate for GPipe and the
-    zero-bubble schedules), that partition is returned instead, with solver.backend naming it and
-    status "heuristic": pipeplan never recommends a plan its own timeline shows to be slower than a
-    baseline it lists next to it.
+    The plan is the best found under the simulator: its step_time_ms (= solver.objective_ms) is its
+    simulated makespan and solver.lower_bound_ms bounds the simulated step of every plan in the search
+    space (planner.solvers.exact). The baselines are scored the same way; should one of them simulate
+    faster than the solver's plan (possible only where no proof closed), that partition is returned
+    instead, with solver.backend naming it and status "feasible" against the same bound.
     """
     plan = solve_once(profile, cluster, config)
     if plan is None:
@@ -47,9 +46,14 @@ def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
         plan = bl[name]
         plan.config = dataclasses.replace(plan.config, global_batch=_given_global_batch(plan, config))
         plan.baselines = baselines
-        plan.solver = SolverInfo(backend=name, status="heuristic", objective_ms=plan.solver.objective_ms,
-                                 lower_bound_ms=found.lower_bound_ms, seconds=found.seconds,
-                                 gap=relative_gap(plan.solver.objective_ms, found.lower_bound_ms))
+        lower = found.lower_bound_ms
+        if lower is not None:
+            lower = min(lower, plan.step_time_ms)
+        plan.solver = SolverInfo(backend=name, status="feasible", objective_ms=plan.step_time_ms,
+                                 lower_bound_ms=lower, seconds=found.seconds, note=found.note,
+                                 gap=relative_gap(plan.step_time_ms, lower))
+        if plan.solver.gap == 0.0:
+            plan.solver.status = "optimal"
     return plan
 
 

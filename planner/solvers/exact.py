@@ -1,0 +1,235 @@
+"""The exact finish: plans ranked by their simulated step time, with lower bounds proven against the
+simulator (planner/pipeline/simulator.py); docs/ilp.md, "What is proven".
+
+The DP and the ILP minimise a proxy (the closed form). This module turns their answer into a proof
+under the simulator:
+
+- `stage_bound_terms`: for one stage per device, every simulated step satisfies
+      makespan >= max_s ( sum_{t<s} alpha_t + M beta_s + opt_s ) + sync
+  (alpha, beta below), a bound that adds up stage by stage, so a DP over a chain finds its minimum
+  over all partitions and a branch and bound can enumerate partitions in the order of it;
+- `chain_finish`: that branch and bound, best bound first; each complete partition is scored by the
+  simulator itself; it stops when the best simulated step is <= the bound of everything not yet
+  simulated (proven optimal), or at its time limit with the least open bound (a gap that bounds the
+  simulated makespan);
+- `generic_lower_bound`: a bound valid for every schedule, placement and partition (DAGs, several
+  chunks per device): the busiest device must do its share of the work.
+
+Why the stage bound holds (one stage per device, the simulator's rules): F(s, m) cannot start before
+F(s-1, m) ended plus the boundary's send, so every action of stage s starts at or after
+H_s = sum_{t<s} (f_t + c_t). Stage s runs M forwards and M backwards one at a time, so its last F or B
+ends at or after H_s + M (f_s + b_s); that last one is a B (B(s, m) waits, through the later stages,
+for F(s, m)), and the gradient then still has to flow back: B(s-1, m) starts after it plus c_{s-1},
+and so on down to stage 0, adding sum_{t<s} (c_t + b_t). So makespan >= sum_{t<s} (f_t + b_t + 2 c_t)
++ M (f_s + b_s): alpha_t = f_t + b_t + 2 c_t, beta_s = f_s + b_s. With a split backward (ZBH1) the last
+action of a stage may be a W, so the tail is dropped and W counted on the stage: alpha_t = f_t + c_t,
+beta_s = f_s + B_s + W_s. The optimizer steps start sync_ms after the last compute or transfer ends,
+and max(a) + max(b) >= max(a + b) gives the opt_s term. c_t is the forward send time of boundary t,
+which the simulator charges to the gradient too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
+from planner.costmodel.cost import (
+    CostTables,
+    boundary_comm_ms,
+    clip_allreduce_ms,
+    speeds,
+    stage_optimizer_ms,
+    stage_time_coefficients,
+)
+from planner.pipeline.schedules import schedule_spec
+from planner.solvers.dp import ChainProblem, DPTooLarge, IntervalCosts, cut_bytes, cut_tensors, memory_band_length
+
+INF = float("inf")
+REL_TOL = 1e-9
+"""A candidate whose bound is within this fraction of the best simulated step cannot beat it."""
+
+
+def sync_ms(tables: CostTables, cluster: Cluster, devices: list[int]) -> float:
+    """The clipping all-reduce before the optimizer steps, when the profile has optimizer times (every
+    partition then has a stage with a step > 0, and the simulator waits for it)."""
+    return clip_allreduce_ms(cluster, list(devices)) if float(tables.optimizer.sum()) > 0 else 0.0
+
+
+def generic_lower_bound(tables: CostTables, cluster: Cluster, config: TrainConfig, devices: list[int],
+                        profile_speeds: list[float]) -> float:
+    """A lower bound on the simulated step of every partition, recompute choice and schedule on these
+    devices: the devices together must run M forwards and backwards of every node (recompute and the
+    per-action overheads only add), so the busiest one is busy at least M * work / sum of speeds; no
+    node can be split, so also M * (its work) / the fastest speed. The optimizer steps run after the
+    last backward: + sync + total optimizer work / sum of speeds."""
+    used = sorted(set(devices))
+    total_speed = sum(profile_speeds[d] for d in used)
+    fastest = max(profile_speeds[d] for d in used)
+    M = config.num_microbatches
+    work = tables.fwd + tables.bwd
+    busy = max(M * float(work.sum()) / total_speed, M * float(work.max(initial=0.0)) / fastest)
+    opt_ref = float(tables.optimizer.sum())
+    if opt_ref <= 0:
+        return busy
+    opt = stage_optimizer_ms(opt_ref, config.optimizer, total_speed)
+    return busy + sync_ms(tables, cluster, devices) + opt
+
+
+class _StageTerms:
+    """alpha, M beta + opt of every interval [i, i+L) on every stage (computed per stage on demand)."""
+
+    def __init__(self, prob: ChainProblem, cluster: Cluster, devices: list[int], max_len: int):
+        tb = prob.tables
+        self.prob, self.N, self.S, self.M, self.L = prob, tb.num_nodes, prob.num_stages, prob.num_microbatches, max_len
+        self.ic = IntervalCosts(prob, max_len)
+        P = lambda a: np.concatenate([[0.0], np.cumsum(a)])
+        self.pf, self.pb, self.pw, self.po = P(tb.fwd), P(tb.bwd), P(tb.bwd_weight), P(tb.optimizer)
+        fwd_cut, _ = cut_bytes(tb)
+        fwd_n, _ = cut_tensors(tb)
+        self.comm = []
+        for s in range(self.S):
+            if s == self.S - 1:
+                self.comm.append(np.zeros(self.N + 1))
+            else:
+                self.comm.append(np.array([boundary_comm_ms(cluster, devices[s], devices[s + 1], b, int(n))
+                                           for b, n in zip(fwd_cut, fwd_n)]))
+        self.split = schedule_spec(prob.schedule).split_backward
+        self.optimizer = prob.config.optimizer
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def stage(self, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(alpha, mbeta, recompute), each (N+1) x L indexed by (start i, length-1); inf where the
+        interval does not fit or cannot be stage s."""
+        if s in self._cache:
+            return self._cache[s]
+        N, L = self.N, self.L
+        i = np.arange(N + 1)[:, None]
+        lens = np.arange(1, L + 1)[None, :]
+        j = i + lens
+        ok = j <= N
+        jc = np.where(ok, j, N)
+        T = self.ic.T[s][jc, lens - 1]
+        rec = self.ic.rec[s][jc, lens - 1]
+        ok &= np.isfinite(T)
+        ic_ = np.broadcast_to(i, jc.shape)
+        fref, bref, wref = self.pf[jc] - self.pf[ic_], self.pb[jc] - self.pb[ic_], self.pw[jc] - self.pw[ic_]
+        overhead = self.prob.stage_overhead[s] if self.prob.stage_overhead is not None else 0.0
+        co = stage_time_coefficients(self.prob.stage_speed[s], overhead, self.prob.schedule, s == self.S - 1)
+        f, bwd, _, _ = co.compute_ms(fref, bref, wref, rec.astype(float))
+        c = self.comm[s][jc]
+        alpha = f + c if self.split else f + bwd + 2.0 * c
+        opt = stage_optimizer_ms(self.po[jc] - self.po[ic_], self.optimizer, self.prob.stage_speed[s])
+        mbeta = self.M * (f + bwd) + opt
+        alpha = np.where(ok, alpha, INF)
+        mbeta = np.where(ok, mbeta, INF)
+        out = (alpha, mbeta, rec)
+        if len(self._cache) < 8:  # a few stages kept; the rest recomputed (memory stays O(N L))
+            self._cache[s] = out
+        return out
+
+    def completion(self) -> list[np.ndarray]:
+        """G[k][i]: the least max_{s>=k} (sum_{k<=t<s} alpha_t + M beta_s + opt_s) over the ways to cut
+        positions i..N-1 into stages k..S-1 (G[S][N] = -inf, the empty max)."""
+        N, S, L = self.N, self.S, self.L
+        G = [None] * (S + 1)
+        last = np.full(N + 1 + L, INF)
+        last[N] = -INF
+        G[S] = last[: N + 1].copy()
+        for k in range(S - 1, -1, -1):
+            alpha, mbeta, _ = self.stage(k)
+            nxt = np.concatenate([G[k + 1], np.full(L, INF)])
+            j = np.arange(N + 1)[:, None] + np.arange(1, L + 1)[None, :]
+            with np.errstate(invalid="ignore"):
+                via = alpha + nxt[j]
+            via[~np.isfinite(alpha)] = INF  # an interval that cannot be stage k (inf + -inf is nan)
+            val = np.maximum(mbeta, via)
+            G[k] = val.min(axis=1)
+        return G
+
+
+def bound_band(prob: ChainProblem, upper_ms: float) -> int:
+    """Longest interval that can sit in a partition whose bound is below upper_ms: M (f + b) of a stage
+    is at least M * (its nodes' f + b) / its speed, with recompute and overheads only adding."""
+    tb = prob.tables
+    N, S, M = tb.num_nodes, prob.num_stages, prob.num_microbatches
+    work = np.concatenate([[0.0], np.cumsum(tb.fwd + tb.bwd)])
+    budget = upper_ms / M * max(prob.stage_speed) * (1 + 1e-9)
+    lo = np.searchsorted(work, work - budget, side="left")
+    longest = int((np.arange(N + 1) - lo).max())
+    return max(1, min(longest, N - S + 1, memory_band_length(prob)))
+
+
+def chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int], incumbents: list[tuple[list[int], list[bool]]],
+                 simulate_cuts: Callable[[list[int], list[bool]], float | None], time_limit_s: float,
+                 extra_ms: float = 0.0) -> tuple[tuple[list[int], list[bool]] | None, float, float, bool]:
+    """Branch and bound over the cuts of a chain, ranked by the stage bound and scored by the simulator.
+
+    incumbents: (cuts, recompute) to score first (the DP's pick, ...); simulate_cuts returns a plan's
+    simulated step (None if it does not fit). extra_ms is added to every bound (the optimizer's sync).
+    Returns (best (cuts, recompute), its simulated step, a lower bound on the simulated step of every
+    contiguous partition that fits, proven) where proven means best step <= that bound (optimal).
+    With off-recompute fitting, on is never faster (the simulator is monotone in the durations), so
+    each interval takes the first recompute option that fits (IntervalCosts' choice)."""
+    start = time.perf_counter()
+    best, best_ms = None, INF
+    for cuts, rec in incumbents:
+        ms = simulate_cuts(cuts, rec)
+        if ms is not None and ms < best_ms:
+            best, best_ms = (list(cuts), list(rec)), ms
+    N, S = prob.tables.num_nodes, prob.num_stages
+    if best is None:  # no incumbent fits: bound the band by memory alone
+        band = max(1, min(N - S + 1, memory_band_length(prob)))
+    else:
+        band = bound_band(prob, best_ms - extra_ms)
+    try:
+        terms = _StageTerms(prob, cluster, devices, band)
+    except DPTooLarge:
+        return best, best_ms, -INF, False
+    G = terms.completion()
+    root = float(G[0][0]) + extra_ms
+    if not np.isfinite(root):  # no partition fits (within the band: none below the incumbent)
+        return best, best_ms, best_ms, best is not None
+    heap: list = [(root, 0, 0, 0.0, -INF, ())]
+    counter = 0
+    timed_out = False
+    while heap:
+        bound, _, k, A, curmax, cuts = heap[0]
+        if bound >= best_ms * (1 - REL_TOL):
+            break
+        if time.perf_counter() - start > time_limit_s:
+            timed_out = True
+            break
+        heapq.heappop(heap)
+        i = cuts[-1] if cuts else 0
+        if k == S:  # a complete partition: the simulator decides
+            full = [0, *cuts]
+            rec = [bool(terms.stage(s)[2][full[s], full[s + 1] - full[s] - 1]) for s in range(S)]
+            ms = simulate_cuts(full, rec)
+            if ms is not None and ms < best_ms:
+                best, best_ms = (full, rec), ms
+            continue
+        alpha, mbeta, _ = terms.stage(k)
+        a_row, m_row = alpha[i], mbeta[i]
+        js = i + np.arange(1, terms.L + 1)
+        inside = js <= N
+        nxt = np.full(terms.L, INF)
+        nxt[inside] = G[k + 1][js[inside]]
+        here = np.maximum(curmax, A + m_row)
+        with np.errstate(invalid="ignore"):
+            via = A + a_row + nxt
+        via[~np.isfinite(a_row)] = INF
+        child = np.maximum(here, via) + extra_ms
+        for L_ in np.nonzero(child < best_ms * (1 - REL_TOL))[0]:
+            counter += 1
+            heapq.heappush(heap, (float(child[L_]), counter, k + 1, A + float(a_row[L_]), float(here[L_]),
+                                  (*cuts, i + int(L_) + 1)))
+    if timed_out:
+        lower = min(best_ms, heap[0][0])
+    else:
+        lower = best_ms if best is not None else INF
+    return best, best_ms, min(lower, best_ms), not timed_out and best is not None
