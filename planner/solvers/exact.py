@@ -80,6 +80,25 @@ def generic_lower_bound(tables: CostTables, cluster: Cluster, config: TrainConfi
     return busy + sync_ms(tables, cluster, devices) + opt
 
 
+def device_bound(fwd: list[float], bwd: list[float], link: list[float], device_of: list[int], M: int,
+                 split_backward: bool, optimizer: list[float] | None = None, sync: float = 0.0) -> float:
+    """The stage bound of one plan (module docstring), for any placement: for every device d with first
+    stage s0, sum_{t<s0} alpha_t + M sum_{s on d} (f_s + b_s) + its optimizer steps; the largest, plus
+    sync (pass 0 when no stage has an optimizer step). bwd is the full backward (B + W); link[t] the
+    send time of boundary t as the simulator charges it (0 between stages on one device)."""
+    S = len(fwd)
+    alpha = [fwd[t] + link[t] if split_backward else fwd[t] + bwd[t] + 2.0 * link[t] for t in range(S - 1)]
+    prefix = [0.0]
+    for a in alpha:
+        prefix.append(prefix[-1] + a)
+    best = 0.0
+    for d in set(device_of):
+        own = [s for s in range(S) if device_of[s] == d]
+        opt = sum(optimizer[s] for s in own) if optimizer is not None else 0.0
+        best = max(best, prefix[own[0]] + M * sum(fwd[s] + bwd[s] for s in own) + opt)
+    return best + sync
+
+
 class _StageTerms:
     """alpha, M beta + opt of every interval [i, i+L) on every stage (computed per stage on demand)."""
 

@@ -1,0 +1,217 @@
+"""Optimal under the simulator (planner/solvers/exact.py, docs/ilp.md "What is proven"): brute force over
+every partition and recompute choice, each scored by the simulator, for every schedule in the registry,
+on random small chains and DAGs (mixed speeds, binding memory, communication). The solver's plan is
+optimal or within its reported gap, and its lower bound is <= the simulated step of every enumerated
+plan. Then: recompute auto <= off and on, device order auto <= fixed (property sweeps), and the stage
+bound itself against the simulator on random stage times.
+
+A few derandomized examples run in the fast suite; the `slow` sweep runs many more."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from planner.contracts.cluster import Cluster, Device, Link
+from planner.contracts.config import TrainConfig
+from planner.contracts.plan import SolverInfo
+from planner.costmodel.cost import build_tables, stage_devices
+from planner.costmodel.microbatches import schedule_accepts
+from planner.pipeline.schedules import SCHEDULE_SPECS, chunks_per_device, stage_to_device
+from planner.pipeline.simulator import simulate_times
+from planner.solvers.evaluate import make_plan
+from planner.solvers.exact import device_bound
+from planner.solvers.solve import solve
+from profiler.synthetic import chain_profile, dag_profile
+
+SCHEDULES = list(SCHEDULE_SPECS)
+TOL = 1e-9
+
+
+@st.composite
+def instances(draw, max_nodes: int = 7, max_devices: int = 3, dag: bool | None = None):
+    """A small chain or DAG, 2..max_devices devices of mixed speed and memory, a schedule and its
+    parameters; memory from slack to binding (recompute may be needed), transfers that matter."""
+    schedule = draw(st.sampled_from(SCHEDULES))
+    spec = SCHEDULE_SPECS[schedule]
+    v = draw(st.sampled_from([1, 2])) if spec.chunks_per_device is None else 1
+    per_device = chunks_per_device(schedule, v)
+    P = draw(st.integers(2, max_devices))
+    n = draw(st.integers(P * per_device, max(P * per_device, max_nodes)))
+    assume(n <= max_nodes + 1)
+    times = draw(st.lists(st.floats(0.2, 4.0), min_size=n, max_size=n))
+    params = draw(st.lists(st.integers(0, 2000), min_size=n, max_size=n))
+    acts = draw(st.lists(st.integers(0, 4000), min_size=n, max_size=n))
+    is_dag = draw(st.booleans()) if dag is None else dag
+    if is_dag:
+        edges = [(i, i + 1, draw(st.integers(1, 10**7))) for i in range(n - 1)]
+        for _ in range(draw(st.integers(1, 3)) if n >= 3 else 0):  # skips
+            a = draw(st.integers(0, n - 3))
+            b = draw(st.integers(a + 2, n - 1))
+            edges.append((a, b, draw(st.integers(1, 10**7))))
+        if draw(st.booleans()) and n >= 4:  # a parallel branch: the topological order is not unique
+            a = draw(st.integers(0, n - 4))
+            edges = [e for e in edges if e[:2] != (a + 1, a + 2)] + [(a, a + 2, 1000)]
+        profile = dag_profile(times, edges, params=params, acts=acts)
+    else:
+        profile = chain_profile(times, params=params, acts=acts,
+                                edge_bytes=draw(st.lists(st.integers(1, 10**7), min_size=n - 1, max_size=n - 1)))
+    need = sum(params) * 16 + sum(acts) * 2
+    frac = draw(st.sampled_from([0.3, 0.6, 1.0, 3.0]))
+    devices = [Device(name=f"d{d}", memory_bytes=max(1, int(need * frac * draw(st.sampled_from([0.7, 1.0, 1.4])))),
+                      speed=draw(st.sampled_from([0.5, 1.0, 2.0])), node=d // 2) for d in range(P)]
+    slow_link = Link(bandwidth_bytes_per_s=draw(st.sampled_from([1e9, 1e10])), latency_s=1e-5)
+    cluster = Cluster(devices=devices, intra_node=slow_link, inter_node=slow_link)
+    M = draw(st.integers(P, 2 * P + 1))
+    assume(schedule_accepts(schedule, P, M, v) is None)
+    recompute = draw(st.sampled_from(["off", "auto", "on"])) if spec.supports_recompute else "off"
+    return profile, cluster, TrainConfig(schedule=schedule, num_microbatches=M, virtual_stages=v,
+                                         recompute=recompute, time_limit_s=20)
+
+
+def brute_force(profile, cluster, config) -> list[float]:
+    """The simulated step of every plan that fits: every stage assignment that lets data flow forward
+    (non-empty stages) and every recompute choice the config allows."""
+    tables = build_tables(profile)
+    N = tables.num_nodes
+    devices = stage_devices(cluster.num_devices, config)
+    S = len(devices)
+    rec_opts = list(itertools.product(config.recompute_choices(), repeat=S)) if config.recompute == "auto" \
+        else [(config.recompute == "on",) * S]
+    out = []
+    for stage_of in itertools.product(range(S), repeat=N):
+        if len(set(stage_of)) < S or any(stage_of[c] < stage_of[t.producer] for t in tables.tensors
+                                        for c in t.consumers):
+            continue
+        for rec in rec_opts:
+            plan = make_plan(profile, tables, cluster, config, list(stage_of), devices, list(rec),
+                             SolverInfo(backend="brute", status="evaluated"))
+            if plan.feasible:
+                out.append(plan.step_time_ms)
+    return out
+
+
+def check_against_brute_force(profile, cluster, config) -> str:
+    scores = brute_force(profile, cluster, config)
+    plan = solve(profile, cluster, config)
+    if not scores:
+        assert not plan.feasible
+        return "infeasible"
+    assert plan.feasible
+    info, best = plan.solver, min(scores)
+    assert info.status in ("optimal", "feasible")
+    assert info.objective_ms == plan.step_time_ms
+    # the lower bound holds for every enumerated plan's timeline
+    assert info.lower_bound_ms <= best * (1 + TOL), (info, best)
+    if info.status == "optimal":
+        assert plan.step_time_ms <= best * (1 + TOL), (info, best)
+    else:  # the gap bounds the simulated makespan
+        assert info.gap is not None and plan.step_time_ms * (1 - info.gap) <= best * (1 + TOL)
+    assert plan.step_time_ms >= best * (1 - TOL)
+    return info.status
+
+
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@FAST
+@given(instances(dag=False))
+def test_chains_optimal_under_the_simulator_against_brute_force(inst):
+    profile, cluster, config = inst
+    status = check_against_brute_force(profile, cluster, config)
+    if config.virtual_stages == 1 and chunks_per_device(config.schedule) == 1:
+        assert status in ("optimal", "infeasible")  # the chain's exact finish closes on these sizes
+
+
+@FAST
+@given(instances(dag=True))
+def test_dags_optimal_or_within_gap_against_brute_force(inst):
+    check_against_brute_force(*inst)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(instances(max_nodes=8, max_devices=4))
+def test_sweep_every_schedule_against_brute_force(inst):
+    check_against_brute_force(*inst)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_every_schedule_brute_force_one_case_each(schedule):
+    """Each registry schedule at least once in the fast suite, chain with communication and mixed speeds."""
+    rng = random.Random(hash(schedule) % 1000)
+    v = 2 if SCHEDULE_SPECS[schedule].chunks_per_device is None else 1
+    P = 2
+    n = P * chunks_per_device(schedule, v) + 2
+    profile = chain_profile([rng.uniform(0.3, 3.0) for _ in range(n)], params=[rng.randint(0, 1000) for _ in range(n)],
+                            edge_bytes=[rng.choice([10**5, 10**7]) for _ in range(n - 1)])
+    cluster = Cluster(devices=[Device(name="a", memory_bytes=10**9, speed=1.0),
+                               Device(name="b", memory_bytes=10**9, speed=2.0, node=1)],
+                      inter_node=Link(bandwidth_bytes_per_s=1e9, latency_s=1e-5))
+    M = 4
+    assert schedule_accepts(schedule, P, M, v) is None
+    check_against_brute_force(profile, cluster, TrainConfig(schedule=schedule, num_microbatches=M, virtual_stages=v))
+
+
+# -- auto never worse ------------------------------------------------------------------------
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(instances(max_nodes=7))
+def test_recompute_auto_never_slower_than_off_or_on(inst):
+    profile, cluster, config = inst
+    assume(len(config.recompute_choices()) > 1 or config.recompute != "off")
+    auto = solve(profile, cluster, dataclasses.replace(config, recompute="auto"))
+    for r in ("off", "on"):
+        if r == "on" and not SCHEDULE_SPECS[config.schedule].supports_recompute:
+            continue
+        other = solve(profile, cluster, dataclasses.replace(config, recompute=r))
+        if other.feasible:
+            assert auto.feasible and auto.step_time_ms <= other.step_time_ms * (1 + TOL), r
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(instances(max_nodes=7, dag=False))
+def test_device_order_auto_never_slower_than_fixed(inst):
+    profile, cluster, config = inst
+    fixed = solve(profile, cluster, dataclasses.replace(config, device_order="fixed"))
+    auto = solve(profile, cluster, dataclasses.replace(config, device_order="auto"))
+    if fixed.feasible:
+        assert auto.feasible and auto.step_time_ms <= fixed.step_time_ms * (1 + TOL)
+
+
+# -- the bound itself ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_device_bound_below_the_simulated_makespan(schedule):
+    """exact.device_bound (the bound the chain search and the stage-bound ILP use) against the simulator
+    on random per-stage times, sends and optimizer steps."""
+    rng = random.Random(11)
+    spec = SCHEDULE_SPECS[schedule]
+    tight = 0
+    for _ in range(200):
+        P = rng.randint(1, 4)
+        v = rng.choice([1, 2, 3]) if spec.chunks_per_device is None else 1
+        M = rng.randint(1, 3 * P)
+        if schedule_accepts(schedule, P, M, v) is not None:
+            continue
+        S = P * chunks_per_device(schedule, v)
+        f = [rng.uniform(0.1, 3) for _ in range(S)]
+        b = [x * rng.uniform(1, 3) for x in f]
+        w = [x * rng.uniform(0, 0.6) for x in b] if spec.split_backward else None
+        c = [rng.choice([0.0, rng.uniform(0, 2)]) for _ in range(S - 1)]
+        opt = [rng.choice([0.0, rng.uniform(0, 1)]) for _ in range(S)]
+        sync = rng.uniform(0, 0.5)
+        tl = simulate_times(f, b, c, schedule=schedule, num_devices=P, num_microbatches=M, virtual_stages=v,
+                            bwd_weight_ms=w, optimizer_ms=opt, sync_ms=sync)
+        device_of = stage_to_device(P, schedule, v)
+        link = [0.0 if device_of[k] == device_of[k + 1] else c[k] for k in range(S - 1)]
+        lb = device_bound(f, b, link, device_of, M, spec.split_backward, opt,
+                          sync if any(x > 0 for x in opt) else 0.0)
+        assert lb <= tl.makespan_ms * (1 + TOL), (P, v, M, lb, tl.makespan_ms)
+        tight += lb >= tl.makespan_ms * (1 - 1e-6)
+    assert tight > 0  # the bound is reached on some instances (uniform-enough stages)
