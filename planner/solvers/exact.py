@@ -50,6 +50,10 @@ from planner.pipeline.schedules import schedule_spec
 from planner.solvers.dp import ChainProblem, DPTooLarge, IntervalCosts, cut_bytes, cut_tensors, memory_band_length
 
 INF = float("inf")
+MAX_EXPANSIONS = 20000
+MAX_LEAVES = 400
+"""The chain search stops after this many expanded nodes or simulated partitions, before its time
+limit in practice, so a plan does not depend on the machine's speed."""
 REL_TOL = 1e-9
 """A candidate whose bound is within this fraction of the best simulated step cannot beat it."""
 
@@ -214,16 +218,18 @@ def chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int], incum
     if not np.isfinite(root):  # no partition fits (within the band: none below the incumbent)
         return best, best_ms, best_ms, best is not None
     heap: list = [(root, 0, 0, 0.0, -INF, ())]
-    counter = 0
+    counter = expansions = leaves = 0
     timed_out = False
     while heap:
         bound, _, k, A, curmax, cuts = heap[0]
         if bound >= best_ms * (1 - REL_TOL):
             break
-        if time.perf_counter() - start > time_limit_s:
+        if expansions >= MAX_EXPANSIONS or leaves >= MAX_LEAVES or time.perf_counter() - start > time_limit_s:
             timed_out = True
             break
         heapq.heappop(heap)
+        expansions += 1
+        leaves += k == S
         i = cuts[-1] if cuts else 0
         if k == S:  # a complete partition: the simulator decides
             full = [0, *cuts]

@@ -575,13 +575,14 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
 
 
 def enumerate_by_bound(prob: ILPProblem, score, *, backend: str = "highs", time_limit_s: float = 10.0,
-                       incumbent_ms: float = math.inf, max_rounds: int = 200):
+                       incumbent_ms: float = math.inf, max_rounds: int = 60):
     """The exact finish off a chain (docs/ilp.md, "What is proven"): solve prob (objective
     "stage_bound") for the plan with the least bound, score it with the simulator (score(stage_of,
     recompute) -> ms, None if it does not fit), forbid that exact assignment (a no-good cut on the x
     and rec variables) and solve again, each time with the cutoff step <= the best simulated step so
     far, until nothing below it is left (proven: the best simulated step is optimal), or the time or
-    the rounds run out. Every assignment not yet scored has a bound >= the last optimum, so
+    the rounds run out (max_rounds, not the clock, is what normally stops it: the same plan on every
+    machine). Every assignment not yet scored has a bound >= the last optimum, so
     min(best, last optimum) bounds the simulated step of every plan in the ILP's space.
 
     Returns (stage_of, recompute, ms) of the best scored plan or None, the lower bound (-inf when the
