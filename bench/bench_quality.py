@@ -7,8 +7,12 @@ estimate mode for A100-80GB, bf16 mixed precision, AdamW, recompute chosen by th
 for 4 and 8 A100-80GB and a mixed 2 x A100-80GB + 2 x L4 cluster (two hosts), under 1F1B and
 Interleaved1F1B (2 chunks per device): the predicted step time of pipeplan's optimal plan, of
 each baseline partition (uniform layers, parameter-balanced, time-balanced; planner/solvers/baselines.py)
-scored by the same cost model, and the lower bound M x (total compute) / (sum of device speeds),
-i.e. total compute / devices on a uniform cluster (no bubble, no communication, perfect balance).
+scored by the same cost model, the lower bound M x (total compute) / (sum of device speeds),
+i.e. total compute / devices on a uniform cluster (no bubble, no communication, perfect balance),
+and torch's proposed auto_partition (its published algorithm, torch_auto_partition below; it
+ignores memory): its simulated step over pipeplan's and whether its plan fits. The solver's status
+is "optimal" (proven under the simulator) or "feasible" with a gap that bounds the simulated step;
+there is no "heuristic".
 
 All numbers are predictions of one cost model, computed in one process: the ratios say how much
 the partition matters, not how fast any GPU is.
@@ -88,7 +92,55 @@ def case(profile, cluster_name: str, cluster: Cluster, schedule: str, v: int, ti
                baselines_ms={k: rnd(v_, 6) for k, v_ in plan.baselines.items()},
                baseline_over_optimal={k: (rnd(v_ / opt) if v_ is not None else None)
                                       for k, v_ in plan.baselines.items()})
+    try:
+        tp = torch_auto_partition(profile, cluster, cfg, passes=2 if time_limit < 10 else 4)
+        row["torch_auto_partition"] = {"step_ms": rnd(tp.step_time_ms, 6), "fits": tp.feasible,
+                                       "over_optimal": rnd(tp.step_time_ms / opt)}
+    except PipeplanError as exc:
+        row["torch_auto_partition"] = {"error": str(exc)}
     return row
+
+
+def torch_auto_partition(profile, cluster: Cluster, cfg: TrainConfig, passes: int = 4):
+    """The algorithm of torch's proposed `_partition.auto_partition` (not in torch 2.13's
+    torch.distributed.pipelining; its published description): a DP that balances the stages' training
+    time (the time_balanced baseline: min-max over contiguous blocks, devices taken as equal), then a
+    schedule-aware refinement: move each cut one layer either way while the simulated step improves.
+    Memory is ignored while it searches (scored on the cluster with unlimited memory); the returned
+    plan is then scored on the real cluster, so `feasible` says whether it fits."""
+    import dataclasses
+
+    from planner.solvers.baselines import baseline_partitions
+    from planner.solvers.evaluate import evaluate_partition
+
+    S = cluster.num_devices * cfg.virtual_stages
+    parts = baseline_partitions(profile, S)["time_balanced"]
+    ids = [n for p in parts for n in p]
+    sizes = [len(p) for p in parts]
+    roomy = Cluster(devices=[dataclasses.replace(d, memory_bytes=1 << 60) for d in cluster.devices],
+                    intra_node=cluster.intra_node, inter_node=cluster.inter_node)
+    off = dataclasses.replace(cfg, recompute="off")
+
+    def score(sz):
+        cut = [ids[sum(sz[:k]):sum(sz[:k + 1])] for k in range(S)]
+        return evaluate_partition(profile, roomy, off, cut).step_time_ms, cut
+
+    best, cut = score(sizes)
+    for _ in range(passes):
+        moved = False
+        for k in range(S - 1):
+            for d in (-1, 1):
+                sz = list(sizes)
+                sz[k] += d
+                sz[k + 1] -= d
+                if min(sz) < 1:
+                    continue
+                t, c = score(sz)
+                if t < best * (1 - 1e-12):
+                    best, sizes, cut, moved = t, sz, c, True
+        if not moved:
+            break
+    return evaluate_partition(profile, cluster, cfg, cut, backend="torch_auto_partition")
 
 
 def profile_for(name: str, size: str, shape: int | None, min_nodes: int) -> tuple:
@@ -121,7 +173,15 @@ def run(quick: bool) -> dict:
                 print(f"  quality {name}:{size} {cname} {schedule}: {r['status']} "
                       f"{r.get('optimal_over_lower_bound')} {r.get('baseline_over_optimal')}", flush=True)
     ok = [r for r in rows if r["status"] == "ok"]
-    summary = {}
+    summary = {"solver_status": {st: sum(1 for r in ok if r["solver_status"] == st)
+                                 for st in sorted({r["solver_status"] for r in ok})}}
+    tap = [r["torch_auto_partition"] for r in ok if "step_ms" in r.get("torch_auto_partition", {})]
+    summary["torch_auto_partition"] = {
+        "cases": len(tap), "fits": sum(t["fits"] for t in tap),
+        "over_optimal_min": rnd(min(t["over_optimal"] for t in tap)) if tap else None,
+        "over_optimal_max": rnd(max(t["over_optimal"] for t in tap)) if tap else None,
+        "over_optimal_geomean_fitting": rnd(_geomean([t["over_optimal"] for t in tap if t["fits"]]))
+        if any(t["fits"] for t in tap) else None}
     for b in ("uniform_layers", "param_balanced", "time_balanced"):
         ratios = [r["baseline_over_optimal"][b] for r in ok if r["baseline_over_optimal"].get(b) is not None]
         summary[b] = {"cases": len(ratios), "infeasible": sum(1 for r in ok if r["baseline_over_optimal"].get(b) is None),

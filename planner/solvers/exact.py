@@ -26,6 +26,15 @@ action of a stage may be a W, so the tail is dropped and W counted on the stage:
 beta_s = f_s + B_s + W_s. The optimizer steps start sync_ms after the last compute or transfer ends,
 and max(a) + max(b) >= max(a + b) gives the opt_s term. c_t is the forward send time of boundary t,
 which the simulator charges to the gradient too.
+
+A second bound, for one stage per device, reads the schedule's order: stage s runs w_s forwards
+before its first B (forwards_before_first_backward: min(P-s, M) for 1F1B and ZBH1, M for GPipe). That
+B cannot start before micro-batch 0 went forward through every stage and back down to s
+(sum_t f_t + sum_{t>s} B_t, sends left out); after it the stage still runs its other M-1 B and its
+remaining M - w_s forwards, one at a time, and the last gradient goes down through stages s-1..0:
+makespan >= sum_t (f_t + B_t) + max_s [(M-1) B_s + (M - w_s) f_s] (+ sync). The chain search
+uses the larger of the two at every node: the first alone lets a partition with a huge first stage
+look cheap.
 """
 
 from __future__ import annotations
@@ -54,6 +63,10 @@ MAX_EXPANSIONS = 20000
 MAX_LEAVES = 400
 """The chain search stops after this many expanded nodes or simulated partitions, before its time
 limit in practice, so a plan does not depend on the machine's speed."""
+BISECT_STEPS = 30
+BISECT_ELEMENTS = 4_000_000
+"""The root bound's bisection keeps every stage's interval arrays; it runs when they hold at most
+this many intervals (stages x positions x lengths)."""
 REL_TOL = 1e-9
 """A candidate whose bound is within this fraction of the best simulated step cannot beat it."""
 
@@ -84,8 +97,25 @@ def generic_lower_bound(tables: CostTables, cluster: Cluster, config: TrainConfi
     return busy + sync_ms(tables, cluster, devices) + opt
 
 
+def forwards_before_first_backward(schedule: str, num_stages: int, M: int) -> list[int]:
+    """w_s: how many forwards stage s runs before its first backward in the schedule's order (one
+    stage per device; M where it runs them all first, GPipe)."""
+    from planner.pipeline.schedules import _order, canonical_schedule
+
+    out = []
+    for acts in _order(canonical_schedule(schedule), num_stages, M, 1):
+        w = 0
+        for _, op, _ in acts:
+            if op != "F":
+                break
+            w += 1
+        out.append(w)
+    return out
+
+
 def device_bound(fwd: list[float], bwd: list[float], link: list[float], device_of: list[int], M: int,
-                 split_backward: bool, optimizer: list[float] | None = None, sync: float = 0.0) -> float:
+                 split_backward: bool, optimizer: list[float] | None = None, sync: float = 0.0,
+                 bwd_input: list[float] | None = None, warm: list[int] | None = None) -> float:
     """The stage bound of one plan (module docstring), for any placement: for every device d with first
     stage s0, sum_{t<s0} alpha_t + M sum_{s on d} (f_s + b_s) + its optimizer steps; the largest, plus
     sync (pass 0 when no stage has an optimizer step). bwd is the full backward (B + W); link[t] the
@@ -100,6 +130,10 @@ def device_bound(fwd: list[float], bwd: list[float], link: list[float], device_o
         own = [s for s in range(S) if device_of[s] == d]
         opt = sum(optimizer[s] for s in own) if optimizer is not None else 0.0
         best = max(best, prefix[own[0]] + M * sum(fwd[s] + bwd[s] for s in own) + opt)
+    if len(set(device_of)) == S and warm is not None:  # one stage per device: the round-trip bound too
+        B = bwd if not split_backward else bwd_input
+        if B is not None:
+            best = max(best, sum(fwd) + sum(B) + max((M - 1) * B[s] + (M - warm[s]) * fwd[s] for s in range(S)))
     return best + sync
 
 
@@ -122,16 +156,15 @@ class _StageTerms:
                 self.comm.append(np.array([boundary_comm_ms(cluster, devices[s], devices[s + 1], b, int(n))
                                            for b, n in zip(fwd_cut, fwd_n)]))
         self.split = schedule_spec(prob.schedule).split_backward
+        self.warm = forwards_before_first_backward(prob.schedule, self.S, self.M)
         self.optimizer = prob.config.optimizer
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def stage(self, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(alpha, mbeta, recompute), each (N+1) x L indexed by (start i, length-1); inf where the
-        interval does not fit or cannot be stage s."""
-        if s in self._cache:
-            return self._cache[s]
+    def stage(self, s: int, i: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Stage s's terms for intervals [i, i+L), L = 1..Lmax, as arrays (len(i) x L), every start
+        when i is None: alpha, mbeta (M beta + opt), x (f + B: the second bound's sum), B (the input
+        gradient's duration), rec; inf where the interval does not fit or cannot be stage s."""
         N, L = self.N, self.L
-        i = np.arange(N + 1)[:, None]
+        i = np.arange(N + 1)[:, None] if i is None else np.asarray(i).reshape(-1, 1)
         lens = np.arange(1, L + 1)[None, :]
         j = i + lens
         ok = j <= N
@@ -143,36 +176,65 @@ class _StageTerms:
         fref, bref, wref = self.pf[jc] - self.pf[ic_], self.pb[jc] - self.pb[ic_], self.pw[jc] - self.pw[ic_]
         overhead = self.prob.stage_overhead[s] if self.prob.stage_overhead is not None else 0.0
         co = stage_time_coefficients(self.prob.stage_speed[s], overhead, self.prob.schedule, s == self.S - 1)
-        f, bwd, _, _ = co.compute_ms(fref, bref, wref, rec.astype(float))
+        f, bwd, b_in, _ = co.compute_ms(fref, bref, wref, rec.astype(float))
+        B = b_in if self.split else bwd
         c = self.comm[s][jc]
         alpha = f + c if self.split else f + bwd + 2.0 * c
         opt = stage_optimizer_ms(self.po[jc] - self.po[ic_], self.optimizer, self.prob.stage_speed[s])
-        mbeta = self.M * (f + bwd) + opt
-        alpha = np.where(ok, alpha, INF)
-        mbeta = np.where(ok, mbeta, INF)
-        out = (alpha, mbeta, rec)
-        if len(self._cache) < 8:  # a few stages kept; the rest recomputed (memory stays O(N L))
-            self._cache[s] = out
+        y = (self.M - 1) * B + (self.M - self.warm[s]) * f
+        out = {"alpha": alpha, "mbeta": self.M * (f + bwd) + opt, "x": f + B, "B": y}
+        for k in out:
+            out[k] = np.where(ok, out[k], INF)
+        out["rec"] = rec
         return out
 
-    def completion(self) -> list[np.ndarray]:
+    def tables(self) -> list[dict[str, np.ndarray]] | None:
+        """Every stage's full arrays, kept when they are small enough (BISECT_ELEMENTS); else None."""
+        if self.S * (self.N + 1) * self.L > BISECT_ELEMENTS:
+            return None
+        if not hasattr(self, "_all"):
+            self._all = [self.stage(k) for k in range(self.S)]
+        return self._all
+
+    def feasible_below(self, t: float, wmin: float, extra: float) -> bool:
+        """Whether some partition has both bounds below t: every stage's first-bound term <= t and
+        every stage's B <= (t - wmin) / (M - 1) (the second bound with sum (f + B) >= wmin)."""
+        cap = t - extra - wmin
+        G, _ = self.completion(b_cap=cap)
+        return bool(G[0][0] + extra <= t)
+
+    def completion(self, b_cap: float = INF) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """G[k][i]: the least max_{s>=k} (sum_{k<=t<s} alpha_t + M beta_s + opt_s) over the ways to cut
-        positions i..N-1 into stages k..S-1 (G[S][N] = -inf, the empty max)."""
+        positions i..N-1 into stages k..S-1 (G[S][N] = -inf, the empty max); Bm[k][i]: the least
+        max_{s>=k} B_s over the same ways."""
         N, S, L = self.N, self.S, self.L
-        G = [None] * (S + 1)
-        last = np.full(N + 1 + L, INF)
+        G, Bm = [None] * (S + 1), [None] * (S + 1)
+        last = np.full(N + 1, INF)
         last[N] = -INF
-        G[S] = last[: N + 1].copy()
+        G[S], Bm[S] = last.copy(), last.copy()
+        j = np.arange(N + 1)[:, None] + np.arange(1, L + 1)[None, :]
+        kept = self.tables() if np.isfinite(b_cap) else None
         for k in range(S - 1, -1, -1):
-            alpha, mbeta, _ = self.stage(k)
-            nxt = np.concatenate([G[k + 1], np.full(L, INF)])
-            j = np.arange(N + 1)[:, None] + np.arange(1, L + 1)[None, :]
+            t = kept[k] if kept is not None else self.stage(k)
+            alpha, mbeta, B = t["alpha"], t["mbeta"], t["B"]
+            if np.isfinite(b_cap):
+                over = B > b_cap
+                alpha, mbeta = np.where(over, INF, alpha), np.where(over, INF, mbeta)
+            nxt = np.concatenate([G[k + 1], np.full(L, INF)])[j]
             with np.errstate(invalid="ignore"):
-                via = alpha + nxt[j]
+                via = alpha + nxt
             via[~np.isfinite(alpha)] = INF  # an interval that cannot be stage k (inf + -inf is nan)
-            val = np.maximum(mbeta, via)
-            G[k] = val.min(axis=1)
-        return G
+            G[k] = np.maximum(mbeta, via).min(axis=1)
+            nb = np.concatenate([Bm[k + 1], np.full(L, INF)])[j]
+            Bm[k] = np.where(np.isfinite(B), np.maximum(B, nb), INF).min(axis=1)
+        return G, Bm
+
+    def min_work_suffix(self) -> np.ndarray:
+        """W[i]: a lower bound on sum_s (f_s + B_s) of the stages holding nodes i..N-1 (the fastest
+        speed, no recompute, no overhead)."""
+        tb = self.prob.tables
+        per = tb.fwd + (tb.bwd - tb.bwd_weight if self.split else tb.bwd)
+        return np.concatenate([np.cumsum(per[::-1])[::-1], [0.0]]) / max(self.prob.stage_speed)
 
 
 def bound_band(prob: ChainProblem, upper_ms: float) -> int:
@@ -213,15 +275,34 @@ def chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int], incum
         terms = _StageTerms(prob, cluster, devices, band)
     except DPTooLarge:
         return best, best_ms, -INF, False
-    G = terms.completion()
-    root = float(G[0][0]) + extra_ms
+    Wsuf = terms.min_work_suffix()
+    wmin = float(Wsuf[0])
+    # intervals whose B alone puts the second bound above the incumbent can be in no better plan
+    cap = best_ms - extra_ms - wmin if np.isfinite(best_ms) else INF
+    G, Bm = terms.completion(b_cap=cap)
+    # second bound (module docstring): sum_s (f_s + B_s) + (M-1) max_s B_s
+    root = max(float(G[0][0]), float(Wsuf[0] + Bm[0][0])) + extra_ms
+    if np.isfinite(root) and np.isfinite(best_ms) and root < best_ms * (1 - REL_TOL) \
+            and terms.tables() is not None:
+        # the least t with a partition whose two bounds are both <= t: a bisection, each step one DP
+        lo, hi = root, best_ms
+        for _ in range(BISECT_STEPS):
+            if hi - lo <= REL_TOL * hi or time.perf_counter() - start > time_limit_s / 2:
+                break
+            mid = (lo + hi) / 2
+            if terms.feasible_below(mid, wmin, extra_ms):
+                hi = mid
+            else:
+                lo = mid
+        root = lo
     if not np.isfinite(root):  # no partition fits (within the band: none below the incumbent)
         return best, best_ms, best_ms, best is not None
-    heap: list = [(root, 0, 0, 0.0, -INF, ())]
+    # heap entries: (bound, tie, stage k, alpha prefix, max of fixed first-bound terms, sum x, max B, cuts)
+    heap: list = [(root, 0, 0, 0.0, -INF, 0.0, -INF, ())]
     counter = expansions = leaves = 0
     timed_out = False
     while heap:
-        bound, _, k, A, curmax, cuts = heap[0]
+        bound, _, k, A, curmax, X, curB, cuts = heap[0]
         if bound >= best_ms * (1 - REL_TOL):
             break
         if expansions >= MAX_EXPANSIONS or leaves >= MAX_LEAVES or time.perf_counter() - start > time_limit_s:
@@ -233,26 +314,28 @@ def chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int], incum
         i = cuts[-1] if cuts else 0
         if k == S:  # a complete partition: the simulator decides
             full = [0, *cuts]
-            rec = [bool(terms.stage(s)[2][full[s], full[s + 1] - full[s] - 1]) for s in range(S)]
+            rec = [bool(terms.stage(s, [full[s]])["rec"][0, full[s + 1] - full[s] - 1]) for s in range(S)]
             ms = simulate_cuts(full, rec)
             if ms is not None and ms < best_ms:
                 best, best_ms = (full, rec), ms
             continue
-        alpha, mbeta, _ = terms.stage(k)
-        a_row, m_row = alpha[i], mbeta[i]
+        t = terms.stage(k, [i])
+        a_row, m_row, x_row, b_row = t["alpha"][0], t["mbeta"][0], t["x"][0], t["B"][0]
         js = i + np.arange(1, terms.L + 1)
         inside = js <= N
-        nxt = np.full(terms.L, INF)
-        nxt[inside] = G[k + 1][js[inside]]
+        nxt, nb, ws = np.full(terms.L, INF), np.full(terms.L, INF), np.zeros(terms.L)
+        nxt[inside], nb[inside], ws[inside] = G[k + 1][js[inside]], Bm[k + 1][js[inside]], Wsuf[js[inside]]
         here = np.maximum(curmax, A + m_row)
         with np.errstate(invalid="ignore"):
             via = A + a_row + nxt
         via[~np.isfinite(a_row)] = INF
-        child = np.maximum(here, via) + extra_ms
+        newB = np.maximum(curB, b_row)
+        second = X + x_row + ws + np.maximum(newB, nb)
+        child = np.maximum(np.maximum(np.maximum(here, via), second) + extra_ms, root)  # root: holds for all
         for L_ in np.nonzero(child < best_ms * (1 - REL_TOL))[0]:
             counter += 1
             heapq.heappush(heap, (float(child[L_]), counter, k + 1, A + float(a_row[L_]), float(here[L_]),
-                                  (*cuts, i + int(L_) + 1)))
+                                  X + float(x_row[L_]), float(newB[L_]), (*cuts, i + int(L_) + 1)))
     if timed_out:
         lower = min(best_ms, heap[0][0])
     else:

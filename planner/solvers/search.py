@@ -236,9 +236,20 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
                 stage_of[tables.position[nid]] = st.index
         cuts = [0] + [stage_of.index(s + 1) for s in range(len(devices) - 1)] + [tables.num_nodes]
         incumbents.append((cuts, [st.recompute for st in proxy.stages]))
+    try:  # the baselines' partitions too: the search never returns a plan slower than theirs
+        from planner.solvers.evaluate import choose_recompute
+
+        for ids in baseline_partitions(profile, len(devices)).values():
+            ends = list(itertools.accumulate(len(p) for p in ids))
+            if [tables.position[n] for p in ids for n in p] == list(range(tables.num_nodes)):
+                cuts = [0] + ends
+                incumbents.append((cuts, choose_recompute(profile, tables, cluster, config,
+                                                          cuts_to_stage_of(cuts), devices)))
+    except PipeplanError:
+        pass
     prob = chain_problem(profile, tables, cluster, config, devices)
     best, best_ms, lower, proven = chain_finish(prob, cluster, devices, incumbents, simulate_cuts,
-                                                max(0.05, time_limit_s - (time.perf_counter() - start)),
+                                                max(0.05, min(finish_s, time_limit_s - (time.perf_counter() - start))),
                                                 extra_ms=sync_ms(tables, cluster, devices))
     if best is None:
         return None
