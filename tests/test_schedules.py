@@ -67,6 +67,7 @@ def ours(name: str, P: int, M: int, v: int) -> list[list[str]] | None:
 @pytest.mark.parametrize("torch_name,name,v", [
     ("GPipe", "GPipe", 1), ("Interleaved1F1B", "Interleaved1F1B", 2),
     ("Interleaved1F1B", "Interleaved1F1B", 3), ("ZBVZeroBubble", "ZBV", 2),
+    ("LoopedBFS", "LoopedBFS", 2), ("LoopedBFS", "LoopedBFS", 3),
 ])
 def test_order_equals_torch(torch_name, name, v):
     checked = 0
@@ -206,7 +207,7 @@ def test_micro_batch_rules_match_torch():
     """Each registry rule accepts exactly the shapes torch's class accepts (torch_order is None when it
     refuses), for the schedules the visualizer builds."""
     for torch_name, name, v in (("GPipe", "GPipe", 1), ("1F1B", "1F1B", 1), ("Interleaved1F1B", "Interleaved1F1B", 2),
-                                ("ZBVZeroBubble", "ZBV", 2)):
+                                ("ZBVZeroBubble", "ZBV", 2), ("LoopedBFS", "LoopedBFS", 2)):
         for P, M in SHAPES:
             if name == "1F1B" and P == 1:
                 continue  # the visualizer's 1F1B needs 2 ranks
@@ -217,5 +218,22 @@ def test_config_reads_the_registry():
     assert TrainConfig(schedule="zbv", virtual_stages=1).virtual_stages == 2
     with pytest.raises(PipeplanError, match="needs schedule Interleaved1F1B"):
         TrainConfig(schedule="1F1B", virtual_stages=2)
-    with pytest.raises(PipeplanError, match="choose one of GPipe, 1F1B, Interleaved1F1B, ZBH1, ZBV"):
+    with pytest.raises(PipeplanError, match="choose one of GPipe, 1F1B, Interleaved1F1B, ZBH1, LoopedBFS, ZBV"):
         TrainConfig(schedule="DualPipe")
+
+
+def test_looped_bfs_holds_every_micro_batch_and_plans():
+    """LoopedBFS (torch 2.13): every stage holds all M micro-batches (like GPipe); the planner plans it
+    and proves its plan against brute force in tests/test_exact.py; the export refuses it for now."""
+    assert in_flight_microbatches("LoopedBFS", 3, 5, 2) == [5] * 6
+    from planner.contracts.cluster import Cluster
+    from planner.solvers.solve import solve
+    from profiler.synthetic import chain_profile
+
+    plan = solve(chain_profile([1.0, 2.0, 1.5, 1.0, 0.5, 2.0, 1.0, 1.0]), Cluster.uniform(2, memory_bytes=2**30),
+                 TrainConfig(schedule="LoopedBFS", virtual_stages=2, num_microbatches=4))
+    assert plan.feasible and len(plan.stages) == 4 and plan.solver.status in ("optimal", "feasible")
+    assert plan.solver.lower_bound_ms <= plan.step_time_ms
+    from planner.export.job import EXPORTABLE_SCHEDULES
+
+    assert "LoopedBFS" not in EXPORTABLE_SCHEDULES

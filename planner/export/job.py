@@ -15,7 +15,7 @@ from planner.export.model_files import model_files, model_readme, runtime_text, 
 from planner.export.runtime import RUNTIME_FILES
 from planner.pipeline.schedules import SCHEDULE_SPECS, check_schedule, schedule_spec, stage_to_device
 
-EXPORTABLE_SCHEDULES = tuple(name for name, spec in SCHEDULE_SPECS.items() if spec.torch_class)
+EXPORTABLE_SCHEDULES = tuple(name for name, spec in SCHEDULE_SPECS.items() if spec.torch_class and spec.exported)
 """Schedules train.py runs with torch's built-in schedule classes (ScheduleSpec.torch_class). ZBH1 is
 torch's ScheduleInterleavedZeroBubble with one stage per rank; its per-rank order equals
 planner.pipeline.schedules.schedule_actions("ZBH1", ...) (tests/test_export_zbh1.py checks this)."""

@@ -69,6 +69,8 @@ class ScheduleSpec:
     """What torch's runtime class needs on top (checked at export, before any process group exists)."""
     aliases: tuple[str, ...] = ()
     description: str = ""
+    exported: bool = True
+    """Whether `pipeplan export` runs it (a torchrun equivalence test covers it); the export refuses the rest."""
 
     @property
     def supports_recompute(self) -> bool:
@@ -135,6 +137,12 @@ def _registry() -> dict[str, ScheduleSpec]:
                      microbatch_rule=_equal_rounds("ZBH1", "ScheduleInterleavedZeroBubble"),
                      aliases=("zb-h1", "zb_h1"),
                      description="1F1B with the backward split into B and W (Qi et al. 2023, ZB-H1)"),
+        # torch 2.13's ScheduleLoopedBFS: order checked against torch's own lists (tests/test_schedules.py);
+        # not exported yet (no torchrun equivalence test): the export refuses it
+        ScheduleSpec("LoopedBFS", _looped_bfs, "ScheduleLoopedBFS", chunks_per_device=None,
+                     aliases=("looped_bfs", "bfs"), exported=False,
+                     description="breadth first: every forward of each local stage in turn, then the backwards "
+                                 "in reverse (Lamy-Poirier 2023)"),
         ScheduleSpec("ZBV", _zbv, "ScheduleZBVZeroBubble", chunks_per_device=2, placement="v", split_backward=True,
                      weight_credit=2.0, export_rule=_one_per_stage_at_run_time, aliases=("zbvzerobubble",),
                      description="zero bubble with two chunks per device in V placement (Qi et al. 2023)"),
@@ -318,6 +326,14 @@ def _interleaved(rank: int, P: int, M: int, v: int) -> list[Action]:
     warm-up (v-1)*per_round + 2*(P-1-rank) forwards, capped at v*M."""
     warmup = min((v - 1) * _rounds(P, M) + 2 * (P - 1 - rank), M * v)
     return _warmup_then_steady(rank, P, M, v, warmup, zero_bubble=False)
+
+
+def _looped_bfs(rank: int, P: int, M: int, v: int) -> list[Action]:
+    """torch's ScheduleLoopedBFS: for each local stage (rank, rank+P, ...) all M forwards, then the local
+    stages in reverse, each with its backwards in reverse micro-batch order."""
+    stages = [c * P + rank for c in range(v)]
+    acts = [Action(s, "F", m) for s in stages for m in range(M)]
+    return acts + [Action(s, "B", m) for s in reversed(stages) for m in reversed(range(M))]
 
 
 def _zb_h1(rank: int, P: int, M: int, v: int) -> list[Action]:
