@@ -13,10 +13,10 @@ Backends, each on the same instance in the same process:
   plan and bounded by it (stage windows, objective cutoff), one thread; it either proves the
   warm start optimal or improves on it;
 - highs_cold, cbc_cold: the ILP alone (no warm start, no bounds), one thread, with a time limit.
-solve() returns a baseline partition instead (status "heuristic", `returned` naming it) when its
-simulated step is faster than the solver's closed-form optimum; both are recorded as they come.
-Proven gap = (objective - best bound) / objective (CBC reports a bound only when it proves
-optimality). `plan_over_dp` is the step time of the backend's partition, re-scored by the
+solve() ranks by the simulated step and proves its bound under the simulator (docs/ilp.md, "What is
+proven"): status "optimal" or "feasible" with a gap that bounds the simulated step (no "heuristic").
+Proven gap = (objective - best bound) / objective, objective = the simulated step.
+`plan_over_dp` is the step time of the backend's partition, re-scored by the
 cost model, over the DP optimum: 1.0 = the optimum, > 1 = stopped short.
 Cold ILPs whose binary count (N x (S-1)) exceeds MAX_COLD_BINARIES, and CBC runs above
 MAX_CBC_BINARIES, are skipped (recorded):
