@@ -64,9 +64,9 @@ MAX_LEAVES = 400
 """The chain search stops after this many expanded nodes or simulated partitions, before its time
 limit in practice, so a plan does not depend on the machine's speed."""
 BISECT_STEPS = 30
-BISECT_ELEMENTS = 4_000_000
-"""The root bound's bisection keeps every stage's interval arrays; it runs when they hold at most
-this many intervals (stages x positions x lengths)."""
+BISECT_ELEMENTS = 2_000_000
+"""The root bound's bisection keeps every stage's interval arrays (3 x 8 bytes each: at most 48 MB);
+it runs when they hold at most this many intervals (stages x positions x lengths)."""
 REL_TOL = 1e-9
 """A candidate whose bound is within this fraction of the best simulated step cannot beat it."""
 
@@ -192,8 +192,8 @@ class _StageTerms:
         """Every stage's full arrays, kept when they are small enough (BISECT_ELEMENTS); else None."""
         if self.S * (self.N + 1) * self.L > BISECT_ELEMENTS:
             return None
-        if not hasattr(self, "_all"):
-            self._all = [self.stage(k) for k in range(self.S)]
+        if not hasattr(self, "_all"):  # only what completion() reads: 3 arrays of float64 per stage
+            self._all = [{k: t[k] for k in ("alpha", "mbeta", "B")} for t in map(self.stage, range(self.S))]
         return self._all
 
     def feasible_below(self, t: float, wmin: float, extra: float) -> bool:
