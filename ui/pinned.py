@@ -46,4 +46,6 @@ def pinned_section(plan: Plan) -> None:
     st.dataframe(comparison_rows(pinned, plan), hide_index=True, key="pinned_table")
     with st.expander("Pinned plan's timeline"):
         timeline = cache.timeline_for(pinned, held)
-        st.plotly_chart(timeline_figure(timeline, max_ops=10_000), key="pinned_timeline_chart")
+        from ui.plan_view import MAX_TIMELINE_OPS
+
+        st.plotly_chart(timeline_figure(timeline, max_ops=MAX_TIMELINE_OPS), key="pinned_timeline_chart")

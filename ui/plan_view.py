@@ -18,9 +18,10 @@ from ui.compare_view import ClusterForCount, schedule_comparison, sweep
 from ui.pinned import pinned_section
 from ui.plan_facts import device_memory, device_use, headline, step_versus
 
-MAX_TIMELINE_OPS = 10_000
-"""Past this many ops the timeline shows a window of micro-batches plus a summary (shared/notes: go.Bar
-takes ~4 s to draw 25k ops in a browser)."""
+MAX_TIMELINE_OPS = 2_500
+"""Past this many bars (F/B/W and transfers) the timeline shows a window of micro-batches with a slider.
+Measured in the browser test on 2 shared cores: 1,024 micro-batches on 4 devices drew ~20k bars in
+13-15 s; a window of 2,500 bars keeps the page at a few seconds (bench/results/app_timings.json)."""
 
 
 def solve_plan(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:

@@ -32,12 +32,14 @@ def device_label(timeline: Timeline, d: int) -> str:
 
 
 def choose_window(timeline: Timeline, max_ops: int, microbatch_window: tuple[int, int] | None) -> tuple[int, int]:
-    """Micro-batches [lo, hi) to draw: all of them while the compute ops fit in max_ops."""
+    """Micro-batches [lo, hi) to draw: all of them while their bars (F/B/W and the send/recv bars on the
+    comm rows: the browser pays for every bar) fit in max_ops."""
     M = timeline.num_microbatches
     if microbatch_window is not None:
         lo, hi = max(0, int(microbatch_window[0])), min(M, int(microbatch_window[1]))
         return (lo, max(hi, lo + 1))
-    per_mb = max(1, len(timeline.compute_events()) // max(M, 1))
+    bars = sum(1 for e in timeline.events if e.op in ("F", "B", "W", "send", "recv"))
+    per_mb = max(1, -(-bars // max(M, 1)))
     return (0, M) if per_mb * M <= max_ops else (0, max(1, max_ops // per_mb))
 
 
