@@ -394,9 +394,18 @@ def generate() -> list[Path]:
     run = load("run")
     if run:
         parts.append(run_section(run))
+    parts += kept_blocks(DOC.read_text() if DOC.exists() else "")
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n\n".join(parts) + "\n")
     return [DOC] + sorted(FIG_DIR.glob("*.html"))
+
+
+def kept_blocks(text: str) -> list[str]:
+    """The sections other scripts write between `<!-- NAME:begin -->` and `<!-- NAME:end -->` markers
+    (bench/bench_coverage.py, bench/app_timings.py): kept as they are when the page is regenerated."""
+    import re
+
+    return [m.group(0) for m in re.finditer(r"<!-- ([a-z-]+):begin -->.*?<!-- \1:end -->", text, flags=re.S)]
 
 
 GAPS = """## Reading the numbers

@@ -162,11 +162,16 @@ LLAMA_7B_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
                    "intermediate_size": 11008, "num_attention_heads": 32, "num_hidden_layers": 32,
                    "num_key_value_heads": 32, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
                    "vocab_size": 32000, "tie_word_embeddings": False, "hidden_act": "silu"}
-TARGETS_S = {"first page load (cold server, opening example)": None, "cluster cell edit": 2.0,
+TARGETS_S = {"first page load (opening example, fresh server)": None, "cluster cell edit": 2.0,
              "Interleaved1F1B solve": 2.0, "ZBV solve": 2.0, "1,024 micro-batches shown": 5.0,
              "HF config upload (Llama-7B shape, first)": 3.0, "HF sequence-length change": 1.0}
 """Issue 17, item 11's targets (seconds); recorded next to each measurement, never asserted: the
 machine is shared and its timings are noisy."""
+ISSUE_REPORTED_S = {"cluster cell edit": "2.4–2.8", "Interleaved1F1B solve": "3–4", "ZBV solve": "3–4",
+                    "1,024 micro-batches shown": "28–38", "HF config upload (Llama-7B shape, first)": "10",
+                    "HF sequence-length change": "10"}
+"""What issue 17 measured before the fixes (GPT-2 124M on 4 x A100 then; the opening example is now
+GPT-2 350M on 2 x A100 + 2 x L4)."""
 
 
 def page_text(page) -> str:
@@ -221,7 +226,7 @@ def test_interaction_timings(server, browser, tmp_path):
     results: dict[str, float] = {}
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(180_000)
-    timed(page, results, "first page load (cold server, opening example)", lambda: page.goto(server),
+    timed(page, results, "first page load (opening example, fresh server)", lambda: page.goto(server),
           lambda t: step_time(t) is not None and "Simulated makespan" in t, timeout_s=300)
 
     # a cell edit in the device table: the last L4 gets a relative speed of 2
@@ -298,5 +303,5 @@ def test_interaction_timings(server, browser, tmp_path):
         "env": {"machine": platform.machine(), "cpu_count": os.cpu_count(),
                 "load_average_1m": round(os.getloadavg()[0], 2),
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-        "timings_s": results, "targets_s": {k: v for k, v in TARGETS_S.items()}}, indent=2) + "\n")
+        "timings_s": results, "targets_s": TARGETS_S, "issue_reported_s": ISSUE_REPORTED_S}, indent=2) + "\n")
     assert set(TARGETS_S) <= set(results)
