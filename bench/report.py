@@ -405,7 +405,7 @@ def kept_blocks(text: str) -> list[str]:
     (bench/bench_coverage.py, bench/app_timings.py): kept as they are when the page is regenerated."""
     import re
 
-    return [m.group(0) for m in re.finditer(r"<!-- ([a-z-]+):begin -->.*?<!-- \1:end -->", text, flags=re.S)]
+    return [m.group(0) for m in re.finditer(r"<!-- ([a-z-]+):begin -->.*?<!-- \1:end -->", text, flags=re.DOTALL)]
 
 
 GAPS = """## Reading the numbers
