@@ -83,12 +83,29 @@ def sample_profile(spec: str, batch_size: int, seq_len: int | None, estimate_for
 def clear() -> None:
     """Forget every cached profile, plan, timeline and export (tests start from a cold app)."""
     _sample_profiles.clear()
+    _upload_profiles.clear()
     st.cache_data.clear()
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
+_upload_profiles = _ProfileCache(max_entries=16)
+
+
 def uploaded_profile(kind: str, name: str, data: bytes, request: ModelRequest, allow_code: bool) -> Profile:
-    return profile_from_upload(kind, name, data, request, allow_code=allow_code)
+    """profile_from_upload, built once per (file, request). A profile made at the model's default length
+    is also kept under that length, so typing the default back in (4096 after 2048) is a cache hit."""
+    import dataclasses
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    key = (kind, name, digest, request, allow_code)
+    profile = _upload_profiles.get(key)
+    if profile is None:
+        profile = profile_from_upload(kind, name, data, request, allow_code=allow_code)
+        _upload_profiles.put(key, profile)
+        if request.seq_len is None and profile.model.seq_len:
+            at_default = dataclasses.replace(request, seq_len=profile.model.seq_len)
+            _upload_profiles.put((kind, name, digest, at_default, allow_code), profile)
+    return profile
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
