@@ -186,8 +186,9 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
     start = time.perf_counter()
     finish_s = min(time_limit_s * FINISH_SHARE, max(FINISH_MAX_S, time_limit_s / 10))
     chain_exact = config.virtual_stages == 1 and tables.is_chain()
+    # off a chain: half the budget for the proxy, then the enumeration, then the refinement (the rest)
     proxy = _solve_proxy(profile, tables, cluster, config, devices,
-                         time_limit_s - finish_s if chain_exact else time_limit_s, fingerprint)
+                         time_limit_s - finish_s if chain_exact else time_limit_s / 2, fingerprint)
     sp = speeds(cluster, profile)
     if not chain_exact:
         # the stage-bound ILP, enumerated by its bound and scored by the simulator (ilp.enumerate_by_bound)
@@ -214,6 +215,9 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             proxy = make_plan(profile, tables, cluster, config, found[0], devices, found[1],
                               SolverInfo(backend=proxy.solver.backend if proxy else "highs", status="feasible"),
                               fingerprint)
+        if proxy is not None and relative_gap(with_timeline(proxy).step_time_ms, lower) != 0.0:
+            proxy = _refined(profile, tables, cluster, config, devices, proxy, score,
+                             max(finish_s, time_limit_s - (time.perf_counter() - start)), fingerprint)
         if proxy is None:
             return None
         with_timeline(proxy)
@@ -256,9 +260,56 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
     backend = proxy.solver.backend if proxy is not None else "dp"
     plan = make_plan(profile, tables, cluster, config, cuts_to_stage_of(best[0]), devices, best[1],
                      SolverInfo(backend=backend, status="feasible"), fingerprint)
+    if not proven:
+        plan = _refined(profile, tables, cluster, config, devices, plan,
+                        lambda so, rec: simulate_cuts(_stage_of_cuts(so, len(devices)), rec), finish_s / 2,
+                        fingerprint)
     if not proven:  # both bounds hold; the chain's is -inf when its tables were too large
         lower = max(lower, generic_lower_bound(tables, cluster, config, devices, sp))
     return _with_bound(plan, lower, time.perf_counter() - start)
+
+
+def _stage_of_cuts(stage_of: list[int], S: int) -> list[int]:
+    """The cuts of a monotone stage_of (a contiguous partition of the chain's order)."""
+    return [0] + [stage_of.index(s + 1) for s in range(S - 1)] + [len(stage_of)]
+
+
+def _refined(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig, devices: list[int],
+             plan: Plan, score, time_limit_s: float, fingerprint: str | None) -> Plan:
+    """The plan after exact.refine_by_simulation (one-node moves kept while the timeline gets faster)."""
+    from planner.solvers.evaluate import choose_recompute
+    from planner.solvers.exact import refine_by_simulation
+
+    stage_of = [0] * tables.num_nodes
+    for st in plan.stages:
+        for nid in st.node_ids:
+            stage_of[tables.position[nid]] = st.index
+    rec = [st.recompute for st in plan.stages]
+    choose = lambda so: choose_recompute(profile, tables, cluster, config, so, devices)  # noqa: E731
+    starts = [(stage_of, rec)]
+    try:  # the baselines' partitions are starts too (torch's auto_partition starts from a balanced one)
+        for ids in baseline_partitions(profile, len(devices)).values():
+            so = [0] * tables.num_nodes
+            for k, part in enumerate(ids):
+                for nid in part:
+                    so[tables.position[nid]] = k
+            if all(so[c] >= so[t.producer] for t in tables.tensors for c in t.consumers):
+                starts.append((so, choose(so)))
+    except PipeplanError:
+        pass
+    begin = time.perf_counter()
+    best = (stage_of, rec, score(stage_of, rec))
+    for k, (so, r) in enumerate(starts):
+        left = time_limit_s - (time.perf_counter() - begin)
+        if left <= 0:
+            break
+        new, new_rec, ms = refine_by_simulation(so, r, len(devices), tables, score, choose, left / (len(starts) - k))
+        if ms is not None and (best[2] is None or ms < best[2] * (1 - 1e-12)):
+            best = (new, new_rec, ms)
+    if best[0] == stage_of and best[1] == rec:
+        return plan
+    return make_plan(profile, tables, cluster, config, best[0], devices, best[1],
+                     SolverInfo(backend=plan.solver.backend, status="feasible"), fingerprint)
 
 
 def _with_bound(plan: Plan, lower: float | None, seconds: float) -> Plan:
