@@ -262,7 +262,7 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
                      SolverInfo(backend=backend, status="feasible"), fingerprint)
     if not proven:
         plan = _refined(profile, tables, cluster, config, devices, plan,
-                        lambda so, rec: simulate_cuts(_stage_of_cuts(so, len(devices)), rec), finish_s / 2,
+                        lambda so, rec: simulate_cuts(_stage_of_cuts(so, len(devices)), rec), finish_s / 4,
                         fingerprint)
     if not proven:  # both bounds hold; the chain's is -inf when its tables were too large
         lower = max(lower, generic_lower_bound(tables, cluster, config, devices, sp))
