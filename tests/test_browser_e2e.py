@@ -178,13 +178,19 @@ def page_text(page) -> str:
     return page.evaluate("() => document.body.innerText")
 
 
+RUNNING = ('[data-testid="stStatusWidgetRunningIcon"], [data-testid="stStatusWidgetRunningManIcon"], '
+           '[data-testid="stStatusWidgetNewYearsIcon"]')
+"""The status widget's running icons (the widget itself also shows "File change. Rerun" when someone
+edits a source file, which is not a run)."""
+
+
 def settled(page, done, timeout_s: float = 120) -> None:
-    """Wait until done(page text) holds and the script has stopped running (no "Running..." widget),
+    """Wait until done(page text) holds and the script has stopped running (no running icon),
     twice in a row 100 ms apart, so the last element drawn is on screen."""
     deadline = time.time() + timeout_s
     streak = 0
     while time.time() < deadline:
-        running = page.locator('[data-testid="stStatusWidget"]').count() > 0
+        running = page.locator(RUNNING).count() > 0
         streak = streak + 1 if (not running and done(page_text(page))) else 0
         if streak >= 2:
             return

@@ -53,7 +53,8 @@ def main() -> int:
             page.goto(url)
             page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg')
             page.get_by_text("Predicted step time").first.wait_for()
-            while page.locator('[data-testid="stStatusWidget"]').count():
+            while page.locator('[data-testid="stStatusWidgetRunningIcon"], '
+                               '[data-testid="stStatusWidgetRunningManIcon"]').count():
                 time.sleep(0.2)
             page.locator('[data-testid="stHeading"]', has_text="4. Plan").first.evaluate(
                 "el => el.scrollIntoView({block: 'start'})")
