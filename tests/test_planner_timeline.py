@@ -12,10 +12,10 @@ import pytest
 
 from planner.contracts.cluster import Cluster, Device
 from planner.contracts.config import TrainConfig
-from planner.costmodel.microbatches import schedule_accepts
-from planner.pipeline.simulator import simulate
 from planner.contracts.plan import SolverInfo
 from planner.costmodel.cost import build_tables, stage_devices
+from planner.costmodel.microbatches import schedule_accepts
+from planner.pipeline.simulator import simulate
 from planner.solvers.dp import solve_chain
 from planner.solvers.evaluate import evaluate_partition, make_plan
 from planner.solvers.search import chain_problem, cuts_to_stage_of

@@ -51,7 +51,6 @@ from planner.costmodel.cost import (
     CostTables,
     boundary_comm_ms,
     clip_allreduce_ms,
-    speeds,
     stage_optimizer_ms,
     stage_time_coefficients,
 )
@@ -183,8 +182,7 @@ class _StageTerms:
         opt = stage_optimizer_ms(self.po[jc] - self.po[ic_], self.optimizer, self.prob.stage_speed[s])
         y = (self.M - 1) * B + (self.M - self.warm[s]) * f
         out = {"alpha": alpha, "mbeta": self.M * (f + bwd) + opt, "x": f + B, "B": y}
-        for k in out:
-            out[k] = np.where(ok, out[k], INF)
+        out = {k: np.where(ok, v, INF) for k, v in out.items()}
         out["rec"] = rec
         return out
 

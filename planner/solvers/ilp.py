@@ -592,8 +592,7 @@ def enumerate_by_bound(prob: ILPProblem, score, *, backend: str = "highs", time_
     if model is None:
         return None, incumbent_ms, True
     best, best_ms, lower = None, incumbent_ms, -math.inf
-    rows = 0
-    for _ in range(max_rounds):
+    for round_ in range(max_rounds):
         left = time_limit_s - (time.perf_counter() - start)
         if left <= 0.05:
             return best, min(lower, best_ms), False
@@ -621,6 +620,5 @@ def enumerate_by_bound(prob: ILPProblem, score, *, backend: str = "highs", time_
                 flips.append(1 - r if res.recompute[s] else r)
         if not flips:  # the windows fix everything: this was the only plan
             return best, best_ms, True
-        rows += 1
-        model.lp += pulp.lpSum(flips) >= 1, f"nogood_{rows}"
+        model.lp += pulp.lpSum(flips) >= 1, f"nogood_{round_}"
     return best, min(lower, best_ms), False

@@ -22,10 +22,17 @@ from core.errors import PipeplanError
 from planner.contracts.cluster import Cluster
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import Plan, SolverInfo
-from planner.costmodel.cost import CostTables, boundary_comm_ms, build_tables, link_coefficients, speeds, stage_devices
+from planner.costmodel.cost import (
+    CostTables,
+    boundary_comm_ms,
+    build_tables,
+    link_coefficients,
+    speeds,
+    stage_devices,
+    stage_optimizer_ms,
+)
 from planner.costmodel.memory import even_chunk_limit_bytes, stages_budget_bytes
 from planner.costmodel.microbatches import microbatch_options, scale_profile
-from planner.costmodel.cost import stage_optimizer_ms
 from planner.pipeline.schedules import in_flight_microbatches, schedule_spec
 from planner.solvers.baselines import baseline_partitions
 from planner.solvers.coarsen import block_size, coarsen, refine_cuts
@@ -205,8 +212,12 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
                                    split_backward=schedule_spec(config.schedule).split_backward,
                                    optimizer_factor=stage_optimizer_ms(1.0, config.optimizer, 1.0)
                                    if float(tables.optimizer.sum()) > 0 else 0.0)
+        def pipeline_score(so: list[int], rec: list[bool]) -> float | None:
+            ms = score(so, rec)
+            return None if ms is None else ms - sync  # the ILP's bound leaves the optimizer's sync out
+
         found, bound, _ = enumerate_by_bound(
-            prob, lambda so, rec: (lambda ms: None if ms is None else ms - sync)(score(so, rec)),
+            prob, pipeline_score,
             backend="cbc" if config.solver == "cbc" else "highs",
             time_limit_s=max(0.2, min(finish_s, time_limit_s - (time.perf_counter() - start))),
             incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"))
@@ -252,9 +263,9 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
     except PipeplanError:
         pass
     prob = chain_problem(profile, tables, cluster, config, devices)
-    best, best_ms, lower, proven = chain_finish(prob, cluster, devices, incumbents, simulate_cuts,
-                                                max(0.05, min(finish_s, time_limit_s - (time.perf_counter() - start))),
-                                                extra_ms=sync_ms(tables, cluster, devices))
+    share = max(0.05, min(finish_s, time_limit_s - (time.perf_counter() - start)))
+    best, _, lower, proven = chain_finish(prob, cluster, devices, incumbents, simulate_cuts, share,
+                                          extra_ms=sync_ms(tables, cluster, devices))
     if best is None:
         return None
     backend = proxy.solver.backend if proxy is not None else "dp"
@@ -285,7 +296,7 @@ def _refined(profile: Profile, tables: CostTables, cluster: Cluster, config: Tra
         for nid in st.node_ids:
             stage_of[tables.position[nid]] = st.index
     rec = [st.recompute for st in plan.stages]
-    choose = lambda so: choose_recompute(profile, tables, cluster, config, so, devices)  # noqa: E731
+    choose = lambda so: choose_recompute(profile, tables, cluster, config, so, devices)
     starts = [(stage_of, rec)]
     try:  # the baselines' partitions are starts too (torch's auto_partition starts from a balanced one)
         for ids in baseline_partitions(profile, len(devices)).values():
