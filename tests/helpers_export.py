@@ -136,7 +136,7 @@ def assert_same_losses(pipeline: list[dict], single: list[dict], steps: int = ST
     diffs = [abs(a - b) for a, b in zip(losses(pipeline), losses(single))]
     assert max(diffs) <= TOL, f"pipeline {losses(pipeline)} vs single {losses(single)}: max diff {max(diffs)}"
     for d in pipeline:
-        assert set(d) == {"step", "loss", "step_time_s", "samples_per_s", "max_mem_bytes"}
+        assert {"step", "loss", "step_time_s", "samples_per_s", "max_mem_bytes"} <= set(d)
         assert d["step_time_s"] > 0 and d["samples_per_s"] > 0 and d["max_mem_bytes"] > 0
     # the run trains: losses move (a frozen model would also "match")
     assert len(set(losses(single))) > 1

@@ -38,6 +38,7 @@ import json
 import os
 import random
 import resource
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -48,11 +49,40 @@ from torch.fx.passes.split_module import split_module
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "JobError", "StageModule", "WeightsFile", "all_reduce_mean", "assign_stages", "check_batch", "checkpoint_keys",
-    "clip_by_global_norm", "finish_checkpoint", "layer_of", "load_checkpoint", "load_weights", "log_step",
-    "match_weights", "materialize", "max_mem_bytes", "micro_batches", "mixed_precision", "module_path", "pick_device",
-    "pickle_refusal", "retarget_devices", "save_checkpoint", "save_weights_file", "save_weights_index", "shard_name",
-    "split_into_stages", "stage_shapes", "sync_gradients", "trace_model", "upcast", "weights_digest",
+    "JobError",
+    "StageModule",
+    "StepMeter",
+    "WeightsFile",
+    "all_reduce_mean",
+    "assign_stages",
+    "check_batch",
+    "checkpoint_keys",
+    "clip_by_global_norm",
+    "finish_checkpoint",
+    "layer_of",
+    "load_checkpoint",
+    "load_weights",
+    "log_step",
+    "match_weights",
+    "materialize",
+    "max_mem_bytes",
+    "micro_batches",
+    "mixed_precision",
+    "module_path",
+    "pick_device",
+    "pickle_refusal",
+    "retarget_devices",
+    "save_checkpoint",
+    "save_weights_file",
+    "save_weights_index",
+    "shard_name",
+    "split_into_stages",
+    "stage_shapes",
+    "state_bytes",
+    "sync_gradients",
+    "trace_model",
+    "upcast",
+    "weights_digest",
     "weights_report",
 ]
 
@@ -425,9 +455,192 @@ def max_mem_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB -> bytes
 
 
-def log_step(step: int, loss: float, seconds: float, samples: int, device: torch.device) -> None:
-    print(json.dumps({"step": step, "loss": loss, "step_time_s": round(seconds, 6),
-                      "samples_per_s": round(samples / seconds, 3), "max_mem_bytes": max_mem_bytes(device)}), flush=True)
+def log_step(step: int, loss: float, seconds: float, samples: int, device: torch.device,
+             extra: dict | None = None) -> None:
+    line = {"step": step, "loss": loss, "step_time_s": round(seconds, 6),
+            "samples_per_s": round(samples / seconds, 3), "max_mem_bytes": max_mem_bytes(device)}
+    print(json.dumps({**line, **(extra or {})}), flush=True)
+
+
+# --------------------------------------------------------------------------- measuring (StepMeter)
+class _Held:
+    """One saved tensor counted by StepMeter: holds it for autograd; its bytes leave the count when
+    autograd drops it (after the micro-batch's backward). Views of one storage are counted once."""
+
+    __slots__ = ("key", "meter", "stage", "tensor")
+
+    def __init__(self, meter: StepMeter, tensor: torch.Tensor, key: int, stage: int) -> None:
+        self.meter, self.tensor, self.key, self.stage = meter, tensor, key, stage
+
+    def __del__(self) -> None:
+        self.meter._release(self.key, self.stage)
+
+
+class StepMeter:
+    """What a rank measures per step, at a few microseconds per action (issue 19, item 2):
+
+    - forward / backward (B and W) seconds per local stage: perf_counter around the stage's
+      forward_one_chunk / backward_one_chunk / backward_weight_one_chunk (on CUDA after a synchronize
+      of the stage's stream, so kernel time is in the action that launched it);
+    - seconds blocked in p2p waits (torch's schedules wait on every batch of receives, and on sends
+      at the end, through schedules._wait_batch_p2p, which is wrapped);
+    - live bytes, exactly, on CPU: the bytes of every tensor autograd saves for backward
+      (torch.autograd.graph.saved_tensors_hooks; one count per storage, parameters excluded), per
+      stage and in total, at their peak; a recomputed stage holds its inputs per micro-batch (counted
+      from its forward to its backward). The rank's peak = parameters + gradients + optimizer state
+      (their tensors' bytes) + that peak. On CUDA torch.cuda.max_memory_allocated.
+    With `profile` on, every action is also recorded as (kind, stage, micro-batch, ms)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.param_keys: set[int] = set()
+        self.profile = False
+        self._counts: dict[int, list] = {}  # storage key -> [refs, bytes]
+        self.live = 0
+        self.stage_live: dict[int, int] = {}
+        self.current = -1
+        self._held_inputs: dict[tuple[int, int], int] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.fwd: dict[int, float] = {}
+        self.bwd: dict[int, float] = {}
+        self.n_fwd: dict[int, int] = {}
+        self.n_bwd: dict[int, int] = {}
+        self.wait_s = 0.0
+        self.peak_live = self.live
+        self.stage_peak: dict[int, int] = dict(self.stage_live)
+        self.actions: list[tuple[str, int, int, float]] = []
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    # -- live bytes
+    def _add(self, stage: int, n: int) -> None:
+        self.live += n
+        self.stage_live[stage] = self.stage_live.get(stage, 0) + n
+        self.peak_live = max(self.peak_live, self.live)
+        if self.stage_live[stage] > self.stage_peak.get(stage, 0):
+            self.stage_peak[stage] = self.stage_live[stage]
+
+    def _release(self, key: int, stage: int) -> None:
+        entry = self._counts.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self._counts[key]
+            self.live -= entry[1]
+            self.stage_live[stage] = self.stage_live.get(stage, 0) - entry[1]
+
+    def _pack(self, t: torch.Tensor):
+        if self.cuda or t.device.type == "meta":
+            return t
+        try:
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):
+            return t
+        if key in self.param_keys or key == 0:
+            return t
+        entry = self._counts.get(key)
+        if entry is None:
+            self._counts[key] = [1, storage.nbytes()]
+            self._add(self.current, storage.nbytes())
+        else:
+            entry[0] += 1
+        return _Held(self, t, key, self.current)
+
+    @staticmethod
+    def _unpack(h):
+        return h.tensor if isinstance(h, _Held) else h
+
+    def saved_tensors(self):
+        """The context the schedule's step runs in (counts saved tensors)."""
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def watch_params(self, params: Iterable[torch.Tensor]) -> None:
+        self.param_keys = {p.untyped_storage().data_ptr() for p in params}
+
+    # -- timing
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def install(self, stages: list, schedules_module, input_bytes: dict[int, int] | None = None) -> None:
+        """Wrap the local PipelineStages' actions and the schedules' p2p wait (module-level).
+        input_bytes: per stage index, the bytes of one micro-batch's inputs (held by a recomputed stage)."""
+        meter = self
+        for st in stages:
+            idx = st.stage_index
+            recompute = bool(getattr(st.submod, "recompute", False))
+            held = (input_bytes or {}).get(idx, 0)
+
+            def timed(fn, kind, idx=idx, recompute=recompute, held=held):
+                def run(chunk, *a, **k):
+                    prev, meter.current = meter.current, idx
+                    meter._sync()
+                    t0 = time.perf_counter()
+                    if kind == "F" and recompute and not meter.cuda:
+                        n = held
+                        meter._held_inputs[(idx, chunk)] = n
+                        meter._add(idx, n)
+                    try:
+                        return fn(chunk, *a, **k)
+                    finally:
+                        meter._sync()
+                        dt = time.perf_counter() - t0
+                        meter.current = prev
+                        if kind == "F":
+                            meter.fwd[idx] = meter.fwd.get(idx, 0.0) + dt
+                            meter.n_fwd[idx] = meter.n_fwd.get(idx, 0) + 1
+                        else:
+                            meter.bwd[idx] = meter.bwd.get(idx, 0.0) + dt
+                            if kind == "B":
+                                meter.n_bwd[idx] = meter.n_bwd.get(idx, 0) + 1
+                        if kind != "F" and (idx, chunk) in meter._held_inputs and kind == "B":
+                            n = meter._held_inputs.pop((idx, chunk))
+                            meter.live -= n
+                            meter.stage_live[idx] -= n
+                        if meter.profile:
+                            meter.actions.append((kind, idx, int(chunk), round(dt * 1e3, 4)))
+                return run
+
+            st.forward_one_chunk = timed(st.forward_one_chunk, "F")
+            st.backward_one_chunk = timed(st.backward_one_chunk, "B")
+            st.backward_weight_one_chunk = timed(st.backward_weight_one_chunk, "W")
+        wait = schedules_module._wait_batch_p2p
+
+        def timed_wait(work):
+            t0 = time.perf_counter()
+            try:
+                return wait(work)
+            finally:
+                meter.wait_s += time.perf_counter() - t0
+
+        schedules_module._wait_batch_p2p = timed_wait
+
+    def peak_bytes(self, state_bytes: int) -> int:
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return int(state_bytes + self.peak_live)
+
+
+def state_bytes(params: Iterable[torch.Tensor], opt) -> int:
+    """Bytes of parameters, their gradients and the optimizer state (each storage once)."""
+    seen: dict[int, int] = {}
+
+    def add(t):
+        if torch.is_tensor(t) and t.device.type != "meta":
+            s = t.untyped_storage()
+            seen[s.data_ptr()] = s.nbytes()
+
+    for p in params:
+        add(p)
+        add(p.grad)
+        for v in opt.state.get(p, {}).values():
+            add(v)
+    return sum(seen.values())
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -462,12 +675,12 @@ def load_checkpoint(ckpt_dir: Path, groups: dict[str, dict[str, torch.Tensor]], 
     step = int(latest.read_text())
     d = ckpt_dir / f"step_{step:06d}"
     for name, tensors in groups.items():
-        saved = torch.load(d / f"{name}.pt", map_location="cpu", weights_only=False)
+        saved = torch.load(d / f"{name}.pt", map_location="cpu", weights_only=True)
         for f, t in tensors.items():
             t.copy_(saved["tensors"][f])
             if f in saved["optim"]:
                 opt.state[t] = {k: (v.to(t.device) if torch.is_tensor(v) else v) for k, v in saved["optim"][f].items()}
-    rng = torch.load(d / f"rank_{rank}.pt", map_location="cpu", weights_only=False)["rng"]
+    rng = torch.load(d / f"rank_{rank}.pt", map_location="cpu", weights_only=True)["rng"]
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():

@@ -8,7 +8,13 @@
     torchrun ... train.py --data tokens.npy         # a local tokenised dataset instead of synthetic data
 
 Every step prints one JSON line (from the rank holding the last stage):
-    {"step": 1, "loss": 6.24, "step_time_s": 0.05, "samples_per_s": 160.0, "max_mem_bytes": ...}
+    {"step": 1, "loss": 6.24, "step_time_s": 0.05, "samples_per_s": 160.0, "max_mem_bytes": ...,
+     "ranks": [{"rank": 0, "step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "peak_bytes"}, ...],
+     "stages": [{"stage": 0, "fwd_ms", "bwd_ms", "act_peak_bytes", "n_fwd", "n_bwd"}, ...]}
+("ranks"/"stages": what every pipeline rank measured, pipeline_runtime.StepMeter; peak_bytes is
+torch.cuda.max_memory_allocated on GPU, on CPU the exact live bytes: parameters, gradients,
+optimizer state and autograd's saved tensors. --no-measure drops them; --profile-steps N adds
+"actions": [kind, stage, micro-batch, ms] for every action of the first N steps.)
 At start-up every rank prints to stderr one line saying what it applies (startup_line), e.g.
     rank 1: stage 1 layers layers.2..lm_head (4), recompute on; 1F1B, M=4, micro-batch 2, fp32, adamw, ...
 
@@ -38,6 +44,7 @@ Pickles (.bin, .pt) are refused. --save-weights DIR writes the trained model in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -51,6 +58,7 @@ import torch
 import torch.distributed as dist
 from pipeline_runtime import (  # ./pipeline_runtime.py: the plan-independent machinery, copied by pipeplan
     JobError,
+    StepMeter,
     WeightsFile,
     all_reduce_mean,
     check_batch,
@@ -71,6 +79,7 @@ from pipeline_runtime import (  # ./pipeline_runtime.py: the plan-independent ma
     shard_name,
     split_into_stages,
     stage_shapes,
+    state_bytes,
     sync_gradients,
     trace_model,
     upcast,
@@ -205,6 +214,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None,
                    help="a local token file (.npy, or a raw .bin of --data-dtype) to train on instead of synthetic data")
     p.add_argument("--data-dtype", default="uint16", help="element type of a raw --data .bin file")
+    p.add_argument("--no-measure", action="store_true",
+                   help="log only loss, step time and max_mem_bytes (no per-rank/per-stage measurements)")
+    p.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                   help="for the first N steps also log every action (F/B/W, stage, micro-batch, ms)")
     args = p.parse_args(argv)
     if args.steps < 1 or args.dp < 1 or args.checkpoint_every < 0:
         raise JobError("--steps and --dp must be >= 1 and --checkpoint-every >= 0")
@@ -413,26 +426,45 @@ def run_pipeline(args: argparse.Namespace) -> None:
     multi = issubclass(sched_cls, PipelineScheduleMulti)
     schedule = sched_cls(stages if multi else stages[0], M, loss_fn=model_source.loss_fn, args_chunk_spec=chunk_spec)
     opt = make_optimizer(all_params, args)
+    meter = None if args.no_measure else StepMeter(device)
+    if meter is not None:
+        meter.install(stages, torch_schedules,
+                      {s: sum(t.numel() * t.element_size() for t in shapes[s][0]) for s in local})
+        meter.watch_params(all_params)
     groups = {f"stage_{s}": stage_params[s] for s in local}
     start = load_checkpoint(args.checkpoint_dir, groups, opt, rank) if args.resume else 0
     has_first, has_last = 0 in local, num_stages - 1 in local
     lo = dp_rank * M * mb
     for step in range(start + 1, args.steps + 1):
+        if meter is not None:
+            meter.reset()
+            meter.profile = step <= start + args.profile_steps
         t0 = time.perf_counter()
         inputs, target = get_batch(step, args.dp * M * mb, args.seed)
         inputs = tuple((x[lo:lo + M * mb] if b else x).to(device) for x, b in zip(inputs, batched))
         target = target[lo:lo + M * mb].to(device)
         losses: list[torch.Tensor] = []
-        if has_first:
-            schedule.step(*inputs, target=target, losses=losses)
-        else:
-            schedule.step(target=target, losses=losses)
+        with meter.saved_tensors() if meter is not None else contextlib.nullcontext():
+            if has_first:
+                schedule.step(*inputs, target=target, losses=losses)
+            else:
+                schedule.step(target=target, losses=losses)
+        t_sched = time.perf_counter()
         sync_gradients(copies, shared, dp_group if args.dp > 1 else None, args.dp)
+        t_sync = time.perf_counter()
         clip_by_global_norm(counted, all_params, args.max_grad_norm, pp_group)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         opt.step()
         opt.zero_grad(set_to_none=False)
+        if device.type == "cuda" and meter is not None:
+            torch.cuda.synchronize(device)
+        t_opt = time.perf_counter()
+        extra = None
+        if meter is not None:
+            extra = measurements(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched, opt_s=t_opt - t_sync,
+                                 state=state_bytes(all_params, opt), pp=pp, pp_rank=pp_rank,
+                                 num_stages=num_stages, local=local, group=pp_group)
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             save_checkpoint(args.checkpoint_dir, step, groups, opt, rank, dp_rank == 0)
             if args.save_weights:
@@ -447,11 +479,44 @@ def run_pipeline(args: argparse.Namespace) -> None:
             if args.dp > 1:
                 all_reduce_mean([loss], mesh.get_group("dp"), args.dp)
             if dp_rank == 0:
-                log_step(step, float(loss), time.perf_counter() - t0, args.dp * M * mb, device)
+                log_step(step, float(loss), time.perf_counter() - t0, args.dp * M * mb, device, extra)
     if args.save_weights:
         save_weights_everywhere(args.save_weights, mine, writer, sizes, rank, pp_rank, dp_rank)
     dist.barrier()
     dist.destroy_process_group()
+
+
+RANK_FIELDS = ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "peak_bytes")
+STAGE_FIELDS = ("fwd_ms", "bwd_ms", "act_peak_bytes", "n_fwd", "n_bwd")
+
+
+def measurements(meter: StepMeter, *, step_s: float, sync_s: float, opt_s: float, state: int, pp: int, pp_rank: int,
+                 num_stages: int, local: list[int], group) -> dict:
+    """This step's measurements of every pipeline rank, summed into one vector over the pipeline group
+    (one small all-reduce), as the JSON line's "ranks" and "stages" (per micro-batch forward and
+    backward ms; a stage's backward is B + W); with --profile-steps also every action ("actions")."""
+    r, k = len(RANK_FIELDS), len(STAGE_FIELDS)
+    vec = torch.zeros(pp * r + num_stages * k, dtype=torch.float64)
+    mine = (step_s, sum(meter.fwd.values()), sum(meter.bwd.values()), opt_s, sync_s, meter.wait_s,
+            meter.peak_bytes(state))
+    vec[pp_rank * r:(pp_rank + 1) * r] = torch.tensor(mine, dtype=torch.float64)
+    for s in local:
+        nf, nb = meter.n_fwd.get(s, 0), meter.n_bwd.get(s, 0)
+        vec[pp * r + s * k:pp * r + (s + 1) * k] = torch.tensor(
+            (1e3 * meter.fwd.get(s, 0.0) / max(nf, 1), 1e3 * meter.bwd.get(s, 0.0) / max(nb, 1),
+             meter.stage_peak.get(s, 0), nf, nb), dtype=torch.float64)
+    vec = vec.to(meter.device)
+    dist.all_reduce(vec, group=group)
+    v = vec.tolist()
+    out = {"ranks": [{"rank": q, **{f: round(v[q * r + i], 6) if i < r - 1 else int(v[q * r + i])
+                                    for i, f in enumerate(RANK_FIELDS)}} for q in range(pp)],
+           "stages": [{"stage": s, **{f: round(v[pp * r + s * k + i], 4) if i < 2 else int(v[pp * r + s * k + i])
+                                      for i, f in enumerate(STAGE_FIELDS)}} for s in range(num_stages)]}
+    if meter.profile:
+        gathered: list = [None] * pp
+        dist.all_gather_object(gathered, meter.actions, group=group)
+        out["actions"] = [a for acts in gathered for a in acts]
+    return out
 
 
 def save_weights_everywhere(out_dir: Path, mine: dict, writer: dict, sizes: dict, rank: int, pp_rank: int,
