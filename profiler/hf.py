@@ -30,7 +30,7 @@ from core.errors import PipeplanError
 from core.jsonio import load_json_text
 from core.limits import MAX_HF_LAYERS, check_hf_config_sizes, check_shape  # noqa: F401  (MAX_HF_LAYERS: re-exported)
 from profiler import hf_moe
-from profiler.hf_tasks import TASK_BY_NAME, TASKS, make_batch, pick_class
+from profiler.hf_tasks import TASK_BY_NAME, TASKS, architectures, make_batch, pick_class
 from profiler.memcheck import check_fits_for_measuring
 from profiler.profile import Profile
 from profiler.profile_model import profile_model
@@ -89,6 +89,19 @@ def resolve_class(data: dict[str, Any]):
                             "(a newer transformers, or a model that needs remote code); pipeplan never runs "
                             "trust_remote_code")
     return pick_class(model_type, data.get("architectures"))
+
+
+def default_config(model_type: str) -> dict[str, Any]:
+    """transformers' own default config of an architecture, as a config.json dict (no download: every
+    value is the library's default, usually the family's base size)."""
+    if model_type not in architectures():
+        raise PipeplanError(f"HF model_type {model_type!r} is not an architecture pipeplan trains; pick one of "
+                            "profiler.hf_tasks.architectures()")
+    transformers = _import_transformers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = transformers.AutoConfig.for_model(model_type).to_dict()
+    return {k: v for k, v in data.items() if k not in ("transformers_version", "_name_or_path", "architectures")}
 
 
 def build_hf_model(data: dict[str, Any], *, device: str = "meta", seq_len: int | None = None,
@@ -215,5 +228,5 @@ def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int
     return prof
 
 
-__all__ = ["TASKS", "build_hf_model", "make_hf_batch", "profile_hf_config", "read_config",
+__all__ = ["TASKS", "build_hf_model", "default_config", "make_hf_batch", "profile_hf_config", "read_config",
            "resolve_class"]

@@ -69,6 +69,11 @@ def _registries() -> dict[str, dict[str, tuple[str, ...]]]:
     return {t.name: registry(t) for t in TASKS}
 
 
+def architectures() -> list[str]:
+    """Every model_type transformers registers for a task pipeplan trains, sorted (the app's picker)."""
+    return sorted({t for reg in _registries().values() for t in reg})
+
+
 def pick_class(model_type: str, architectures: list | None) -> tuple[Task, str]:
     """(task, class name) for a model_type and the config's `architectures` (see the module docstring)."""
     regs = _registries()

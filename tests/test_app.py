@@ -436,3 +436,24 @@ def test_uploaded_hf_config_is_named_by_its_own_file_name_not_the_servers_path(t
     files = render_job(plan, model_source=f"hf:{config}", source_label="hf:my_gpt2.json")
     assert all(str(tmp_path) not in text for text in files.values())
     assert "hf:my_gpt2.json" in files["README.md"] and json.loads(files["model/config.json"]) == GPT2_CONFIG
+
+
+def test_any_transformers_architecture_is_picked_and_planned():
+    """The model picker lists transformers' architectures (every task pipeplan trains); picking one plans
+    its default config, offers that config.json for download and names it in the CLI line (issue 14)."""
+    from profiler.hf_tasks import architectures
+
+    at = run_app()
+    at.radio(key="model_source").set_value("transformers architecture").run()
+    no_problems(at)
+    picker = at.selectbox(key="architecture")
+    assert picker.value == "llama" and set(picker.options) == set(architectures()) and len(picker.options) > 250
+    at.number_input(key="upload_seq_len").set_value(256).run()
+    no_problems(at)
+    assert int(metric(at, "Layers")) == 32 + 4  # Llama-7B's default: embeddings, rotary, 32 blocks, norm, head
+    text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.code)
+    assert "hf:llama-config.json" in text
+    picker = at.selectbox(key="architecture").set_value("t5").run()
+    no_problems(at)
+    assert "T5ForConditionalGeneration" in " ".join(c.value for c in at.caption)
+    assert metric(at, "Predicted step time").endswith(" ms") or any("No plan fits" in m.value for m in at.markdown)

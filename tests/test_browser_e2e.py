@@ -311,3 +311,22 @@ def test_interaction_timings(server, browser, tmp_path):
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "timings_s": results, "targets_s": TARGETS_S, "issue_reported_s": ISSUE_REPORTED_S}, indent=2) + "\n")
     assert set(TARGETS_S) <= set(results)
+
+
+def test_pick_a_transformers_architecture_and_plan_it(server, browser):
+    """Issue 14: the model picker lists transformers' architectures; picking one (T5, an encoder-decoder)
+    profiles its default config and plans it in the browser."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(180_000)
+    page.goto(server)
+    settled(page, lambda t: step_time(t) is not None, timeout_s=300)
+    page.get_by_text("transformers architecture", exact=True).click()
+    settled(page, lambda t: "LlamaForCausalLM" in t and planned(t), timeout_s=180)
+    box = page.locator('[data-testid="stSelectbox"]', has_text="Architecture")
+    box.click()
+    page.keyboard.type("t5")
+    page.get_by_role("option", name="t5", exact=True).click()
+    settled(page, lambda t: "T5ForConditionalGeneration" in t and planned(t), timeout_s=180)
+    assert "hf:t5-config.json" in page_text(page)
+    page.screenshot(path=str(ARTIFACTS / "app_architecture_t5.png"), full_page=True)
+    page.close()

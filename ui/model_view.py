@@ -18,7 +18,9 @@ from profiler.profile import Profile
 from ui import cache
 from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, check_upload_size, code_execution_allowed
 
-SAMPLE, HF, PROFILE_JSON, PYTHON = "Sample model", "HF config.json", "Profile JSON", "Python file (.py)"
+SAMPLE, ARCHITECTURE, HF, PROFILE_JSON, PYTHON = ("Sample model", "transformers architecture", "HF config.json",
+                                                 "Profile JSON", "Python file (.py)")
+DEFAULT_ARCHITECTURE = "llama"
 SHAPE_LABELS = {"seq_len": "Sequence length", "image_size": "Image size (pixels)",
                 "volume_size": "Volume size (voxels per side)"}
 DEFAULT_MODEL, DEFAULT_SIZE, DEFAULT_GPU = "gpt", "350M", "A100-80GB"
@@ -77,7 +79,7 @@ def _progress_callback(bar) -> cache.ProgressFn:
 
 
 def model_section() -> ModelChoice | None:
-    sources = [SAMPLE, HF, PROFILE_JSON] + ([PYTHON] if code_execution_allowed() else [])
+    sources = [SAMPLE, ARCHITECTURE, HF, PROFILE_JSON] + ([PYTHON] if code_execution_allowed() else [])
     source = st.radio("Model source", sources, horizontal=True, key="model_source")
     if code_execution_allowed():
         from profiler.sandbox import sandbox_notice
@@ -96,6 +98,8 @@ def model_section() -> ModelChoice | None:
     try:
         if source == SAMPLE:
             return _sample_model(batch_size, estimate_for, timing[2])
+        if source == ARCHITECTURE:
+            return _architecture_model(batch_size, estimate_for, timing[2])
         return _uploaded_model(source, batch_size, estimate_for, timing[2])
     except PipeplanError as exc:
         st.error(f"Cannot load this model: {exc}")
@@ -150,22 +154,59 @@ def _sample_model(batch_size: int, estimate_for: str, shape_col) -> ModelChoice 
     return ModelChoice(profile=profile, cli_source=spec, cli_flags=flags)
 
 
+def _architecture_model(batch_size: int, estimate_for: str, shape_col) -> ModelChoice | None:
+    """Any architecture transformers can build, from its default config (the family's base size): planned
+    as if that config.json had been uploaded, and offered for download so the CLI line reproduces it."""
+    import json
+
+    from profiler.hf import default_config
+    from profiler.hf_tasks import architectures
+
+    types = architectures()
+    model_type = st.selectbox(f"Architecture ({len(types)} in transformers)", types,
+                              index=types.index(kept("architecture", DEFAULT_ARCHITECTURE)), key="architecture",
+                              help="Built from transformers' default config for this model_type, with random "
+                                   "weights on the meta device: nothing is downloaded and no remote code runs.")
+    keep("architecture", model_type)
+    config = json.dumps(default_config(model_type), indent=2, sort_keys=True).encode()
+    name = f"{model_type}-config.json"
+    st.download_button("Download this config.json", config, file_name=name, mime="application/json",
+                       key="architecture_config", help="Edit it (sizes, layers) and upload it as an HF config.json.")
+    return _hf_config_model(name, config, batch_size, estimate_for, shape_col)
+
+
+def _hf_config_model(name: str, data: bytes, batch_size: int, estimate_for: str, shape_col) -> ModelChoice:
+    """Profile a config.json's bytes (uploaded, or an architecture's default) and say how to reproduce it."""
+    value = shape_col.number_input("Sequence length", min_value=1, max_value=1 << 20, value=None, step=1,
+                                   key="upload_seq_len", placeholder="the model's default")
+    seq_len = None if value is None else int(value)
+    request = ModelRequest(batch_size=batch_size, seq_len=seq_len, estimate_for=estimate_for, factory="make_model")
+    with st.status(f"Reading {name}…", expanded=False) as status:
+        profile = cache.uploaded_profile("hf_config", name, data, request, False)
+        status.update(label=f"Profiled {name}", state="complete")
+    model_summary(profile)
+    flags = f"--batch-size {batch_size}{f' --seq-len {seq_len}' if seq_len else ''} --estimate-for {estimate_for}"
+    return ModelChoice(profile=profile, cli_source=f"hf:{name}", cli_flags=flags,
+                       export_source=f"hf:{save_session_config(data, _session_dir())}", export_label=f"hf:{name}")
+
+
 def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) -> ModelChoice | None:
     kind = {HF: "hf_config", PROFILE_JSON: "profile_json", PYTHON: "python"}[source]
     types = ["py"] if kind == "python" else ["json"]
     seq_len = None
     factory = "make_model"
-    if kind != "profile_json":
+    if kind == "python":
         value = shape_col.number_input("Sequence length", min_value=1, max_value=1 << 20, value=None, step=1,
                                        key="upload_seq_len", placeholder="the model's default")
         seq_len = None if value is None else int(value)
-    if kind == "python":
         factory = st.text_input("Factory function in the file", value="make_model", key="py_factory")
     upload = st.file_uploader(f"Upload {source}", type=types, key=f"upload_{kind}",
                               max_upload_size=MAX_UPLOAD_BYTES // 2**20)
     if upload is None:
         st.info(f"Upload a {source} to plan it, or pick a sample model.")
         return None
+    if kind == "hf_config":
+        return _hf_config_model(upload.name, upload.getvalue(), batch_size, estimate_for, shape_col)
     request = ModelRequest(batch_size=batch_size, seq_len=seq_len, estimate_for=estimate_for, factory=factory)
     with st.status(f"Reading {upload.name}…", expanded=False) as status:
         profile = cache.uploaded_profile(kind, upload.name, upload.getvalue(), request, code_execution_allowed())
@@ -186,10 +227,6 @@ def _uploaded_model(source: str, batch_size: int, estimate_for: str, shape_col) 
         return ModelChoice(profile=profile, cli_source=f"profile:{upload.name}", cli_flags="",
                            export_source=export_source, export_error=export_error, export_label=label)
     flags = f"--batch-size {batch_size}{f' --seq-len {seq_len}' if seq_len else ''} --estimate-for {estimate_for}"
-    if kind == "hf_config":
-        return ModelChoice(profile=profile, cli_source=f"hf:{upload.name}", cli_flags=flags,
-                           export_source=f"hf:{save_session_config(upload.getvalue(), _session_dir())}",
-                           export_label=f"hf:{upload.name}")
     return ModelChoice(profile=profile, cli_source=f"file:{upload.name}:{factory}", cli_flags=flags)
 
 

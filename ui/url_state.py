@@ -15,7 +15,7 @@ import streamlit as st
 import sample_models
 from planner.contracts.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES
 from profiler.gpus import GPU_PRESETS
-from ui.model_view import HF, PROFILE_JSON, SAMPLE
+from ui.model_view import ARCHITECTURE, HF, PROFILE_JSON, SAMPLE
 from ui.training_view import AUTO, FIXED
 
 
@@ -29,13 +29,21 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int | None]:
     return parse
 
 
+def _architecture(text: str) -> str | None:
+    from profiler.hf_tasks import architectures
+
+    return text if text in architectures() else None
+
+
 def _one_of(options) -> Callable[[str], str | None]:
     allowed = tuple(options)
     return lambda text: text if text in allowed else None
 
 
 URL_SETTINGS: dict[str, Callable[[str], Any]] = {
-    "model_source": _one_of((SAMPLE, HF, PROFILE_JSON)),  # never the .py source: code runs only when allowed
+    # never the .py source: code runs only when allowed
+    "model_source": _one_of((SAMPLE, ARCHITECTURE, HF, PROFILE_JSON)),
+    "architecture": _architecture,
     "sample_model": _one_of(sample_models.REGISTRY),
     "estimate_for": _one_of(GPU_PRESETS),
     "micro_batch_size": _int_in(1, 4096),
