@@ -1,7 +1,8 @@
 """Every task family pipeplan plans exports and trains equal to a single process (issue 14): an
 encoder-decoder (T5), a masked LM (BERT), a mixture of experts (Mixtral, real routing), parallel
-attention+MLP (GPT-NeoX), hierarchical vision (Swin, a cut between two blocks of one stage) and
-sequence classification (Qwen2). Each: the profiler's layers, cut in two, exported, torchrun on 2 ranks
+attention+MLP (GPT-NeoX), sliding-window attention with grouped KV heads (Mistral), hierarchical vision
+(Swin, a cut between two blocks of one stage), conv vision (ResNet, BatchNorm buffers) and sequence
+classification (Qwen2). Each: the profiler's layers, cut in two, exported, torchrun on 2 ranks
 against --single-process on the same data (losses within 1e-5 for 5 steps)."""
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ CASES = {
     "mixtral": {"model_type": "mixtral", **SMALL, "num_key_value_heads": 2, "num_local_experts": 4,
                 "num_experts_per_tok": 2},
     "neox-parallel": {"model_type": "gpt_neox", **SMALL, "use_parallel_residual": True},
+    "mistral-sliding": {"model_type": "mistral", **SMALL, "num_key_value_heads": 2, "sliding_window": 8},
+    "resnet": {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16], "depths": [2, 1],
+               "num_labels": 5, "image_size": 32},
     "swin": {"model_type": "swin", "image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [2, 2],
              "num_heads": [1, 2], "window_size": 4, "num_labels": 5},
     "qwen2-seqcls": {"model_type": "qwen2", "architectures": ["Qwen2ForSequenceClassification"], **SMALL,
                      "num_key_value_heads": 2, "num_labels": 3, "pad_token_id": 0},
 }
-IMAGE = {"swin"}
+IMAGE = {"swin", "resnet"}
 
 
 @pytest.mark.slow
