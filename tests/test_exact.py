@@ -25,7 +25,7 @@ from planner.costmodel.microbatches import schedule_accepts
 from planner.pipeline.schedules import SCHEDULE_SPECS, chunks_per_device, stage_to_device
 from planner.pipeline.simulator import simulate_times
 from planner.solvers.evaluate import make_plan
-from planner.solvers.exact import device_bound, forwards_before_first_backward
+from planner.solvers.exact import device_bound, order_terms
 from planner.solvers.solve import solve
 from profiler.synthetic import chain_profile, dag_profile
 
@@ -213,7 +213,7 @@ def test_device_bound_below_the_simulated_makespan(schedule):
         lb = device_bound(f, b, link, device_of, M, spec.split_backward, opt,
                           sync if any(x > 0 for x in opt) else 0.0,
                           bwd_input=[x - y for x, y in zip(b, w)] if w is not None else None,
-                          warm=forwards_before_first_backward(schedule, S, M) if S == P else None)
+                          terms=order_terms(schedule, P, M, v))
         assert lb <= tl.makespan_ms * (1 + TOL), (P, v, M, lb, tl.makespan_ms)
         tight += lb >= tl.makespan_ms * (1 - 1e-6)
     assert tight > 0  # the bound is reached on some instances (uniform-enough stages)

@@ -112,9 +112,27 @@ def forwards_before_first_backward(schedule: str, num_stages: int, M: int) -> li
     return out
 
 
+def order_terms(schedule: str, P: int, M: int, v: int) -> list[tuple[int, int, dict[int, int]]]:
+    """Per device, from the schedule's order: (stage of its first B, stage of its last B, forwards of
+    each of its stages that come after that first B) — the order bound's terms for any placement."""
+    from planner.pipeline.schedules import _order, canonical_schedule
+
+    out = []
+    for acts in _order(canonical_schedule(schedule), P, M, v):
+        first = next(k for k, a in enumerate(acts) if a[1] == "B")
+        last = max(k for k, a in enumerate(acts) if a[1] == "B")
+        after: dict[int, int] = {}
+        for stage, op, _ in acts[first:]:
+            if op == "F":
+                after[stage] = after.get(stage, 0) + 1
+        out.append((acts[first][0], acts[last][0], after))
+    return out
+
+
 def device_bound(fwd: list[float], bwd: list[float], link: list[float], device_of: list[int], M: int,
                  split_backward: bool, optimizer: list[float] | None = None, sync: float = 0.0,
-                 bwd_input: list[float] | None = None, warm: list[int] | None = None) -> float:
+                 bwd_input: list[float] | None = None,
+                 terms: list[tuple[int, int, dict[int, int]]] | None = None) -> float:
     """The stage bound of one plan (module docstring), for any placement: for every device d with first
     stage s0, sum_{t<s0} alpha_t + M sum_{s on d} (f_s + b_s) + its optimizer steps; the largest, plus
     sync (pass 0 when no stage has an optimizer step). bwd is the full backward (B + W); link[t] the
@@ -129,10 +147,12 @@ def device_bound(fwd: list[float], bwd: list[float], link: list[float], device_o
         own = [s for s in range(S) if device_of[s] == d]
         opt = sum(optimizer[s] for s in own) if optimizer is not None else 0.0
         best = max(best, prefix[own[0]] + M * sum(fwd[s] + bwd[s] for s in own) + opt)
-    if len(set(device_of)) == S and warm is not None:  # one stage per device: the round-trip bound too
-        B = bwd if not split_backward else bwd_input
-        if B is not None:
-            best = max(best, sum(fwd) + sum(B) + max((M - 1) * B[s] + (M - warm[s]) * fwd[s] for s in range(S)))
+    B = bwd if not split_backward else bwd_input
+    if terms is not None and B is not None:  # the order bound, every placement
+        for d, (first, last, after) in enumerate(terms):
+            own = [s for s in range(S) if device_of[s] == d]
+            best = max(best, sum(fwd) + sum(B[first + 1:]) + sum(M * B[s] + after.get(s, 0) * fwd[s] for s in own)
+                       + sum(B[:last]))
     return best + sync
 
 

@@ -469,6 +469,19 @@ class _Builder:
                            + M * pulp.lpSum(f[s] + b[s] for s in own)
                            + pulp.lpSum(opt[s] * (prob.optimizer_factor / (coeffs[s].speed * unit)) for s in own
                                         if prob.optimizer_factor > 0))
+        # the order bound (exact.device_bound's terms from exact.order_terms), per rank of the schedule
+        from planner.pipeline.schedules import stage_to_device
+        from planner.solvers.exact import order_terms
+
+        P = len(set(prob.stage_device))
+        rank_of = stage_to_device(P, prob.schedule, prob.virtual_stages)
+        w = self.stage_sum(tb.bwd_weight)
+        B = [b[s] - w[s] * (1.0 / (coeffs[s].speed * unit)) if prob.split_backward else b[s] for s in range(S)]
+        total_f = pulp.lpSum(f)
+        for r, (first, last, after) in enumerate(order_terms(prob.schedule, P, M, prob.virtual_stages)):
+            own = [s for s in range(S) if rank_of[s] == r]
+            lp += step >= (total_f + pulp.lpSum(B[first + 1:]) + pulp.lpSum(B[:last])
+                           + pulp.lpSum(M * B[s] + after.get(s, 0) * f[s] for s in own))
         lp += step
 
     def build(self) -> ILPModel | None:
