@@ -1,0 +1,188 @@
+"""The calibration loop on CPU (issue 19): per tiny sample model, 2 ranks, torchrun + gloo:
+
+1. plan from an estimate-mode profile (no measuring: times from FLOPs and bytes);
+2. export and run (`train.py --steps STEPS`, the job measures itself: pipeline_runtime.StepMeter);
+3. calibrate from that run (planner/calibration/from_run.py: device speed, per-action overhead,
+   link latency, memory reserve);
+4. re-plan with the refit cluster, export and run again.
+
+Per model: the step-time prediction error before (1.) and after (4.) calibration, measured against
+the run of that plan (median of the steps after the first), and per stage the plan's activation
+bytes against the job's exact live count (saved tensors, StepMeter). Also, for gpt: the job with
+stage 0 recomputed against without (measured activation peak vs plan); and the measuring overhead:
+paired runs of the same job with and without --no-measure, alternated.
+
+    python -m bench.bench_loop [--quick]      # --quick: gpt only, fewer pairs
+
+Writes bench/results/loop.json and its section of docs/benchmarks.md (between markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from bench.common import rnd, write_result
+from planner.calibration.from_run import calibrate_from_run, read_run_log
+from planner.contracts.cluster import Cluster, Device
+from planner.contracts.config import TrainConfig
+from planner.export import export_plan
+from planner.solvers.solve import solve
+from profiler import load_profile
+from profiler.gpus import GiB
+
+MODELS = ["gpt", "llama", "vit", "resnet", "unet3d", "dlrm", "mlp"]
+MICRO_BATCH, MICROBATCHES, STEPS = 4, 4, 6
+VENV_BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench_loop:begin -->", "<!-- bench_loop:end -->"
+
+
+def run_job(job: Path, args: list[str], steps: int = STEPS) -> str:
+    env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PATH": str(VENV_BIN) + ":/usr/bin:/bin"}
+    proc = subprocess.run([str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py",
+                           "--steps", str(steps), *args], cwd=job, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{job}: train.py failed: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def measured_step_ms(stdout: str) -> float:
+    lines = read_run_log(stdout)
+    return 1e3 * statistics.median(d["step_time_s"] for d in lines[1:])
+
+
+def cluster() -> Cluster:
+    return Cluster(devices=[Device(name=f"cpu{i}", memory_bytes=64 * GiB, speed=1.0) for i in range(2)])
+
+
+def case(name: str, work: Path) -> dict:
+    prof = load_profile(f"sample:{name}:tiny", batch_size=MICRO_BATCH)  # estimate mode
+    cfg = TrainConfig(schedule="1F1B", num_microbatches=MICROBATCHES, micro_batch_size=MICRO_BATCH,
+                      precision="fp32", optimizer="adamw")
+    plan = solve(prof, cluster(), cfg)
+    if not plan.feasible:
+        return {"model": name, "status": "infeasible"}
+    export_plan(plan, work / f"{name}_0")
+    out0 = run_job(work / f"{name}_0", [])
+    refit, report = calibrate_from_run(plan, [out0], profile=prof)
+    plan1 = solve(prof, refit, replace(cfg, reserve_bytes=report["reserve_bytes"]))
+    export_plan(plan1, work / f"{name}_1")
+    out1 = run_job(work / f"{name}_1", [])
+    m0, m1 = measured_step_ms(out0), measured_step_ms(out1)
+    last = read_run_log(out1)[-1]
+    mem = [{"stage": st.index, "planned_act_bytes": st.memory.activations + st.memory.relay,
+            "measured_act_bytes": s["act_peak_bytes"],
+            "error": rnd((st.memory.activations + st.memory.relay - s["act_peak_bytes"]) / s["act_peak_bytes"], 4)
+            if s["act_peak_bytes"] else None} for st, s in zip(plan1.stages, last["stages"])]
+    return {"model": name, "status": "ok",
+            "before": {"predicted_ms": rnd(plan.step_time_ms, 4), "measured_ms": rnd(m0, 4),
+                       "error": rnd((plan.step_time_ms - m0) / m0, 4)},
+            "after": {"predicted_ms": rnd(plan1.step_time_ms, 4), "measured_ms": rnd(m1, 4),
+                      "error": rnd((plan1.step_time_ms - m1) / m1, 4)},
+            "fit": {k: report[k] for k in ("device_speed", "action_overhead_ms", "link", "reserve_bytes")},
+            "fit_step": report["step"], "memory_after": mem,
+            "worst_stage_memory_error": max((abs(x["error"]) for x in mem if x["error"] is not None), default=None)}
+
+
+def recompute_case(work: Path) -> dict:
+    prof = load_profile("sample:gpt:tiny", batch_size=MICRO_BATCH)
+    rows = {}
+    for rc in (False, True):
+        cfg = TrainConfig(schedule="1F1B", num_microbatches=MICROBATCHES, micro_batch_size=MICRO_BATCH,
+                          precision="fp32", optimizer="adamw", recompute="on" if rc else "off")
+        plan = solve(prof, cluster(), cfg)
+        export_plan(plan, work / f"rc_{rc}")
+        last = read_run_log(run_job(work / f"rc_{rc}", []))[-1]
+        rows["on" if rc else "off"] = [
+            {"stage": st.index, "recompute": st.recompute,
+             "planned_act_bytes": st.memory.activations + st.memory.relay,
+             "measured_act_bytes": s["act_peak_bytes"]} for st, s in zip(plan.stages, last["stages"])]
+    return rows
+
+
+def overhead_case(work: Path, pairs: int) -> dict:
+    prof = load_profile("sample:gpt:tiny", batch_size=MICRO_BATCH)
+    cfg = TrainConfig(schedule="1F1B", num_microbatches=MICROBATCHES, micro_batch_size=MICRO_BATCH,
+                      precision="fp32", optimizer="adamw")
+    export_plan(solve(prof, cluster(), cfg), work / "ovh")
+    on, off = [], []
+    for i in range(pairs):
+        for flag in ((["--no-measure"], []) if i % 2 else ([], ["--no-measure"])):
+            out = run_job(work / "ovh", flag, steps=16)
+            steps = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+            (off if flag else on).append(statistics.median(d["step_time_s"] for d in steps[1:]) * 1e3)
+    ratio = statistics.median(a / b for a, b in zip(on, off))
+    return {"pairs": pairs, "on_ms": [rnd(x, 4) for x in on], "off_ms": [rnd(x, 4) for x in off],
+            "median_ratio_on_over_off": rnd(ratio, 4)}
+
+
+def write_docs(result: dict, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    lines = [BEGIN, "## The calibration loop on CPU (issue 19)", "",
+             (f"`{result['command']}` (2 ranks, torchrun + gloo, 1 thread each; {STEPS} steps, median of steps 2..). "
+             "Plan from an estimate-mode profile, run, `calibrate --from-run`, re-plan, run again. "
+             "Error = (predicted - measured) / measured step time; memory: the plan's activation bytes per stage "
+             "against the job's exact count of saved-tensor bytes."), "",
+             ("| model | before: predicted / measured ms | error | after: predicted / measured ms | error "
+             "| worst stage act. memory error |"), "|---|---|---|---|---|---|"]
+    for r in result["models"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['model']} | {r['status']} | | | | |")
+            continue
+        b, a = r["before"], r["after"]
+        wm = r["worst_stage_memory_error"]
+        lines.append(f"| {r['model']} | {b['predicted_ms']} / {b['measured_ms']} | {100 * b['error']:+.1f}% | "
+                     f"{a['predicted_ms']} / {a['measured_ms']} | {100 * a['error']:+.1f}% | "
+                     f"{'n/a' if wm is None else f'{100 * wm:.1f}%'} |")
+    if "recompute" in result:
+        lines += ["", "Recompute (gpt tiny): activation bytes per stage, planned / measured:", ""]
+        for k, rows in result["recompute"].items():
+            lines.append(f"- recompute {k}: " + ", ".join(
+                f"stage {x['stage']} {x['planned_act_bytes']} / {x['measured_act_bytes']}" for x in rows))
+    if "overhead" in result:
+        o = result["overhead"]
+        lines += ["", (f"Measuring overhead: {o['pairs']} paired runs of 16 steps (gpt tiny), alternating, "
+                       f"median step-time ratio on/off {o['median_ratio_on_over_off']}.")]
+    lines.append(END)
+    text = path.read_text()
+    block = "\n".join(lines)
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--no-docs", action="store_true")
+    args = p.parse_args(argv)
+    models = ["gpt"] if args.quick else MODELS
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        work = Path(tmp)
+        result = {"command": "python -m bench.bench_loop" + (" --quick" if args.quick else ""), "models": []}
+        for name in models:
+            try:
+                row = case(name, work)
+            except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the others still run
+                row = {"model": name, "status": f"error: {str(exc).splitlines()[-1][:200]}"}
+            print(json.dumps(row), flush=True)
+            result["models"].append(row)
+        result["recompute"] = recompute_case(work)
+        result["overhead"] = overhead_case(work, 2 if args.quick else 6)
+    write_result("loop", result, args.quick)
+    if not args.no_docs:
+        write_docs(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

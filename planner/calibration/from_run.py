@@ -1,0 +1,247 @@
+"""`pipeplan calibrate --from-run LOGS... --plan plan.json`: refit the cluster from what an exported
+job measured (issue 19, item 3).
+
+The job's JSON lines (train.py, pipeline_runtime.StepMeter) give per stage the forward and backward
+ms per micro-batch, per rank the step, optimizer, gradient-sync and p2p-wait seconds and the peak
+bytes. The first step of each log is warm-up and skipped; the rest are reduced by their median.
+Fitted, in this order:
+
+1. compute: measured_ms = a_d * (planned_ms - planned_overhead_d) + o for every stage's forward and
+   backward, least squares over all stages: one factor a_d per device (its new speed is
+   old speed / a_d) and one per-action overhead o (ms; refitted with o = 0 when negative). Per layer
+   kind is not separated: a stage's time is one number (the per-action `--profile-steps` times are
+   per stage too);
+2. link: the pipeline part of the measured step (step less optimizer and sync) against the
+   simulator's step with the fitted stage times; the latency is the value that makes them equal
+   (bisection: the simulated step does not decrease with the latency); the bandwidth is kept from the plan's cluster
+   (one run has one message size per boundary: bandwidth and latency cannot be told apart);
+3. memory reserve: per rank, measured peak bytes less the plan's stage memory (reserve excluded),
+   the largest, at least 0 (on CPU the measured peak is the exact live bytes, so it is ~0; on CUDA
+   the allocator's peak, so it is what the plan's model misses).
+Residuals: per stage forward/backward after the fit, the step before and after, memory per rank.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from core.errors import PipeplanError
+from core.jsonio import load_json_text
+from planner.contracts.cluster import Cluster, Link
+from planner.contracts.plan import Plan
+
+
+def read_run_log(text: str, what: str = "log") -> list[dict]:
+    """The measured step lines of one job's stdout (lines with "ranks" and "stages")."""
+    lines = []
+    for raw in text.splitlines():
+        raw = raw.strip()
+        if not raw.startswith("{"):
+            continue
+        try:
+            d = load_json_text(raw, what)
+        except PipeplanError:
+            continue
+        if isinstance(d, dict) and "step" in d and "ranks" in d and "stages" in d:
+            lines.append(d)
+    return lines
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else 0.0
+
+
+def summarize(runs: list[list[dict]], num_stages: int) -> dict:
+    """Medians over every log's steps after its first: per stage fwd/bwd ms and activation peak,
+    per rank step/opt/sync/wait seconds and peak bytes."""
+    steps = [d for lines in runs for d in (lines[1:] if len(lines) > 1 else lines)]
+    if not steps:
+        raise PipeplanError("the logs hold no measured step lines (JSON lines with \"ranks\" and \"stages\"): "
+                            "pass the stdout of an exported train.py run without --no-measure")
+    if any(len(d["stages"]) != num_stages for d in steps):
+        raise PipeplanError(f"the logs' stages do not match the plan's {num_stages} stages: was the run "
+                            "exported from this plan.json?")
+    stages = [{k: _median([d["stages"][s][k] for d in steps]) for k in ("fwd_ms", "bwd_ms", "act_peak_bytes")}
+              for s in range(num_stages)]
+    ranks = [{k: _median([d["ranks"][r][k] for d in steps]) for k in
+              ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "peak_bytes")}
+             for r in range(len(steps[0]["ranks"]))]
+    step_s = _median([max(r["step_s"] for r in d["ranks"]) for d in steps])
+    pipe_s = _median([max(r["step_s"] - r["opt_s"] - r["sync_s"] for r in d["ranks"]) for d in steps])
+    return {"stages": stages, "ranks": ranks, "step_ms": 1e3 * step_s, "pipeline_ms": 1e3 * pipe_s,
+            "steps": len(steps)}
+
+
+def _lstsq(rows: list[list[float]], ys: list[float]) -> list[float]:
+    import numpy as np
+
+    sol, *_ = np.linalg.lstsq(np.array(rows, dtype=float), np.array(ys, dtype=float), rcond=None)
+    return [float(x) for x in sol]
+
+
+def fit_compute(plan: Plan, measured: list[dict]) -> tuple[dict[int, float], float, list[dict]]:
+    """(a_d per device used, overhead o in ms, per-stage residuals)."""
+    devices = sorted({st.device for st in plan.stages})
+    col = {d: i for i, d in enumerate(devices)}
+
+    def rows_for(with_o: bool):
+        rows, ys, keys = [], [], []
+        for st, m in zip(plan.stages, measured):
+            o_plan = plan.cluster.devices[st.device].action_overhead_ms
+            for kind, planned in (("fwd_ms", st.fwd_ms), ("bwd_ms", st.bwd_ms)):
+                row = [0.0] * (len(devices) + (1 if with_o else 0))
+                row[col[st.device]] = max(planned - o_plan, 1e-9)
+                if with_o:
+                    row[-1] = 1.0
+                rows.append(row)
+                ys.append(m[kind])
+                keys.append((st.index, kind))
+        return rows, ys, keys
+
+    rows, ys, keys = rows_for(True)
+    sol = _lstsq(rows, ys)
+    if sol[-1] < 0 or any(a <= 0 for a in sol[:-1]):
+        rows, ys, keys = rows_for(False)
+        sol = [*_lstsq(rows, ys), 0.0]
+    factors = {d: max(sol[col[d]], 1e-6) for d in devices}
+    o = sol[-1]
+    residuals = []
+    for (s, kind), row, y in zip(keys, rows, ys):
+        fitted = sum(a * x for a, x in zip(sol, row))
+        residuals.append({"stage": s, "what": kind, "measured_ms": round(y, 4), "fitted_ms": round(fitted, 4),
+                          "planned_ms": round(getattr(plan.stages[s], kind), 4),
+                          "error": round((fitted - y) / y, 4) if y > 0 else None})
+    return factors, o, residuals
+
+
+def _simulated_pipeline_ms(plan: Plan, fwd: list[float], bwd: list[float], comm: list[float]) -> float:
+    from planner.pipeline.schedules import chunks_per_device
+    from planner.pipeline.simulator import simulate_times
+
+    cfg = plan.config
+    v = chunks_per_device(cfg.schedule, cfg.virtual_stages)
+    # B/W split scaled like the whole backward
+    b_in = [b * (st.bwd_input_ms / st.bwd_ms) if st.bwd_ms > 0 else b / 2 for b, st in zip(bwd, plan.stages)]
+    b_w = [b - x for b, x in zip(bwd, b_in)]
+    return simulate_times(fwd, bwd, comm, schedule=cfg.schedule, num_devices=len(plan.stages) // v,
+                          num_microbatches=cfg.num_microbatches, virtual_stages=v, bwd_input_ms=b_in,
+                          bwd_weight_ms=b_w).makespan_ms
+
+
+def fit_link(plan: Plan):
+    """(the link the boundaries cross, whether it is the inter-node one, comm(latency_ms) -> the
+    boundaries' per-micro-batch transfer ms with that latency and the link's bandwidth)."""
+    cluster = plan.cluster
+    inter = any(cluster.devices[a.device].node != cluster.devices[b.device].node
+                for a, b in zip(plan.stages, plan.stages[1:]))
+    link = cluster.inter_node if inter else cluster.intra_node
+    msgs = []
+    for st in plan.stages[:-1]:
+        rest = st.comm_out_ms - st.comm_out_bytes * link.ms_per_byte
+        msgs.append(max(1, round(rest / link.latency_ms)) if link.latency_ms > 0 and rest > 0 else 1)
+
+    def comm(latency_ms: float) -> list[float]:
+        return [st.comm_out_bytes * link.ms_per_byte + k * latency_ms if st.comm_out_bytes > 0 else 0.0
+                for st, k in zip(plan.stages[:-1], msgs)]
+
+    return link, inter, comm
+
+
+def _solve_latency(simulated, target_ms: float) -> float:
+    """The latency (ms) at which the simulated pipeline time equals the measured one: the simulator's
+    makespan is non-decreasing in the latency, so bisection (0 when even no latency is too slow)."""
+    lo, hi = 0.0, 1.0
+    if simulated(lo) >= target_ms:
+        return 0.0
+    while simulated(hi) < target_ms and hi < 1e6:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if simulated(mid) < target_ms else (lo, mid)
+    return (lo + hi) / 2
+
+
+def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cluster, dict]:
+    """The refit cluster and a report (measured medians, fitted values, residuals)."""
+    if not plan.stages:
+        raise PipeplanError("this plan has no stages (infeasible?): nothing was run from it to calibrate")
+    runs = [read_run_log(text, f"log {i + 1}") for i, text in enumerate(logs)]
+    m = summarize(runs, len(plan.stages))
+    factors, overhead, compute_res = fit_compute(plan, m["stages"])
+    cluster = plan.cluster
+    devices = list(cluster.devices)
+    for d, a in factors.items():
+        dev = devices[d]
+        if dev.speed is None and dev.tflops is not None:
+            if profile is None or not profile.provenance.reference_tflops:
+                raise PipeplanError(f"device {dev.name!r} gives its speed in TFLOP/s: pass --profile (the profile "
+                                    "the plan was made from) so its speed can be rescaled")
+            old = cluster.speed_factor(d, profile)
+        else:
+            old = dev.speed if dev.speed is not None else 1.0
+        devices[d] = replace(dev, speed=old / a, action_overhead_ms=overhead)
+    for d in range(len(devices)):
+        if d not in factors:
+            devices[d] = replace(devices[d], action_overhead_ms=overhead)
+    # fitted stage times (what the refit cluster predicts), then the link latency
+    fwd = [factors[st.device] * (st.fwd_ms - cluster.devices[st.device].action_overhead_ms) + overhead
+           for st in plan.stages]
+    bwd = [factors[st.device] * (st.bwd_ms - cluster.devices[st.device].action_overhead_ms) + overhead
+           for st in plan.stages]
+    link, inter, comm = fit_link(plan)
+    latency_ms = _solve_latency(lambda lat: _simulated_pipeline_ms(plan, fwd, bwd, comm(lat)), m["pipeline_ms"])
+    new_link = Link(bandwidth_bytes_per_s=link.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3)
+    refit = replace(cluster, devices=devices, **({"inter_node": new_link} if inter else {"intra_node": new_link}))
+    fitted_pipe = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms))
+    # memory per rank: measured peak against the plan's stages on that device (reserve excluded)
+    memory = []
+    reserve = 0
+    for r, rank in enumerate(m["ranks"]):
+        sts = [st for st in plan.stages if st.device == r]
+        planned = sum(st.memory.total - st.memory.reserve for st in sts)
+        measured = int(rank["peak_bytes"])
+        reserve = max(reserve, measured - planned)
+        memory.append({"rank": r, "measured_bytes": measured, "planned_bytes": planned,
+                       "error": round((planned - measured) / measured, 4) if measured else None})
+    stage_memory = [{"stage": st.index, "measured_act_bytes": int(s["act_peak_bytes"]),
+                     "planned_act_bytes": st.memory.activations + st.memory.relay,
+                     "error": round((st.memory.activations + st.memory.relay - s["act_peak_bytes"])
+                                    / s["act_peak_bytes"], 4) if s["act_peak_bytes"] else None}
+                    for st, s in zip(plan.stages, m["stages"])]
+    report = {
+        "steps_used": m["steps"],
+        "device_factor": {devices[d].name: round(a, 4) for d, a in factors.items()},
+        "device_speed": {devices[d].name: round(devices[d].speed, 4) for d in factors},
+        "action_overhead_ms": round(overhead, 4),
+        "link": {"which": "inter_node" if inter else "intra_node", "latency_ms": round(latency_ms, 4),
+                 "bandwidth_bytes_per_s": link.bandwidth_bytes_per_s, "bandwidth": "kept from the plan"},
+        "reserve_bytes": int(reserve),
+        "step": {"measured_ms": round(m["step_ms"], 3), "measured_pipeline_ms": round(m["pipeline_ms"], 3),
+                 "planned_ms": plan.step_time_ms, "fitted_pipeline_ms": round(fitted_pipe, 3),
+                 "error_before": round((plan.step_time_ms - m["step_ms"]) / m["step_ms"], 4)
+                 if plan.step_time_ms else None,
+                 "error_after": round((fitted_pipe - m["pipeline_ms"]) / m["pipeline_ms"], 4)},
+        "compute_residuals": compute_res,
+        "memory_per_rank": memory,
+        "memory_per_stage": stage_memory,
+    }
+    return refit, report
+
+
+def calibrate_files(plan_path: Path, log_paths: list[Path], profile_path: Path | None = None) -> tuple[Cluster, dict]:
+    from core.jsonio import read_json_file
+
+    plan = Plan.from_json(read_json_file(plan_path, "plan"))
+    profile = None
+    if profile_path is not None:
+        from profiler.profile import Profile
+
+        profile = Profile.from_json(read_json_file(profile_path, "profile"))
+    logs = []
+    for p in log_paths:
+        if not p.is_file():
+            raise PipeplanError(f"--from-run: {p} is not a file")
+        logs.append(p.read_text(errors="replace"))
+    return calibrate_from_run(plan, logs, profile=profile)
