@@ -14,6 +14,7 @@ from ui.cluster_view import cluster_section
 from ui.export_view import export_section
 from ui.model_view import model_section
 from ui.plan_view import plan_section
+from ui.run_view import run_section
 from ui.training_view import training_section
 from ui.url_state import restore_from_url, save_to_url
 
@@ -52,3 +53,4 @@ else:
     if plan is not None:
         export_section(plan, choice.profile, choice.cli_source, choice.cli_flags, choice.export_source,
                        choice.export_error, choice.export_label)
+    run_section(plan)
