@@ -70,4 +70,4 @@ def run_section(plan: Plan | None) -> None:
     st.download_button("Download the refit cluster JSON", cluster.to_json(indent=2) + "\n",
                        file_name="cluster.calibrated.json", mime="application/json", key="run_cluster")
     st.caption("Plan the next run with it: `pipeplan plan MODEL --cluster cluster.calibrated.json` "
-               f"(and `--reserve {report["reserve_bytes"]}B` if the plan's memory missed it).")
+               f"(and `--reserve {report['reserve_bytes']}B` if the plan's memory missed it).")
