@@ -15,6 +15,11 @@ GPT job's step time and peak memory against the plan's prediction. One short run
    `torch.cuda.max_memory_allocated` (reported by train.py on the last rank) against
    plan.step_time_ms and the last stage's predicted memory. The plan made from the roofline
    profile is scored too, so the table shows both predictions next to the measurement.
+3. The calibration loop (issue 19): that run's logs (the job measures itself: per-stage forward and
+   backward, waits, cuda max_memory_allocated) -> `calibrate --from-run` (planner/calibration/
+   from_run.py) -> re-plan with the refit cluster (and the fitted memory reserve) -> export -> run:
+   the step-time error before and after calibration ("loop" in the results). Ready but unmeasured:
+   no GPU has run it yet; `--device cpu` runs the same code path here.
 """
 
 from __future__ import annotations
@@ -121,7 +126,37 @@ def job_accuracy(measured, estimated, device: str, n_ranks: int, microbatches: i
             "last_stage_predicted_bytes": last.memory.total, "last_stage_memory": last.memory.to_dict(),
             "last_rank_peak_bytes": peak, "peak_kind": "cuda max_memory_allocated" if device == "cuda" else "RSS",
             "peak_over_predicted": rnd(peak / last.memory.total) if peak and last.memory.total else None,
-            "rank_peak_rss_bytes": rss}
+            "rank_peak_rss_bytes": rss,
+            "loop": calibration_loop(measured, plan, stdout, n_ranks, workdir)}
+
+
+def calibration_loop(profile, plan, stdout: str, n_ranks: int, workdir: Path, runner=None) -> dict:
+    """Calibrate from the first run's logs, re-plan, export, run again: step-time error before and after.
+    `runner(job_dir, args, nproc) -> stdout` (default: run_torchrun) is injectable for tests."""
+    from dataclasses import replace
+
+    from planner.calibration.from_run import calibrate_from_run, read_run_log
+
+    if runner is None:
+        runner = lambda job, args, nproc: run_torchrun(job, "train.py", args, nproc=nproc)[0]
+    try:
+        refit, report = calibrate_from_run(plan, [stdout], profile=profile)
+        plan2 = solve(profile, refit, replace(plan.config, reserve_bytes=report["reserve_bytes"]))
+        if not plan2.feasible:
+            return {"status": "infeasible after calibration", "fit": report}
+        job = workdir / "job_calibrated"
+        export_plan(plan2, job)
+        out2 = runner(job, ["--steps", str(STEPS)], n_ranks)
+        m1 = statistics.median(d["step_time_s"] * 1e3 for d in read_run_log(stdout)[WARM:])
+        m2 = statistics.median(d["step_time_s"] * 1e3 for d in read_run_log(out2)[WARM:])
+    except Exception as exc:  # noqa: BLE001 - the first half is still a result
+        return {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:2000]}
+    return {"status": "ok", "before": {"predicted_ms": rnd(plan.step_time_ms, 5), "measured_ms": rnd(m1, 5),
+                                       "error": rnd((plan.step_time_ms - m1) / m1, 4)},
+            "after": {"predicted_ms": rnd(plan2.step_time_ms, 5), "measured_ms": rnd(m2, 5),
+                      "error": rnd((plan2.step_time_ms - m2) / m2, 4)},
+            "fit": {k: report[k] for k in ("device_speed", "action_overhead_ms", "link", "reserve_bytes", "step")},
+            "memory_per_stage": report["memory_per_stage"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,3 +76,28 @@ def test_real_run_calibrates_and_cli_writes_cluster(tmp_path):
     assert all(d.speed > 0 for d in cluster.devices)
     report = json.loads(rep.read_text())
     assert report["steps_used"] == 3 and len(report["compute_residuals"]) == 4
+
+
+def test_gpu_check_calibration_loop_cpu_path(tmp_path):
+    """bench/gpu_check.py's loop (issue 19 item 5) on its CPU path, with the job runs replaced by
+    synthetic logs: calibrate, re-plan, export, "run", score."""
+    from bench.gpu_check import calibration_loop
+    from profiler import load_profile
+
+    prof = load_profile("sample:gpt:tiny", batch_size=2)
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
+
+    plan = solve(prof, Cluster.uniform(2, memory_bytes=64 << 30), TrainConfig(schedule="1F1B", num_microbatches=4,
+                                                                              micro_batch_size=2))
+    mem = [st.memory.total - st.memory.reserve for st in plan.stages]
+    first = synthetic_log(plan, factor=10.0, overhead=0.2, latency_ms=0.1, peak=mem)
+
+    def runner(job, args, nproc):
+        assert (job / "train.py").is_file() and nproc == 2
+        return first
+
+    out = calibration_loop(prof, plan, first, 2, tmp_path, runner=runner)
+    assert out["status"] == "ok", out
+    assert out["before"]["error"] < -0.5 and out["fit"]["action_overhead_ms"] >= 0
