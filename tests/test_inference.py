@@ -132,3 +132,29 @@ def test_unet_dag_solves():
     for obj in ("throughput", "latency"):
         plan = solve_inference(p, cluster(4, ms_per_byte=1e-7), InferenceConfig(objective=obj))
         assert plan.fits and sum(len(s.nodes) for s in plan.stages) == len(p.nodes)
+
+
+def test_simulator_request_and_stream():
+    from planner.pipeline.inference_sim import simulate_inference, steady_state_period_ms
+
+    p = hand()
+    plan = evaluate_cuts(p, cluster(2), InferenceConfig(), [2])
+    one = simulate_inference(plan, 1)
+    assert one.makespan_ms == pytest.approx(plan.latency_ms)
+    assert {e.op for e in one.events} == {"F", "send", "recv"}
+    assert one.peak_memory_bytes == [s.memory.live for s in plan.stages]
+    assert steady_state_period_ms(plan, 40) == pytest.approx(plan.period_ms)
+    stream = simulate_inference(plan, 10)
+    assert stream.makespan_ms == pytest.approx(plan.latency_ms + 9 * plan.period_ms)
+    assert stream.peak_memory_bytes == [s.memory.live for s in plan.stages]   # one micro-batch held at a time
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_simulated_period_matches_cost_model(seed):
+    from planner.pipeline.inference_sim import simulate_inference, steady_state_period_ms
+
+    p = random_chain_profile(8, seed)
+    c = cluster(4, ms_per_byte=1e-5, latency_ms=0.1)
+    plan = solve_inference(p, c, InferenceConfig(objective="throughput"))
+    assert steady_state_period_ms(plan, 60) == pytest.approx(plan.period_ms, rel=1e-9)
+    assert simulate_inference(plan, 1).makespan_ms == pytest.approx(plan.latency_ms)
