@@ -20,7 +20,7 @@ import sys
 
 from core.errors import PipeplanError
 
-SUBCOMMANDS = ("models", "profile", "plan", "simulate", "export", "calibrate", "app")
+SUBCOMMANDS = ("models", "profile", "plan", "infer", "simulate", "export", "calibrate", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

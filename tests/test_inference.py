@@ -158,3 +158,22 @@ def test_simulated_period_matches_cost_model(seed):
     plan = solve_inference(p, c, InferenceConfig(objective="throughput"))
     assert steady_state_period_ms(plan, 60) == pytest.approx(plan.period_ms, rel=1e-9)
     assert simulate_inference(plan, 1).makespan_ms == pytest.approx(plan.latency_ms)
+
+
+def test_cli_infer(tmp_path, capsys):
+    import json
+
+    from cli import main
+
+    p = hand()
+    prof = tmp_path / "p.json"
+    prof.write_text(p.to_json())
+    out = tmp_path / "i.json"
+    rc = main(["infer", f"profile:{prof}", "--devices", "2", "--memory", "1GB", "--objective", "latency",
+               "--simulate", "4", "-o", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "latency 10.00 ms" in text and "simulated stream of 4" in text
+    data = json.loads(out.read_text())
+    assert data["latency_ms"] == pytest.approx(10.0) and data["cuts"] == []
+    assert main(["infer", f"profile:{prof}", "--devices", "1", "--memory", "1KB"]) == 2

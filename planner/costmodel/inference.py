@@ -23,8 +23,10 @@ Per stage s on device d holding the contiguous node interval [i, j) of the topol
                 out_bytes: the tensors held until sent (cut_bytes[j]) plus the model outputs
                 (nodes without consumers) produced by the stage; a relayed tensor (received and
                 sent on untouched) is one tensor: counted once.
-      work    = scale * max output_bytes of a node of the stage (the largest intermediate of the
-                one micro-batch being computed); no saved activations.
+      work    = scale * max over the stage's nodes of max(activation_bytes, output_bytes): the transient
+                of the one micro-batch being computed - a node's forward intermediates (what training
+                would save; under no_grad they are freed as the forward moves on, so this bounds the
+                node's peak from above) - held for one node at a time; no saved activations.
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ class IntervalTerms:
         sink = np.where(consumed, 0.0, profile_nodes_output)
         self.sink = np.concatenate([[0.0], np.cumsum(sink)])
         self.out = profile_nodes_output
+        self.work = np.maximum(profile_nodes_output, tables.activation)
 
     def relay_bytes(self, i: int, j: int) -> float:
         return 0.0 if self.relay is None or i >= j else float(self.relay[i, j])
@@ -252,7 +255,7 @@ def stage_terms(terms: IntervalTerms, tables: CostTables, cluster, config: Infer
                                                          int(terms.cut_tensors[j]))
     scale = inference_activation_scale(tables.dtype, config.activation_dtype)
     inp, out, rel = terms.held_bytes(i, j, next_dev is None)
-    work = float(terms.out[i:j].max()) if j > i else 0.0
+    work = float(terms.work[i:j].max()) if j > i else 0.0
     mem = InferenceMemory(weights=int(terms.params[j] - terms.params[i]) * weight_bytes_per_param(config.weight_dtype),
                           live=round(config.in_flight * scale * (inp + out - rel)), work=round(scale * work),
                           reserve=config.reserve_bytes)
