@@ -485,8 +485,9 @@ class StepMeter:
     - seconds blocked in p2p waits (torch's schedules wait on every batch of receives, and on sends
       at the end, through schedules._wait_batch_p2p, which is wrapped);
     - live bytes, exactly, on CPU: the bytes of every tensor autograd saves for backward
-      (torch.autograd.graph.saved_tensors_hooks; one count per storage, parameters excluded), per
-      stage and in total, at their peak; a recomputed stage holds its inputs per micro-batch (counted
+      (torch.autograd.graph.saved_tensors_hooks; one count per storage, parameters excluded) and of
+      every stage output PipelineStage caches until the micro-batch's backward, per stage and in
+      total, at their peak; a recomputed stage holds its inputs per micro-batch (counted
       from its forward to its backward). The rank's peak = parameters + gradients + optimizer state
       (their tensors' bytes) + that peak. On CUDA torch.cuda.max_memory_allocated.
     With `profile` on, every action is also recorded as (kind, stage, micro-batch, ms)."""
@@ -501,16 +502,23 @@ class StepMeter:
         self.stage_live: dict[int, int] = {}
         self.current = -1
         self._held_inputs: dict[tuple[int, int], int] = {}
+        self._held_outputs: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (stage, mb) -> [(key, bytes)]
+        self._output_keys: dict[int, int] = {}  # storage key -> references from _held_outputs
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, count_memory: bool = True) -> None:
+        """Start a step. count_memory: count live bytes this step (the saved-tensor hooks cost a few
+        microseconds per saved tensor); without it the previous counted step's peaks are kept: a static
+        schedule holds the same tensors every step."""
+        self.count_memory = count_memory
         self.fwd: dict[int, float] = {}
         self.bwd: dict[int, float] = {}
         self.n_fwd: dict[int, int] = {}
         self.n_bwd: dict[int, int] = {}
         self.wait_s = 0.0
-        self.peak_live = self.live
-        self.stage_peak: dict[int, int] = dict(self.stage_live)
+        if count_memory or not hasattr(self, "peak_live"):
+            self.peak_live = self.live
+            self.stage_peak: dict[int, int] = dict(self.stage_live)
         self.actions: list[tuple[str, int, int, float]] = []
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -541,7 +549,7 @@ class StepMeter:
             key = storage.data_ptr()
         except (RuntimeError, NotImplementedError):
             return t
-        if key in self.param_keys or key == 0:
+        if key in self.param_keys or key == 0 or key in self._output_keys:
             return t
         entry = self._counts.get(key)
         if entry is None:
@@ -556,7 +564,9 @@ class StepMeter:
         return h.tensor if isinstance(h, _Held) else h
 
     def saved_tensors(self):
-        """The context the schedule's step runs in (counts saved tensors)."""
+        """The context the schedule's step runs in (counts saved tensors on a counted step)."""
+        if not self.count_memory or self.cuda:
+            return contextlib.nullcontext()
         return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def watch_params(self, params: Iterable[torch.Tensor]) -> None:
@@ -581,13 +591,17 @@ class StepMeter:
                     prev, meter.current = meter.current, idx
                     meter._sync()
                     t0 = time.perf_counter()
-                    if kind == "F" and recompute and not meter.cuda:
+                    if kind == "F" and recompute and not meter.cuda and meter.count_memory:
                         n = held
                         meter._held_inputs[(idx, chunk)] = n
                         meter._add(idx, n)
+                    out = None
                     try:
-                        return fn(chunk, *a, **k)
+                        out = fn(chunk, *a, **k)
+                        return out
                     finally:
+                        if kind == "F" and not meter.cuda and meter.count_memory:
+                            meter._hold_outputs(idx, chunk, out)
                         meter._sync()
                         dt = time.perf_counter() - t0
                         meter.current = prev
@@ -598,6 +612,8 @@ class StepMeter:
                             meter.bwd[idx] = meter.bwd.get(idx, 0.0) + dt
                             if kind == "B":
                                 meter.n_bwd[idx] = meter.n_bwd.get(idx, 0) + 1
+                        if kind == "B":
+                            meter._drop_outputs(idx, chunk)
                         if kind != "F" and (idx, chunk) in meter._held_inputs and kind == "B":
                             n = meter._held_inputs.pop((idx, chunk))
                             meter.live -= n
@@ -619,6 +635,29 @@ class StepMeter:
                 meter.wait_s += time.perf_counter() - t0
 
         schedules_module._wait_batch_p2p = timed_wait
+
+    def _hold_outputs(self, stage: int, chunk: int, out) -> None:
+        """The stage's outputs of one micro-batch: PipelineStage keeps them until that micro-batch's
+        backward (fwd_cache); counted unless autograd already holds their storage."""
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        held = []
+        for t in outs:
+            if not torch.is_tensor(t) or t.device.type == "meta":
+                continue
+            s = t.untyped_storage()
+            key = s.data_ptr()
+            if key == 0 or key in self._counts or key in self.param_keys or key in self._output_keys:
+                continue
+            self._output_keys[key] = 1
+            held.append((key, s.nbytes()))
+            self._add(stage, s.nbytes())
+        self._held_outputs[(stage, int(chunk))] = held
+
+    def _drop_outputs(self, stage: int, chunk: int) -> None:
+        for key, n in self._held_outputs.pop((stage, int(chunk)), []):
+            self._output_keys.pop(key, None)
+            self.live -= n
+            self.stage_live[stage] = self.stage_live.get(stage, 0) - n
 
     def peak_bytes(self, state_bytes: int) -> int:
         if self.cuda:

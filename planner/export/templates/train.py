@@ -437,8 +437,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
     lo = dp_rank * M * mb
     for step in range(start + 1, args.steps + 1):
         if meter is not None:
-            meter.reset()
+            # live bytes counted on the first 3 steps, every 10th and the profiled ones (docs/export.md)
             meter.profile = step <= start + args.profile_steps
+            meter.reset(count_memory=step <= start + 3 or step % 10 == 0 or meter.profile)
         t0 = time.perf_counter()
         inputs, target = get_batch(step, args.dp * M * mb, args.seed)
         inputs = tuple((x[lo:lo + M * mb] if b else x).to(device) for x, b in zip(inputs, batched))
@@ -462,9 +463,11 @@ def run_pipeline(args: argparse.Namespace) -> None:
         t_opt = time.perf_counter()
         extra = None
         if meter is not None:
+            t_meas = time.perf_counter()
             extra = measurements(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched, opt_s=t_opt - t_sync,
                                  state=state_bytes(all_params, opt), pp=pp, pp_rank=pp_rank,
                                  num_stages=num_stages, local=local, group=pp_group)
+            extra["measure_s"] = round(time.perf_counter() - t_meas, 6)  # the collect's own cost this step
         if args.checkpoint_every and step % args.checkpoint_every == 0:
             save_checkpoint(args.checkpoint_dir, step, groups, opt, rank, dp_rank == 0)
             if args.save_weights:
