@@ -37,6 +37,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, help="sequence length to profile sample/hf models at")
     p.add_argument("--allow-code", action="store_true", help="allow file: models (runs their code)")
     p.add_argument("--simulate", type=int, metavar="M", help="also simulate a stream of M requests")
+    p.add_argument("--export", metavar="DIR", help="also write the forward-only torchrun job (infer.py) here")
+    p.add_argument("--weights-file", help="safetensors (or weights_only .pt) the exported job loads by default")
     p.add_argument("-o", "--output", help="write the inference plan JSON here")
     p.add_argument("--json", action="store_true", help="print the inference plan JSON instead of a summary")
     return p
@@ -90,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
                              "peak_live_bytes": tl.peak_memory_bytes}
         text += (f"\nsimulated stream of {args.simulate}: {tl.makespan_ms:.2f} ms, "
                  f"{1000 * args.simulate * config.micro_batch_size / tl.makespan_ms:.3f} samples/s")
+    if args.export:
+        from planner.export.inference import export_inference
+
+        export_inference(profile, plan, args.export, model_source=args.model if not args.model.startswith(
+            "profile:") else None, weights=args.weights_file)
+        text += f"\nexported the inference job to {args.export}/ (torchrun --nproc-per-node {len(plan.stages)} infer.py)"
     out = json.dumps(data, indent=2, allow_nan=False)
     if args.output:
         write_file_atomic(args.output, out, "inference plan JSON")
