@@ -22,7 +22,8 @@ Per stage s on device d holding the contiguous node interval [i, j) of the topol
                 in_bytes: the tensors received (cut_bytes[i], the model input on stage 0);
                 out_bytes: the tensors held until sent (cut_bytes[j]) plus the model outputs
                 (nodes without consumers) produced by the stage; a relayed tensor (received and
-                sent on untouched) is one tensor: counted once.
+                sent on untouched) is one tensor: counted once - so is a model input a later stage reads
+                (the profiler's edge from the first layer; see IntervalTerms).
       work    = scale * max over the stage's nodes of max(activation_bytes, output_bytes): the transient
                 of the one micro-batch being computed - a node's forward intermediates (what training
                 would save; under no_grad they are freed as the forward moves on, so this bounds the
@@ -231,6 +232,13 @@ class IntervalTerms:
         sink = np.where(consumed, 0.0, profile_nodes_output)
         self.sink = np.concatenate([[0.0], np.cumsum(sink)])
         self.out = profile_nodes_output
+        # The profiler draws a model input that a later layer reads as an edge from the first layer
+        # (profiler.analyze._add_edges; no gradient). On stage 0 it is the input tensor itself, relayed:
+        # held once. in_relay[j]: bytes of those crossing cut j.
+        self.in_relay = np.zeros(N + 1)
+        for t in tables.tensors:
+            if t.producer == 0 and not t.requires_grad and t.nbytes <= tables.model_input_bytes:
+                self.in_relay[1:t.last_consumer + 1] += t.nbytes
         self.work = np.maximum(profile_nodes_output, tables.activation)
 
     def relay_bytes(self, i: int, j: int) -> float:
@@ -240,7 +248,8 @@ class IntervalTerms:
         """(in, out, relayed) bytes per micro-batch of stage [i, j) in the profile's dtype."""
         inp = float(self.cut_bytes[i])
         out = (0.0 if last else float(self.cut_bytes[j])) + float(self.sink[j] - self.sink[i])
-        return inp, out, (0.0 if last else self.relay_bytes(i, j))
+        relayed = 0.0 if last else self.relay_bytes(i, j) + (float(self.in_relay[j]) if i == 0 else 0.0)
+        return inp, out, relayed
 
 
 def stage_terms(terms: IntervalTerms, tables: CostTables, cluster, config: InferenceConfig, speed: list[float],
