@@ -10,8 +10,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import PipeplanError
+from planner.contracts.config import TrainConfig
 from ui.cluster_view import cluster_section
 from ui.export_view import export_section
+from ui.inference_view import inference_section, inference_settings, mode_switch
 from ui.model_view import model_section
 from ui.plan_view import plan_section
 from ui.run_view import run_section
@@ -23,13 +25,19 @@ st.title("pipeplan: pipeline-parallel training planner")
 st.caption("Cut a model into pipeline stages across your GPUs, see the schedule and memory, download the job.")
 
 restore_from_url()
+mode = mode_switch()
 model_tab, cluster_tab, training_tab = st.tabs(["1. Model", "2. Cluster", "3. Training"])
 with model_tab:
     choice = model_section()
 with cluster_tab:
     cluster_inputs = cluster_section()
 with training_tab:
-    config = training_section(choice.profile.model.micro_batch_size if choice else 1)
+    if mode == "Inference":
+        inference_config = inference_settings(choice.profile.model.micro_batch_size if choice else 1)
+        config = TrainConfig(precision="fp32" if inference_config is None or inference_config.weight_dtype == "fp32"
+                             else "bf16_mixed")  # only picks the devices' speed preset
+    else:
+        config = training_section(choice.profile.model.micro_batch_size if choice else 1)
 
 save_to_url()
 st.caption("The page URL holds these settings: share it, or reload without losing them. Uploaded files and "
@@ -47,6 +55,9 @@ if choice is None or cluster is None or config is None:
     # nothing uploaded yet is not a mistake: only point at "fix" when a setting was refused
     st.info("No plan yet: pick a sample model or upload one in tab 1." if choice is None else
             "Fix the settings marked in red above to see a plan.")
+elif mode == "Inference":
+    if inference_config is not None:
+        inference_section(choice.profile, cluster, inference_config)
 else:
     plan = plan_section(choice.profile, cluster, config,
                         lambda n: cluster_inputs.cluster(config.precision, n))
