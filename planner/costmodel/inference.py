@@ -24,10 +24,10 @@ Per stage s on device d holding the contiguous node interval [i, j) of the topol
                 (nodes without consumers) produced by the stage; a relayed tensor (received and
                 sent on untouched) is one tensor: counted once - so is a model input a later stage reads
                 (the profiler's edge from the first layer; see IntervalTerms).
-      work    = scale * max over the stage's nodes of max(activation_bytes, output_bytes): the transient
-                of the one micro-batch being computed - a node's forward intermediates (what training
-                would save; under no_grad they are freed as the forward moves on, so this bounds the
-                node's peak from above) - held for one node at a time; no saved activations.
+      work    = scale * (max_{k in [i, j)} (cut_bytes[k] + output_bytes[k]) - cut_bytes[i]): while node k
+                runs, every tensor crossing cut k (its inputs, skip connections held for later nodes,
+                outputs already made for the next stage) and its own output are alive; the stage's input
+                is counted in live already. No saved activations (no backward).
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ class IntervalTerms:
         for t in tables.tensors:
             if t.producer == 0 and not t.requires_grad and t.nbytes <= tables.model_input_bytes:
                 self.in_relay[1:t.last_consumer + 1] += t.nbytes
-        self.work = np.maximum(profile_nodes_output, tables.activation)
+        self.work = self.cut_bytes[:N] + profile_nodes_output
 
     def relay_bytes(self, i: int, j: int) -> float:
         return 0.0 if self.relay is None or i >= j else float(self.relay[i, j])
@@ -264,7 +264,7 @@ def stage_terms(terms: IntervalTerms, tables: CostTables, cluster, config: Infer
                                                          int(terms.cut_tensors[j]))
     scale = inference_activation_scale(tables.dtype, config.activation_dtype)
     inp, out, rel = terms.held_bytes(i, j, next_dev is None)
-    work = float(terms.work[i:j].max()) if j > i else 0.0
+    work = max(0.0, float(terms.work[i:j].max()) - float(terms.cut_bytes[i])) if j > i else 0.0
     mem = InferenceMemory(weights=int(terms.params[j] - terms.params[i]) * weight_bytes_per_param(config.weight_dtype),
                           live=round(config.in_flight * scale * (inp + out - rel)), work=round(scale * work),
                           reserve=config.reserve_bytes)
