@@ -1,0 +1,161 @@
+"""Inference pipelines (issue 20): the U-Net3D sample at a full-resolution volume on 4 x L4, and the exported
+job's measured CPU throughput against the prediction (tiny size).
+
+    .venv/bin/python -m bench.bench_inference [--quick]
+
+Writes bench/results/inference.json and the section between <!-- inference:begin/end --> markers of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import command_line, rnd, write_result
+from core.errors import PipeplanError
+from planner.contracts.cluster import Cluster, Device
+from planner.costmodel.inference import InferenceConfig, evaluate_cuts
+from planner.solvers.inference import solve_inference
+from profiler.gpus import GiB
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- inference:begin -->", "<!-- inference:end -->"
+
+
+def plan_row(plan) -> dict:
+    return {"stages": len(plan.stages), "cuts": plan.cuts, "throughput_sps": rnd(plan.throughput_sps),
+            "period_ms": rnd(plan.period_ms, 2), "latency_ms": rnd(plan.latency_ms, 2),
+            "memory_gib": [rnd(s.memory.total / GiB, 2) for s in plan.stages],
+            "limit_gib": [rnd(s.memory_limit / GiB, 2) for s in plan.stages],
+            "layers": [f"{s.nodes[0]} .. {s.nodes[-1]}" for s in plan.stages]}
+
+
+def full_resolution(volume: int) -> dict:
+    from profiler import load_profile
+
+    t0 = time.perf_counter()
+    prof = load_profile("sample:unet3d:base", seq_len=volume, estimate_for="L4", granularity="op")
+    out = {"model": "sample:unet3d:base", "volume": volume, "granularity": "op", "nodes": len(prof.nodes),
+           "profile_s": rnd(time.perf_counter() - t0, 2), "by_dtype": {}}
+    for wd in ("fp32", "bf16"):
+        cluster = Cluster.uniform(4, "L4", precision="fp32" if wd == "fp32" else "bf16_mixed")
+        one = evaluate_cuts(prof, cluster, InferenceConfig(weight_dtype=wd), [], devices=[0]).stages[0]
+        row = {"single_l4": {"needs_gib": rnd(one.memory.total / GiB, 2), "limit_gib": rnd(one.memory_limit / GiB, 2),
+                             "fits": one.fits, "weights_gib": rnd(one.memory.weights / GiB, 3)}}
+        for obj in ("throughput", "latency"):
+            try:
+                row[obj] = plan_row(solve_inference(prof, cluster, InferenceConfig(objective=obj, weight_dtype=wd)))
+            except PipeplanError as exc:
+                row[obj] = {"error": str(exc)}
+        out["by_dtype"][wd] = row
+    return out
+
+
+def cpu_measured(requests: int) -> dict:
+    """Profile U-Net3D tiny on this CPU, plan 2 stages for throughput, export, run with torchrun (gloo)."""
+    from planner.export.inference import export_inference
+    from profiler import load_profile
+
+    torch_threads = {"OMP_NUM_THREADS": "1"}
+    os.environ.update(torch_threads)
+    import torch
+
+    torch.set_num_threads(1)  # each rank runs on one thread: profile the same way
+    prof = load_profile("sample:unet3d:tiny", seq_len=16, batch_size=1, measure="cpu")
+    cluster = Cluster(devices=[Device(name=f"cpu{i}", memory_bytes=8 * GiB, speed=1.0) for i in range(2)])
+    plan = solve_inference(prof, cluster, InferenceConfig(objective="throughput", max_stages=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job"
+        export_inference(prof, plan, job)
+        torchrun = Path(sys.executable).with_name("torchrun")
+        cmd = [str(torchrun), "--nproc-per-node", str(len(plan.stages)), "infer.py", "--requests", str(requests),
+               "--out", str(Path(tmp) / "out.safetensors"), "--report", str(Path(tmp) / "rep")]
+        r = subprocess.run(cmd, cwd=job, env={**os.environ, **torch_threads, "PYTHONPATH": ""},
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            return {"error": r.stderr[-2000:]}
+        last = json.loads((Path(tmp) / f"rep.rank{len(plan.stages) - 1}.json").read_text())
+        held = [json.loads((Path(tmp) / f"rep.rank{k}.json").read_text())["peak_held_bytes"]
+                for k in range(len(plan.stages))]
+    return {"model": "sample:unet3d:tiny", "volume": 16, "requests": requests, "stages": len(plan.stages),
+            "command": " ".join(["torchrun", *cmd[1:3], "infer.py", "--requests", str(requests)]),
+            "predicted_throughput_sps": rnd(plan.throughput_sps, 2), "predicted_latency_ms": rnd(plan.latency_ms, 3),
+            "measured_steady_throughput_sps": rnd(last["steady_throughput_sps"], 2),
+            "measured_overall_throughput_sps": rnd(last["throughput_sps"], 2),
+            "measured_latency_ms": rnd(last["latency_ms"], 3),
+            "throughput_error": rnd(last["steady_throughput_sps"] / plan.throughput_sps - 1, 3),
+            "held_bytes": held, "planned_live_bytes": [s.memory.live for s in plan.stages]}
+
+
+def markdown(data: dict) -> str:
+    f = data["volumes"][-1]
+    lines = [BEGIN, "## Inference pipelines (issue 20)", "",
+             f"`python -m bench.bench_inference{' --quick' if data['quick'] else ''}` "
+             f"({data['seconds']:.0f} s). {f['model']}, one scan per request, profiled at op "
+             f"granularity ({f['nodes']} nodes) with roofline times for L4, on 4 × L4 (24 GiB, the smallest GPU preset).",
+             "", "| volume | weights | one L4 needs | objective | stages | throughput scans/s | "
+             "latency ms | memory per device GiB |", "|---|---|---|---|---|---|---|---|"]
+    for f in data["volumes"]:
+      for wd, row in f["by_dtype"].items():
+        single = row["single_l4"]
+        need = f"{single['needs_gib']} GiB ({'fits' if single['fits'] else 'does not fit'})"
+        head = f"| {f['volume']}³ | {wd} | {need}"
+        for obj in ("throughput", "latency"):
+            p = row[obj]
+            if "error" in p:
+                lines.append(f"{head} | {obj} | - | - | - | no plan fits |")
+            else:
+                lines.append(f"{head} | {obj} | {p['stages']} | {p['throughput_sps']} | {p['latency_ms']} | "
+                             f"{' / '.join(str(m) for m in p['memory_gib'])} |")
+    c = data["cpu"]
+    lines += ["", "At 416³ in fp32 no L4 holds the scan, and no cut into 4 stages fits either: the peak sits at the "
+              "full-resolution layers (a 32-channel 416³ tensor is 8.6 GiB in fp32), which a layer pipeline cannot "
+              "split, and a cut between encoder and decoder makes every later stage relay the full-resolution skip "
+              "tensor. bf16 activations halve it: one L4 then fits. Pipelining pays for throughput at 256³ "
+              "(4 stages: 1.85x the scans/s, at 1.46x the latency), not for memory. See docs/inference.md.",
+              "", "Measured on this CPU (gloo, one thread per rank): the exported job (`infer.py`) against the plan.", ""]
+    if "error" in c:
+        lines.append(f"run failed: {c['error'][-300:]}")
+    else:
+        lines += ["| model | stages | requests | predicted samples/s | measured (steady) | measured (overall) | "
+                  "error | predicted latency ms | measured latency ms | held bytes per stage (plan) |",
+                  "|---|---|---|---|---|---|---|---|---|---|",
+                  f"| {c['model']} {c['volume']}³ | {c['stages']} | {c['requests']} | {c['predicted_throughput_sps']} | "
+                  f"{c['measured_steady_throughput_sps']} | {c['measured_overall_throughput_sps']} | "
+                  f"{100 * c['throughput_error']:+.1f}% | {c['predicted_latency_ms']} | {c['measured_latency_ms']} | "
+                  f"{c['held_bytes']} ({c['planned_live_bytes']}) |"]
+    lines += ["", END]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(data: dict, path: Path = DOCS) -> None:
+    text = path.read_text() if path.exists() else ""
+    block = markdown(data)
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def run(quick: bool) -> dict:
+    t0 = time.perf_counter()
+    data = {"volumes": [full_resolution(v) for v in (256, 416)],
+            "cpu": cpu_measured(24 if quick else 96)}
+    data["seconds"] = time.perf_counter() - t0
+    data["quick"] = quick
+    write_result("inference", data, quick)
+    write_docs(data)
+    return data
+
+
+if __name__ == "__main__":
+    command_line(run, description=__doc__.split("\n\n")[0])
