@@ -25,7 +25,7 @@ from planner.solvers.inference import solve_inference
 from profiler.gpus import GiB
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "benchmarks.md"
+DOCS = Path(os.environ.get("PIPEPLAN_BENCH_DOCS") or ROOT / "docs") / "benchmarks.md"
 BEGIN, END = "<!-- inference:begin -->", "<!-- inference:end -->"
 
 

@@ -177,3 +177,21 @@ def test_cli_infer(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["latency_ms"] == pytest.approx(10.0) and data["cuts"] == []
     assert main(["infer", f"profile:{prof}", "--devices", "1", "--memory", "1KB"]) == 2
+
+
+def test_bench_markdown_section(tmp_path):
+    """bench_inference.write_docs replaces only its own section between the markers."""
+    from bench.bench_inference import BEGIN, END, write_docs
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# top\n\n{BEGIN}\nOLDSECTION\n{END}\n\n## after\n")
+    data = {"quick": True, "seconds": 1.0,
+            "volumes": [{"model": "m", "volume": 8, "nodes": 3, "by_dtype": {"fp32": {
+                "single_l4": {"needs_gib": 30.0, "fits": False},
+                "throughput": {"error": "no"}, "latency": {"stages": 2, "throughput_sps": 1.0, "latency_ms": 2.0,
+                                                           "memory_gib": [1.0, 2.0]}}}}],
+            "cpu": {"error": "skipped"}}
+    write_docs(data, doc)
+    text = doc.read_text()
+    assert text.startswith("# top") and text.rstrip().endswith("## after") and "OLDSECTION" not in text
+    assert "does not fit" in text and "| 8³ | fp32 |" in text
