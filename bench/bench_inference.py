@@ -31,9 +31,9 @@ BEGIN, END = "<!-- inference:begin -->", "<!-- inference:end -->"
 
 def plan_row(plan) -> dict:
     return {"stages": len(plan.stages), "cuts": plan.cuts, "throughput_sps": rnd(plan.throughput_sps),
-            "period_ms": rnd(plan.period_ms, 2), "latency_ms": rnd(plan.latency_ms, 2),
-            "memory_gib": [rnd(s.memory.total / GiB, 2) for s in plan.stages],
-            "limit_gib": [rnd(s.memory_limit / GiB, 2) for s in plan.stages],
+            "period_ms": rnd(plan.period_ms, 5), "latency_ms": rnd(plan.latency_ms, 5),
+            "memory_gib": [rnd(s.memory.total / GiB, 5) for s in plan.stages],
+            "limit_gib": [rnd(s.memory_limit / GiB, 5) for s in plan.stages],
             "layers": [f"{s.nodes[0]} .. {s.nodes[-1]}" for s in plan.stages]}
 
 
@@ -47,8 +47,8 @@ def full_resolution(volume: int) -> dict:
     for wd in ("fp32", "bf16"):
         cluster = Cluster.uniform(4, "L4", precision="fp32" if wd == "fp32" else "bf16_mixed")
         one = evaluate_cuts(prof, cluster, InferenceConfig(weight_dtype=wd), [], devices=[0]).stages[0]
-        row = {"single_l4": {"needs_gib": rnd(one.memory.total / GiB, 2), "limit_gib": rnd(one.memory_limit / GiB, 2),
-                             "fits": one.fits, "weights_gib": rnd(one.memory.weights / GiB, 3)}}
+        row = {"single_l4": {"needs_gib": rnd(one.memory.total / GiB, 5), "limit_gib": rnd(one.memory_limit / GiB, 5),
+                             "fits": one.fits, "weights_gib": rnd(one.memory.weights / GiB, 5)}}
         for obj in ("throughput", "latency"):
             try:
                 row[obj] = plan_row(solve_inference(prof, cluster, InferenceConfig(objective=obj, weight_dtype=wd)))
@@ -86,11 +86,11 @@ def cpu_measured(requests: int) -> dict:
                 for k in range(len(plan.stages))]
     return {"model": "sample:unet3d:tiny", "volume": 16, "requests": requests, "stages": len(plan.stages),
             "command": " ".join(["torchrun", *cmd[1:3], "infer.py", "--requests", str(requests)]),
-            "predicted_throughput_sps": rnd(plan.throughput_sps, 2), "predicted_latency_ms": rnd(plan.latency_ms, 3),
-            "measured_steady_throughput_sps": rnd(last["steady_throughput_sps"], 2),
-            "measured_overall_throughput_sps": rnd(last["throughput_sps"], 2),
-            "measured_latency_ms": rnd(last["latency_ms"], 3),
-            "throughput_error": rnd(last["steady_throughput_sps"] / plan.throughput_sps - 1, 3),
+            "predicted_throughput_sps": rnd(plan.throughput_sps, 5), "predicted_latency_ms": rnd(plan.latency_ms, 5),
+            "measured_steady_throughput_sps": rnd(last["steady_throughput_sps"], 5),
+            "measured_overall_throughput_sps": rnd(last["throughput_sps"], 5),
+            "measured_latency_ms": rnd(last["latency_ms"], 5),
+            "throughput_error": rnd(last["steady_throughput_sps"] / plan.throughput_sps - 1, 5),
             "held_bytes": held, "planned_live_bytes": [s.memory.live for s in plan.stages]}
 
 
