@@ -22,10 +22,10 @@ FAKE_SECRET = "hunter2-pipeplan-test-secret"
 
 
 def base_documents() -> Base:
-    """A 6-layer chain profile, a 2-device cluster and a solved plan, as JSON dicts."""
+    """A 6-layer chain profile, a 2-device cluster and a plan of it (3 + 3 layers), as JSON dicts."""
     from planner.contracts.cluster import Cluster
     from planner.contracts.config import TrainConfig
-    from planner.solvers.solve import solve
+    from planner.solvers.evaluate import evaluate_partition
     from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 
     n = 6
@@ -39,7 +39,10 @@ def base_documents() -> Base:
                       provenance=Provenance(method="estimated", device="A100-80GB", reference_tflops=19.5),
                       nodes=nodes, edges=edges)
     cluster = Cluster.uniform(2, memory_bytes=8 * 2**30)
-    plan = solve(profile, cluster, TrainConfig(num_microbatches=4, solver="dp"))
+    # a fixed 3 + 3 split, not the solver's choice: the cases edit stages by position and name layers
+    plan = evaluate_partition(profile, cluster, TrainConfig(num_microbatches=4),
+                              [[n.id for n in nodes[:3]], [n.id for n in nodes[3:]]],
+                              fingerprint=profile.fingerprint())
     assert plan.feasible, "the base plan must be feasible"
     return Base(profile=profile.to_dict(), cluster=cluster.to_dict(), plan=plan.to_dict())
 
