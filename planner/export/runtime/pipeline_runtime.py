@@ -463,6 +463,11 @@ def log_step(step: int, loss: float, seconds: float, samples: int, device: torch
 
 
 # --------------------------------------------------------------------------- measuring (StepMeter)
+def _unpack_held(h):
+    """saved_tensors_hooks' unpack for the live-bytes counter: the tensor a _Held wraps."""
+    return h.tensor if isinstance(h, _Held) else h
+
+
 class _Held:
     """One saved tensor counted by StepMeter: holds it for autograd; its bytes leave the count when
     autograd drops it (after the micro-batch's backward). Views of one storage are counted once."""
@@ -559,15 +564,11 @@ class StepMeter:
             entry[0] += 1
         return _Held(self, t, key, self.current)
 
-    @staticmethod
-    def _unpack(h):
-        return h.tensor if isinstance(h, _Held) else h
-
     def saved_tensors(self):
         """The context the schedule's step runs in (counts saved tensors on a counted step)."""
         if not self.count_memory or self.cuda:
             return contextlib.nullcontext()
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack_held)
 
     def watch_params(self, params: Iterable[torch.Tensor]) -> None:
         self.param_keys = {p.untyped_storage().data_ptr() for p in params}
