@@ -41,7 +41,7 @@ MODELS = ["gpt", "llama", "vit", "resnet", "unet3d", "dlrm", "mlp"]
 MICRO_BATCH, MICROBATCHES, STEPS = 4, 4, 6
 VENV_BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- bench_loop:begin -->", "<!-- bench_loop:end -->"
+BEGIN, END = "<!-- calibration-loop:begin -->", "<!-- calibration-loop:end -->"
 
 
 def run_job(job: Path, args: list[str], steps: int = STEPS) -> str:
@@ -205,6 +205,21 @@ def write_docs(result: dict, path: Path = ROOT / "docs" / "benchmarks.md") -> No
                        f"{100 * o['collect_share_median']:.2f}% of the step; whole jobs, {o['pairs']} alternating "
                        f"pairs of 16-step runs: median ratio {o['median_ratio_on_over_off']} (this 2-core machine "
                        "is shared: run-to-run spread is larger than the overhead).")]
+    lines += ["", ("Reading it (targets: after calibration within 10% on step time, stage memory within 5%): the "
+              "measured steps of the two runs of a model come minutes apart on a 2-core machine shared with other "
+              "jobs (load average 4-5 during this run; the same gpt job measured 52 ms and 104 ms in two runs an "
+              "hour apart), so the before/after errors mix calibration error with load drift and the 10% target "
+              "is not met for most models here. The in-sample fit (the refit cluster on the first run's own "
+              "partition, `fit_step.error_after` in bench/results/loop.json) matches the measured pipeline time "
+              "by construction of the latency; the out-of-sample error also carries (a) one speed factor per "
+              "device fitted on one partition and applied to another (layer kinds differ in CPU efficiency: not "
+              "separable from stage-level times), (b) the optimizer time, which the cluster cannot carry (it scales "
+              "with the refit speed), (c) the link latency absorbing all unexplained pipeline time per message, so "
+              "a re-plan with a different boundary message count moves it. Memory: exact-count activations match "
+              "the plan within 2% for the transformer stacks (gpt, llama, unet3d); vit, resnet, dlrm and mlp differ "
+              "by 13-30% on a stage (the profile's saved-bytes estimate for those layers: not investigated yet). "
+              "With recompute on, the measured count leaves out the one micro-batch rebuilt during backward "
+              "(docs/export.md), so it is far below the plan's; the drop in held activations is what it shows.")]
     lines.append(END)
     text = path.read_text()
     block = "\n".join(lines)
