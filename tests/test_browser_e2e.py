@@ -287,7 +287,9 @@ def test_interaction_timings(server, browser, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(LLAMA_7B_CONFIG))
     timed(page, results, "HF config upload (Llama-7B shape, first)",
-          lambda: page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(config)),
+          # The run-view uploaders (run logs, their plan.json) share the test id.
+          lambda: page.get_by_role("tabpanel", name="Model")
+          .get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(config)),
           lambda t: "seq len 4096" in t and planned(t))
     seq = page.get_by_label("Sequence length")
 
