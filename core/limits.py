@@ -36,6 +36,8 @@ stages on 5000 layers already exceed their 1 GiB budget), and reading a plan bui
 with 100k stages took 17 s before its stage count was checked."""
 MAX_DATA_PARALLEL = 1 << 16
 """Pipeline replicas (data-parallel degree): a multiplier in formulas, never allocated per replica."""
+MAX_TENSOR_PARALLEL = 64
+"""Tensor-parallel degree: a TP group stays inside one node, and nodes have at most a few dozen GPUs."""
 
 # -- profiles (the layer graph) -----------------------------------------------------------------
 MAX_PROFILE_NODES = 200_000

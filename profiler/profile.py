@@ -60,10 +60,31 @@ class ProfileNode:
     """Time of one optimizer step (AdamW, with global-norm clipping) on this layer's own parameters
     on the reference device: measured, or the roofline estimate (profiler.gpus.optimizer_step_ms).
     None (older profiles): the planner charges no optimizer time for this layer."""
+    # -- tensor parallelism (profiler.tp; docs/hybrid.md). All zero/empty: the layer replicates under TP.
+    tp_colwise: list[str] = field(default_factory=list)
+    """Submodule paths, relative to module_path, that tensor parallelism splits column-wise
+    (torch.distributed.tensor.parallel.ColwiseParallel: output features sharded)."""
+    tp_rowwise: list[str] = field(default_factory=list)
+    """Submodule paths, relative to module_path, split row-wise (RowwiseParallel: input features sharded,
+    the output all-reduced)."""
+    tp_split_param_count: int = 0
+    """Parameters of this layer that TP shards (the rest replicate on every TP rank)."""
+    tp_split_flops: float = 0.0
+    """Forward FLOPs per micro-batch that TP splits (planned matmuls, and attention over the local heads);
+    the backward splits in the same proportion."""
+    tp_split_activation_bytes: int = 0
+    """Saved-activation bytes per micro-batch that TP splits (inside the colwise..rowwise region)."""
+    tp_allreduce_fwd_bytes: int = 0
+    """Bytes per micro-batch that TP all-reduces in forward (Megatron block: 2 all-reduces of the hidden
+    states), summed over the layer's collectives; 0 without a TP plan."""
+    tp_allreduce_bwd_bytes: int = 0
+    """Bytes per micro-batch that TP all-reduces in backward (the input gradients of the column-wise
+    modules)."""
 
     def __post_init__(self) -> None:
         for name in ("fwd_flops", "bwd_flops", "fwd_ms", "bwd_ms", "param_bytes",
-                     "param_count", "activation_bytes", "output_bytes"):
+                     "param_count", "activation_bytes", "output_bytes", "tp_split_param_count", "tp_split_flops",
+                     "tp_split_activation_bytes", "tp_allreduce_fwd_bytes", "tp_allreduce_bwd_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise PipeplanError(f"profile node {self.id!r}: {name} must be a number, got {value!r}")
@@ -222,8 +243,16 @@ class Profile:
 
 
 def _flat_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass whose fields are scalars or lists of scalars, as a dict."""
-    return {name: (list(v) if isinstance(v := getattr(obj, name), list) else v) for name in _FIELD_NAMES[type(obj)]}
+    """A dataclass whose fields are scalars or lists of scalars, as a dict. The tensor-parallel facts are
+    left out while they are empty, so a profile without them keeps the fingerprint it had before they
+    existed (plans record it)."""
+    out = {}
+    for name in _FIELD_NAMES[type(obj)]:
+        value = getattr(obj, name)
+        if name.startswith("tp_") and not value:
+            continue
+        out[name] = list(value) if isinstance(value, list) else value
+    return out
 
 
 _FIELD_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in (ProfileNode, ProfileEdge)}

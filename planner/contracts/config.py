@@ -16,6 +16,7 @@ from core.limits import (
     MAX_DATA_PARALLEL,
     MAX_GLOBAL_BATCH,
     MAX_MICROBATCHES,
+    MAX_TENSOR_PARALLEL,
     MAX_VIRTUAL_STAGES,
     check_count,
 )
@@ -33,6 +34,10 @@ SCHEMA = "pipeplan.trainconfig/1"
 OPTIMIZERS = ("adamw", "adam", "sgd", "sgd_momentum")
 PRECISIONS = ("fp32", "bf16_mixed")
 RECOMPUTE = ("off", "on", "auto")
+DP_SHARDING = ("ddp", "zero1", "fsdp")
+"""How data-parallel replicas hold the model state: "ddp" replicates everything and all-reduces gradients;
+"zero1" shards the optimizer state (reduce-scatter gradients, all-gather parameters); "fsdp" shards
+parameters, gradients and optimizer state (FSDP2 fully_shard). docs/hybrid.md has the cost of each."""
 SOLVERS = ("auto", "highs", "cbc", "dp")
 
 
@@ -56,6 +61,11 @@ class TrainConfig:
     """Memory held back on every device (CUDA context, NCCL, allocator fragmentation)."""
     data_parallel: int = 1
     """Pipeline replicas (data-parallel degree); each replica gets global_batch samples."""
+    tensor_parallel: int = 1
+    """Tensor-parallel degree: each pipeline stage runs on this many GPUs of one node, splitting the layers
+    that have a TP plan (ProfileNode.tp_colwise / tp_rowwise) and replicating the others."""
+    dp_sharding: str = "ddp"
+    """One of DP_SHARDING: how the data_parallel replicas hold parameters, gradients and optimizer state."""
     solver: str = "auto"
     """"auto" (fastest available), "highs", "cbc" or "dp" (chains only)."""
     time_limit_s: float = 10.0
@@ -82,9 +92,11 @@ class TrainConfig:
         check_number(self.reserve_bytes, "reserve_bytes", integer=True, minimum=0)
         check_number(self.data_parallel, "data_parallel", positive=True, integer=True)
         check_count(self.data_parallel, MAX_DATA_PARALLEL, "data_parallel")
+        check_number(self.tensor_parallel, "tensor_parallel", positive=True, integer=True)
+        check_count(self.tensor_parallel, MAX_TENSOR_PARALLEL, "tensor_parallel")
         check_number(self.time_limit_s, "time_limit_s", positive=True)
         for name, allowed in (("optimizer", OPTIMIZERS), ("precision", PRECISIONS),
-                              ("recompute", RECOMPUTE), ("solver", SOLVERS), ("device_order", ("fixed", "auto"))):
+                              ("recompute", RECOMPUTE), ("solver", SOLVERS), ("dp_sharding", DP_SHARDING), ("device_order", ("fixed", "auto"))):
             value = getattr(self, name)
             if value not in allowed:
                 raise PipeplanError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
