@@ -97,6 +97,18 @@ def test_the_opening_example_shows_why_a_planner_matters():
     assert "4 × A100-80GB on 1 node" in captions and "opens on a mixed cluster" not in captions, captions
 
 
+def test_eight_nodes_of_eight_gpus_read_as_nodes_not_64_rows():
+    at = run_app()
+    at.selectbox(key="preset").set_value("H100-SXM").run()
+    at.number_input(key="n_devices").set_value(64).run()
+    assert not at.exception, at.exception  # (pipeline-only planning cannot use 64 devices for 28 layers)
+    captions = " ".join(c.value for c in at.caption)
+    assert "64 × H100-SXM on 8 nodes" in captions, captions
+    nodes = next(d for d in at.dataframe if "table rows" in d.value.columns).value.to_dict("records")
+    assert len(nodes) == 8 and all(r["devices"] == 8 and r["GPUs"] == "8 × H100-SXM" for r in nodes), nodes
+    assert any("Edit single devices (64 rows)" in e.label for e in at.expander)
+
+
 def test_changing_the_device_count_changes_the_plan():
     at = run_app()
     no_problems(at)

@@ -20,7 +20,7 @@ from planner.solvers.evaluate import device_memory_bytes
 from planner.solvers.solve import solve
 from profiler.gpus import GPU_PRESETS, GiB
 from ui import charts
-from ui.cluster_table import CUSTOM, base_rows, cluster_from_rows, rows_for_count
+from ui.cluster_table import CUSTOM, base_rows, cluster_from_rows, node_summary_rows, rows_for_count
 from ui.commands import cli_commands
 from ui.plan_facts import MEMORY_PARTS, device_memory, headline
 from ui.uploads import MAX_UPLOAD_BYTES, ModelRequest, code_execution_allowed, profile_from_upload
@@ -76,6 +76,19 @@ def test_rows_for_count_truncates_or_extends_with_last_row():
 # -- uploads -------------------------------------------------------------------
 
 REQ = ModelRequest(batch_size=1, seq_len=64, estimate_for="A100-80GB")
+
+
+def test_node_summary_groups_a_64_device_table_into_8_nodes():
+    rows = base_rows(64, "H100-SXM", 8)
+    rows[9] = {**rows[9], "preset": "A100-80GB"}  # one edited row shows in its node's line
+    summary = node_summary_rows(rows)
+    assert [r["node"] for r in summary] == list(range(8))
+    assert all(r["devices"] == 8 for r in summary)
+    assert summary[0] == {"node": 0, "devices": 8, "GPUs": "8 × H100-SXM", "table rows": "0–7"}
+    assert summary[1]["GPUs"] == "7 × H100-SXM + 1 × A100-80GB"
+    rows[3] = {**rows[3], "node": 7}  # a device moved to another node: its row is listed there
+    summary = node_summary_rows(rows)
+    assert summary[0]["table rows"] == "0, 1, 2, 4, 5, 6, 7" and summary[7]["devices"] == 9
 
 
 def test_profile_json_upload_round_trips():

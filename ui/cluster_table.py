@@ -95,3 +95,24 @@ def rows_for_count(rows: list[dict[str, Any]], n: int, devices_per_node: int) ->
         i = len(out)
         out.append({**rows[-1], "name": f"gpu{i}", "node": i // devices_per_node})
     return out
+
+
+def node_summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table grouped by node, in node order: one row per host with its device count, its GPU kinds
+    and its table rows ("8 × H100-80GB", rows 0–7), so a 64-device cluster reads as 8 lines."""
+    nodes: dict[Any, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        node = 0 if _blank(row.get("node")) else row.get("node")
+        group = nodes.setdefault(node, {"kinds": {}, "rows": []})
+        kind = CUSTOM if _blank(row.get("preset")) else str(row.get("preset"))
+        group["kinds"][kind] = group["kinds"].get(kind, 0) + 1
+        group["rows"].append(i)
+    out = []
+    for node in sorted(nodes, key=lambda n: (not isinstance(n, (int, float)), n if isinstance(n, (int, float)) else 0)):
+        group = nodes[node]
+        idx = group["rows"]
+        span = f"{idx[0]}–{idx[-1]}" if idx == list(range(idx[0], idx[-1] + 1)) and len(idx) > 1 else \
+            ", ".join(map(str, idx))
+        out.append({"node": node, "devices": len(idx),
+                    "GPUs": " + ".join(f"{c} × {k}" for k, c in group["kinds"].items()), "table rows": span})
+    return out

@@ -1,4 +1,5 @@
-"""Section 2: the cluster: an "N x preset" quick fill, the device table, the links."""
+"""Section 2: the cluster: an "N x preset" quick fill (64 devices, 8 per node = 8 nodes × 8),
+the device table (grouped by node when it is long), the links."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ui.cluster_table import (
     PRESET_CHOICES,
     base_rows,
     cluster_from_rows,
+    node_summary_rows,
     rows_for_count,
 )
 
@@ -25,6 +27,8 @@ OPENING_KINDS = ("A100-80GB", "A100-80GB", "L4", "L4")
 cut matters: an even split waits on the slower L4s (every baseline is over 1.3x slower than the plan)."""
 OPENING_NODES = (0, 0, 1, 1)
 LEFT_OPENING = "kept:left_opening_table"
+GROUP_BY_NODE_ABOVE = 16
+"""Past this many devices the section shows one line per node and folds the device table away."""
 
 
 def opening_rows() -> list[dict[str, Any]]:
@@ -113,7 +117,13 @@ def cluster_section() -> ClusterInputs:
     per_node = int(quick[2].number_input("Devices per node", min_value=1, max_value=64, value=DEFAULT_PER_NODE,
                                          step=1, key="devices_per_node"))
     caption = quick[3].empty()  # filled after the table, so it says what the edited table holds
-    rows = st.data_editor(
+    grouped = n > GROUP_BY_NODE_ABOVE
+    if grouped:  # 64 rows are hard to read: show the nodes, keep the single rows one click away
+        nodes_box = st.empty()
+        editor_box = st.expander(f"Edit single devices ({n} rows)", expanded=False)
+    else:
+        editor_box = st.container()
+    rows = editor_box.data_editor(
         device_frame(table_base(n, preset, per_node)),
         key=device_table_key(n, preset, per_node),
         num_rows="dynamic",
@@ -134,6 +144,8 @@ def cluster_section() -> ClusterInputs:
     )
     records = rows.to_dict("records")
     st.session_state["kept:device_rows"] = (n, preset, per_node, records)
+    if grouped:
+        nodes_box.dataframe(node_summary_rows(records), hide_index=True, key="node_summary")
     opening = " It opens on a mixed cluster, where the cut matters." if not st.session_state.get(LEFT_OPENING) else ""
     caption.caption(f"The table below holds **{table_summary(records)}**. Edit any row to mix GPUs; changing "
                     f"the device count or the preset refills it, devices per node renumbers the nodes.{opening}")
