@@ -56,6 +56,10 @@ class StagePlan:
     optimizer_ms: float = 0.0
     """Time of this stage's optimizer step (global-norm clipping + update) once per training step;
     0 when the profile has no optimizer times (planner.costmodel.cost.stage_optimizer_ms)."""
+    dp_sync_ms: float = 0.0
+    """Data-parallel gradient sync of this stage once per step (all-reduce under ddp, reduce-scatter plus
+    all-gather under zero1/fsdp: planner.costmodel.parallel.dp_sync_ms), run after the pipeline drains,
+    before the optimizer step; 0 without data parallelism."""
 
     @property
     def compute_ms(self) -> float:
@@ -186,7 +190,8 @@ class Plan:
 # -- structure: a plan that contradicts itself is refused ----------------------------------------
 _REPLAN = "re-create the plan with `pipeplan plan`"
 _NON_NEGATIVE = ("fwd_ms", "bwd_ms", "bwd_input_ms", "bwd_weight_ms", "comm_out_ms", "comm_out_bytes",
-                 "comm_grad_ms", "relay_bytes", "input_bytes", "in_flight", "param_count", "optimizer_ms")
+                 "comm_grad_ms", "relay_bytes", "input_bytes", "in_flight", "param_count", "optimizer_ms",
+                 "dp_sync_ms")
 _MEMORY_FIELDS = ("params", "grads", "optimizer", "activations", "relay", "reserve")
 
 

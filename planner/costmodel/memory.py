@@ -7,6 +7,7 @@ their sources.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -69,30 +70,62 @@ class StageMemory:
         return d
 
 
+def sharded_bytes_per_param(config: TrainConfig) -> tuple[float, float, float]:
+    """(weight, gradient, optimizer-state) bytes per parameter one data-parallel rank holds
+    (Rajbhandari et al. 2020, ZeRO, sec. 5; FSDP2 fully_shard), n = config.data_parallel:
+
+        ddp:   (w, g, o)              every replica holds everything
+        zero1: (w, g, o / n)          the optimizer state is sharded (ZeRO stage 1)
+        fsdp:  (w / n, g / n, o / n)  parameters, gradients and optimizer state are sharded
+                                      (plus one layer's unsharded weights: gather_buffer_bytes)
+    """
+    w, g, o = bytes_per_param(config.precision, config.optimizer)
+    n = config.data_parallel
+    if n <= 1 or config.dp_sharding == "ddp":
+        return float(w), float(g), float(o)
+    if config.dp_sharding == "zero1":
+        return float(w), float(g), o / n
+    return w / n, g / n, o / n
+
+
+def gather_buffer_bytes(config: TrainConfig, largest_layer_params: int) -> int:
+    """FSDP's all-gather buffer: the largest layer's unsharded weights (w bytes each), held while that layer
+    runs; 0 unless dp_sharding is fsdp with data_parallel > 1. Conservatively the model's largest layer
+    (one TP rank's share) on every stage, so the term stays a constant of the linear memory rows."""
+    if config.dp_sharding != "fsdp" or config.data_parallel <= 1:
+        return 0
+    w, _, _ = bytes_per_param(config.precision, config.optimizer)
+    return int(largest_layer_params) * w
+
+
 def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes: float,
                        relay_bytes: float, in_flight: int, config: TrainConfig,
-                       profile_dtype: str = "float32", recompute: bool = False) -> StageMemory:
+                       profile_dtype: str = "float32", recompute: bool = False,
+                       largest_layer_params: int = 0) -> StageMemory:
     """Peak bytes of one stage.
 
     param_count: parameters the stage owns (a tied parameter is counted on every
-        stage that holds a copy).
+        stage that holds a copy); under tensor parallelism, one TP rank's share.
     activation_bytes: Σ saved-activation bytes per micro-batch of the stage's layers.
     input_bytes: bytes per micro-batch the stage receives from the previous one.
     relay_bytes: bytes per micro-batch passing through the stage untouched.
     in_flight: micro-batches whose activations the stage holds at its peak, from
         planner.pipeline.schedules.in_flight_microbatches for the schedule.
+    largest_layer_params: the largest layer's parameters (FSDP's gather buffer, gather_buffer_bytes).
 
+    Weights, gradients and optimizer state per parameter follow config.dp_sharding over
+    config.data_parallel replicas (sharded_bytes_per_param; each sharded part rounded up).
     With recomputation a stage keeps only its inputs per in-flight micro-batch and
     rebuilds one micro-batch's activations at a time during backward
     (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
     """
-    w, g, o = bytes_per_param(config.precision, config.optimizer)
+    w, g, o = sharded_bytes_per_param(config)
     c = memory_coefficients(in_flight=in_flight, config=config, profile_dtype=profile_dtype, recompute=recompute)
     acts = c.per_activation_byte * activation_bytes + c.per_input_byte * input_bytes
     return StageMemory(
-        params=param_count * w,
-        grads=param_count * g,
-        optimizer=param_count * o,
+        params=math.ceil(param_count * w) + gather_buffer_bytes(config, largest_layer_params),
+        grads=math.ceil(param_count * g),
+        optimizer=math.ceil(param_count * o),
         activations=round(acts),
         relay=round(c.per_relay_byte * relay_bytes),
         reserve=config.reserve_bytes,
@@ -140,14 +173,18 @@ class MemoryCoefficients:
 
 
 def memory_coefficients(*, in_flight: int, config: TrainConfig, profile_dtype: str = "float32",
-                        recompute: bool = False) -> MemoryCoefficients:
+                        recompute: bool = False, largest_layer_params: int = 0) -> MemoryCoefficients:
     """The coefficients of stage_memory_bytes for one stage; the one place the
-    activation/recompute/relay rule is written."""
-    w, g, o = bytes_per_param(config.precision, config.optimizer)
+    activation/recompute/relay rule is written. Under zero1/fsdp per_param is fractional (the sharded
+    parts), and fsdp's gather buffer is part of the constant."""
+    w, g, o = sharded_bytes_per_param(config)
     scale = activation_scale(profile_dtype, config.precision)
     if recompute:
         per_act, per_input = scale, in_flight * scale
     else:
         per_act, per_input = in_flight * scale, 0.0
-    return MemoryCoefficients(per_param=w + g + o, per_activation_byte=per_act, per_input_byte=per_input,
-                              per_relay_byte=in_flight * scale, constant=config.reserve_bytes)
+    per_param = w + g + o
+    return MemoryCoefficients(per_param=int(per_param) if per_param == int(per_param) else per_param,
+                              per_activation_byte=per_act, per_input_byte=per_input,
+                              per_relay_byte=in_flight * scale,
+                              constant=config.reserve_bytes + gather_buffer_bytes(config, largest_layer_params))

@@ -45,7 +45,8 @@ def microbatch_options(config: TrainConfig, num_devices: int) -> list[tuple[int,
 
 def scale_profile(profile: Profile, micro_batch_size: int) -> Profile:
     """The profile at another micro-batch size, assuming time and activation bytes grow linearly
-    with the samples per micro-batch (an estimate: GPUs are often more efficient at larger sizes)."""
+    with the samples per micro-batch (an estimate: GPUs are often more efficient at larger sizes); so do the
+    TP facts (split FLOPs and activations, all-reduce bytes), parameters do not."""
     base = profile.model.micro_batch_size or 1
     if micro_batch_size == base:
         return profile
@@ -56,7 +57,10 @@ def scale_profile(profile: Profile, micro_batch_size: int) -> Profile:
             n, fwd_flops=n.fwd_flops * f, bwd_flops=n.bwd_flops * f, fwd_ms=n.fwd_ms * f, bwd_ms=n.bwd_ms * f,
             bwd_input_ms=None if n.bwd_input_ms is None else n.bwd_input_ms * f,
             bwd_weight_ms=None if n.bwd_weight_ms is None else n.bwd_weight_ms * f,
-            activation_bytes=round(n.activation_bytes * f), output_bytes=round(n.output_bytes * f))
+            activation_bytes=round(n.activation_bytes * f), output_bytes=round(n.output_bytes * f),
+            tp_split_flops=n.tp_split_flops * f, tp_split_activation_bytes=round(n.tp_split_activation_bytes * f),
+            tp_allreduce_fwd_bytes=round(n.tp_allreduce_fwd_bytes * f),
+            tp_allreduce_bwd_bytes=round(n.tp_allreduce_bwd_bytes * f))
 
     model = dataclasses.replace(profile.model, micro_batch_size=micro_batch_size,
                                 input_bytes=round(profile.model.input_bytes * f))

@@ -43,7 +43,8 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
         (cost.split_backward_ms for a stage with weights: B = W = bwd_ms / 2).
     activation_bytes: saved-activation bytes per micro-batch per stage, for the
         memory curves; without it memory_ms and peak_memory_bytes stay empty.
-    optimizer_ms: per stage, its optimizer step (clipping + update). Clipping by the global
+    optimizer_ms: per stage, its after-drain work: the data-parallel gradient sync (StagePlan.dp_sync_ms,
+        simulate() adds it) and its optimizer step (clipping + update). Clipping by the global
         norm needs every gradient, so every device starts its optimizer step `sync_ms` (the
         norm's all-reduce) after the last backward or transfer ends, and runs its stages'
         steps back to back (an "O" event).
@@ -304,9 +305,9 @@ def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int |
         schedule=name, num_devices=P, num_microbatches=M, virtual_stages=v,
         bwd_input_ms=_split_or_none([st.bwd_input_ms for st in plan.stages]),
         bwd_weight_ms=_split_or_none([st.bwd_weight_ms for st in plan.stages]),
-        activation_bytes=act, optimizer_ms=[st.optimizer_ms for st in plan.stages],
+        activation_bytes=act, optimizer_ms=[st.optimizer_ms + st.dp_sync_ms for st in plan.stages],
         sync_ms=clip_allreduce_ms(plan.cluster, [st.device for st in plan.stages])
-        if any(st.optimizer_ms > 0 for st in plan.stages) else 0.0)
+        if any(st.optimizer_ms + st.dp_sync_ms > 0 for st in plan.stages) else 0.0)
 
 
 def _check_placement(plan: Plan, device_of: list[int]) -> None:

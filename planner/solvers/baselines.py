@@ -85,9 +85,9 @@ def baseline_plans(profile: Profile, cluster: Cluster, config: TrainConfig, *,
                    fingerprint: str | None = None) -> dict[str, Plan]:
     """Each baseline's partition as a Plan under the same cost model (feasible=False when it does not fit):
     the one place baselines are scored (solve() lists these next to its plan)."""
-    from planner.solvers.evaluate import evaluate_partition
+    from planner.solvers.evaluate import evaluate_pipeline_partition
 
     S = cluster.num_devices * config.virtual_stages
     fingerprint = fingerprint or profile.fingerprint()
-    return {name: evaluate_partition(profile, cluster, config, parts, backend=name, fingerprint=fingerprint)
+    return {name: evaluate_pipeline_partition(profile, cluster, config, parts, backend=name, fingerprint=fingerprint)
             for name, parts in baseline_partitions(profile, S).items()}

@@ -196,7 +196,8 @@ class IntervalCosts:
             done = ~valid
             for r in prob.recompute_options:  # "off" first: where it fits it is never slower
                 co = memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
-                                         profile_dtype=tb.dtype, recompute=r)
+                                         profile_dtype=tb.dtype, recompute=r,
+                                         largest_layer_params=int(tb.params.max(initial=0)))
                 mem = co.total_bytes(params, acts, inputs, relay)
                 fits = (mem <= prob.stage_limit[s]) & ~done
                 coefficients = prob.time_coefficients(s)
@@ -268,7 +269,8 @@ def memory_band_length(prob: ChainProblem) -> int:
     longest = 1
     for s in range(prob.num_stages):
         cos = [memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config, profile_dtype=tb.dtype,
-                                   recompute=r) for r in prob.recompute_options]
+                                   recompute=r, largest_layer_params=int(tb.params.max(initial=0)))
+               for r in prob.recompute_options]
         per_act = min(c.per_activation_byte for c in cos)
         lower = np.concatenate([[0.0], np.cumsum(cos[0].per_param * tb.params + per_act * tb.activation)])
         budget = prob.stage_limit[s] - cos[0].constant

@@ -58,7 +58,7 @@ def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config:
         mem = stage_memory_bytes(param_count=cost.param_count[s], activation_bytes=float(tables.activation[ns].sum()),
                                  input_bytes=cost.input_bytes[s], relay_bytes=cost.relay_bytes[s],
                                  in_flight=in_flight[s], config=config, profile_dtype=tables.dtype,
-                                 recompute=recompute[s])
+                                 recompute=recompute[s], largest_layer_params=int(tables.params.max(initial=0)))
         stages.append(StagePlan(
             index=s, device=devices[s], node_ids=[tables.ids[k] for k in ns], fwd_ms=fwd, bwd_ms=bwd,
             bwd_input_ms=b_in, bwd_weight_ms=w, comm_out_ms=comm_f, comm_out_bytes=int(out_b), comm_grad_ms=comm_b,
@@ -175,7 +175,47 @@ def evaluate_partition(profile: Profile, cluster: Cluster, config: TrainConfig, 
     devices: device index of every stage (default: the schedule's placement on the cluster order).
     recompute: per stage (default from config.recompute; "auto" turns it on only where needed).
     fingerprint: profile.fingerprint(), if the caller has it already (it costs a JSON dump of the profile).
+
+    With data or tensor parallelism (config.data_parallel * config.tensor_parallel > 1) the cluster is the
+    whole mesh (planner.costmodel.parallel): the partition is scored on one GPU's share of the profile
+    (rank_profile) on one device per pipeline rank, and `devices` (if given) name each stage's first
+    device in the mesh (parallel.pipeline_devices).
     """
+    from planner.costmodel.parallel import is_mesh
+
+    if not is_mesh(config):
+        return evaluate_pipeline_partition(profile, cluster, config, stage_node_ids, devices=devices,
+                                           recompute=recompute, backend=backend, fingerprint=fingerprint)
+    from planner.costmodel.microbatches import microbatch_options, scale_profile
+    from planner.costmodel.parallel import check_mesh, pipeline_cluster, pipeline_devices, rank_profile, to_mesh_plan
+
+    mesh = check_mesh(cluster, config)
+    pipe = pipeline_cluster(cluster, mesh)
+    if devices is not None:
+        first = pipeline_devices(mesh.pp, mesh.dp, mesh.tp)
+        bad = [d for d in devices if d not in first]
+        if bad:
+            raise PipeplanError(f"device {bad[0]} is not the first device of a pipeline rank's TP group; with "
+                                f"dp {mesh.dp} x tp {mesh.tp} stages run on devices {first}")
+        devices = [first.index(d) for d in devices]
+    fingerprint = fingerprint or profile.fingerprint()
+    best, best_rank = None, None
+    for M, mbs in microbatch_options(config, mesh.pp):
+        cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
+        rank = rank_profile(scale_profile(profile, mbs), cfg, cluster, mesh)
+        plan = evaluate_pipeline_partition(rank, pipe, cfg, stage_node_ids, devices=devices, recompute=recompute,
+                                           backend=backend, fingerprint=fingerprint)
+        if best is None or (plan.feasible, -plan.step_time_ms) > (best.feasible, -best.step_time_ms):
+            best, best_rank = plan, rank
+    return to_mesh_plan(best, cluster, best.config, best_rank, mesh)
+
+
+def evaluate_pipeline_partition(profile: Profile, cluster: Cluster, config: TrainConfig,
+                                stage_node_ids: list[list[str]], *, devices: list[int] | None = None,
+                                recompute: list[bool] | None = None, backend: str = "manual",
+                                fingerprint: str | None = None) -> Plan:
+    """evaluate_partition on one pipeline: `cluster` has one device per pipeline rank and `profile` is what
+    one GPU runs (for a mesh: parallel.rank_profile); the solvers call this one."""
     from planner.costmodel.microbatches import microbatch_options, scale_profile
 
     P = cluster.num_devices

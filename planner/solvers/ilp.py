@@ -374,7 +374,9 @@ class _Builder:
         self.recompute, self.recompute_fwd, stage_bytes = [], [], []
         for s in range(S):
             co = {r: memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
-                                         profile_dtype=tb.dtype, recompute=r) for r in prob.recompute_options}
+                                         profile_dtype=tb.dtype, recompute=r,
+                                         largest_layer_params=int(tb.params.max(initial=0)))
+                  for r in prob.recompute_options}
             act_bytes = {r: c.per_activation_byte * act[s] + c.per_input_byte * inputs[s] for r, c in co.items()}
             if len(prob.recompute_options) == 1:
                 r0 = prob.recompute_options[0]
@@ -398,7 +400,9 @@ class _Builder:
             # per_param and per_relay_byte do not depend on the recompute choice
             rel = co[prob.recompute_options[0]].per_relay_byte
             per_param = co[prob.recompute_options[0]].per_param
-            stage_bytes.append(mact + per_param * self.stage_params[s] + rel * pulp.lpSum(
+            # the constant less the reserve: FSDP's gather buffer (0 otherwise; the reserve is left out)
+            buffer = co[prob.recompute_options[0]].constant - prob.config.reserve_bytes
+            stage_bytes.append(buffer + mact + per_param * self.stage_params[s] + rel * pulp.lpSum(
                 t.nbytes * self.relayed[k, s] for k, t in enumerate(tb.tensors) if (k, s) in self.relayed))
         for d, limit in prob.device_limit.items():
             lp += pulp.lpSum(stage_bytes[s] for s in range(S) if prob.stage_device[s] == d) <= limit

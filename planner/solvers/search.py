@@ -37,7 +37,7 @@ from planner.pipeline.schedules import in_flight_microbatches, schedule_spec
 from planner.solvers.baselines import baseline_partitions
 from planner.solvers.coarsen import block_size, coarsen, refine_cuts
 from planner.solvers.dp import TABLE_BUDGET_BYTES, ChainProblem, cut_bytes, cut_tensors, solve_chain
-from planner.solvers.evaluate import evaluate_partition, make_plan, with_timeline
+from planner.solvers.evaluate import evaluate_pipeline_partition, make_plan, with_timeline
 from planner.solvers.ilp import ILPProblem, enumerate_by_bound, solve_ilp
 from profiler.profile import Profile
 
@@ -424,21 +424,24 @@ def validate(profile: Profile, cluster: Cluster, config: TrainConfig) -> None:
                             "finer granularity (pipeplan profile --granularity op)")
 
 
-def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
+def solve_once(profile: Profile, cluster: Cluster, config: TrainConfig, *,
+               fingerprint: str | None = None) -> Plan | None:
     """Best feasible plan over micro-batch counts and device orders; None if nothing fits (solve() then
-    diagnoses)."""
+    diagnoses). fingerprint: the plan's profile_fingerprint when `profile` is derived from the user's
+    (a mesh's rank_profile); default profile.fingerprint()."""
     validate(profile, cluster, config)
     start = time.perf_counter()
     k = block_size(len(profile.nodes), cluster.num_devices * config.virtual_stages)
     if k > 1:
-        return solve_coarsened(profile, cluster, config, k, start)
-    best, lower = _search(profile, cluster, config, config.time_limit_s)
+        return solve_coarsened(profile, cluster, config, k, start, fingerprint)
+    best, lower = _search(profile, cluster, config, config.time_limit_s, fingerprint)
     proven = best is not None and lower is not None and relative_gap(best.step_time_ms, lower) == 0.0
     if best is not None and not proven and config.recompute == "auto" \
             and len(config.recompute_choices()) > 1:
         # no proof: make sure "auto" is never worse than all-off or all-on (each searched on its own)
         for r in ("off", "on"):
-            other, _ = _search(profile, cluster, dataclasses.replace(config, recompute=r), config.time_limit_s / 4)
+            other, _ = _search(profile, cluster, dataclasses.replace(config, recompute=r), config.time_limit_s / 4,
+                               fingerprint)
             if other is not None and other.step_time_ms < best.step_time_ms:
                 best = other
         best.config = dataclasses.replace(best.config, recompute=config.recompute)
@@ -454,8 +457,8 @@ def _generic(profile: Profile, tables: CostTables, cluster: Cluster, config: Tra
                                speeds(cluster, profile))
 
 
-def _search(profile: Profile, cluster: Cluster, config: TrainConfig, time_limit_s: float
-            ) -> tuple[Plan | None, float | None]:
+def _search(profile: Profile, cluster: Cluster, config: TrainConfig, time_limit_s: float,
+            fingerprint: str | None = None) -> tuple[Plan | None, float | None]:
     """The plan with the least simulated step over micro-batch counts and device orders, and a lower
     bound on the simulated step of every plan in that space (None when one part has none)."""
     options = microbatch_options(config, cluster.num_devices)
@@ -463,7 +466,7 @@ def _search(profile: Profile, cluster: Cluster, config: TrainConfig, time_limit_
     budget = time_limit_s / (len(options) * len(orders))
     best = None
     lower: float | None = float("inf")
-    fingerprint = profile.fingerprint()
+    fingerprint = fingerprint or profile.fingerprint()
     for M, mbs in options:
         cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
         prof = scale_profile(profile, mbs)
@@ -483,7 +486,8 @@ def _search(profile: Profile, cluster: Cluster, config: TrainConfig, time_limit_
     return best, lower
 
 
-def solve_coarsened(profile: Profile, cluster: Cluster, config: TrainConfig, k: int, start: float) -> Plan | None:
+def solve_coarsened(profile: Profile, cluster: Cluster, config: TrainConfig, k: int, start: float,
+                    fingerprint: str | None = None) -> Plan | None:
     """solve_once on the graph coarsened into blocks of k consecutive nodes (planner.solvers.coarsen), its
     stages mapped back to the fine nodes and scored there; status "feasible" with no gap, and the note
     says how it was planned. None if nothing fits (the fine graph is re-checked)."""
@@ -507,8 +511,8 @@ def solve_coarsened(profile: Profile, cluster: Cluster, config: TrainConfig, k: 
             if moved != cuts:
                 parts = [tables.ids[moved[s]:moved[s + 1]] for s in range(len(parts))]
                 refined = f", then every cut re-placed within {k} layers of where it fell"
-    plan = evaluate_partition(profile, cluster, found.config, parts, devices=devices, recompute=recompute,
-                              backend=found.solver.backend)
+    plan = evaluate_pipeline_partition(profile, cluster, found.config, parts, devices=devices, recompute=recompute,
+                                       backend=found.solver.backend, fingerprint=fingerprint)
     if not plan.feasible:
         return None
     plan.solver = SolverInfo(

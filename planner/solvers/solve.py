@@ -27,9 +27,60 @@ def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     faster than the solver's plan (possible only where no proof closed), that partition is returned
     instead, with solver.backend naming it and status "feasible" against the same bound.
     """
+    from planner.costmodel.parallel import is_mesh
+
+    if is_mesh(config):
+        return solve_mesh(profile, cluster, config)
     plan = solve_once(profile, cluster, config)
     if plan is None:
         return diagnose.diagnose(profile, cluster, config)
+    return _with_baselines(plan, profile, cluster, config)
+
+
+def solve_mesh(profile: Profile, cluster: Cluster, config: TrainConfig, *, baselines: bool = True,
+               diagnose_infeasible: bool = True) -> Plan:
+    """solve() for data or tensor parallelism: `cluster` is the whole mesh of pp x dp x tp devices in rank
+    order (planner.costmodel.parallel). For each micro-batch option, the pipeline solvers plan one GPU's
+    share of the profile (rank_profile) on one device per pipeline rank (pipeline_cluster); the best plan
+    is put back on the mesh (to_mesh_plan). Its profile_fingerprint is the user's profile's. When nothing
+    fits, the diagnosis is the hybrid one (planner.solvers.hybrid.mesh_diagnosis): what would fit among
+    more GPUs, more TP, FSDP and recompute."""
+    from planner.costmodel.microbatches import microbatch_options, scale_profile
+    from planner.costmodel.parallel import check_mesh, pipeline_cluster, rank_profile, to_mesh_plan
+
+    mesh = check_mesh(cluster, config)
+    pipe = pipeline_cluster(cluster, mesh)
+    fingerprint = profile.fingerprint()
+    best = None
+    for M, mbs in microbatch_options(config, mesh.pp):
+        cfg = dataclasses.replace(config, num_microbatches=M, micro_batch_size=mbs, global_batch=None)
+        rank = rank_profile(scale_profile(profile, mbs), cfg, cluster, mesh)
+        plan = solve_once(rank, pipe, cfg, fingerprint=fingerprint)
+        if plan is not None and (best is None or plan.step_time_ms < best[0].step_time_ms):
+            best = (plan, rank)
+    if best is None:
+        from planner.contracts.plan import Diagnosis
+
+        cfg = config if config.num_microbatches is not None else dataclasses.replace(
+            config, num_microbatches=config.global_batch // config.micro_batch_size, global_batch=None)
+        if diagnose_infeasible:
+            from planner.solvers.hybrid import mesh_diagnosis
+
+            diag = mesh_diagnosis(profile, cluster, config)
+        else:
+            diag = Diagnosis(message=f"no partition fits in memory on pp {mesh.pp} x dp {mesh.dp} x tp {mesh.tp}")
+        return Plan(model=profile.model, profile_fingerprint=fingerprint, cluster=cluster, config=cfg,
+                    feasible=False, solver=SolverInfo(backend=config.solver, status="infeasible"), diagnosis=diag)
+    plan, rank = best
+    if baselines:
+        plan = _with_baselines(plan, rank, pipe, config)
+    else:
+        plan.config = dataclasses.replace(plan.config, global_batch=_given_global_batch(plan, config))
+    return to_mesh_plan(plan, cluster, plan.config, rank, mesh)
+
+
+def _with_baselines(plan: Plan, profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
+    """The plan with its baselines scored (and one of them returned should it simulate faster)."""
     plan.config = dataclasses.replace(plan.config, global_batch=_given_global_batch(plan, config))
     try:
         bl = baseline_plans(profile, cluster, plan.config, fingerprint=plan.profile_fingerprint)
