@@ -30,6 +30,7 @@ from core.errors import PipeplanError
 from planner.contracts.cluster import Cluster, Link
 from planner.contracts.config import TrainConfig
 from planner.costmodel.cost import backward_split_ms
+from planner.costmodel.memory import activation_scale
 from profiler.gpus import OPTIMIZER_STEP_TRAFFIC_BYTES
 from profiler.profile import Profile, ProfileNode
 
@@ -179,14 +180,16 @@ def tp_collectives(node: ProfileNode) -> int:
     return max(1, len(node.tp_rowwise))
 
 
-def tp_allreduce_ms(node: ProfileNode, tp: int, link: Link) -> tuple[float, float]:
+def tp_allreduce_ms(node: ProfileNode, tp: int, link: Link, scale: float = 1.0) -> tuple[float, float]:
     """(forward, backward) ms of a layer's TP all-reduces per micro-batch on the intra-node link:
-    ring_allreduce_ms(tp_allreduce_{fwd,bwd}_bytes, tp, link), alpha paid once per collective."""
+    ring_allreduce_ms(scale * tp_allreduce_{fwd,bwd}_bytes, tp, link), alpha paid once per collective.
+    scale = memory.activation_scale (the profile's bytes in the training precision: 1/2 for bf16_mixed
+    on an fp32 profile)."""
     if tp <= 1:
         return 0.0, 0.0
     k = tp_collectives(node)
-    return (ring_allreduce_ms(node.tp_allreduce_fwd_bytes, tp, link, k),
-            ring_allreduce_ms(node.tp_allreduce_bwd_bytes, tp, link, k))
+    return (ring_allreduce_ms(scale * node.tp_allreduce_fwd_bytes, tp, link, k),
+            ring_allreduce_ms(scale * node.tp_allreduce_bwd_bytes, tp, link, k))
 
 
 def check_tp_degree(profile: Profile, tp: int) -> None:
@@ -288,7 +291,8 @@ def rank_profile(profile: Profile, config: TrainConfig, cluster: Cluster, mesh: 
     """The profile one GPU of the mesh runs, in the profile's reference-device units, for the pipeline
     solvers (identity when dp = tp = 1). Per layer, with f = tp_compute_fraction and s = speed factor:
 
-        fwd_ms  = fwd_ms * f + s * AR_fwd            AR = tp_allreduce_ms on cluster.intra_node
+        fwd_ms  = fwd_ms * f + s * AR_fwd            AR = tp_allreduce_ms on cluster.intra_node, in the
+                                                     training precision's bytes
         B       = B * f + s * AR_bwd                 (the input-gradient all-reduce belongs to B)
         W       = W * f
         fsdp:   fwd_ms = max(fwd_ms, s * AG), B += max(0, s * AG - (B + W))     AG = fsdp_gather_ms
@@ -312,10 +316,11 @@ def rank_profile(profile: Profile, config: TrainConfig, cluster: Cluster, mesh: 
     ar_link, sync_link = cluster.intra_node, dp_link(cluster, mesh)
     divisor = optimizer_state_divisor(config)
     traffic = OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"] / OPTIMIZER_STEP_TRAFFIC_BYTES[config.optimizer]
+    act_scale = activation_scale(profile.model.dtype, config.precision)
     nodes = []
     for n in profile.nodes:
         f = tp_compute_fraction(n, tp)
-        ar_f, ar_b = tp_allreduce_ms(n, tp, ar_link)
+        ar_f, ar_b = tp_allreduce_ms(n, tp, ar_link, act_scale)
         b_in, b_w = backward_split_ms(n)
         params = tp_share(n.param_count, n.tp_split_param_count, tp) if tp > 1 else float(n.param_count)
         p_frac = params / n.param_count if n.param_count else 1.0
