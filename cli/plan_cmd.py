@@ -52,6 +52,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--allow-code", action="store_true", help="allow file: models (runs their code)")
     p.add_argument("-o", "--output", help="write the Plan JSON here")
     p.add_argument("--json", action="store_true", help="print the Plan JSON instead of a summary")
+    hy = p.add_argument_group("hybrid parallelism (PP x DP x TP; docs/hybrid.md)")
+    hy.add_argument("--parallel", choices=("pp", "auto"), default=None,
+                    help="auto: search pipeline, data and tensor parallel degrees for all --devices (ranked); "
+                         "pp: pipeline only (the default unless --tp/--dp is given)")
+    hy.add_argument("--gpus-per-node", type=int, help="GPUs per node (default 8); TP groups stay inside a node")
+    hy.add_argument("--tp", type=int, help="tensor-parallel degree (fixes it; divides --gpus-per-node)")
+    hy.add_argument("--dp", type=int, help="data-parallel degree (fixes it); pp = devices / (dp x tp)")
+    hy.add_argument("--dp-sharding", choices=("ddp", "zero1", "fsdp"),
+                    help="how replicas hold the model state (default: searched with --parallel auto, ddp otherwise)")
+    hy.add_argument("--top", type=int, default=5, help="configurations to list with --parallel auto (default 5)")
     return p
 
 
@@ -157,6 +167,12 @@ def summary(plan: Plan) -> str:
     """A short human summary of a Plan."""
     lines = [(f"{plan.model.name}: {plan.config.schedule}, {plan.config.num_microbatches} micro-batches of "
               f"{plan.config.micro_batch_size}, {plan.cluster.num_devices} devices")]
+    cfg = plan.config
+    if cfg.data_parallel * cfg.tensor_parallel > 1:
+        pp = plan.cluster.num_devices // (cfg.data_parallel * cfg.tensor_parallel)
+        lines.append(f"mesh pp {pp} x dp {cfg.data_parallel}"
+                     + (f" ({cfg.dp_sharding})" if cfg.data_parallel > 1 else "") + f" x tp {cfg.tensor_parallel}; "
+                     "per stage: one TP group of each replica (stage times are one GPU's)")
     if not plan.feasible:
         d = plan.diagnosis
         lines.append(f"NO PLAN FITS: {d.message}")
@@ -204,6 +220,109 @@ def check_early_sizes(args: argparse.Namespace) -> None:
         check_pipeline_size(args.devices * chunks_per_device(args.schedule, args.virtual_stages), args.microbatches)
 
 
+def hybrid_requested(args: argparse.Namespace) -> bool:
+    return args.parallel == "auto" or (args.tp or 1) > 1 or (args.dp or 1) > 1 or args.dp_sharding is not None
+
+
+def check_hybrid_flags(args: argparse.Namespace) -> None:
+    """One clear line for a bad combination of the hybrid flags, before the model is profiled."""
+    for flag, value in (("--tp", args.tp), ("--dp", args.dp), ("--gpus-per-node", args.gpus_per_node),
+                        ("--top", args.top)):
+        if value is not None and value < 1:
+            raise PipeplanError(f"{flag} must be >= 1, got {value}")
+    if args.parallel == "pp" and ((args.tp or 1) > 1 or (args.dp or 1) > 1):
+        raise PipeplanError("--parallel pp plans pipeline parallelism only; drop --tp/--dp or use --parallel auto")
+    if args.parallel == "pp" and args.dp_sharding:
+        raise PipeplanError("--parallel pp plans pipeline parallelism only; --dp-sharding needs data parallelism")
+    if not hybrid_requested(args):
+        return
+    if args.devices is None and not args.cluster:
+        raise PipeplanError("say how many GPUs to plan for: --devices N (with --gpu or --memory), or --cluster FILE")
+    n, per = args.devices, args.gpus_per_node or 8
+    if args.cluster and args.gpus_per_node:
+        raise PipeplanError("--gpus-per-node comes from the cluster file's node ids; drop one of them")
+    if n is not None and not args.cluster:
+        if args.tp and per % args.tp:
+            raise PipeplanError(f"--tp {args.tp} does not divide {per} GPUs per node: a TP group must stay inside "
+                                "one node (pass --gpus-per-node or a tp that divides it)")
+        if args.tp and args.dp and n % (args.tp * args.dp):
+            raise PipeplanError(f"--devices {n} is not a multiple of --dp {args.dp} x --tp {args.tp}")
+        if args.tp and n % args.tp:
+            raise PipeplanError(f"--devices {n} is not a multiple of --tp {args.tp}")
+        if args.dp and n % args.dp:
+            raise PipeplanError(f"--devices {n} is not a multiple of --dp {args.dp}")
+    if args.microbatches is not None and args.parallel == "auto":
+        raise PipeplanError("--parallel auto chooses the micro-batches: give --global-batch (all replicas together), "
+                            "not --microbatches")
+    if args.global_batch is None:
+        raise PipeplanError("hybrid planning needs --global-batch (samples per step, all replicas together)")
+    if args.dp and args.global_batch % args.dp:
+        raise PipeplanError(f"--global-batch {args.global_batch} is not a multiple of --dp {args.dp}")
+
+
+def search_table(result) -> str:
+    """The ranked configurations of a parallelism search, best first."""
+    lines = [f"{result.devices} GPUs ({result.gpus_per_node} per node), global batch {result.global_batch}: "
+             f"{result.candidates} configurations, {result.solved} solved, {result.pruned} pruned by their bound, "
+             f"{result.no_fit} cannot fit" + (f", {result.unsearched} left by the time budget" if result.unsearched
+                                               else "") + f" ({result.seconds:.1f} s)"]
+    if not result.ranked:
+        d = result.diagnosis
+        lines.append(f"NO CONFIGURATION FITS: {d.message if d else ''}")
+        if d:
+            lines += [f"  - {p}" for p in d.problems]
+            lines += [f"  suggestion: {s}" for s in d.suggestions]
+        return "\n".join(lines)
+    lines.append(f"{'#':>2} {'pp':>3} {'dp':>3} {'tp':>3} {'shard':<6} {'mbs':>4} {'M':>5} {'step ms':>11} "
+                 f"{'samples/s':>10} {'tokens/s':>11} {'MFU':>6} {'mem GiB':>8} {'recomp':>6}")
+    for i, c in enumerate(result.ranked, 1):
+        tok = f"{c.tokens_per_s:11.0f}" if c.tokens_per_s is not None else f"{'-':>11}"
+        mfu = f"{100 * c.mfu:5.1f}%" if c.mfu is not None else f"{'-':>6}"
+        lines.append(f"{i:>2} {c.pp:>3} {c.dp:>3} {c.tp:>3} {c.dp_sharding if c.dp > 1 else '-':<6} "
+                     f"{c.micro_batch_size:>4} {c.num_microbatches:>5} {c.step_time_ms:>11.1f} {c.samples_per_s:>10.2f} "
+                     f"{tok} {mfu} {c.memory_per_device_bytes / GiB:>8.1f} {c.recompute_stages:>6}")
+    return "\n".join(lines)
+
+
+def run_hybrid(args: argparse.Namespace) -> int:
+    """--parallel auto, or fixed --tp/--dp: the ranked search over the degrees (fixed ones narrow it)."""
+    import json
+
+    from planner.solvers.hybrid import search_parallel
+
+    import dataclasses
+
+    profile = load_model(args.model, args)
+    cluster, chosen = build_cluster(args, profile)
+    if not args.cluster:  # the flags' devices, gpus_per_node to a host
+        per = args.gpus_per_node or 8
+        cluster = dataclasses.replace(cluster, devices=[dataclasses.replace(d, node=i // per)
+                                                        for i, d in enumerate(cluster.devices)])
+    args.microbatches = 1  # a placeholder: every candidate sets its own
+    global_batch, args.global_batch = args.global_batch, None
+    base = build_config(args, profile.model.micro_batch_size)
+    progress = (lambda msg: print(f"pipeplan plan: {msg}", file=sys.stderr, flush=True)) if not args.json else None
+    if chosen:
+        print(chosen, file=sys.stderr)
+    fixed_mbs = [args.batch_size] if args.batch_size and args.parallel != "auto" else None
+    result = search_parallel(profile, cluster, global_batch, base=base, top_k=args.top, tp=args.tp, dp=args.dp,
+                             pp=None, dp_sharding=args.dp_sharding if args.dp_sharding or args.parallel == "auto"
+                             else "ddp", micro_batch_sizes=fixed_mbs, time_limit_s=min(args.time_limit, 2.0),
+                             progress=progress)
+    if args.output and result.best_plan is not None:
+        write_file_atomic(args.output, result.best_plan.to_json(indent=2), "plan JSON")
+    if args.json:
+        print(json.dumps({"ranked": [c for c in result.to_dict()["ranked"]], "search": {
+            k: v for k, v in result.to_dict().items() if k not in ("ranked", "best_plan")},
+            "best_plan": result.best_plan.to_dict() if result.best_plan else None}, indent=2, allow_nan=False))
+    else:
+        print(search_table(result))
+        if result.best_plan is not None:
+            print("best plan:")
+            print(summary(result.best_plan))
+    return 0 if result.best_plan is not None else 1
+
+
 def run(args: argparse.Namespace) -> int:
     from planner.solvers.solve import solve
 
@@ -212,8 +331,11 @@ def run(args: argparse.Namespace) -> int:
     if args.devices is not None:  # refused before the model is profiled
         check_device_count(args.devices, "--devices asks for")
     check_early_sizes(args)
+    check_hybrid_flags(args)
     if args.output:
         check_writable(args.output, "plan JSON")
+    if hybrid_requested(args):
+        return run_hybrid(args)
     profile = load_model(args.model, args)
     cluster, chosen = build_cluster(args, profile)
     config = build_config(args, profile.model.micro_batch_size)
