@@ -435,10 +435,10 @@ def search_diagnosis(profile: Profile, cluster: Cluster, global_batch: int, base
     problems = []
     if least is not None:
         need, cfg = least
-        problems.append(f"the least memory any configuration needs per device is at least {need / GiB:.1f} GiB "
+        problems.append(f"the least memory any configuration needs per device is at least {need / GiB:.2f} GiB "
                         f"(pp {cluster.num_devices // (cfg.data_parallel * cfg.tensor_parallel)} x dp "
                         f"{cfg.data_parallel} {cfg.dp_sharding} x tp {cfg.tensor_parallel}), the devices have "
-                        f"{limit / GiB:.1f} GiB")
+                        f"{limit / GiB:.2f} GiB")
     suggestions: list[str] = []
 
     def attempt(text: str, cl: Cluster, b: TrainConfig, **narrow) -> bool:
