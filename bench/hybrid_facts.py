@@ -9,9 +9,8 @@ hidden size h at s tokens x b samples and activations of `e` bytes per element:
   weight but the two norms' (tp_split_param_count = params - 2h), 24 of the 34 s b h bytes of saved
   activations (the ones inside the column-to-row-wise regions); two all-reduces of s b h e bytes in
   forward and two in backward;
-- embedding and LM head: vocabulary-parallel (weights and head FLOPs split); the embedding all-reduces
-  s b h e bytes in forward, the vocabulary-parallel cross entropy three s b-sized reductions;
-- norms: replicated.
+- embeddings, norms and the LM head replicate (as profiler/tp.py plans pipeplan's sample models; Megatron
+  splits the vocabulary too, which this model does not credit).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def with_megatron_tp_facts(profile: Profile) -> Profile:
-    """The profile with Megatron TP facts on blocks, embedding and head; unchanged if it has TP facts."""
+    """The profile with Megatron TP facts on its blocks; unchanged if it has TP facts."""
     if has_tp_plan(profile):
         return profile
     e = _DTYPE_BYTES.get(profile.model.dtype, 4)
@@ -42,12 +41,5 @@ def with_megatron_tp_facts(profile: Profile) -> Profile:
                 tp_rowwise=["attention.wo", "feed_forward.w2"], tp_split_param_count=max(0, n.param_count - 2 * h),
                 tp_split_flops=n.fwd_flops, tp_split_activation_bytes=int(n.activation_bytes * 24 / 34),
                 tp_allreduce_fwd_bytes=2 * s * b * h * e, tp_allreduce_bwd_bytes=2 * s * b * h * e)
-        elif n.kind == "embedding":
-            n = dataclasses.replace(n, tp_rowwise=[""], tp_split_param_count=n.param_count,
-                                    tp_allreduce_fwd_bytes=s * b * h * e)
-        elif n.kind == "head":
-            n = dataclasses.replace(n, tp_colwise=[""], tp_split_param_count=n.param_count,
-                                    tp_split_flops=n.fwd_flops, tp_split_activation_bytes=int(n.activation_bytes * 0.8),
-                                    tp_allreduce_fwd_bytes=3 * s * b * 4)
         nodes.append(n)
     return dataclasses.replace(profile, nodes=nodes)

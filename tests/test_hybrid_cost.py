@@ -59,7 +59,7 @@ def _profile(*nodes) -> Profile:
 
 def test_tp_rank_share_by_hand():
     node = _node(tp_split_flops=80.0, tp_split_param_count=800, tp_split_activation_bytes=6000,
-                 tp_allreduce_fwd_bytes=1_000_000, tp_allreduce_bwd_bytes=2_000_000, tp_rowwise=["o"])
+                 tp_allreduce_fwd_bytes=1_000_000, tp_allreduce_bwd_bytes=2_000_000, tp_colwise=["i"], tp_rowwise=["o"])
     prof = _profile(node, _node(id="c", module_path="c"))
     cluster = Cluster(devices=[Device(name=f"g{i}", memory_bytes=2**34, speed=1.0) for i in range(2)],
                       intra_node=LINK, inter_node=LINK)

@@ -317,6 +317,7 @@ def rank_profile(profile: Profile, config: TrainConfig, cluster: Cluster, mesh: 
     divisor = optimizer_state_divisor(config)
     traffic = OPTIMIZER_STEP_TRAFFIC_BYTES["adamw"] / OPTIMIZER_STEP_TRAFFIC_BYTES[config.optimizer]
     act_scale = activation_scale(profile.model.dtype, config.precision)
+    consumed = {"tp_max_degree": 0} if "tp_max_degree" in {f.name for f in dataclasses.fields(ProfileNode)} else {}
     nodes = []
     for n in profile.nodes:
         f = tp_compute_fraction(n, tp)
@@ -338,7 +339,7 @@ def rank_profile(profile: Profile, config: TrainConfig, cluster: Cluster, mesh: 
             activation_bytes=round(tp_share(n.activation_bytes, n.tp_split_activation_bytes, tp)),
             optimizer_ms=opt if (n.optimizer_ms is not None or opt > 0) else None,
             tp_colwise=[], tp_rowwise=[], tp_split_param_count=0, tp_split_flops=0.0,
-            tp_split_activation_bytes=0, tp_allreduce_fwd_bytes=0, tp_allreduce_bwd_bytes=0))
+            tp_split_activation_bytes=0, tp_allreduce_fwd_bytes=0, tp_allreduce_bwd_bytes=0, **consumed))
     return Profile(model=profile.model, provenance=profile.provenance, nodes=nodes, edges=profile.edges)
 
 
