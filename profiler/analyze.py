@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from profiler.flops import OpCostMode, OpTotals, tensor_bytes
 from profiler.layers import LayerProgram, resolve_attr
+from profiler.tp import RegionRun, TpCost
 
 Progress = Callable[[str, float], None]
 
@@ -37,6 +38,8 @@ class LayerCost:
     """The input-gradient-only backward (zero-bubble B); None when the layer has no float inputs."""
     activation_bytes: int = 0
     output_bytes: int = 0
+    tp: TpCost | None = None
+    """What tensor parallelism splits in this layer (profiler.tp); None when the layer has no TP plan."""
 
 
 @dataclass
@@ -135,8 +138,9 @@ def structure_key(prog: LayerProgram, ins: list, attrs: list) -> tuple:
 def _copy_cost(cost: LayerCost) -> LayerCost:
     def c(t: OpTotals | None) -> OpTotals | None:
         return None if t is None else OpTotals(flops=t.flops, bytes=t.bytes, ms=t.ms)
+    tp = None if cost.tp is None else TpCost(**vars(cost.tp))
     return LayerCost(fwd=c(cost.fwd), bwd=c(cost.bwd), bwd_input=c(cost.bwd_input),
-                     activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes)
+                     activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes, tp=tp)
 
 
 def model_outputs(root: nn.Module) -> list[str]:
@@ -179,8 +183,10 @@ def _add_edges(edges: dict, prog: LayerProgram, ins: list, node_layer: dict[str,
 
 def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[str], inputs: tuple,
             node_layer: dict[str, str], *, op_time: Callable[[float, float], float] | None = None,
-            loss_fn: Callable | None = None, target=None, progress: Progress | None = None) -> Analysis:
-    """Cost, memory and edges of every layer; `placeholders` are the graph's input names."""
+            loss_fn: Callable | None = None, target=None, progress: Progress | None = None,
+            tp_plans: dict[str, dict[str, str]] | None = None) -> Analysis:
+    """Cost, memory and edges of every layer; `placeholders` are the graph's input names. `tp_plans`:
+    layer id -> its TP plan (profiler.tp.layer_tp_plan); planned layers also get their TP facts."""
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
     convert = _fake_converter(fake_mode)
     flat_inputs = tree_flatten(inputs)[0]
@@ -212,7 +218,10 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             ins = [tree_map(detach_input, env[n]) for n in prog.input_names]
             attrs = [attr_cache[t] for t in prog.attr_targets]
             own_modules = [root.get_submodule(t) for t in prog.call_modules]
+            plan = (tp_plans or {}).get(prog.id) or {}
             key = structure_key(prog, ins, attrs) if not prog.call_modules else None
+            if key is not None:
+                key = (key, tuple(sorted(plan.items())))
             if key is not None and key == previous_key:
                 # Same ops on the same shapes as the layer before (block k of a stack): its costs
                 # are identical, so only the forward runs, to hand real outputs on.
@@ -226,19 +235,26 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                 continue
             cost = LayerCost()
             packed: list[torch.Tensor] = []
+            region = RegionRun(prog.module, prog.id, plan, mode) if plan else None
 
             def pack(t: torch.Tensor) -> torch.Tensor:
                 packed.append(t)  # noqa: B023 - used only within this iteration
+                if region is not None:  # noqa: B023
+                    region.on_pack()  # noqa: B023
                 return t
 
             mode.totals = cost.fwd
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
-                outs = prog.module(*ins, *attrs)
-            for t in packed:
+                outs = tuple(region.run(*ins, *attrs)) if region is not None else prog.module(*ins, *attrs)
+            if region is not None and region.valid:
+                cost.tp = region.cost
+            for index, t in enumerate(packed):
                 key = storage_key(t)
                 if key not in seen:
                     seen.add(key)
                     cost.activation_bytes += t.untyped_storage().nbytes()
+                    if cost.tp is not None and region.is_split(t, index):
+                        cost.tp.split_activation_bytes += t.untyped_storage().nbytes()
             keep_alive.extend(packed)
             leaves_in, params = grad_leaves(ins, attrs, own_modules)
             targets, grads = grad_targets(outs)

@@ -80,6 +80,10 @@ class ProfileNode:
     tp_allreduce_bwd_bytes: int = 0
     """Bytes per micro-batch that TP all-reduces in backward (the input gradients of the column-wise
     modules)."""
+    tp_max_degree: int = 0
+    """0: no limit (the layer replicates). Else the gcd of the dimensions TP splits (attention heads,
+    key/value heads, colwise output and rowwise input features): a TP degree must divide it
+    (profiler.tp.tp_degree_allowed)."""
 
     def __post_init__(self) -> None:
         for name in ("fwd_flops", "bwd_flops", "fwd_ms", "bwd_ms", "param_bytes",
@@ -90,6 +94,21 @@ class ProfileNode:
                 raise PipeplanError(f"profile node {self.id!r}: {name} must be a number, got {value!r}")
             if not math.isfinite(value) or value < 0:
                 raise PipeplanError(f"profile node {self.id!r}: {name} must be finite and >= 0, got {value!r}")
+        for name in ("tp_split_param_count", "tp_allreduce_fwd_bytes", "tp_allreduce_bwd_bytes",
+                     "tp_split_activation_bytes", "tp_max_degree"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise PipeplanError(f"profile node {self.id!r}: {name} must be an integer >= 0, got {value!r}")
+        for name in ("tp_colwise", "tp_rowwise"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise PipeplanError(f"profile node {self.id!r}: {name} must be a list of module paths")
+        if bool(self.tp_colwise) != bool(self.tp_rowwise):
+            raise PipeplanError(f"profile node {self.id!r}: tp_colwise and tp_rowwise must both be given or "
+                                "both be empty")
+        if self.tp_split_flops > self.fwd_flops * (1 + 1e-9) or self.tp_split_param_count > self.param_count:
+            raise PipeplanError(f"profile node {self.id!r}: TP cannot split more FLOPs or parameters than "
+                                "the layer has")
         for name in ("bwd_input_ms", "bwd_weight_ms", "optimizer_ms"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

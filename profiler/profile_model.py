@@ -25,6 +25,7 @@ from profiler.params import layer_params
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
 from profiler.repeat import expand, find_runs, shortened
 from profiler.timing import measure_layers, measure_optimizer_ms
+from profiler.tp import layer_tp_plan, max_degree, plan_note, split_param_count
 from profiler.trace import trace_model
 
 DEFAULT_PRESET = "A100-80GB"
@@ -116,9 +117,10 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
             root = traced.graph_module
             placeholders = [n.name for n in root.graph.nodes if n.op == "placeholder"]
             programs = build_programs(traced, device=torch.device("cpu"))
+            tp_plans = {lay: layer_tp_plan(model, lay) for lay in traced.layers} if granularity == "block" else {}
             analysis = analyze(programs, root, placeholders, inputs, traced.node_layer, op_time=op_time,
                                loss_fn=loss_fn, target=target,
-                               progress=lambda m, f: report(m, 0.1 + 0.4 * f))
+                               progress=lambda m, f: report(m, 0.1 + 0.4 * f), tp_plans=tp_plans)
             return traced, root, placeholders, programs, analysis, layer_params(model, root, traced, programs)
 
         expanded = None
@@ -156,6 +158,23 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
                      inputs=inputs, seq_len=seq_len, image_size=image_size)
 
 
+def _tp_fields(model: nn.Module, lay: str, module: nn.Module | None, cost, merged: list[str]) -> dict:
+    """The node's tp_* fields (profiler.tp): empty when the layer has no TP plan, when the analysis found
+    no split region, or when another layer was merged into it (its plan would not cover the merged ops)."""
+    if module is None or cost.tp is None or merged:
+        return {}
+    plan = layer_tp_plan(model, lay)
+    if not plan:
+        return {}
+    return dict(tp_colwise=[r for r, s in plan.items() if s == "colwise"],
+                tp_rowwise=[r for r, s in plan.items() if s == "rowwise"],
+                tp_split_param_count=split_param_count(module, plan), tp_split_flops=float(cost.tp.split_flops),
+                tp_split_activation_bytes=int(cost.tp.split_activation_bytes),
+                tp_allreduce_fwd_bytes=int(cost.tp.allreduce_fwd_bytes),
+                tp_allreduce_bwd_bytes=int(cost.tp.allreduce_bwd_bytes),
+                tp_max_degree=max_degree(model, module, plan))
+
+
 def _assemble(model, traced, analysis, params, times, optimizer_times, preset, device, dtype, *, source, name, inputs,
               seq_len, image_size) -> Profile:
     nodes = []
@@ -176,6 +195,7 @@ def _assemble(model, traced, analysis, params, times, optimizer_times, preset, d
             optimizer_ms = optimizer_step_ms(params[lay].count, preset)
         merged = sorted(k for k, v in traced.merged.items() if v == lay)
         label = f"{lay} ({type(module).__name__})" if module is not None else lay
+        tp = _tp_fields(model, lay, module, cost, merged)
         nodes.append(ProfileNode(
             id=lay, name=label + (f" + {', '.join(merged)}" if merged else ""),
             kind=layer_kind(lay, module, i == len(traced.layers) - 1),
@@ -184,6 +204,7 @@ def _assemble(model, traced, analysis, params, times, optimizer_times, preset, d
             fwd_ms=fwd_ms, bwd_ms=bwd_ms, bwd_input_ms=bwd_in, bwd_weight_ms=bwd_w,
             param_bytes=params[lay].bytes, param_count=params[lay].count, shared_params=params[lay].shared,
             activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes, optimizer_ms=optimizer_ms,
+            **tp,
         ))
     edges = [ProfileEdge(src=s, dst=d, bytes=int(b), requires_grad=bool(rg))
              for (s, d), (b, rg) in sorted(analysis.edges.items(),
@@ -198,6 +219,7 @@ def _assemble(model, traced, analysis, params, times, optimizer_times, preset, d
                                 notes=f"per-op roofline: compute eff {preset.compute_efficiency}, memory eff "
                                       f"{preset.memory_efficiency}, {preset.kernel_overhead_us} us/op; "
                                       f"{traced.method} trace")
+    provenance.notes += "; " + plan_note(model)
     provenance.torch_version = torch.__version__
     provenance.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = ModelInfo(source=source, name=name, param_count=sum(p.numel() for p in model.parameters()), dtype=dtype,
