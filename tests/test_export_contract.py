@@ -299,7 +299,7 @@ CHANGES = [
     ("optimizer", lambda p: setattr(p.config, "optimizer", "sgd_momentum") or p, ", sgd_momentum,",
      lambda t: isinstance(o := t.make_optimizer([torch.nn.Parameter(torch.zeros(1))], t.parse_args([])),
                           torch.optim.SGD) and o.defaults["momentum"] == 0.9),
-    ("data_parallel", lambda p: setattr(p.config, "data_parallel", 2) or p, "dp 2 (replica 0)",
+    ("data_parallel", lambda p: setattr(p.config, "data_parallel", 2) or p, "dp 2 (replica 1)",
      lambda t: t.parse_args([]).dp == 2),
 ]
 

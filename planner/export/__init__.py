@@ -26,11 +26,11 @@ ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 
 
 def export_plan(plan: Plan, out_dir: str | Path, *, model_source: str | None = None,
-                weights: str | None = None) -> list[Path]:
+                weights: str | None = None, profile=None) -> list[Path]:
     """Write the job for `plan` into out_dir (created if needed); returns the paths written.
     `model_source` overrides plan.model.source (e.g. for a plan made from a profile JSON); `weights`
     is the safetensors checkpoint the job starts from (a path on the training machine, not read here)."""
-    return write_job_folder(out_dir, render_job(plan, model_source=model_source, weights=weights))
+    return write_job_folder(out_dir, render_job(plan, model_source=model_source, weights=weights, profile=profile))
 
 
 # -- the folder write (core.files.replace_folder): all or nothing --------------------------------
@@ -86,12 +86,12 @@ def _is_plan_file(path: Path) -> bool:
 
 
 def export_zip_bytes(plan: Plan, *, model_source: str | None = None, source_label: str | None = None,
-                     weights: str | None = None) -> bytes:
+                     weights: str | None = None, profile=None) -> bytes:
     """The job as a zip archive; byte-identical for the same plan (fixed timestamps and order)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for rel, text in render_job(plan, model_source=model_source, source_label=source_label,
-                                    weights=weights).items():
+                                    weights=weights, profile=profile).items():
             info = zipfile.ZipInfo(rel, date_time=ZIP_TIMESTAMP)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = (0o100755 if rel in EXECUTABLE else 0o100644) << 16

@@ -84,8 +84,80 @@ def check_recompute(plan: Plan, spec) -> list[bool]:
     return flags
 
 
-def job_settings(plan: Plan, source: str) -> dict:
-    """What train.py needs from the plan, in train.py's own terms."""
+def _join(base: str, rel: str) -> str:
+    return f"{base}.{rel}" if base and rel else base or rel
+
+
+def tp_plan(plan: Plan, profile) -> dict[str, str]:
+    """The TP plan train.py applies: module path (from the model's root) -> "colwise" | "rowwise", read
+    from the profile's per-layer facts (ProfileNode.tp_colwise / tp_rowwise, relative to the node's
+    module_path) for every layer of the plan. Modules not named replicate."""
+    nodes = {n.id: n for n in profile.nodes}
+    out: dict[str, str] = {}
+    for s in sorted(plan.stages, key=lambda s: s.index):
+        for nid in s.node_ids:
+            node = nodes.get(nid)
+            if node is None:
+                raise PipeplanError(f"the plan's layer {nid!r} is not in the profile given for its TP plan; "
+                                    "export with the profile the plan was made from")
+            for style, rels in (("colwise", node.tp_colwise), ("rowwise", node.tp_rowwise)):
+                for rel in rels:
+                    path = _join(node.module_path, rel)
+                    if out.setdefault(path, style) != style:
+                        raise PipeplanError(f"the profile's TP plan makes {path} both colwise and rowwise")
+    return out
+
+
+def _profile_for(plan: Plan, source: str, profile):
+    """The profile that holds the plan's per-layer TP facts: the one given, else the model's profile
+    rebuilt from its source at the plan's shape (the same facts the planner read)."""
+    if profile is not None:
+        fp = plan.profile_fingerprint
+        if fp and fp != "hand" and profile.fingerprint() != fp:
+            raise PipeplanError("the profile given for the TP plan is not the one the plan was made from "
+                                f"(fingerprint {profile.fingerprint()[:12]} vs the plan's {fp[:12]}); export "
+                                "with the plan's own profile")
+        return profile
+    from profiler import load_profile
+
+    try:
+        return load_profile(source, batch_size=plan.model.micro_batch_size,
+                            seq_len=plan.model.seq_len or plan.model.image_size)
+    except PipeplanError as exc:
+        raise PipeplanError(f"a tensor-parallel plan is exported with its layers' TP plan, from the model's "
+                            f"profile; rebuilding it from {source} failed ({exc}): export with the profile") from None
+
+
+HYBRID_SCHEDULES = ("GPipe", "1F1B")
+"""Schedules whose exported jobs were checked with tensor parallelism and FSDP (tests/test_export_hybrid.py):
+one stage per rank, one backward pass per micro-batch."""
+
+
+def check_hybrid(plan: Plan, spec) -> None:
+    """Refuse the hybrid combinations the job does not run (each with its reason)."""
+    cfg = plan.config
+    tp, dp, sharding = cfg.tensor_parallel, cfg.data_parallel, cfg.dp_sharding
+    if sharding not in ("ddp", "zero1", "fsdp"):
+        raise PipeplanError(f"the job runs dp_sharding ddp, zero1 and fsdp; not {sharding!r}")
+    what = " and ".join(x for x in (f"tensor parallelism (tp {tp})" if tp > 1 else "",
+                                    "FSDP" if sharding == "fsdp" and dp > 1 else "") if x)
+    if not what:
+        return
+    if spec.name not in HYBRID_SCHEDULES:
+        raise PipeplanError(f"the job runs {what} with the {' and '.join(HYBRID_SCHEDULES)} schedules only (the "
+                            f"ones checked against --single-process); {spec.name} is not one of them: re-plan with "
+                            "one of those, or with tp 1 and ddp/zero1")
+    if cfg.precision != "fp32":
+        raise PipeplanError(f"the job runs {what} in fp32 only (bf16 autocast on DTensor parameters is not checked "
+                            f"here); re-plan with precision fp32, or with tp 1 and ddp/zero1")
+    if any(s.recompute for s in plan.stages):
+        raise PipeplanError(f"the job does not recompute stages under {what} (activation checkpointing of DTensor "
+                            "stages is not checked here); re-plan with recompute off, or with tp 1 and ddp/zero1")
+
+
+def job_settings(plan: Plan, source: str, profile=None) -> dict:
+    """What train.py needs from the plan, in train.py's own terms. With tensor_parallel > 1 the TP plan
+    comes from `profile` (the plan's profile; rebuilt from the model source when not given)."""
     if not plan.feasible or not plan.stages:
         raise PipeplanError("this plan is infeasible (no stages): only a feasible plan can be exported")
     cfg = plan.config
@@ -114,6 +186,10 @@ def job_settings(plan: Plan, source: str) -> dict:
     if why is not None:
         raise PipeplanError(why)
     recompute = check_recompute(plan, spec)
+    check_hybrid(plan, spec)
+    hybrid = {"tensor_parallel": cfg.tensor_parallel, "dp_sharding": cfg.dp_sharding}
+    if cfg.tensor_parallel > 1:
+        hybrid["tp_plan"] = tp_plan(plan, _profile_for(plan, source, profile))
     return {
         "model_source": source,
         "schedule": cfg.schedule,
@@ -126,6 +202,7 @@ def job_settings(plan: Plan, source: str) -> dict:
         "stage_to_rank": ranks,
         "stages": [list(s.node_ids) for s in sorted(plan.stages, key=lambda s: s.index)],
         "recompute": recompute,
+        **hybrid,
     }
 
 
@@ -148,26 +225,35 @@ def check_weights_path(weights: str) -> str:
 
 
 def render_job(plan: Plan, *, model_source: str | None = None, source_label: str | None = None,
-               weights: str | None = None) -> dict[str, str]:
+               weights: str | None = None, profile=None) -> dict[str, str]:
     """relative path -> file text for the whole job folder (deterministic).
 
     model_source is where the model comes from (read here: an HF config's path); source_label is how
     the job names it (the app passes the uploaded file's own name, not the server's temporary path).
     weights: pretrained safetensors for the job to start from (a path on the training machine, never
-    read here): SETTINGS["weights"], the default of train.py --weights, and launch.sh's command."""
+    read here): SETTINGS["weights"], the default of train.py --weights, and launch.sh's command.
+    profile: the plan's Profile, whose per-layer TP facts the job applies when tensor_parallel > 1
+    (rebuilt from the model source when not given)."""
     source = model_source or plan.model.source
     label = source_label or source
-    settings = job_settings(plan, label)
+    settings = job_settings(plan, source, profile)
+    settings["model_source"] = label
     if weights:
+        if settings["tensor_parallel"] > 1 or (settings["dp_sharding"] == "fsdp" and settings["data_parallel"] > 1):
+            raise PipeplanError("--weights is not implemented for jobs with tensor parallelism or FSDP (each rank "
+                                "would read a slice of every tensor); export without --weights, or plan with tp 1 "
+                                "and ddp or zero1")
         settings["weights"] = check_weights_path(weights)
     pp = max(settings["stage_to_rank"]) + 1
-    world = pp * settings["data_parallel"]
+    world = pp * settings["data_parallel"] * settings["tensor_parallel"]
     nodes = sorted({plan.cluster.devices[s.device].node for s in plan.stages}) if plan.cluster.devices else [0]
     per_node = max(1, -(-world // len(nodes)))
     subst = {
         "@SETTINGS@": json.dumps(settings, indent=1),
         "@PP@": str(pp),
         "@DP@": str(settings["data_parallel"]),
+        "@TP@": str(settings["tensor_parallel"]),
+        "@DP_SHARDING@": settings["dp_sharding"],
         "@WORLD@": str(world),
         "@NODES@": str(len(nodes)),
         "@PER_NODE@": str(per_node),

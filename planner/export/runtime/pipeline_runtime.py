@@ -54,12 +54,18 @@ __all__ = [
     "StepMeter",
     "WeightsFile",
     "all_reduce_mean",
+    "apply_tensor_parallel",
     "assign_stages",
     "check_batch",
+    "enable_dtensor_graphs",
+    "global_rank",
     "checkpoint_keys",
     "clip_by_global_norm",
     "finish_checkpoint",
     "layer_of",
+    "local",
+    "mesh_coords",
+    "normalize_tp_grads",
     "load_checkpoint",
     "load_weights",
     "log_step",
@@ -80,10 +86,13 @@ __all__ = [
     "stage_shapes",
     "state_bytes",
     "sync_gradients",
+    "tp_shard_dims",
     "trace_model",
     "upcast",
     "weights_digest",
     "weights_report",
+    "zero1_owners",
+    "zero1_sync_params",
 ]
 
 
@@ -235,6 +244,7 @@ class StageModule(nn.Module):
         self.bf16_mixed = bf16_mixed
         self.recompute = recompute
         self.out_dtypes: list[torch.dtype] | None = None  # set by stage_shapes
+        self.tp_mesh = None  # set by apply_tensor_parallel: the graph then runs on DTensors
 
     def forward(self, *inputs: torch.Tensor):
         device = self.params[0].device if len(self.params) else inputs[0].device
@@ -243,6 +253,11 @@ class StageModule(nn.Module):
         return self._forward(*inputs)
 
     def _forward(self, *inputs: torch.Tensor):
+        if self.tp_mesh is not None:  # tensor parallel: received tensors are replicated on every TP rank
+            from torch.distributed.tensor import DTensor, Replicate
+
+            inputs = tuple(DTensor.from_local(x, self.tp_mesh, [Replicate()], run_check=False)
+                           if isinstance(x, torch.Tensor) and not isinstance(x, DTensor) else x for x in inputs)
         env = dict(zip(self.in_names, inputs))
         env.update(zip(self.param_names, self.params))
         env.update((n, getattr(self, f"buf_{i}")) for i, n in enumerate(self.buffer_names))
@@ -253,6 +268,8 @@ class StageModule(nn.Module):
             env[name] = out if idx is None else out[idx]
         # contiguous: P2P sends need it, and a boundary may be a view (a transpose, an expanded mask)
         result = tuple(env[n].contiguous() for n in self.out_names)
+        if self.tp_mesh is not None:  # what crosses a stage boundary is a plain, replicated tensor
+            result = tuple(_replicated_local(t) for t in result)
         if self.out_dtypes is not None:
             result = tuple(t.to(d) if t.is_floating_point() and t.dtype != d else t
                            for t, d in zip(result, self.out_dtypes))
@@ -390,26 +407,46 @@ def materialize(module: StageModule, device: torch.device, seed: int,
 # --------------------------------------------------------------------------- gradients
 @torch.no_grad()
 def clip_by_global_norm(counted: list[nn.Parameter], all_local: list[nn.Parameter], max_norm: float,
-                        group=None) -> float:
+                        group=None, primary_replica: bool = True) -> float:
     """Clip by the norm over ALL stages: squares of `counted` (each parameter once across the
     pipeline) summed over `group`, then every local gradient scaled by the same factor.
+    Hybrid jobs pass the whole world as `group` and primary_replica = (dp rank == 0): a sharded
+    gradient (DTensor: TP or FSDP) adds its local piece, a replicated one counts once (_counts_here).
     Returns the norm before clipping; max_norm <= 0 only measures it."""
-    sq = torch.zeros((), dtype=torch.float64, device=all_local[0].device if all_local else "cpu")
+    sq = torch.zeros((), dtype=torch.float64, device=local(all_local[0]).device if all_local else "cpu")
     for p in counted:
-        sq += p.grad.double().pow(2).sum()
+        if _counts_here(p.grad, primary_replica):
+            sq += local(p.grad).double().pow(2).sum()
     if group is not None:
         dist.all_reduce(sq, group=group)
     norm = float(sq.sqrt())
     coef = max_norm / (norm + 1e-6)
     if max_norm > 0 and coef < 1.0:
         for p in all_local:
-            p.grad.mul_(coef)
+            local(p.grad).mul_(coef)
     return norm
+
+
+def _counts_here(grad: torch.Tensor, primary_replica: bool) -> bool:
+    """Whether this rank's piece of `grad` enters the global norm, so that every element is counted
+    exactly once over the world: a DTensor's piece counts unless it is a replica (Replicate placement)
+    at a non-zero coordinate of that mesh dimension; anything not sharded over "dp" (a plain tensor,
+    a tensor-parallel DTensor) counts only on the primary data-parallel replica."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if not isinstance(grad, DTensor):
+        return primary_replica
+    mesh = grad.device_mesh
+    if "dp" not in (mesh.mesh_dim_names or ()) and not primary_replica:
+        return False
+    coords = mesh.get_coordinate() or [0] * mesh.ndim
+    return all(c == 0 for c, pl in zip(coords, grad.placements) if isinstance(pl, Replicate))
 
 
 @torch.no_grad()
 def all_reduce_mean(grads: list[torch.Tensor], group, size: int) -> None:
     """One flat all-reduce of many gradients (SUM then divide: gloo has no AVG)."""
+    grads = [local(g) for g in grads]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, group=group)
     if size != 1:
@@ -431,14 +468,183 @@ def sync_gradients(copies: dict[str, list[nn.Parameter]], shared: list[tuple[lis
             if p.grad is None:  # unused in this step: a zero gradient keeps collectives aligned
                 p.grad = torch.zeros_like(p)
         for p in ps[1:]:
-            ps[0].grad.add_(p.grad)
+            local(ps[0].grad).add_(local(p.grad))
     for fqns, group in shared:
         all_reduce_mean([copies[f][0].grad for f in fqns], group, 1)
     if dp_group is not None:
         all_reduce_mean([ps[0].grad for ps in copies.values()], dp_group, dp)
     for ps in copies.values():
         for p in ps[1:]:
-            p.grad.copy_(ps[0].grad)
+            local(p.grad).copy_(local(ps[0].grad))
+
+
+# --------------------------------------------------------------------------- hybrid parallelism (PP x DP x TP)
+# Rank layout: mesh dims ("pp", "dp", "tp"), tp fastest: global rank = (pp_rank * dp + dp_rank) * tp + tp_rank.
+# Tensor parallelism runs the traced stage graph on DTensors: a parameter that the plan splits is a
+# DTensor sharded over the "tp" mesh with the placements torch's ColwiseParallel / RowwiseParallel give it
+# (Linear colwise: weight and bias Shard(0); rowwise: weight Shard(1), bias Replicate; Embedding colwise:
+# Shard(1), rowwise: Shard(0)), every other parameter a replicated DTensor, and every op of the graph
+# propagates shardings (DTensor's rules: the attention after a colwise projection runs on the local
+# heads, the rowwise projection's partial sums are all-reduced). Views keep the model's global shapes,
+# so the model code needs no "local heads" rewrite. Stage inputs enter as replicated DTensors and
+# outputs leave as plain replicated tensors, so pipeline stages exchange ordinary tensors.
+def global_rank(pp_rank: int, dp_rank: int, tp_rank: int, dp: int, tp: int) -> int:
+    return (pp_rank * dp + dp_rank) * tp + tp_rank
+
+
+def mesh_coords(rank: int, dp: int, tp: int) -> tuple[int, int, int]:
+    """(pp_rank, dp_rank, tp_rank) of a global rank (the inverse of global_rank)."""
+    rest, tp_rank = divmod(rank, tp)
+    pp_rank, dp_rank = divmod(rest, dp)
+    return pp_rank, dp_rank, tp_rank
+
+
+def local(t):
+    """A DTensor's local piece (shares its storage), or the tensor itself."""
+    inner = getattr(t, "_local_tensor", None)
+    return t if inner is None else inner
+
+
+def _replicated_local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if not isinstance(t, DTensor):
+        return t
+    if any(not isinstance(pl, Replicate) for pl in t.placements):
+        t = t.redistribute(t.device_mesh, [Replicate()] * t.device_mesh.ndim)
+    return t.to_local()
+
+
+def tp_shard_dims(model: nn.Module, tp_plan: dict[str, str]) -> dict[str, int | None]:
+    """Canonical parameter FQN -> the dimension TP shards it on (None: replicated), for every
+    parameter of `model` (the unsplit model on meta). tp_plan: module path -> "colwise" | "rowwise"
+    (the plan's per-layer TP facts). A parameter shared by two modules (tied) must get one
+    placement; a planned module that is not an nn.Linear or nn.Embedding is refused."""
+    canonical: dict[int, str] = {}
+    for name, p in model.named_parameters():
+        canonical.setdefault(id(p), name)
+    dims: dict[str, int | None] = dict.fromkeys(canonical.values())
+    chosen: dict[str, str] = {}
+    for path, style in sorted(tp_plan.items()):
+        try:
+            mod = model.get_submodule(path)
+        except AttributeError:
+            raise JobError(f"the TP plan names module {path!r}, which this model does not have") from None
+        if style not in ("colwise", "rowwise"):
+            raise JobError(f"TP style {style!r} for {path}: the job applies colwise and rowwise")
+        if isinstance(mod, nn.Linear):
+            want = {"weight": 0 if style == "colwise" else 1, "bias": 0 if style == "colwise" else None}
+        elif isinstance(mod, nn.Embedding):
+            want = {"weight": 1 if style == "colwise" else 0}
+        else:
+            raise JobError(f"the TP plan splits {path} ({type(mod).__name__}) {style}; the job splits only "
+                           "nn.Linear and nn.Embedding modules")
+        for leaf, dim in want.items():
+            p = getattr(mod, leaf, None)
+            if not isinstance(p, nn.Parameter):
+                continue
+            fqn = canonical[id(p)]
+            key = f"{path}.{leaf} {style}"
+            if fqn in chosen and dims[fqn] != dim:
+                raise JobError(f"tied parameter {fqn} gets two TP placements ({chosen[fqn]} and {key}): give both "
+                               "modules the same TP style, or replicate them")
+            dims[fqn], chosen[fqn] = dim, key
+    return dims
+
+
+_DTENSOR_GRAPHS = False
+_IMPLICIT = None
+
+
+def enable_dtensor_graphs() -> None:
+    """Once per process, before a TP stage runs: let DTensor ops take the plain tensors a traced graph
+    builds itself (masks, RoPE tables, buffers) as replicated (implicit replication, for the whole
+    process: backward ops meet them too), and give the CPU flash-attention kernel, which DTensor has no
+    rule for in torch 2.13, the rule of its CUDA siblings (heads-sharded, or replicated)."""
+    global _DTENSOR_GRAPHS
+    if _DTENSOR_GRAPHS:
+        return
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.experimental import implicit_replication, register_sharding
+
+    global _IMPLICIT
+    _IMPLICIT = implicit_replication()  # held, never exited: the setting lasts for the process
+    _IMPLICIT.__enter__()
+    aten = torch.ops.aten
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        R, S = Replicate(), Shard(1)  # (batch, heads, seq, head_dim): shard the heads
+
+        def _sdpa_cpu(q, k, v, dropout_p=0.0, is_causal=False, *, attn_mask=None, scale=None):
+            m = attn_mask is not None
+            return [([R, R], [R, R, R, None, None] + [R] * m), ([S, S], [S, S, S, None, None] + [S] * m)]
+
+        def _sdpa_cpu_backward(grad_out, q, k, v, out, lse, dropout_p, is_causal, *, attn_mask=None, scale=None):
+            m = attn_mask is not None
+            return [([R, R, R], [R] * 6 + [None, None] + [R] * m), ([S, S, S], [S] * 6 + [None, None] + [S] * m)]
+
+        register_sharding(aten._scaled_dot_product_flash_attention_for_cpu.default)(_sdpa_cpu)
+        register_sharding(aten._scaled_dot_product_flash_attention_for_cpu_backward.default)(_sdpa_cpu_backward)
+    _DTENSOR_GRAPHS = True
+
+
+@torch.no_grad()
+def apply_tensor_parallel(module: StageModule, shard_dims: dict[str, int | None], mesh) -> dict[str, nn.Parameter]:
+    """Turn a materialised stage into a tensor-parallel one on the 1-D `mesh` ("tp"): each parameter
+    becomes a DTensor parameter (sharded on shard_dims[fqn], else replicated), cut from the full
+    tensor every TP rank initialised identically (no communication). Returns the new FQN -> parameter."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    enable_dtensor_graphs()
+    params: dict[str, nn.Parameter] = {}
+    for i, fqn in enumerate(module.param_fqns):
+        p = module.params[i]
+        dim = shard_dims.get(fqn)
+        placement = Replicate() if dim is None else Shard(dim)
+        params[fqn] = nn.Parameter(distribute_tensor(p.detach(), mesh, [placement], src_data_rank=None),
+                                   requires_grad=p.requires_grad)
+        module.params[i] = params[fqn]
+    module.tp_mesh = mesh
+    return params
+
+
+def normalize_tp_grads(params: Iterable[nn.Parameter]) -> None:
+    """Bring every DTensor gradient to its parameter's placements (DTensor's rules may leave a sharded
+    weight's gradient replicated, or a replicated one partial: a reduce over "tp" then), so that the
+    local pieces line up with the parameters' for the sums, clipping and the optimizer."""
+    from torch.distributed.tensor import DTensor
+
+    for p in params:
+        g = p.grad
+        if isinstance(g, DTensor) and tuple(g.placements) != tuple(p.placements):
+            p.grad = g.redistribute(p.device_mesh, p.placements)
+
+
+def zero1_owners(copies: dict[str, list[nn.Parameter]], dp: int) -> dict[str, int]:
+    """ZeRO-1: the data-parallel rank that holds each parameter's optimizer state and steps it
+    (greedy by size, largest first, so the replicas hold about equal shares; deterministic)."""
+    load = [0] * dp
+    owner: dict[str, int] = {}
+    for f in sorted(copies, key=lambda f: (-local(copies[f][0]).numel(), f)):
+        r = min(range(dp), key=lambda i: (load[i], i))
+        owner[f] = r
+        load[r] += local(copies[f][0]).numel()
+    return owner
+
+
+@torch.no_grad()
+def zero1_sync_params(copies: dict[str, list[nn.Parameter]], owner: dict[str, int], dp_group) -> None:
+    """ZeRO-1 after the optimizer step: every parameter's owner broadcasts its updated value to the
+    other replicas (one flat broadcast per owner)."""
+    for r in sorted(set(owner.values())):
+        fqns = sorted(f for f, o in owner.items() if o == r)
+        flat = torch.cat([local(copies[f][0]).reshape(-1) for f in fqns])
+        dist.broadcast(flat, src=dist.get_global_rank(dp_group, r), group=dp_group)
+        offset = 0
+        for f in fqns:
+            n = local(copies[f][0]).numel()
+            for p in copies[f]:
+                local(p).copy_(flat[offset:offset + n].view_as(local(p)))
+            offset += n
 
 
 # --------------------------------------------------------------------------- devices and logging
@@ -571,7 +777,7 @@ class StepMeter:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack_held)
 
     def watch_params(self, params: Iterable[torch.Tensor]) -> None:
-        self.param_keys = {p.untyped_storage().data_ptr() for p in params}
+        self.param_keys = {local(p).untyped_storage().data_ptr() for p in params}
 
     # -- timing
     def _sync(self) -> None:
@@ -671,6 +877,7 @@ def state_bytes(params: Iterable[torch.Tensor], opt) -> int:
     seen: dict[int, int] = {}
 
     def add(t):
+        t = local(t)
         if torch.is_tensor(t) and t.device.type != "meta":
             s = t.untyped_storage()
             seen[s.data_ptr()] = s.nbytes()
@@ -692,12 +899,25 @@ def save_checkpoint(ckpt_dir: Path, step: int, groups: dict[str, dict[str, torch
     d.mkdir(parents=True, exist_ok=True)
     if write_model:
         for name, tensors in groups.items():
-            state = {f: {k: v for k, v in opt.state[t].items()} for f, t in tensors.items() if t in opt.state}
-            torch.save({"step": step, "tensors": {f: t.detach() for f, t in tensors.items()}, "optim": state},
+            state = {f: {k: local(v) for k, v in opt.state[t].items()} for f, t in tensors.items() if t in opt.state}
+            torch.save({"step": step, "tensors": {f: local(t).detach() for f, t in tensors.items()}, "optim": state},
                        d / f"{name}.pt")
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save({"step": step, "rng": rng}, d / f"rank_{rank}.pt")
+
+
+def _like_param(v, p):
+    """A saved optimizer-state value back in its parameter's form: a local piece the shape of a DTensor
+    parameter's becomes a DTensor with the parameter's mesh and placements."""
+    if not torch.is_tensor(v):
+        return v
+    v = v.to(local(p).device)
+    if local(p) is not p and v.shape == local(p).shape and v.dim() > 0:
+        from torch.distributed.tensor import DTensor
+
+        return DTensor.from_local(v, p.device_mesh, p.placements, run_check=False)
+    return v
 
 
 def finish_checkpoint(ckpt_dir: Path, step: int) -> None:
@@ -717,9 +937,9 @@ def load_checkpoint(ckpt_dir: Path, groups: dict[str, dict[str, torch.Tensor]], 
     for name, tensors in groups.items():
         saved = torch.load(d / f"{name}.pt", map_location="cpu", weights_only=True)
         for f, t in tensors.items():
-            t.copy_(saved["tensors"][f])
+            local(t).copy_(saved["tensors"][f])
             if f in saved["optim"]:
-                opt.state[t] = {k: (v.to(t.device) if torch.is_tensor(v) else v) for k, v in saved["optim"][f].items()}
+                opt.state[t] = {k: _like_param(v, t) for k, v in saved["optim"][f].items()}
     rng = torch.load(d / f"rank_{rank}.pt", map_location="cpu", weights_only=True)["rng"]
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Launch this job with torchrun: @PP@ pipeline ranks x @DP@ data-parallel replicas = @WORLD@ processes.
+# Launch this job with torchrun: @PP@ pipeline ranks x @DP@ data-parallel replicas x @TP@ tensor-parallel ranks = @WORLD@ processes.
 #
 #   ./launch.sh                                   # one node, all @WORLD@ processes here
 #   ./launch.sh --nnodes 2 --node-rank 0 --rdzv-endpoint host0:29500   # on host0

@@ -61,16 +61,20 @@ from pipeline_runtime import (  # ./pipeline_runtime.py: the plan-independent ma
     StepMeter,
     WeightsFile,
     all_reduce_mean,
+    apply_tensor_parallel,
     check_batch,
     clip_by_global_norm,
     finish_checkpoint,
+    global_rank,
     load_checkpoint,
     load_weights,
     log_step,
     match_weights,
     materialize,
+    mesh_coords,
     micro_batches,
     mixed_precision,
+    normalize_tp_grads,
     pick_device,
     retarget_devices,
     save_checkpoint,
@@ -81,10 +85,13 @@ from pipeline_runtime import (  # ./pipeline_runtime.py: the plan-independent ma
     stage_shapes,
     state_bytes,
     sync_gradients,
+    tp_shard_dims,
     trace_model,
     upcast,
     weights_digest,
     weights_report,
+    zero1_owners,
+    zero1_sync_params,
 )
 from torch import nn
 
@@ -94,6 +101,12 @@ SETTINGS = json.loads(r"""
 """)
 HERE = Path(__file__).resolve().parent
 BF16_MIXED = SETTINGS["precision"] == "bf16_mixed"
+TP = SETTINGS.get("tensor_parallel", 1)
+"""Tensor-parallel degree: each stage's layers split over TP ranks by SETTINGS["tp_plan"] (module path ->
+colwise | rowwise, the profile's per-layer TP facts); world size = pipeline ranks x dp x TP."""
+DP_SHARDING = SETTINGS.get("dp_sharding", "ddp")
+"""How data parallelism keeps state: "ddp" (gradient all-reduce), "zero1" (optimizer state sharded over dp:
+each replica steps its share of the parameters and broadcasts them) or "fsdp" (FSDP2 fully_shard per stage)."""
 MODEL_CONFIG = HERE / "model" / "config.json"
 """A Hugging Face model's config.json, copied into every --save-weights folder (sample and file: models have none)."""
 TOKENS = None
@@ -228,7 +241,7 @@ def startup_line(rank: int, args: argparse.Namespace) -> str:
     """What global rank `rank` applies, in one line: its stages (layers, recompute) and the step's settings."""
     stage_to_rank = SETTINGS["stage_to_rank"]
     pp = max(stage_to_rank) + 1
-    dp_rank, pp_rank = divmod(rank, pp)
+    pp_rank, dp_rank, tp_rank = mesh_coords(rank, args.dp, TP)
     parts = []
     for s, r in enumerate(stage_to_rank):
         if r == pp_rank:
@@ -240,7 +253,17 @@ def startup_line(rank: int, args: argparse.Namespace) -> str:
     clip = f"clip {args.max_grad_norm:g}" if args.max_grad_norm > 0 else "no clipping"
     return (f"rank {rank}: {'; '.join(parts)}; {schedule}, M={SETTINGS['num_microbatches']}, "
             f"micro-batch {SETTINGS['micro_batch_size']}, {SETTINGS['precision']}, {SETTINGS['optimizer']}, "
-            f"{clip}, dp {args.dp} (replica {dp_rank})")
+            f"{clip}, dp {args.dp} (replica {dp_rank})" + hybrid_part(pp, args.dp, tp_rank))
+
+
+def hybrid_part(pp: int, dp: int, tp_rank: int) -> str:
+    """The start-up line's hybrid part (only when the job shards: tp > 1, or zero1/fsdp): the DP sharding,
+    the TP degree, this rank's TP rank and the modules TP splits, and the mesh."""
+    if TP == 1 and DP_SHARDING == "ddp":
+        return ""
+    split = len(SETTINGS.get("tp_plan") or {})
+    return (f", {DP_SHARDING}, tp {TP} (tp rank {tp_rank}{f', {split} modules split' if TP > 1 else ''}); "
+            f"mesh pp {pp} x dp {dp} x tp {TP}")
 
 
 def meta_model() -> nn.Module:
@@ -364,11 +387,19 @@ def run_pipeline(args: argparse.Namespace) -> None:
     M, mb = SETTINGS["num_microbatches"], SETTINGS["micro_batch_size"]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if world != pp * args.dp:
-        raise JobError(f"world size is {world} but the plan needs {pp} pipeline ranks x {args.dp} data-parallel "
-                       f"replicas = {pp * args.dp} processes: run `torchrun --nproc-per-node {pp * args.dp} train.py"
-                       f"{' --dp ' + str(args.dp) if args.dp > 1 else ''}` (or --single-process)")
-    dp_rank, pp_rank = divmod(rank, pp)
+    tp, dp = TP, args.dp
+    if world != pp * dp * tp:
+        raise JobError(f"world size is {world} but the plan needs {pp} pipeline ranks x {dp} data-parallel "
+                       f"replicas x {tp} tensor-parallel ranks = {pp * dp * tp} processes: run `torchrun "
+                       f"--nproc-per-node {pp * dp * tp} train.py{' --dp ' + str(dp) if dp > 1 else ''}` "
+                       "(or --single-process)")
+    pp_rank, dp_rank, tp_rank = mesh_coords(rank, dp, tp)
+    sharded = tp > 1 or (DP_SHARDING == "fsdp" and dp > 1)  # parameters are DTensors
+    if sharded and (args.weights or args.save_weights or args.check_weights):
+        raise JobError(f"--weights, --save-weights and --check-weights are not implemented with tensor parallelism "
+                       f"or FSDP (this job: tp {tp}, dp {dp} {DP_SHARDING}); train from pipeplan's initialisation, or "
+                       "export a plan with tp 1 and ddp or zero1")
+    shard_dims = tp_shard_dims(meta_model(), SETTINGS.get("tp_plan") or {}) if tp > 1 else {}
     device = pick_device(local_rank)
 
     # Everything that can fail on bad input happens before the first collective.
@@ -384,10 +415,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
     sizes = {f: p.numel() * p.element_size() for m in modules for f, p in zip(m.param_fqns, m.params)}
     init = model_source.init_parameters if weights is None else (lambda named, seed: None)  # overwritten below
     stage_params = {s: materialize(modules[s], device, args.seed, init, model_source.init_buffers) for s in local}
-    copies: dict[str, list[nn.Parameter]] = {}  # FQN -> this rank's copies (one per local stage using it)
-    for s in local:
-        for f, p in stage_params[s].items():
-            copies.setdefault(f, []).append(p)
+    copies = local_copies(stage_params)  # FQN -> this rank's copies (one per local stage using it)
     owners: dict[str, list[int]] = {}  # FQN -> pipeline ranks whose stages use it
     for s, m in enumerate(modules):
         for f in m.param_fqns:
@@ -402,17 +430,30 @@ def run_pipeline(args: argparse.Namespace) -> None:
     mine = {f: ps[0] for f, ps in copies.items() if writer[f] == pp_rank}
 
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    mesh = init_device_mesh(device.type, (args.dp, pp), mesh_dim_names=("dp", "pp"))
+    # rank layout: mesh dims (pp, dp, tp), tp fastest: rank = (pp_rank * dp + dp_rank) * tp + tp_rank
+    mesh = init_device_mesh(device.type, (pp, dp, tp), mesh_dim_names=("pp", "dp", "tp"))
     pp_group, dp_group = mesh.get_group("pp"), mesh.get_group("dp")
+    if tp > 1:  # each stage's planned modules split over the tp ranks (DTensor parameters)
+        for s in local:
+            stage_params[s] = apply_tensor_parallel(modules[s], shard_dims, mesh["tp"])
+    if DP_SHARDING == "fsdp" and dp > 1:  # FSDP2 per stage over dp (after TP, as torchtitan orders them)
+        from torch.distributed.fsdp import fully_shard
+
+        for s in local:
+            # kept unsharded between the micro-batches' forward and backward (one all-gather per step)
+            fully_shard(modules[s], mesh=mesh["dp"], reshard_after_forward=False)
+            stage_params[s] = dict(zip(modules[s].param_fqns, modules[s].params))
+    copies = local_copies(stage_params)  # again: TP and FSDP replaced the parameters
     # Tied parameters (e.g. embedding and LM head) used by stages on several ranks: one group per
-    # owner set and replica; their gradients are summed over it before the optimizer step.
+    # owner set, replica and tp rank; their gradients are summed over it before the optimizer step.
     shared: list[tuple[list[str], object]] = []
     for ranks in sorted({tuple(sorted(r)) for r in owners.values() if len(r) > 1}):
         fqns = sorted(f for f, r in owners.items() if tuple(sorted(r)) == ranks)
-        for d in range(args.dp):
-            group = dist.new_group([d * pp + r for r in ranks])
-            if d == dp_rank and pp_rank in ranks:
-                shared.append((fqns, group))
+        for d in range(dp):
+            for t in range(tp):
+                group = dist.new_group([global_rank(r, d, t, dp, tp) for r in ranks])
+                if d == dp_rank and t == tp_rank and pp_rank in ranks:
+                    shared.append((fqns, group))
     # Each parameter counts once in the global norm: its first copy on the lowest pipeline rank holding it.
     counted = [ps[0] for f, ps in copies.items() if min(owners[f]) == pp_rank]
     all_params = [p for ps in copies.values() for p in ps]
@@ -425,16 +466,24 @@ def run_pipeline(args: argparse.Namespace) -> None:
     chunk_spec = tuple(TensorChunkSpec(0) if b else _Replicate for b in batched)
     multi = issubclass(sched_cls, PipelineScheduleMulti)
     schedule = sched_cls(stages if multi else stages[0], M, loss_fn=model_source.loss_fn, args_chunk_spec=chunk_spec)
-    opt = make_optimizer(all_params, args)
+    zero1 = DP_SHARDING == "zero1" and dp > 1
+    owner = zero1_owners(copies, dp) if zero1 else None  # ZeRO-1: who holds each parameter's optimizer state
+    opt = make_optimizer([p for f, ps in copies.items() for p in ps if owner is None or owner[f] == dp_rank]
+                         if zero1 else all_params, args)
     meter = None if args.no_measure else StepMeter(device)
     if meter is not None:
         meter.install(stages, torch_schedules,
                       {s: sum(t.numel() * t.element_size() for t in shapes[s][0]) for s in local})
         meter.watch_params(all_params)
-    groups = {f"stage_{s}": stage_params[s] for s in local}
+    # one checkpoint file per stage and per piece: TP ranks hold different shards, and under zero1/fsdp
+    # every replica holds different optimizer state (and, for fsdp, parameter shards)
+    per_replica = DP_SHARDING != "ddp" and dp > 1
+    suffix = (f"_tp{tp_rank}" if tp > 1 else "") + (f"_dp{dp_rank}" if per_replica else "")
+    groups = {f"stage_{s}{suffix}": stage_params[s] for s in local}
     start = load_checkpoint(args.checkpoint_dir, groups, opt, rank) if args.resume else 0
     has_first, has_last = 0 in local, num_stages - 1 in local
     lo = dp_rank * M * mb
+    logs = has_last and dp_rank == 0 and tp_rank == 0
     for step in range(start + 1, args.steps + 1):
         if meter is not None:
             # live bytes counted on the first 3 steps, every 10th and the profiled ones (docs/export.md)
@@ -451,12 +500,17 @@ def run_pipeline(args: argparse.Namespace) -> None:
             else:
                 schedule.step(target=target, losses=losses)
         t_sched = time.perf_counter()
-        sync_gradients(copies, shared, dp_group if args.dp > 1 else None, args.dp)
+        if tp > 1:
+            normalize_tp_grads(all_params)
+        # fsdp: FSDP2 already reduce-scattered (averaged) the gradients over dp in the last backward
+        sync_gradients(copies, shared, dp_group if dp > 1 and DP_SHARDING != "fsdp" else None, dp)
         t_sync = time.perf_counter()
-        clip_by_global_norm(counted, all_params, args.max_grad_norm, pp_group)
+        clip_by_global_norm(counted, all_params, args.max_grad_norm, dist.group.WORLD, primary_replica=dp_rank == 0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         opt.step()
+        if zero1:
+            zero1_sync_params(copies, owner, dp_group)
         opt.zero_grad(set_to_none=False)
         if device.type == "cuda" and meter is not None:
             torch.cuda.synchronize(device)
@@ -469,7 +523,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
                                  num_stages=num_stages, local=local, group=pp_group)
             extra["measure_s"] = round(time.perf_counter() - t_meas, 6)  # the collect's own cost this step
         if args.checkpoint_every and step % args.checkpoint_every == 0:
-            save_checkpoint(args.checkpoint_dir, step, groups, opt, rank, dp_rank == 0)
+            save_checkpoint(args.checkpoint_dir, step, groups, opt, rank, dp_rank == 0 or per_replica)
             if args.save_weights:
                 save_weights_everywhere(args.save_weights / f"step_{step:06d}", mine, writer, sizes, rank, pp_rank,
                                         dp_rank)
@@ -477,16 +531,25 @@ def run_pipeline(args: argparse.Namespace) -> None:
             if rank == 0:
                 finish_checkpoint(args.checkpoint_dir, step)
             dist.barrier()
-        if has_last:
+        if has_last and tp_rank == 0:
             loss = torch.stack([x.detach() for x in losses]).mean().reshape(1)
-            if args.dp > 1:
-                all_reduce_mean([loss], mesh.get_group("dp"), args.dp)
-            if dp_rank == 0:
+            if dp > 1:  # the tp_rank-0 ranks of the last stage: one dp group of the mesh
+                all_reduce_mean([loss], dp_group, dp)
+            if logs:
                 log_step(step, float(loss), time.perf_counter() - t0, args.dp * M * mb, device, extra)
     if args.save_weights:
         save_weights_everywhere(args.save_weights, mine, writer, sizes, rank, pp_rank, dp_rank)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def local_copies(stage_params: dict[int, dict[str, nn.Parameter]]) -> dict[str, list[nn.Parameter]]:
+    """FQN -> this rank's copies of the parameter (one per local stage using it)."""
+    copies: dict[str, list[nn.Parameter]] = {}
+    for s in sorted(stage_params):
+        for f, p in stage_params[s].items():
+            copies.setdefault(f, []).append(p)
+    return copies
 
 
 RANK_FIELDS = ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "peak_bytes")
