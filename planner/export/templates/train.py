@@ -511,6 +511,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
         opt.step()
         if zero1:
             zero1_sync_params(copies, owner, dp_group)
+            for p in all_params:  # the optimizer holds only this replica's share: clear every gradient
+                p.grad.zero_()
         opt.zero_grad(set_to_none=False)
         if device.type == "cuda" and meter is not None:
             torch.cuda.synchronize(device)
