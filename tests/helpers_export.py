@@ -152,3 +152,27 @@ def check_equivalence(tmp_path: Path, name: str, plan, nproc: int) -> None:
     """Export the plan, run it under torchrun with nproc processes and require the single-process losses."""
     job = export(tmp_path, name, plan)
     assert_same_losses(run_job(job, ["--steps", str(STEPS)], nproc), single_reference(job, plan))
+
+
+# -- hybrid (PP x DP x TP) plans ---------------------------------------------------
+
+
+def hybrid_plan(source: str, stages: list[list[str]], *, tp: int = 1, dp: int = 1, sharding: str = "ddp",
+                **kw) -> Plan:
+    """hand_plan with the parallel degrees set (what the job reads: partition + degrees)."""
+    import dataclasses
+
+    plan = hand_plan(source, stages, data_parallel=dp, **kw)
+    plan.config = dataclasses.replace(plan.config, tensor_parallel=tp, dp_sharding=sharding)
+    return plan
+
+
+def check_hybrid_equivalence(tmp_path: Path, name: str, plan, nproc: int, profile=None) -> tuple[list[dict], list[dict]]:
+    """check_equivalence for a hybrid plan (the TP plan from `profile`, else rebuilt from the model source);
+    returns (pipeline lines, single-process lines)."""
+    job = tmp_path / name
+    export_plan(plan, job, profile=profile)
+    lines = run_job(job, ["--steps", str(STEPS)], nproc)
+    single = single_reference(job, plan)
+    assert_same_losses(lines, single)
+    return lines, single

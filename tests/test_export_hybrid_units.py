@@ -1,0 +1,134 @@
+"""The hybrid export without processes: what SETTINGS carries, the refusals, and the runtime's helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers_export import gpt_tiny_stages, hand_plan, hybrid_plan
+
+from core.errors import PipeplanError
+from planner.export.job import render_job, tp_plan
+from planner.export.runtime.pipeline_runtime import (
+    JobError,
+    global_rank,
+    mesh_coords,
+    tp_shard_dims,
+    zero1_owners,
+)
+
+GPT = "sample:gpt:tiny"
+
+
+@pytest.fixture(scope="module")
+def gpt_profile():
+    from profiler import load_profile
+
+    return load_profile(GPT, batch_size=2, seq_len=32)
+
+
+def settings(files):
+    import json
+
+    return json.loads(files["train.py"].split('r"""')[1].split('"""')[0])
+
+
+def test_the_jobs_tp_plan_is_the_profiles(gpt_profile):
+    plan = hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, seq_len=32)
+    s = settings(render_job(plan, profile=gpt_profile))
+    want = {}
+    for n in gpt_profile.nodes:
+        for rel in n.tp_colwise:
+            want[f"{n.module_path}.{rel}"] = "colwise"
+        for rel in n.tp_rowwise:
+            want[f"{n.module_path}.{rel}"] = "rowwise"
+    assert want and s["tp_plan"] == want == tp_plan(plan, gpt_profile)
+    assert s["tensor_parallel"] == 2 and s["dp_sharding"] == "ddp"
+    # without a profile the export rebuilds it from the model source: the same plan
+    assert settings(render_job(plan))["tp_plan"] == want
+    # a profile that splits other modules gives another job
+    other = dataclasses.replace(gpt_profile, nodes=[dataclasses.replace(n, tp_colwise=n.tp_colwise[:1],
+                                                                        tp_rowwise=n.tp_rowwise[:1])
+                                                    for n in gpt_profile.nodes])
+    assert settings(render_job(plan, profile=other))["tp_plan"] != want
+
+
+def test_launch_counts_every_rank(gpt_profile):
+    files = render_job(hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, dp=2, sharding="zero1", seq_len=32),
+                       profile=gpt_profile)
+    assert "WORLD=8" in files["launch.sh"]
+    assert "2 pipeline rank(s) x 2 data-parallel replica(s) (zero1) x 2 tensor-parallel rank(s) = 8" in files["README.md"]
+
+
+def test_pp_only_jobs_are_unchanged():
+    s = settings(render_job(hand_plan(GPT, gpt_tiny_stages(2), seq_len=32)))
+    assert s["tensor_parallel"] == 1 and s["dp_sharding"] == "ddp" and "tp_plan" not in s
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(schedule="GPipe", num_microbatches=4), None),
+    (dict(schedule="Interleaved1F1B"), "with the GPipe and 1F1B schedules only"),
+    (dict(precision="bf16_mixed"), "in fp32 only"),
+])
+def test_refusals(gpt_profile, change, message):
+    if change.get("schedule") == "Interleaved1F1B":
+        layers = ["wte", "wpe", *[f"layers.{i}" for i in range(4)], "ln_f", "lm_head"]
+        plan = hybrid_plan(GPT, [layers[:2], layers[2:4], layers[4:6], layers[6:]], tp=2, seq_len=32,
+                           schedule="Interleaved1F1B", virtual_stages=2)
+    else:
+        plan = hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, seq_len=32)
+        plan.config = dataclasses.replace(plan.config, **change)
+    if message is None:
+        render_job(plan, profile=gpt_profile)
+        return
+    with pytest.raises(PipeplanError, match=message):
+        render_job(plan, profile=gpt_profile)
+
+
+def test_recompute_and_weights_refused(gpt_profile):
+    plan = hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, seq_len=32)
+    plan.stages[0].recompute = True
+    with pytest.raises(PipeplanError, match="does not recompute stages under tensor parallelism"):
+        render_job(plan, profile=gpt_profile)
+    plan = hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="fsdp", seq_len=32)
+    with pytest.raises(PipeplanError, match="--weights is not implemented for jobs with tensor parallelism or FSDP"):
+        render_job(plan, weights="/data/model.safetensors")
+    # zero1 keeps whole parameters: weights load as in DDP
+    render_job(hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="zero1", seq_len=32),
+               weights="/data/model.safetensors")
+
+
+def test_rank_layout_tp_fastest():
+    pp, dp, tp = 2, 3, 2
+    seen = set()
+    for r in range(pp * dp * tp):
+        p, d, t = mesh_coords(r, dp, tp)
+        assert global_rank(p, d, t, dp, tp) == r
+        seen.add((p, d, t))
+    assert len(seen) == 12 and mesh_coords(1, dp, tp) == (0, 0, 1) and mesh_coords(2, dp, tp) == (0, 1, 0)
+
+
+def test_shard_dims_follow_colwise_and_rowwise():
+    from sample_models import gpt
+
+    with torch.device("meta"):
+        model = gpt.GPT(gpt.GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    dims = tp_shard_dims(model, {"layers.0.attn.c_attn": "colwise", "layers.0.attn.c_proj": "rowwise",
+                                 "wpe": "colwise"})
+    assert dims["layers.0.attn.c_attn.weight"] == 0 and dims["layers.0.attn.c_attn.bias"] == 0
+    assert dims["layers.0.attn.c_proj.weight"] == 1 and dims["layers.0.attn.c_proj.bias"] is None
+    assert dims["wpe.weight"] == 1 and dims["ln_f.weight"] is None
+    # GPT's lm_head is tied to wte: two placements for one parameter are refused
+    with pytest.raises(JobError, match="tied parameter wte.weight gets two TP placements"):
+        tp_shard_dims(model, {"wte": "rowwise", "lm_head": "rowwise"})
+    with pytest.raises(JobError, match="splits only nn.Linear and nn.Embedding"):
+        tp_shard_dims(model, {"ln_f": "colwise"})
+
+
+def test_zero1_owners_balance_and_cover():
+    copies = {f"p{i}": [torch.nn.Parameter(torch.zeros(n))] for i, n in enumerate([100, 60, 50, 10, 5])}
+    owner = zero1_owners(copies, 2)
+    assert set(owner) == set(copies)
+    load = [sum(copies[f][0].numel() for f, o in owner.items() if o == r) for r in range(2)]
+    assert load == [110, 115] or load == [115, 110]
