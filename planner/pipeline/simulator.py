@@ -32,7 +32,8 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
                    schedule: str, num_devices: int, num_microbatches: int, virtual_stages: int = 1,
                    bwd_input_ms: list[float] | None = None, bwd_weight_ms: list[float] | None = None,
                    activation_bytes: list[float] | None = None,
-                   optimizer_ms: list[float] | None = None, sync_ms: float = 0.0) -> Timeline:
+                   optimizer_ms: list[float] | None = None, sync_ms: float = 0.0,
+                   makespan_only: bool = False) -> Timeline | tuple[float, float]:
     """Simulate one step of `schedule` from per-stage times (ms per micro-batch).
 
     fwd_ms, bwd_ms: per stage (S = devices x chunks per device); bwd_ms is the full backward.
@@ -48,6 +49,8 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
         norm needs every gradient, so every device starts its optimizer step `sync_ms` (the
         norm's all-reduce) after the last backward or transfer ends, and runs its stages'
         steps back to back (an "O" event).
+    makespan_only: return (makespan_ms, bubble_fraction) only, the same numbers as the Timeline's, without
+        building its events and memory curves (the solvers score many candidates this way).
     """
     name = check_schedule(schedule, num_devices, num_microbatches, virtual_stages)
     P, M = num_devices, num_microbatches
@@ -67,6 +70,8 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
     # Send time over boundary b (stage b <-> b+1): free within a device.
     link = [0.0 if device_of[b] == device_of[b + 1] else comm[b] for b in range(S - 1)]
     compute, transfers = _run(_encoded_order(name, P, M, virtual_stages), S, M, (fwd, b_dur, w_dur), link)
+    if makespan_only:
+        return _makespan(compute, transfers, P, S, device_of, optimizer_ms, sync_ms)
 
     events = [_event(d, s, m, _OP_NAMES[k], t0, t1, -1) for d, s, m, k, t0, t1 in compute]
     # Each transfer shows on both ends: "send" on the sender, "recv" (same interval) on the receiver.
@@ -93,6 +98,26 @@ def simulate_times(fwd_ms: list[float], bwd_ms: list[float], comm_ms: list[float
                     makespan_ms=makespan, bubble_fraction=bubble, bubble_per_device=bubble_dev,
                     memory_ms=memory_ms, peak_memory_bytes=peak_bytes, virtual_stages=v,
                     stage_device=list(device_of), peak_in_flight=peak_in_flight)
+
+
+def _makespan(compute: list[tuple], transfers: list[tuple], P: int, S: int, device_of: list[int],
+              optimizer_ms: list[float] | None, sync_ms: float) -> tuple[float, float]:
+    """simulate_times' makespan and bubble without the events: the same maxima and sums, in the same order."""
+    drained = max(max((c[5] for c in compute), default=0.0), max((t[4] for t in transfers), default=0.0)) \
+        if compute or transfers else 0.0
+    busy = [0.0] * P
+    for d, _, _, _, t0, t1 in compute:
+        busy[d] += t1 - t0
+    makespan = drained
+    if optimizer_ms is not None:
+        opt = _per_stage(optimizer_ms, S, "optimizer_ms")
+        for d in range(P):
+            step = sum(opt[s] for s in range(S) if device_of[s] == d)
+            if step > 0:
+                makespan = max(makespan, drained + sync_ms + step)
+                busy[d] += step
+    bubble = 1.0 - sum(busy) / (P * makespan) if makespan > 0 else 0.0
+    return makespan, bubble
 
 
 @lru_cache(maxsize=32)
@@ -265,7 +290,8 @@ def _split_backward(bwd: list[float], b_in, b_w, S: int) -> tuple[list[float], l
     return b_in, _per_stage(b_w, S, "bwd_weight_ms")
 
 
-def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int | None = None) -> Timeline:
+def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int | None = None,
+             makespan_only: bool = False) -> Timeline | tuple[float, float]:
     """Simulate a Plan's step, optionally with another schedule or micro-batch count.
 
     Another schedule must place stages on devices the same way (1F1B, GPipe and
@@ -307,7 +333,7 @@ def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int |
         bwd_weight_ms=_split_or_none([st.bwd_weight_ms for st in plan.stages]),
         activation_bytes=act, optimizer_ms=[st.optimizer_ms + st.dp_sync_ms for st in plan.stages],
         sync_ms=clip_allreduce_ms(plan.cluster, [st.device for st in plan.stages])
-        if any(st.optimizer_ms + st.dp_sync_ms > 0 for st in plan.stages) else 0.0)
+        if any(st.optimizer_ms + st.dp_sync_ms > 0 for st in plan.stages) else 0.0, makespan_only=makespan_only)
 
 
 def _check_placement(plan: Plan, device_of: list[int]) -> None:

@@ -137,8 +137,8 @@ def with_timeline(plan: Plan) -> Plan:
     """
     from planner.pipeline.simulator import simulate
 
-    tl = simulate(plan)
-    _set_step(plan, tl.makespan_ms, tl.bubble_fraction)
+    makespan, bubble = simulate(plan, makespan_only=True)  # the timeline's numbers, without its events
+    _set_step(plan, makespan, bubble)
     return plan
 
 

@@ -12,10 +12,10 @@ candidate gets two cheap bounds from the same cost terms:
   (sharded_bytes_per_param x params / pp, plus FSDP's gather buffer and the reserve, plus one micro-batch of
   activations / pp without recompute), and the largest layer must fit one device: above the limit, the
   candidate cannot fit ("no_fit") and is not solved;
-- time: the simulated step of any partition is at least M W / pp + (pp - 1)(f_min + b_min) / 2 + the
-  after-drain work / pp (W = one micro-batch's forward + backward over all layers on one GPU, f_min and
-  b_min the smallest layer's forward and input-gradient times: device d waits at least d layers' forwards
-  before its first action and d layers' backwards after its last), plus the clipping all-reduce.
+- time: the simulated step of any partition is at least pipeline_time_bound (device d is busy M T_d and
+  waits for the earlier stages' forwards before its first action and their backwards after its last),
+  with W = one micro-batch's forward + backward on one GPU plus the least forward any plan must
+  recompute to fit (recompute_bound_ms), + the after-drain work / pp and the clipping all-reduce.
 
 Candidates are solved in the order of their time bound; once top_k plans are known, a candidate whose bound
 is not below the k-th best step is "pruned" (it cannot enter the top k). With prune=False every valid
@@ -245,8 +245,148 @@ class Bounds:
     search solves candidates in this order so the best are found early."""
 
 
+def pipeline_time_bound(M: int, pp: int, work_ms: float, rho: float) -> float:
+    """A lower bound on the pipeline part of any partition's simulated step, one stage per device:
+    min over partitions of max_d (M T_d + rho Q_d), relaxed to continuous stage sizes, where T_d is stage
+    d's forward + backward per micro-batch, Q_d = sum of T_s over the stages before d, and rho <= (F + B) / T
+    of every layer. Device d waits Q_d's forwards before its first action and, after its last backward,
+    the earlier stages' backwards of that micro-batch run one after another (ZB schedules: their B parts),
+    so the step is at least M T_d + rho Q_d for every d. Equalising all d gives
+    L = rho W / (1 - (1 - rho / M)^pp) (W = sum of T): about M W / pp + (pp - 1) rho W / (2 pp)."""
+    if pp <= 1 or work_ms <= 0:
+        return M * work_ms
+    return rho * work_ms / (1.0 - (1.0 - rho / M) ** pp)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainMemory:
+    """What chain_pipeline_time_bound needs to know of memory: per layer its weights-and-state bytes, saved
+    activation bytes (training precision) and forward ms; per device its in-flight micro-batches; the
+    bytes a device may fill; which recompute choices are allowed."""
+
+    static: Sequence[float]
+    acts: Sequence[float]
+    fwd: Sequence[float]
+    in_flight: Sequence[int]
+    capacity: float
+    allow_off: bool = True
+    allow_on: bool = False
+
+
+def chain_pipeline_time_bound(times: Sequence[float], M: int, pp: int, rho: float, floor: float = 0.0,
+                              memory: ChainMemory | None = None) -> float:
+    """pipeline_time_bound without the continuous relaxation, for a chain (every plan's stages are contiguous
+    runs of its layers, one per device): the least L such that the layers, in order, fit pp devices with
+    M T_d + rho Q_d <= L (T_d: the device's forward + backward per micro-batch, Q_d: the earlier devices'
+    T without recompute) and, given `memory`, the device's memory: weights and state + k_d x its activations
+    without recompute (+ its forward in T_d and 1 x activations with recompute) <= capacity (inputs, relays
+    and tied copies only add). For a given L, taking the longest run each device can take is optimal (the
+    end of device d's run may reach Q_d + (L - rho Q_d) / M, which grows with Q_d as rho <= M, and a later
+    start leaves a subset of layers to hold), so L is found by bisection
+    from `floor` (a valid bound); an empty device is allowed (a relaxation). inf when nothing fits."""
+    n = len(times)
+    total = float(sum(times))
+    if n == 0 or total <= 0:
+        return floor
+
+    def reach(i: int, room: float, d: int) -> int:
+        best = i
+        if memory is None:
+            t, j = 0.0, i
+            while j < n and t + times[j] <= room * (1 + 1e-12):
+                t += times[j]
+                j += 1
+            return j
+        k = memory.in_flight[d]
+        for rec in ((False,) if not memory.allow_on else (True,) if not memory.allow_off else (False, True)):
+            t, mem, j = 0.0, 0.0, i
+            while j < n:
+                dt = times[j] + (memory.fwd[j] if rec else 0.0)
+                dm = memory.static[j] + memory.acts[j] * (1 if rec else k)
+                if t + dt > room * (1 + 1e-12) or mem + dm > memory.capacity:
+                    break
+                t, mem, j = t + dt, mem + dm, j + 1
+            best = max(best, j)
+        return best
+
+    def fits(L: float) -> bool:
+        i, q = 0, 0.0
+        for d in range(pp):
+            j = reach(i, (L - rho * q) / M, d)
+            q += sum(times[i:j])
+            i = j
+            if i == n:
+                return True
+        return False
+
+    worst = M * (total + (sum(memory.fwd) if memory is not None else 0.0))
+    lo, hi = floor, max(floor, worst) * (1 + 1e-9) + 1e-12
+    if fits(lo):
+        return lo
+    if not fits(hi):
+        return float("inf")
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-9 * hi:
+            break
+    return lo
+
+
+def recompute_bound_ms(rank: Profile, config: TrainConfig, pp: int, speed: float, capacity: float,
+                       static_bytes: float, scale: float) -> float | None:
+    """A lower bound on the forward time every plan must recompute (None: cannot fit at all), one stage
+    per device. Stage s holds k_s micro-batches (the schedule's in-flight count) of what it does not
+    recompute and one micro-batch of what it does, within `capacity` bytes: summed, the activations it
+    does not recompute cost (k_s - 1) bytes each beyond what every plan holds (static + one micro-batch of
+    everything), and a stage holds at most capacity / k_s of them. Filling the stages with the fewest
+    in flight first gives the most activations any plan can keep; the rest is recomputed at the least
+    forward ms per byte (fractional knapsack)."""
+    from planner.pipeline.schedules import in_flight_microbatches
+
+    acts = [(scale * n.activation_bytes, n.fwd_ms / speed) for n in rank.nodes]
+    total = sum(a for a, _ in acts)
+    room = pp * capacity - static_bytes - total
+    if room < 0:
+        return None
+    choices = config.recompute_choices()
+    if True not in choices:
+        choices_off = True
+    else:
+        choices_off = False
+        if False not in choices:
+            return sum(f for _, f in acts)
+    if config.virtual_stages > 1 or chunks_per_device(config.schedule, config.virtual_stages) > 1:
+        return 0.0
+    kept = 0.0
+    for k in sorted(in_flight_microbatches(config.schedule, pp, config.num_microbatches, config.virtual_stages)):
+        take = capacity / k if k > 1 else capacity
+        if k > 1:
+            take = min(take, room / (k - 1))
+            room -= take * (k - 1)
+        kept += take
+        if kept >= total:
+            return 0.0
+    missing = total - kept
+    if choices_off:
+        return None  # recompute is off and the activations cannot all be kept
+    need = 0.0
+    for a, f in sorted(((a, f) for a, f in acts if a > 0), key=lambda t: t[1] / t[0]):
+        part = min(a, missing)
+        need += f * part / a
+        missing -= part
+        if missing <= 0:
+            break
+    return need
+
+
 def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
     """The cheap lower bounds of a configuration (module docstring), from its rank profile."""
+    from planner.pipeline.schedules import in_flight_microbatches
+
     dp, tp = config.data_parallel, config.tensor_parallel
     N = cluster.num_devices
     pp = N // (dp * tp)
@@ -260,8 +400,6 @@ def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
     work = sum(n.fwd_ms + n.bwd_ms for n in rank.nodes) / speed
     f_min = min(n.fwd_ms for n in rank.nodes) / speed
     b_min = min((backward_split_ms(n)[0] if split else n.bwd_ms) for n in rank.nodes) / speed
-    busy = M * work / pp + 2 * M * v * overhead
-    fill = (pp - 1) * (f_min + b_min) / 2
     opt_ref = sum(n.optimizer_ms or 0.0 for n in rank.nodes)
     after = 0.0
     if opt_ref > 0:
@@ -278,15 +416,45 @@ def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
     memory = (w + g + o) * sum(params) / pp + buffer + config.reserve_bytes + acts
     largest_bytes = max((w + g + o) * n.param_count + scale * n.activation_bytes for n in rank.nodes) \
         + buffer + config.reserve_bytes
-    from planner.pipeline.schedules import in_flight_microbatches
+    limit = min(d.memory_bytes for d in cluster.devices)
+    recompute = recompute_bound_ms(rank, config, pp, speed, limit - config.reserve_bytes - buffer,
+                                   (w + g + o) * sum(params), scale)
+    if recompute is None:  # cannot fit: report the memory bound over the limit
+        memory = max(memory, limit + 1)
+        recompute = 0.0
+    total = work + recompute
+    if v == 1:
+        rho = min((n.fwd_ms + (backward_split_ms(n)[0] if split else n.bwd_ms)) / (2 * n.fwd_ms + n.bwd_ms)
+                  for n in rank.nodes if 2 * n.fwd_ms + n.bwd_ms > 0) if work > 0 else 1.0
+        pipe = pipeline_time_bound(M, pp, total, rho)
+        from planner.costmodel.cost import build_tables
 
+        if build_tables(rank).is_chain():  # contiguous stages: the discrete bound, with each device's memory
+            choices = config.recompute_choices()
+            mem = ChainMemory(static=[(w + g + o) * n.param_count for n in rank.nodes],
+                              acts=[scale * n.activation_bytes for n in rank.nodes],
+                              fwd=[n.fwd_ms / speed for n in rank.nodes],
+                              in_flight=in_flight_microbatches(config.schedule, pp, M, config.virtual_stages),
+                              capacity=limit - config.reserve_bytes - buffer,
+                              allow_off=False in choices, allow_on=True in choices)
+            rho_plain = min((n.fwd_ms + (backward_split_ms(n)[0] if split else n.bwd_ms)) / (n.fwd_ms + n.bwd_ms)
+                            for n in rank.nodes if n.fwd_ms + n.bwd_ms > 0) if work > 0 else 1.0
+            chain = chain_pipeline_time_bound([(n.fwd_ms + n.bwd_ms) / speed for n in rank.nodes], M, pp,
+                                              rho_plain, floor=pipeline_time_bound(M, pp, work, rho_plain), memory=mem)
+            if chain == float("inf"):  # no contiguous cut fits the devices' memory
+                memory = max(memory, limit + 1)
+            else:
+                pipe = max(pipe, chain)
+        pipe += 2 * M * overhead
+    else:
+        pipe = M * total / pp + 2 * M * v * overhead + (pp - 1) * (f_min + b_min) / 2
     in_flight = in_flight_microbatches(config.schedule, pp, M, config.virtual_stages)
     held = sum(in_flight) / len(in_flight) * acts
     slowdown = 1.0
-    if memory - acts + held > min(d.memory_bytes for d in cluster.devices) and True in config.recompute_choices():
+    if memory - acts + held > limit and True in config.recompute_choices():
         slowdown += sum(n.fwd_ms for n in rank.nodes) / speed / work if work > 0 else 0.0
-    estimate = (M * v + pp - 1) * work * slowdown / (pp * v) + 2 * M * v * overhead + after
-    return Bounds(time_ms=busy + fill + after, memory_bytes=int(memory), largest_layer_bytes=int(largest_bytes),
+    estimate = max((M * v + pp - 1) * work * slowdown / (pp * v) + 2 * M * v * overhead + after, pipe + after)
+    return Bounds(time_ms=pipe + after, memory_bytes=int(memory), largest_layer_bytes=int(largest_bytes),
                   estimate_ms=estimate)
 
 
