@@ -595,6 +595,26 @@ def apply_tensor_parallel(module: StageModule, shard_dims: dict[str, int | None]
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     enable_dtensor_graphs()
+    # export's dtype/device asserts (from .to() calls) have no DTensor rule: checks only, dropped here
+    check = getattr(torch.ops.aten, "_assert_tensor_metadata", None)
+    asserts = [n for n in module.submod.graph.nodes
+               if n.op == "call_function" and check is not None and n.target == check.default and not n.users]
+    for n in asserts:
+        module.submod.graph.erase_node(n)
+    # DTensor decides view-or-copy for a reshape (and for .contiguous()) from the GLOBAL tensor's strides,
+    # then views the local piece, whose strides may differ (an expanded repeat_kv, an attention output
+    # redistributed to Replicate): "view size is not compatible". A contiguous copy of the input first
+    # makes every view and reshape valid on the local piece (a copy reshape would often make anyway).
+    aten = torch.ops.aten
+    expanded = [n for n in module.submod.graph.nodes if n.op == "call_function"
+                and n.target in (aten.reshape.default, aten.view.default) and isinstance(n.args[0], torch.fx.Node)]
+    for n in expanded:
+        with module.submod.graph.inserting_before(n):
+            copy = module.submod.graph.call_function(aten.clone.default, (n.args[0],),
+                                                     {"memory_format": torch.contiguous_format})
+        n.replace_input_with(n.args[0], copy)
+    if asserts or expanded:
+        module.submod.recompile()
     params: dict[str, nn.Parameter] = {}
     for i, fqn in enumerate(module.param_fqns):
         p = module.params[i]
