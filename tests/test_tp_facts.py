@@ -269,3 +269,20 @@ def test_tp_degree_allowed():
     assert tp.tp_degree_allowed(node, 0) is not None
     free = ProfileNode(id="c", name="c", kind="conv", module_path="c")
     assert tp.tp_degree_allowed(free, 7) is None
+
+
+def test_fx_fallback_trace_gives_the_same_facts(monkeypatch):
+    """symbolic_trace keeps Linears as call_module nodes: the region rule reads their targets instead of
+    nn_module_stack, and the facts equal the torch.export trace's."""
+    import functools
+
+    import profiler.profile_model as pm
+    from profiler.trace import trace_model
+    exported = _profile("gpt")
+    monkeypatch.setattr(pm, "trace_model", functools.partial(trace_model, tracer="fx"))
+    traced = _profile("gpt", granularity="block")  # another cache key: traced again, with fx
+    assert "fx trace" in traced.provenance.notes
+    for a, b in zip(exported.nodes, traced.nodes, strict=True):
+        assert (a.tp_split_flops, a.tp_split_activation_bytes, a.tp_allreduce_fwd_bytes, a.tp_allreduce_bwd_bytes,
+                a.tp_split_param_count) == (b.tp_split_flops, b.tp_split_activation_bytes, b.tp_allreduce_fwd_bytes,
+                                            b.tp_allreduce_bwd_bytes, b.tp_split_param_count), a.id
