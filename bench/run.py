@@ -29,6 +29,7 @@ MODULES = [
     ("scale", "bench.bench_scale"),
     ("profiler", "bench.bench_profiler"),
     ("export", "bench.bench_export"),
+    ("hybrid", "bench.bench_hybrid"),
 ]
 OPTIONAL = {"bench.bench_profiler", "bench.bench_export"}
 

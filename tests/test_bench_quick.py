@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ["quality", "solver", "memory", "accuracy", "scale"]
+OURS = ["quality", "solver", "memory", "accuracy", "scale", "hybrid"]
 ENV_KEYS = {"machine", "cpu_count", "torch", "date", "load_average_1m"}
 
 
@@ -89,6 +89,19 @@ def test_scale(quick_run):
     r = d["result"]
     assert r["status"] == "ok", r
     assert r["profile_wall_s"] > 0 and r["rss_after_plan_bytes"] >= r["rss_after_profile_bytes"] > 0
+
+
+def test_hybrid(quick_run):
+    d = load(quick_run, "hybrid")
+    for r in d["search_time"]:
+        assert r["search_s"] > 0 and r["top"], r
+        assert r["top"][0]["step_time_ms"] > 0 and r["alpa_over_ours"] > 0 and r["aceso_over_ours"] > 0
+        steps = [c["step_time_ms"] for c in r["top"]]
+        assert steps == sorted(steps)
+    assert d["megatron_table1"]
+    for r in d["megatron_table1"]:
+        assert r["status"] == "ok", r
+        assert r["paper"]["predicted_over_published"] > 0 and r["pipeplan_pick"]["step_time_ms"] > 0
 
 
 def test_report(quick_run):
