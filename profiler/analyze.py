@@ -244,8 +244,17 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                 return t
 
             mode.totals = cost.fwd
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
-                outs = tuple(region.run(*ins, *attrs)) if region is not None else prog.module(*ins, *attrs)
+            outs = None
+            if region is not None:
+                try:
+                    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+                        outs = tuple(region.run(*ins, *attrs))
+                except Exception:  # noqa: BLE001 - the TP facts are optional: profile the layer without them
+                    region, packed[:], cost.fwd = None, [], OpTotals()
+                    mode.totals = cost.fwd
+            if outs is None:
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+                    outs = prog.module(*ins, *attrs)
             if region is not None and region.valid:
                 cost.tp = region.cost
             for index, t in enumerate(packed):

@@ -286,3 +286,17 @@ def test_fx_fallback_trace_gives_the_same_facts(monkeypatch):
         assert (a.tp_split_flops, a.tp_split_activation_bytes, a.tp_allreduce_fwd_bytes, a.tp_allreduce_bwd_bytes,
                 a.tp_split_param_count) == (b.tp_split_flops, b.tp_split_activation_bytes, b.tp_allreduce_fwd_bytes,
                                             b.tp_allreduce_bwd_bytes, b.tp_split_param_count), a.id
+
+
+def test_a_failing_region_run_leaves_the_layer_replicated(monkeypatch):
+    """The facts are optional: if the node-by-node run fails, the layer is profiled as before, without them."""
+    good = _profile("llama")
+
+    def boom(self, n):
+        raise RuntimeError("interpreter failure")
+    monkeypatch.setattr(tp.RegionRun, "run_node", boom)
+    bad = _profile("llama", reps=5)  # another cache key: profiled again
+    for a, b in zip(good.nodes, bad.nodes, strict=True):
+        assert not b.tp_colwise and b.tp_split_flops == 0
+        assert (a.fwd_flops, a.bwd_flops, a.activation_bytes, a.fwd_ms) == (b.fwd_flops, b.bwd_flops,
+                                                                           b.activation_bytes, b.fwd_ms)
