@@ -69,9 +69,19 @@ def test_dp2_tp2_fsdp_gpt(tmp_path):
                              4, gpt_profile())
 
 
-def test_pp2_dp2_tp2_gpt_eight_ranks(tmp_path):
-    check_hybrid_equivalence(tmp_path, "pp2dp2tp2", hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, dp=2, seq_len=32),
-                             8, gpt_profile())
+def test_pp2_dp2_tp2_gpt_eight_ranks_profile_solve_export(tmp_path):
+    """The real flow on the whole mesh: the solver's plan for 8 devices at dp 2 x tp 2 (stage devices are
+    the first device of each pipeline rank's group, 0 and 4), exported and run on 8 ranks."""
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.solvers.solve import solve
+
+    profile = gpt_profile()
+    plan = solve(profile, Cluster.uniform(8, memory_bytes=8 << 30),
+                 TrainConfig(schedule="1F1B", num_microbatches=4, micro_batch_size=2, data_parallel=2,
+                             tensor_parallel=2))
+    assert plan.feasible and [s.device for s in plan.stages] == [0, 4]
+    check_hybrid_equivalence(tmp_path, "pp2dp2tp2", plan, 8, profile)
 
 
 def test_hf_llama_pp2_tp2_with_its_own_tp_plan(tmp_path):

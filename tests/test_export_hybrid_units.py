@@ -132,3 +132,20 @@ def test_zero1_owners_balance_and_cover():
     assert set(owner) == set(copies)
     load = [sum(copies[f][0].numel() for f, o in owner.items() if o == r) for r in range(2)]
     assert load == [110, 115] or load == [115, 110]
+
+
+def test_whole_mesh_plan_counts_nodes_and_checks_group_devices(gpt_profile):
+    """A plan on the whole mesh (stage devices 0 and 4 of 8, two nodes of 4): launch.sh starts 8 processes
+    on 2 nodes, and a stage on an unlike device is refused against the group's first device."""
+    from planner.contracts.cluster import Cluster, Device
+
+    plan = hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, dp=2, seq_len=32)
+    plan.cluster = Cluster(devices=[Device(name=f"gpu{i}", memory_bytes=16 << 30, speed=1.0, node=i // 4)
+                                    for i in range(8)])
+    plan.stages[1].device = 4
+    files = render_job(plan, profile=gpt_profile)
+    assert "WORLD=8" in files["launch.sh"] and "#SBATCH --nodes=2" in files["slurm.sbatch"]
+    assert "--gpus-per-node=4" in files["slurm.sbatch"]
+    plan.cluster.devices[4] = Device(name="slow", memory_bytes=16 << 30, speed=0.5, node=1)
+    with pytest.raises(PipeplanError, match="on the cluster's device 4"):
+        render_job(plan, profile=gpt_profile)

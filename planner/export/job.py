@@ -60,14 +60,25 @@ def check_device_order(plan: Plan, ranks: list[int]) -> None:
     cluster's device r. A plan that puts rank r's stages on another device (device_order="auto") is
     applied only if the two devices are alike (memory, speed, node): else export refuses."""
     stages = sorted(plan.stages, key=lambda s: s.index)
+    group = _group_size(plan, max(ranks) + 1)
     for s, r in zip(stages, ranks):
-        if s.device != r and _device_kind(plan, s.device) != _device_kind(plan, r):
+        first = r * group  # the job's global rank of (pp r, dp 0, tp 0): the mesh layout, tp fastest
+        if s.device != first and _device_kind(plan, s.device) != _device_kind(plan, first):
             devs = plan.cluster.devices
             raise PipeplanError(
                 f"plan runs stage {s.index} on device {s.device} ({devs[s.device].name}), but the job starts "
-                f"pipeline rank {r} on the cluster's device {r} ({devs[r].name}), which differs in memory, speed "
+                f"pipeline rank {r} on the cluster's device {first} ({devs[first].name}), which differs in memory, speed "
                 "or node; export does not reorder devices: list the cluster's devices in the plan's order "
                 "and plan again, or plan with device_order fixed")
+
+
+def _group_size(plan: Plan, pp: int) -> int:
+    """Processes per pipeline rank on the plan's cluster: dp x tp for a plan on the whole mesh (a cluster of
+    pp x dp x tp devices, planner.costmodel.parallel.to_mesh_plan: stage devices are the first device of each
+    pipeline rank's group), else 1 (a plan on the pipeline devices only, e.g. PP x DP plans)."""
+    cfg = plan.config
+    group = cfg.data_parallel * cfg.tensor_parallel
+    return group if group > 1 and len(plan.cluster.devices) >= pp * group else 1
 
 
 def check_recompute(plan: Plan, spec) -> list[bool]:
@@ -246,7 +257,11 @@ def render_job(plan: Plan, *, model_source: str | None = None, source_label: str
         settings["weights"] = check_weights_path(weights)
     pp = max(settings["stage_to_rank"]) + 1
     world = pp * settings["data_parallel"] * settings["tensor_parallel"]
-    nodes = sorted({plan.cluster.devices[s.device].node for s in plan.stages}) if plan.cluster.devices else [0]
+    devices = plan.cluster.devices
+    if _group_size(plan, pp) > 1:  # a plan on the whole mesh: every process has its device
+        nodes = sorted({d.node for d in devices[:world]})
+    else:
+        nodes = sorted({devices[s.device].node for s in plan.stages}) if devices else [0]
     per_node = max(1, -(-world // len(nodes)))
     subst = {
         "@SETTINGS@": json.dumps(settings, indent=1),
