@@ -146,6 +146,8 @@ def test_whole_mesh_plan_counts_nodes_and_checks_group_devices(gpt_profile):
     files = render_job(plan, profile=gpt_profile)
     assert "WORLD=8" in files["launch.sh"] and "#SBATCH --nodes=2" in files["slurm.sbatch"]
     assert "--gpus-per-node=4" in files["slurm.sbatch"]
+    plan.stages[1].device = 5  # alike device 5 for 4: a relabelling, exported
+    render_job(plan, profile=gpt_profile)
     plan.cluster.devices[4] = Device(name="slow", memory_bytes=16 << 30, speed=0.5, node=1)
     with pytest.raises(PipeplanError, match="on the cluster's device 4"):
         render_job(plan, profile=gpt_profile)
