@@ -215,3 +215,34 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     print(json.dumps(run(a.quick), indent=2))
+
+
+def markdown(d: dict) -> str:
+    """The results as the tables of docs/hybrid.md ("Measured")."""
+    out = ["| case | search s | configurations: solved / pruned / cannot fit / left | best configuration | step s | "
+           "MFU | best PP-only step s | gain | Alpa ÷ ours | Aceso ÷ ours |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["search_time"]:
+        best = r["top"][0] if r["top"] else None
+        pp = r["pp_only"]
+        out.append(f"| {r['case']} | {r['search_s']} | {r['candidates']}: {r['solved']} / {r['pruned']} / {r['no_fit']} / "
+                   f"{r['unsearched']} | {best['config'] if best else '-'} | "
+                   f"{best['step_time_ms'] / 1000:.2f} | {best['mfu']:.3f} | "
+                   f"{(pp['step_time_ms'] / 1000) if pp else float('nan'):.2f} | {r['gain_over_pp_only']}x | "
+                   f"{r['alpa_over_ours']:.0f}x | {r['aceso_over_ours']:.0f}x |")
+    out += ["", "Megatron-LM PTD-P Table 1 (" + d["megatron_source"] + "): the paper's TP/PP/DP and batch, micro-batch 1, "
+            "1F1B, recompute on, DDP; TFLOP/s per GPU by the paper's eq. 3; then pipeplan's pick on the same GPUs and "
+            "batch (its eq.-3 TFLOP/s over-counts by up to 4/3 when it does not recompute; its MFU does not).", "",
+            "| params | GPUs | batch | paper TP/PP/DP | published TFLOP/s | predicted | predicted ÷ published | "
+            "bubble | pipeplan's pick | pick eq.3 TFLOP/s | pick MFU | pick search s (complete) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["megatron_table1"]:
+        p, k = r["paper"], r.get("pipeplan_pick") or {}
+        if r["status"] != "ok":
+            out.append(f"| {r['params_b']}B | {r['gpus']} | {r['batch']} | {p['tp']}/{p['pp']}/{p['dp']} | "
+                       f"{p['tflops_per_gpu']} | error: {r.get('reason', '')[:80]} |||||||")
+            continue
+        out.append(f"| {r['params_b']}B | {r['gpus']} | {r['batch']} | {p['tp']}/{p['pp']}/{p['dp']} | "
+                   f"{p['tflops_per_gpu']} | {p.get('predicted_tflops_per_gpu')} | {p.get('predicted_over_published')} | "
+                   f"{p.get('bubble_fraction')} | {k.get('config', '-')} | {k.get('eq3_tflops_per_gpu')} | "
+                   f"{k.get('mfu')} | {r.get('pick_search_s')} ({'yes' if r.get('pick_complete') else 'budget'}) |")
+    return "\n".join(out)
