@@ -151,3 +151,17 @@ def test_cli_bad_combinations_are_one_line(profile_file, args, message):
     assert p.returncode == 2
     assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_mixed_cluster_bounds_stay_bounds():
+    """PP-only on unequal devices: the search's bounds use the most favourable device, so its top-1 equals the
+    brute force (a bound from device 0 alone would prune the plan that puts the big stage on the fast one)."""
+    cl = Cluster(devices=[Device(name="slow", memory_bytes=2**34, speed=1.0),
+                          Device(name="fast", memory_bytes=2**35, speed=3.0)])
+    prof = tp_gpt(layers=6)
+    base = TrainConfig(num_microbatches=1, precision="bf16_mixed", device_order="auto")
+    res = search_parallel(prof, cl, 8, base=base, top_k=1)
+    brute = brute_force(prof, cl, 8, base)
+    assert res.ranked[0].step_time_ms == pytest.approx(brute[0], rel=1e-9)
+    full = search_parallel(prof, cl, 8, base=base, top_k=100, prune=False)
+    assert all(c.lower_bound_ms <= c.step_time_ms * (1 + 1e-9) for c in full.ranked)

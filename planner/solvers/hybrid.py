@@ -225,7 +225,8 @@ def enumerate_configs(profile: Profile, cluster: Cluster, global_batch: int, bas
                 for s in (shardings if d > 1 else ("ddp",)):
                     out.append(dataclasses.replace(
                         base, num_microbatches=M, micro_batch_size=mbs, global_batch=None, data_parallel=d,
-                        tensor_parallel=t, dp_sharding=s, device_order="fixed"))
+                        tensor_parallel=t, dp_sharding=s,
+                        device_order=base.device_order if d * t == 1 else "fixed"))
     return out
 
 
@@ -392,8 +393,11 @@ def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
     pp = N // (dp * tp)
     mesh = Mesh(pp=pp, dp=dp, tp=tp, gpus_per_node=gpus_per_node(cluster))
     rank = rank_profile(scale_profile(profile, config.micro_batch_size), config, cluster, mesh)
-    speed = cluster.speed_factor(0, rank)
-    overhead = cluster.devices[0].action_overhead_ms
+    # identical devices (any dp or tp > 1): theirs; a mixed PP-only cluster: the most favourable device for
+    # every term (the fastest speed, the largest memory, no per-action overhead), so the bounds stay bounds
+    uniform = len({(d.memory_bytes, d.preset, d.tflops, d.speed, d.action_overhead_ms) for d in cluster.devices}) == 1
+    speed = max(cluster.speed_factor(i, rank) for i in range(N)) if not uniform else cluster.speed_factor(0, rank)
+    overhead = cluster.devices[0].action_overhead_ms if uniform else 0.0
     v = chunks_per_device(config.schedule, config.virtual_stages)
     M = config.num_microbatches
     split = schedule_spec(config.schedule).split_backward
@@ -416,7 +420,7 @@ def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
     memory = (w + g + o) * sum(params) / pp + buffer + config.reserve_bytes + acts
     largest_bytes = max((w + g + o) * n.param_count + scale * n.activation_bytes for n in rank.nodes) \
         + buffer + config.reserve_bytes
-    limit = min(d.memory_bytes for d in cluster.devices)
+    limit = min(d.memory_bytes for d in cluster.devices) if uniform else max(d.memory_bytes for d in cluster.devices)
     recompute = recompute_bound_ms(rank, config, pp, speed, limit - config.reserve_bytes - buffer,
                                    (w + g + o) * sum(params), scale)
     if recompute is None:  # cannot fit: report the memory bound over the limit
@@ -429,7 +433,7 @@ def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
         pipe = pipeline_time_bound(M, pp, total, rho)
         from planner.costmodel.cost import build_tables
 
-        if build_tables(rank).is_chain():  # contiguous stages: the discrete bound, with each device's memory
+        if uniform and build_tables(rank).is_chain():  # contiguous stages: the discrete bound with memory
             choices = config.recompute_choices()
             mem = ChainMemory(static=[(w + g + o) * n.param_count for n in rank.nodes],
                               acts=[scale * n.activation_bytes for n in rank.nodes],
@@ -520,7 +524,8 @@ def search_parallel(profile: Profile, cluster: Cluster, global_batch: int, *, ba
                             gpus_per_node=gpus_per_node(cluster), candidates=len(configs))
     if not configs:
         raise PipeplanError(_no_config_reason(profile, cluster, global_batch, base, tp, dp, pp))
-    limit = min(d.memory_bytes for d in cluster.devices)
+    mems = [d.memory_bytes for d in cluster.devices]
+    limit = min(mems) if len(set(mems)) == 1 else max(mems)  # mixed (PP-only): the largest device bounds
     scored = []
     for cfg in configs:
         p = cluster.num_devices // (cfg.data_parallel * cfg.tensor_parallel)
