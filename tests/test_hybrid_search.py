@@ -165,3 +165,13 @@ def test_mixed_cluster_bounds_stay_bounds():
     assert res.ranked[0].step_time_ms == pytest.approx(brute[0], rel=1e-9)
     full = search_parallel(prof, cl, 8, base=base, top_k=100, prune=False)
     assert all(c.lower_bound_ms <= c.step_time_ms * (1 + 1e-9) for c in full.ranked)
+
+
+def test_schedules_and_chunks_are_a_dimension():
+    prof = tp_gpt(layers=8)
+    cl = mesh_cluster(4, 4)
+    res = search_parallel(prof, cl, 16, base=BASE, top_k=50, prune=False,
+                          schedules=[("1F1B", 1), ("Interleaved1F1B", 2)], micro_batch_sizes=[2], tp=1, dp_sharding="ddp")
+    kinds = {(c.schedule, c.virtual_stages) for c in res.ranked}
+    assert kinds == {("1F1B", 1), ("Interleaved1F1B", 2)}
+    assert all(c.lower_bound_ms <= c.step_time_ms * (1 + 1e-9) for c in res.ranked)

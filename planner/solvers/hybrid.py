@@ -179,7 +179,21 @@ def _divisors(n: int) -> list[int]:
 def enumerate_configs(profile: Profile, cluster: Cluster, global_batch: int, base: TrainConfig, *,
                       tp: int | None = None, dp: int | None = None, pp: int | None = None,
                       dp_sharding: str | Sequence[str] | None = None,
-                      micro_batch_sizes: Sequence[int] | None = None) -> list[TrainConfig]:
+                      micro_batch_sizes: Sequence[int] | None = None,
+                      schedules: Sequence[tuple[str, int]] | None = None) -> list[TrainConfig]:
+    """enumerate_configs_for for each (schedule, chunks per device) of `schedules` (default: base's)."""
+    out = []
+    for schedule, chunks in schedules or [(base.schedule, base.virtual_stages)]:
+        b = dataclasses.replace(base, schedule=schedule, virtual_stages=chunks)
+        out += enumerate_configs_for(profile, cluster, global_batch, b, tp=tp, dp=dp, pp=pp, dp_sharding=dp_sharding,
+                                     micro_batch_sizes=micro_batch_sizes)
+    return out
+
+
+def enumerate_configs_for(profile: Profile, cluster: Cluster, global_batch: int, base: TrainConfig, *,
+                          tp: int | None = None, dp: int | None = None, pp: int | None = None,
+                          dp_sharding: str | Sequence[str] | None = None,
+                          micro_batch_sizes: Sequence[int] | None = None) -> list[TrainConfig]:
     """Every valid configuration: tp divides the GPUs per node (and every layer's tp_max_degree), pp x dp x tp
     = N, dp x micro-batch size divides the global batch, the schedule accepts (pp, M, chunks), pp x chunks
     <= layers. tp > 1 only when the profile has TP facts (else it replicates every layer: never faster) and
@@ -494,12 +508,14 @@ def search_parallel(profile: Profile, cluster: Cluster, global_batch: int, *, ba
                     dp_sharding: str | Sequence[str] | None = None, micro_batch_sizes: Sequence[int] | None = None,
                     time_limit_s: float = DEFAULT_TIME_LIMIT_S, prune: bool = True, diagnose: bool = True,
                     budget_s: float | None = DEFAULT_BUDGET_S,
+                    schedules: Sequence[tuple[str, int]] | None = None,
                     progress: Callable[[str], None] | None = None) -> ParallelSearch:
     """The ranked top-k configurations of pp x dp x tp = cluster.num_devices for `global_batch` samples per
     step (all replicas together), each with its plan's predicted step time, samples/s, tokens/s, MFU and
     memory per device; best_plan is the winner's Plan on the whole cluster (its config carries the degrees:
     `pipeplan export` consumes it). `base` gives the schedule (and chunks), optimizer, precision, recompute
-    mode, reserve and solver; tp, dp, pp, dp_sharding and micro_batch_sizes fix or narrow the search.
+    mode, reserve and solver; tp, dp, pp, dp_sharding and micro_batch_sizes fix or narrow the search, and
+    `schedules` lists (schedule, chunks per device) pairs to search (default: base's one).
     Micro-batch sizes other than the profile's scale its per-layer times, activations and all-reduce bytes
     linearly (scale_profile: an approximation). PP-only (dp = tp = 1) candidates are planned exactly as
     `solve` plans them. When nothing fits, `diagnosis` says what would (more GPUs, recompute).
@@ -519,7 +535,7 @@ def search_parallel(profile: Profile, cluster: Cluster, global_batch: int, *, ba
     base = dataclasses.replace(base, time_limit_s=time_limit_s)
     say = progress or (lambda _msg: None)
     configs = enumerate_configs(profile, cluster, global_batch, base, tp=tp, dp=dp, pp=pp,
-                                dp_sharding=dp_sharding, micro_batch_sizes=micro_batch_sizes)
+                                dp_sharding=dp_sharding, micro_batch_sizes=micro_batch_sizes, schedules=schedules)
     result = ParallelSearch(global_batch=global_batch, devices=cluster.num_devices,
                             gpus_per_node=gpus_per_node(cluster), candidates=len(configs))
     if not configs:
