@@ -13,6 +13,7 @@ from core.errors import PipeplanError
 from planner.contracts.config import TrainConfig
 from ui.cluster_view import cluster_section
 from ui.export_view import export_section
+from ui.hybrid_view import parallel_search_section, parallelism_section
 from ui.inference_view import inference_section, inference_settings, mode_switch
 from ui.model_view import model_section
 from ui.plan_view import plan_section
@@ -38,6 +39,7 @@ with training_tab:
                              else "bf16_mixed")  # only picks the devices' speed preset
     else:
         config = training_section(choice.profile.model.micro_batch_size if choice else 1)
+        parallel = parallelism_section(choice.profile.model.micro_batch_size if choice else 1)
 
 save_to_url()
 st.caption("The page URL holds these settings: share it, or reload without losing them. Uploaded files and "
@@ -59,8 +61,10 @@ elif mode == "Inference":
     if inference_config is not None:
         inference_section(choice.profile, cluster, inference_config)
 else:
-    plan = plan_section(choice.profile, cluster, config,
-                        lambda n: cluster_inputs.cluster(config.precision, n))
+    if parallel.hybrid:  # the ranked PP x DP x TP configurations; the picked one is planned below
+        config = parallel_search_section(choice.profile, cluster, config, parallel)
+    plan = None if config is None else plan_section(choice.profile, cluster, config,
+                                                    lambda n: cluster_inputs.cluster(config.precision, n))
     if plan is not None:
         export_section(plan, choice.profile, choice.cli_source, choice.cli_flags, choice.export_source,
                        choice.export_error, choice.export_label)

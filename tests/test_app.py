@@ -109,6 +109,33 @@ def test_eight_nodes_of_eight_gpus_read_as_nodes_not_64_rows():
     assert any("Edit single devices (64 rows)" in e.label for e in at.expander)
 
 
+def test_hybrid_mode_ranks_configurations_on_8_nodes_of_8_and_plans_the_picked_one():
+    at = run_app()
+    at.selectbox(key="preset").set_value("H100-SXM").run()
+    at.number_input(key="n_devices").set_value(64).run()
+    at.radio(key="parallelism").set_value("automatic (PP × DP × TP)").run()
+    no_problems(at)
+    ranked = next(d for d in at.dataframe if "MFU %" in d.value.columns).value.to_dict("records")
+    assert len(ranked) >= 2 and all(r["pp"] * r["dp"] * r["tp"] == 64 for r in ranked), ranked
+    steps = [r["step ms"] for r in ranked]
+    assert steps == sorted(steps)
+    assert float(metric(at, "Predicted step time").split()[0].replace(",", "")) == pytest.approx(steps[0], abs=0.051)
+    # the second configuration: its plan, its command lines, its job
+    at.selectbox(key="picked_config").set_value(1).run()
+    no_problems(at)
+    assert float(metric(at, "Predicted step time").split()[0].replace(",", "")) == pytest.approx(steps[1], abs=0.051)
+    code = " ".join(c.value for c in at.code)
+    second = ranked[1]
+    assert f"--tp {second['tp']} --dp {second['dp']}" in code, code
+    assert at.get("download_button"), "no job download for the hybrid plan"
+    # fixed degrees with a TP degree the node cannot hold: one clear error, no spinner left
+    at.radio(key="parallelism").set_value("fixed degrees").run()
+    at.number_input(key="hybrid_tp").set_value(3).run()
+    assert not at.exception
+    assert any("tp" in e.value.lower() or "tensor" in e.value.lower() for e in at.error), [e.value for e in at.error]
+    assert all(s.proto.state != "running" for s in at.status), "a status box is left spinning"
+
+
 def test_changing_the_device_count_changes_the_plan():
     at = run_app()
     no_problems(at)

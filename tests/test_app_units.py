@@ -213,6 +213,36 @@ def test_cli_commands_reproduce_the_apps_plan(tmp_path):
     assert (tmp_path / "job" / "train.py").is_file()
 
 
+@pytest.mark.slow  # runs each printed command as a CLI process (~10 s)
+def test_cli_commands_reproduce_a_hybrid_configuration(tmp_path):
+    """A configuration picked from the app's ranked list (not the fastest): the printed commands, with its
+    degrees fixed, give the same plan."""
+    from planner.solvers.hybrid import search_parallel
+    from profiler import load_profile
+    from ui.hybrid_view import SEARCH_SOLVE_LIMIT_S, search_base
+
+    flags = "--batch-size 1 --seq-len 64 --estimate-for A100-80GB"
+    profile = load_profile("sample:gpt:tiny", batch_size=1, seq_len=64, estimate_for="A100-80GB")
+    cluster = cluster_from_rows(base_rows(8, "A100-80GB", 4), intra_node_gbs=300, inter_node_gbs=25,
+                                precision="bf16_mixed")
+    base = search_base(TrainConfig(precision="bf16_mixed", time_limit_s=2))
+    ranked = search_parallel(profile, cluster, 32, base=base, time_limit_s=SEARCH_SOLVE_LIMIT_S).ranked
+    hybrid = [c for c in ranked if c.dp * c.tp > 1]
+    assert hybrid, [c.label for c in ranked]
+    plan = solve(profile, cluster, hybrid[-1].config(base))
+    assert plan.feasible
+    (tmp_path / "cluster.json").write_text(cluster.to_json())
+    for line in cli_commands(plan, "sample:gpt:tiny", flags).splitlines():
+        argv = [sys.executable, "-m", "cli", *shlex.split(line)[1:]]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=_env(), check=False)
+        assert done.returncode == 0, (line, done.stderr)
+    cli_plan = Plan.from_json((tmp_path / "plan.json").read_text())
+    for field in ("tensor_parallel", "data_parallel", "dp_sharding", "num_microbatches", "micro_batch_size"):
+        assert getattr(cli_plan.config, field) == getattr(plan.config, field), field
+    assert cli_plan.module_fqns_per_stage() == plan.module_fqns_per_stage()
+    assert cli_plan.step_time_ms == pytest.approx(plan.step_time_ms)
+
+
 def _env() -> dict[str, str]:
     import os
 

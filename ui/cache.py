@@ -116,6 +116,22 @@ def plan_for(_profile: Profile, profile_key: str, cluster_json: str, config_json
     return solve(_profile, Cluster.from_json(cluster_json), TrainConfig.from_json(config_json))
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def parallel_search_for(_profile: Profile, profile_key: str, cluster_json: str, base_json: str, global_batch: int,
+                        tp: int | None, dp: int | None, dp_sharding: str | None):
+    """search_parallel for one (profile, cluster, base config, batch, fixed degrees): the ranked PP x DP x TP
+    configurations, as `pipeplan plan --parallel auto` (or --tp/--dp) ranks them."""
+    from planner.solvers.hybrid import search_parallel
+    from ui.hybrid_view import SEARCH_SOLVE_LIMIT_S
+
+    base = TrainConfig.from_json(base_json)
+    fixed = tp is not None or dp is not None
+    return search_parallel(_profile, Cluster.from_json(cluster_json), global_batch, base=base, tp=tp, dp=dp,
+                           dp_sharding=dp_sharding if fixed else None,
+                           micro_batch_sizes=[_profile.model.micro_batch_size] if fixed else None,
+                           time_limit_s=min(base.time_limit_s, SEARCH_SOLVE_LIMIT_S))
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def timeline_for(_plan: Plan, plan_json: str) -> Timeline:
     from planner.pipeline.simulator import simulate

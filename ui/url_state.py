@@ -13,8 +13,9 @@ from typing import Any
 import streamlit as st
 
 import sample_models
-from planner.contracts.config import OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES
+from planner.contracts.config import DP_SHARDING, OPTIMIZERS, PRECISIONS, RECOMPUTE, SCHEDULES
 from profiler.gpus import GPU_PRESETS
+from ui.hybrid_view import MODES as PARALLEL_MODES
 from ui.model_view import ARCHITECTURE, HF, PROFILE_JSON, SAMPLE
 from ui.training_view import AUTO, FIXED
 
@@ -58,6 +59,11 @@ URL_SETTINGS: dict[str, Callable[[str], Any]] = {
     "optimizer": _one_of(OPTIMIZERS),
     "precision": _one_of(PRECISIONS),
     "recompute": _one_of(RECOMPUTE),
+    "parallelism": _one_of(PARALLEL_MODES),
+    "hybrid_batch": _int_in(1, 1 << 20),
+    "hybrid_tp": _int_in(1, 64),
+    "hybrid_dp": _int_in(1, 4096),
+    "hybrid_sharding": _one_of(DP_SHARDING),
 }
 """Widget key -> parser of its URL text (None: not a valid value for that widget)."""
 
