@@ -157,6 +157,45 @@ def test_plan_change_devices_and_download(server, browser, tmp_path):
     page.close()
 
 
+def test_hybrid_8_nodes_of_8_gpus_ranked_planned_and_downloaded(server, browser, tmp_path):
+    """8 nodes × 8 H100 (from a shared link), Parallelism set to automatic by a click: the ranked
+    configurations, the best one's plan, and its job, whose settings carry the degrees."""
+    import json
+    import urllib.parse
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page.set_default_timeout(120_000)
+    page.goto(f"{server}/?" + urllib.parse.urlencode({"n_devices": 64, "preset": "H100-SXM",
+                                                      "devices_per_node": 8}))
+    page.get_by_role("tab", name="2. Cluster").click()
+    wait_for(lambda: "64 × H100-SXM on 8 nodes" in page_text(page), 180, "the 8 × 8 cluster")
+    page.get_by_role("tab", name="3. Training").click()
+    page.get_by_text("automatic (PP × DP × TP)", exact=True).click()
+    settled(page, lambda t: "Configuration shown below" in t and "Predicted step time" in t, 180)
+    text = page_text(page)
+    assert "64 GPUs (8 per node)" in text and "pruned by their bound" in text, text[:2000]
+    page.locator('[data-testid="stHeading"]', has_text="4. Parallelism").first.evaluate(
+        "el => el.scrollIntoView({block: 'start'})")
+    time.sleep(0.5)
+    page.screenshot(path=str(ARTIFACTS / "app_hybrid_8x8.png"), full_page=False)
+    with page.expect_download() as plan_info:
+        page.get_by_role("button", name="plan.json").click()
+    plan_path = tmp_path / "plan.json"
+    plan_info.value.save_as(plan_path)
+    config = json.loads(plan_path.read_text())["config"]
+    assert config["data_parallel"] * config["tensor_parallel"] > 1, config
+    with page.expect_download() as zip_info:
+        page.get_by_role("button", name="Download training job (.zip)").click()
+    zip_path = tmp_path / "job.zip"
+    zip_info.value.save_as(zip_path)
+    with zipfile.ZipFile(zip_path) as zf:
+        assert {"train.py", "launch.sh", "plan.json"} <= set(zf.namelist())
+        job_plan = json.loads(zf.read("plan.json"))
+    assert job_plan["config"]["tensor_parallel"] == config["tensor_parallel"]
+    assert job_plan["config"]["data_parallel"] == config["data_parallel"]
+    page.close()
+
+
 TIMINGS = ROOT / "bench" / "results" / "app_timings.json"
 LLAMA_7B_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
                    "intermediate_size": 11008, "num_attention_heads": 32, "num_hidden_layers": 32,
