@@ -647,13 +647,8 @@ def search_diagnosis(profile: Profile, cluster: Cluster, global_batch: int, base
         attempt("turn activation recomputation on (--recompute on)", cluster,
                 dataclasses.replace(base, recompute="on"), **narrow)
     if any(x is not None for x in narrow.values()):
-        parts = []
-        if tp is not None:
-            parts.append("tensor parallelism (--tp)")
-        if dp_sharding not in (None, "fsdp"):
-            parts.append("FSDP (--dp-sharding fsdp)")
-        attempt("let pipeplan choose the degrees (--parallel auto" + (f"; it may use {' and '.join(parts)}" if parts
-                                                                     else "") + ")", cluster, base)
+        attempt("let pipeplan choose the degrees and the sharding (--parallel auto: other TP degrees, ZeRO-1, FSDP)",
+                cluster, base)
     for factor in (2, 4, 8):
         n = cluster.num_devices * factor
         try:
