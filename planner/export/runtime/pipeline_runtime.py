@@ -87,6 +87,7 @@ __all__ = [
     "state_bytes",
     "sync_gradients",
     "tp_shard_dims",
+    "tp_reshape",
     "trace_model",
     "upcast",
     "weights_digest",
@@ -601,18 +602,12 @@ def apply_tensor_parallel(module: StageModule, shard_dims: dict[str, int | None]
                if n.op == "call_function" and check is not None and n.target == check.default and not n.users]
     for n in asserts:
         module.submod.graph.erase_node(n)
-    # DTensor decides view-or-copy for a reshape (and for .contiguous()) from the GLOBAL tensor's strides,
-    # then views the local piece, whose strides may differ (an expanded repeat_kv, an attention output
-    # redistributed to Replicate): "view size is not compatible". A contiguous copy of the input first
-    # makes every view and reshape valid on the local piece (a copy reshape would often make anyway).
+    # Every view and reshape becomes tp_reshape (below).
     aten = torch.ops.aten
     expanded = [n for n in module.submod.graph.nodes if n.op == "call_function"
                 and n.target in (aten.reshape.default, aten.view.default) and isinstance(n.args[0], torch.fx.Node)]
     for n in expanded:
-        with module.submod.graph.inserting_before(n):
-            copy = module.submod.graph.call_function(aten.clone.default, (n.args[0],),
-                                                     {"memory_format": torch.contiguous_format})
-        n.replace_input_with(n.args[0], copy)
+        n.target = tp_reshape
     if asserts or expanded:
         module.submod.recompile()
     params: dict[str, nn.Parameter] = {}
@@ -625,6 +620,26 @@ def apply_tensor_parallel(module: StageModule, shard_dims: dict[str, int | None]
         module.params[i] = params[fqn]
     module.tp_mesh = mesh
     return params
+
+
+def tp_reshape(x: torch.Tensor, shape) -> torch.Tensor:
+    """A traced graph's view or reshape, on a DTensor of a tensor-parallel stage. DTensor decides
+    view-or-copy from the GLOBAL tensor's strides, then views the local piece, whose strides may differ
+    (an expanded repeat_kv, an attention output redistributed to Replicate): "view size is not
+    compatible"; so the input is first copied contiguous (what reshape often does anyway). And a
+    reshape that would split a sharded dimension unevenly (a fused q|k|v projection viewed as
+    (B, T, 3, heads, hd) with its features sharded) is refused by DTensor: the input is then
+    replicated first (an all-gather over tp), which keeps the math and costs communication."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    x = torch.ops.aten.clone.default(x, memory_format=torch.contiguous_format)
+    if not isinstance(x, DTensor) or all(isinstance(pl, Replicate) for pl in x.placements):
+        return torch.ops.aten.reshape.default(x, shape)
+    try:
+        return torch.ops.aten.reshape.default(x, shape)
+    except RuntimeError:  # raised by DTensor's sharding propagation, before any communication
+        x = x.redistribute(x.device_mesh, [Replicate()] * x.device_mesh.ndim)
+        return torch.ops.aten.reshape.default(x, shape)
 
 
 def normalize_tp_grads(params: Iterable[nn.Parameter]) -> None:
