@@ -101,7 +101,10 @@ def test_eight_nodes_of_eight_gpus_read_as_nodes_not_64_rows():
     at = run_app()
     at.selectbox(key="preset").set_value("H100-SXM").run()
     at.number_input(key="n_devices").set_value(64).run()
-    assert not at.exception, at.exception  # (pipeline-only planning cannot use 64 devices for 28 layers)
+    assert not at.exception, at.exception
+    # pipeline-only planning cannot use 64 devices for 28 layers: the error names the app's control
+    assert any("set “Parallelism” to automatic (PP × DP × TP)" in e.value for e in at.error), \
+        [e.value for e in at.error]
     captions = " ".join(c.value for c in at.caption)
     assert "64 × H100-SXM on 8 nodes" in captions, captions
     nodes = next(d for d in at.dataframe if "table rows" in d.value.columns).value.to_dict("records")

@@ -43,7 +43,7 @@ def solve_plan(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan 
                 status.update(label=f"Solved with {solver.backend}: {solver.status} in {solver.seconds:.2f} s"
                               if solver else "Solved", state="complete")
     if error is not None:
-        st.error(f"Cannot plan: {error}")
+        st.error(f"Cannot plan: {in_app_terms(str(error))}")
         return None
     return plan
 
@@ -52,7 +52,8 @@ CONTROL_OF_FLAG = {"--recompute": "Recompute activations", "--precision": "Preci
                    "--schedule": "Schedule", "--microbatches": "Micro-batches (M)",
                    "--global-batch": "Global batch (samples per step)", "--virtual-stages": "Chunks per device",
                    "--batch-size": "Micro-batch size", "--devices": "Devices", "--gpu": "GPU preset",
-                   "--reserve": "Reserve per device, GiB", "--time-limit": "Solver time limit, s"}
+                   "--reserve": "Reserve per device, GiB", "--time-limit": "Solver time limit, s",
+                   "--parallel": "Parallelism"}
 """The app's control for each CLI flag a diagnosis may name (the labels of ui/training_view.py,
 ui/model_view.py and ui/cluster_view.py); tests/test_app_units.py runs every suggestion the diagnosis
 writes through in_app_terms."""
@@ -64,6 +65,7 @@ def in_app_terms(suggestion: str) -> str:
     def control(match: re.Match) -> str:
         flag, value = match.group(1), match.group(2)
         value = "bf16_mixed" if flag == "--precision" and value == "bf16" else value
+        value = "automatic (PP × DP × TP)" if flag == "--parallel" and value == "auto" else value
         return f"(set “{CONTROL_OF_FLAG[flag]}” to {value})" if flag in CONTROL_OF_FLAG else match.group(0)
 
     text = re.sub(r"\((--[a-z-]+) ([^)\s]+)\)", control, suggestion)

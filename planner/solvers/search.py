@@ -420,7 +420,8 @@ def validate(profile: Profile, cluster: Cluster, config: TrainConfig) -> None:
     if len(profile.nodes) < S:
         raise PipeplanError(f"the model has {len(profile.nodes)} layers but {config.schedule} on "
                             f"{cluster.num_devices} devices needs {S} stages; use at most "
-                            f"{len(profile.nodes) // config.virtual_stages} devices, or profile the model at a "
+                            f"{len(profile.nodes) // config.virtual_stages} devices, split them between pipeline, "
+                            "data and tensor parallelism (--parallel auto), or profile the model at a "
                             "finer granularity (pipeplan profile --granularity op)")
 
 
