@@ -167,12 +167,13 @@ def hybrid_plan(source: str, stages: list[list[str]], *, tp: int = 1, dp: int = 
     return plan
 
 
-def check_hybrid_equivalence(tmp_path: Path, name: str, plan, nproc: int, profile=None) -> tuple[list[dict], list[dict]]:
-    """check_equivalence for a hybrid plan (the TP plan from `profile`, else rebuilt from the model source);
-    returns (pipeline lines, single-process lines)."""
+def check_hybrid_equivalence(tmp_path: Path, name: str, plan, nproc: int, profile=None,
+                             extra: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """check_equivalence for a hybrid plan (the TP plan from `profile`, else rebuilt from the model source;
+    `extra`: more train.py arguments for the pipeline run); returns (pipeline lines, single-process lines)."""
     job = tmp_path / name
     export_plan(plan, job, profile=profile)
-    lines = run_job(job, ["--steps", str(STEPS)], nproc)
+    lines = run_job(job, ["--steps", str(STEPS), *(extra or [])], nproc)
     single = single_reference(job, plan)
     assert_same_losses(lines, single)
     return lines, single

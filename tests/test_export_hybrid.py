@@ -53,14 +53,35 @@ def test_dp2_tp2_gpt(tmp_path):
     check_hybrid_equivalence(tmp_path, "dp2tp2", hybrid_plan(GPT, GPT_ALL, tp=2, dp=2, seq_len=32), 4, gpt_profile())
 
 
+def checkpoint_pieces(tmp_path, name, stage):
+    """The step-5 checkpoint files of `stage`, by replica (a checkpoint taken in check_hybrid_equivalence's run)."""
+    import torch
+
+    d = tmp_path / f"{name}_ckpt" / "step_000005"
+    return [torch.load(d / f"stage_{stage}_dp{r}.pt", weights_only=True) for r in (0, 1)]
+
+
 def test_pp2_dp2_fsdp_gpt(tmp_path):
-    check_hybrid_equivalence(tmp_path, "fsdp", hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="fsdp",
-                                                           seq_len=32), 4)
+    plan = hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="fsdp", seq_len=32)
+    check_hybrid_equivalence(tmp_path, "fsdp", plan, 4,
+                             extra=["--checkpoint-every", "5", "--checkpoint-dir", str(tmp_path / "fsdp_ckpt")])
+    # FSDP really shards: each replica holds half of every parameter (dim 0) and its optimizer state
+    a, b = checkpoint_pieces(tmp_path, "fsdp", 0)
+    assert tuple(a["tensors"]["wte.weight"].shape) == (256, 64) == tuple(b["tensors"]["wte.weight"].shape)
+    assert not a["tensors"]["wte.weight"].equal(b["tensors"]["wte.weight"])
+    assert tuple(a["optim"]["wte.weight"]["exp_avg"].shape) == (256, 64)
 
 
 def test_pp2_dp2_zero1_gpt(tmp_path):
-    check_hybrid_equivalence(tmp_path, "zero1", hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="zero1",
-                                                            seq_len=32), 4)
+    plan = hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="zero1", seq_len=32)
+    check_hybrid_equivalence(tmp_path, "zero1", plan, 4,
+                             extra=["--checkpoint-every", "5", "--checkpoint-dir", str(tmp_path / "zero1_ckpt")])
+    # ZeRO-1: whole parameters on both replicas, each parameter's optimizer state on exactly one
+    a, b = checkpoint_pieces(tmp_path, "zero1", 1)
+    assert a["tensors"].keys() == b["tensors"].keys()
+    assert all(a["tensors"][f].equal(b["tensors"][f]) for f in a["tensors"])
+    assert a["optim"] and b["optim"] and not a["optim"].keys() & b["optim"].keys()
+    assert a["optim"].keys() | b["optim"].keys() == a["tensors"].keys()
 
 
 def test_dp2_tp2_fsdp_gpt(tmp_path):
