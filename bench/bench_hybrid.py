@@ -140,8 +140,8 @@ def part_a(quick: bool) -> list[dict]:
             row["profile_s"] = rnd(profile_s, 3)
             rows.append(row)
     for row in rows:
-        row["alpa_over_ours"] = rnd(ALPA_S / row["search_s"], 1)
-        row["aceso_over_ours"] = rnd(ACESO_S / row["search_s"], 1)
+        row["alpa_over_ours"] = rnd(ALPA_S / row["search_s"], 4)
+        row["aceso_over_ours"] = rnd(ACESO_S / row["search_s"], 4)
     return rows
 
 
