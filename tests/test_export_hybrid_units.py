@@ -66,31 +66,30 @@ def test_pp_only_jobs_are_unchanged():
     assert s["tensor_parallel"] == 1 and s["dp_sharding"] == "ddp" and "tp_plan" not in s
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(schedule="GPipe", num_microbatches=4), None),
-    (dict(schedule="Interleaved1F1B"), "with the GPipe and 1F1B schedules only"),
-    (dict(precision="bf16_mixed"), "in fp32 only"),
+@pytest.mark.parametrize("schedule, message", [
+    ("GPipe", None), ("1F1B", None), ("Interleaved1F1B", None), ("ZBH1", None),
+    ("ZBV", "with the GPipe, 1F1B, Interleaved1F1B, ZBH1 schedules only"),
 ])
-def test_refusals(gpt_profile, change, message):
-    if change.get("schedule") == "Interleaved1F1B":
-        layers = ["wte", "wpe", *[f"layers.{i}" for i in range(4)], "ln_f", "lm_head"]
-        plan = hybrid_plan(GPT, [layers[:2], layers[2:4], layers[4:6], layers[6:]], tp=2, seq_len=32,
-                           schedule="Interleaved1F1B", virtual_stages=2)
-    else:
-        plan = hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, seq_len=32)
-        plan.config = dataclasses.replace(plan.config, **change)
+def test_schedules_under_tp(gpt_profile, schedule, message):
+    layers = ["wte", "wpe", *[f"layers.{i}" for i in range(4)], "ln_f", "lm_head"]
+    stages = [layers[:2], layers[2:4], layers[4:6], layers[6:]] if schedule in ("Interleaved1F1B", "ZBV") \
+        else gpt_tiny_stages(2)
+    plan = hybrid_plan(GPT, stages, tp=2, seq_len=32, schedule=schedule,
+                       virtual_stages=2 if schedule == "Interleaved1F1B" else 1)
     if message is None:
-        render_job(plan, profile=gpt_profile)
+        assert settings(render_job(plan, profile=gpt_profile))["schedule"] == schedule
         return
     with pytest.raises(PipeplanError, match=message):
         render_job(plan, profile=gpt_profile)
+    # the same schedule without TP or FSDP exports as before
+    plan.config = dataclasses.replace(plan.config, tensor_parallel=1)
+    render_job(plan)
 
 
-def test_recompute_and_weights_refused(gpt_profile):
+def test_weights_refused_with_tp_or_fsdp(gpt_profile):
     plan = hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, seq_len=32)
-    plan.stages[0].recompute = True
-    with pytest.raises(PipeplanError, match="does not recompute stages under tensor parallelism"):
-        render_job(plan, profile=gpt_profile)
+    with pytest.raises(PipeplanError, match="--weights is not implemented for jobs with tensor parallelism or FSDP"):
+        render_job(plan, weights="/data/model.safetensors", profile=gpt_profile)
     plan = hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="fsdp", seq_len=32)
     with pytest.raises(PipeplanError, match="--weights is not implemented for jobs with tensor parallelism or FSDP"):
         render_job(plan, weights="/data/model.safetensors")

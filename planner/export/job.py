@@ -139,9 +139,10 @@ def _profile_for(plan: Plan, source: str, profile):
                             f"profile; rebuilding it from {source} failed ({exc}): export with the profile") from None
 
 
-HYBRID_SCHEDULES = ("GPipe", "1F1B")
-"""Schedules whose exported jobs were checked with tensor parallelism and FSDP (tests/test_export_hybrid.py):
-one stage per rank, one backward pass per micro-batch."""
+HYBRID_SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBH1")
+"""Schedules whose exported jobs were checked with tensor parallelism and FSDP against --single-process
+(tests/test_export_hybrid.py; recompute and bf16_mixed too). ZBV fails under TP in torch 2.13 ("Can't detach
+views in-place" in its split backward); the others are not checked here."""
 
 
 def check_hybrid(plan: Plan, spec) -> None:
@@ -152,18 +153,10 @@ def check_hybrid(plan: Plan, spec) -> None:
         raise PipeplanError(f"the job runs dp_sharding ddp, zero1 and fsdp; not {sharding!r}")
     what = " and ".join(x for x in (f"tensor parallelism (tp {tp})" if tp > 1 else "",
                                     "FSDP" if sharding == "fsdp" and dp > 1 else "") if x)
-    if not what:
-        return
-    if spec.name not in HYBRID_SCHEDULES:
-        raise PipeplanError(f"the job runs {what} with the {' and '.join(HYBRID_SCHEDULES)} schedules only (the "
+    if what and spec.name not in HYBRID_SCHEDULES:
+        raise PipeplanError(f"the job runs {what} with the {', '.join(HYBRID_SCHEDULES)} schedules only (the "
                             f"ones checked against --single-process); {spec.name} is not one of them: re-plan with "
                             "one of those, or with tp 1 and ddp/zero1")
-    if cfg.precision != "fp32":
-        raise PipeplanError(f"the job runs {what} in fp32 only (bf16 autocast on DTensor parameters is not checked "
-                            f"here); re-plan with precision fp32, or with tp 1 and ddp/zero1")
-    if any(s.recompute for s in plan.stages):
-        raise PipeplanError(f"the job does not recompute stages under {what} (activation checkpointing of DTensor "
-                            "stages is not checked here); re-plan with recompute off, or with tp 1 and ddp/zero1")
 
 
 def job_settings(plan: Plan, source: str, profile=None) -> dict:
