@@ -145,6 +145,25 @@ def test_bf16_mixed_tp2(tmp_path):
     assert max(abs(a - b) / abs(b) for a, b in zip(tp, single)) <= 1e-4, (tp, single)
 
 
+@pytest.mark.parametrize("tp, dp, sharding", [(2, 2, "ddp"), (1, 2, "fsdp")], ids=["dp2tp2", "pp2dp2fsdp"])
+def test_clipping_by_the_global_norm_across_dims(tmp_path, tp, dp, sharding):
+    """SGD (update proportional to the clipped gradient) with a clip far below the gradient norm: every
+    step's update is scaled by max_norm / norm, so a norm that double-counts replicated pieces (over tp
+    or dp) or misses sharded ones changes the losses well beyond 1e-5."""
+    from planner.export import export_plan
+
+    plan = hybrid_plan(GPT, GPT_ALL if tp > 1 else gpt_tiny_stages(2), tp=tp, dp=dp, sharding=sharding, seq_len=32)
+    plan.config.optimizer = "sgd"
+    job = tmp_path / "clip"
+    export_plan(plan, job, profile=gpt_profile() if tp > 1 else None)
+    args = ["--steps", str(STEPS), "--lr", "2.0", "--max-grad-norm", "0.05", "--warmup-steps", "0"]
+    hybrid = losses(run_job(job, args, 4))
+    single = losses(run_job(job, args, None))
+    looser = losses(run_job(job, [*args[:-3], "0.0707", *args[-2:]], None))  # a norm off by sqrt(2)
+    assert max(abs(a - b) for a, b in zip(hybrid, single)) <= 1e-5, (hybrid, single)
+    assert max(abs(a - b) for a, b in zip(looser, single)) > 1e-3, "the clip does not bind: the test would not see it"
+
+
 def test_hf_llama_pp2_tp2_with_its_own_tp_plan(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
