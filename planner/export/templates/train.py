@@ -390,8 +390,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
     tp, dp = TP, args.dp
     if world != pp * dp * tp:
         raise JobError(f"world size is {world} but the plan needs {pp} pipeline ranks x {dp} data-parallel "
-                       f"replicas x {tp} tensor-parallel ranks = {pp * dp * tp} processes: run `torchrun "
-                       f"--nproc-per-node {pp * dp * tp} train.py{' --dp ' + str(dp) if dp > 1 else ''}` "
+                       f"replicas{f' x {tp} tensor-parallel ranks' if tp > 1 else ''} = {pp * dp * tp} processes: "
+                       f"run `torchrun --nproc-per-node {pp * dp * tp} train.py{' --dp ' + str(dp) if dp > 1 else ''}` "
                        "(or --single-process)")
     pp_rank, dp_rank, tp_rank = mesh_coords(rank, dp, tp)
     sharded = tp > 1 or (DP_SHARDING == "fsdp" and dp > 1)  # parameters are DTensors
