@@ -232,3 +232,24 @@ def test_startup_line_states_the_mesh_and_weights_are_refused(tmp_path):
     assert "--save-weights and --check-weights are not implemented with tensor parallelism or FSDP" in proc.stderr
     assert "rank 3: stage 1 layers layers.2..lm_head (4)" not in proc.stderr  # refused before starting
     assert STEPS == 5
+
+
+@pytest.mark.parametrize("tp, sharding", [(2, "fsdp"), (1, "zero1")], ids=["dp2tp2fsdp", "pp2dp2zero1"])
+def test_resume_from_a_checkpoint_sharded_over_dp(tmp_path, tp, sharding):
+    """Resume from step 3 of a 6-step run (its step-3 checkpoint, `latest` pointed back at it): FSDP
+    shards and zero1 optimizer-state shards (one file per replica) come back exactly."""
+    from planner.export import export_plan
+
+    plan = hybrid_plan(GPT, GPT_ALL if tp > 1 else gpt_tiny_stages(2), tp=tp, dp=2, sharding=sharding, seq_len=32)
+    job = tmp_path / "job"
+    export_plan(plan, job, profile=gpt_profile() if tp > 1 else None)
+    ckpt = tmp_path / "ckpt"
+    args = ["--steps", "6", "--checkpoint-every", "3", "--checkpoint-dir", str(ckpt)]
+    full = run_job(job, args, 4)
+    assert sorted(p.name for p in (ckpt / "step_000003").glob("stage_*")) == (
+        ["stage_0_tp0_dp0.pt", "stage_0_tp0_dp1.pt", "stage_0_tp1_dp0.pt", "stage_0_tp1_dp1.pt"] if tp > 1 else
+        ["stage_0_dp0.pt", "stage_0_dp1.pt", "stage_1_dp0.pt", "stage_1_dp1.pt"])
+    (ckpt / "latest").write_text("3")
+    resumed = run_job(job, [*args, "--resume"], 4)
+    assert [d["step"] for d in resumed] == [4, 5, 6]
+    assert max(abs(a - b) for a, b in zip(losses(resumed), losses(full[3:]))) <= 1e-6
