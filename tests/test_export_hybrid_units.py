@@ -150,3 +150,18 @@ def test_whole_mesh_plan_counts_nodes_and_checks_group_devices(gpt_profile):
     plan.cluster.devices[4] = Device(name="slow", memory_bytes=16 << 30, speed=0.5, node=1)
     with pytest.raises(PipeplanError, match="on the cluster's device 4"):
         render_job(plan, profile=gpt_profile)
+
+
+def test_startup_line_states_dp_tp_and_sharding(load_job, tmp_path, gpt_profile):
+    from planner.export import export_plan
+
+    export_plan(hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, dp=2, sharding="zero1", seq_len=32), tmp_path / "job",
+                profile=gpt_profile)
+    train = load_job(tmp_path / "job")
+    args = train.parse_args([])
+    lines = [train.startup_line(r, args) for r in range(8)]
+    # rank = (pp_rank * dp + dp_rank) * tp + tp_rank
+    assert lines[5].startswith("rank 5: stage 1 layers layers.2..lm_head (4), recompute off; 1F1B")
+    assert lines[5].endswith("dp 2 (replica 0), zero1, tp 2 (tp rank 1, 8 modules split); mesh pp 2 x dp 2 x tp 2")
+    assert lines[2].endswith("dp 2 (replica 1), zero1, tp 2 (tp rank 0, 8 modules split); mesh pp 2 x dp 2 x tp 2")
+    assert train.TP == 2 and train.DP_SHARDING == "zero1"

@@ -253,15 +253,17 @@ def startup_line(rank: int, args: argparse.Namespace) -> str:
     clip = f"clip {args.max_grad_norm:g}" if args.max_grad_norm > 0 else "no clipping"
     return (f"rank {rank}: {'; '.join(parts)}; {schedule}, M={SETTINGS['num_microbatches']}, "
             f"micro-batch {SETTINGS['micro_batch_size']}, {SETTINGS['precision']}, {SETTINGS['optimizer']}, "
-            f"{clip}, dp {args.dp} (replica {dp_rank})" + hybrid_part(pp, args.dp, tp_rank))
+            f"{clip}, dp {args.dp} (replica {dp_rank})" + hybrid_part(pp, args.dp, pp_rank, tp_rank))
 
 
-def hybrid_part(pp: int, dp: int, tp_rank: int) -> str:
+def hybrid_part(pp: int, dp: int, pp_rank: int, tp_rank: int) -> str:
     """The start-up line's hybrid part (only when the job shards: tp > 1, or zero1/fsdp): the DP sharding,
-    the TP degree, this rank's TP rank and the modules TP splits, and the mesh."""
+    the TP degree, this rank's TP rank and how many modules of its stages TP splits, and the mesh."""
     if TP == 1 and DP_SHARDING == "ddp":
         return ""
-    split = len(SETTINGS.get("tp_plan") or {})
+    layers = [lid for s, r in enumerate(SETTINGS["stage_to_rank"]) if r == pp_rank for lid in SETTINGS["stages"][s]]
+    split = sum(1 for path in SETTINGS.get("tp_plan") or {}
+                if any(path == lid or path.startswith(lid + ".") for lid in layers))
     return (f", {DP_SHARDING}, tp {TP} (tp rank {tp_rank}{f', {split} modules split' if TP > 1 else ''}); "
             f"mesh pp {pp} x dp {dp} x tp {TP}")
 
