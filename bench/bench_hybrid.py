@@ -219,8 +219,8 @@ if __name__ == "__main__":
 
 def markdown(d: dict) -> str:
     """The results as the tables of docs/hybrid.md ("Measured")."""
-    out = ["| case | search s | configurations: solved / pruned / cannot fit / left | best configuration | step s | "
-           "MFU | best PP-only step s | gain | Alpa ÷ ours | Aceso ÷ ours |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [("| case | search s | configurations: solved / pruned / cannot fit / left | best configuration | step s | "
+           "MFU | best PP-only step s | gain | Alpa ÷ ours | Aceso ÷ ours |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["search_time"]:
         best = r["top"][0] if r["top"] else None
         pp = r["pp_only"]
@@ -232,8 +232,8 @@ def markdown(d: dict) -> str:
     out += ["", "Megatron-LM PTD-P Table 1 (" + d["megatron_source"] + "): the paper's TP/PP/DP and batch, micro-batch 1, "
             "1F1B, recompute on, DDP; TFLOP/s per GPU by the paper's eq. 3; then pipeplan's pick on the same GPUs and "
             "batch (its eq.-3 TFLOP/s over-counts by up to 4/3 when it does not recompute; its MFU does not).", "",
-            "| params | GPUs | batch | paper TP/PP/DP | published TFLOP/s | predicted | predicted ÷ published | "
-            "bubble | pipeplan's pick | pick eq.3 TFLOP/s | pick MFU | pick search s (complete) |",
+            ("| params | GPUs | batch | paper TP/PP/DP | published TFLOP/s | predicted | predicted ÷ published | "
+            "bubble | pipeplan's pick | pick eq.3 TFLOP/s | pick MFU | pick search s (complete) |"),
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in d["megatron_table1"]:
         p, k = r["paper"], r.get("pipeplan_pick") or {}

@@ -286,11 +286,10 @@ def search_table(result) -> str:
 
 def run_hybrid(args: argparse.Namespace) -> int:
     """--parallel auto, or fixed --tp/--dp: the ranked search over the degrees (fixed ones narrow it)."""
+    import dataclasses
     import json
 
     from planner.solvers.hybrid import search_parallel
-
-    import dataclasses
 
     profile = load_model(args.model, args)
     cluster, chosen = build_cluster(args, profile)

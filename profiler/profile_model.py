@@ -166,13 +166,13 @@ def _tp_fields(model: nn.Module, lay: str, module: nn.Module | None, cost, merge
     plan = layer_tp_plan(model, lay)
     if not plan:
         return {}
-    return dict(tp_colwise=[r for r, s in plan.items() if s == "colwise"],
-                tp_rowwise=[r for r, s in plan.items() if s == "rowwise"],
-                tp_split_param_count=split_param_count(module, plan), tp_split_flops=float(cost.tp.split_flops),
-                tp_split_activation_bytes=int(cost.tp.split_activation_bytes),
-                tp_allreduce_fwd_bytes=int(cost.tp.allreduce_fwd_bytes),
-                tp_allreduce_bwd_bytes=int(cost.tp.allreduce_bwd_bytes),
-                tp_max_degree=max_degree(model, module, plan))
+    return {"tp_colwise": [r for r, s in plan.items() if s == "colwise"],
+                "tp_rowwise": [r for r, s in plan.items() if s == "rowwise"],
+                "tp_split_param_count": split_param_count(module, plan), "tp_split_flops": float(cost.tp.split_flops),
+                "tp_split_activation_bytes": int(cost.tp.split_activation_bytes),
+                "tp_allreduce_fwd_bytes": int(cost.tp.allreduce_fwd_bytes),
+                "tp_allreduce_bwd_bytes": int(cost.tp.allreduce_bwd_bytes),
+                "tp_max_degree": max_degree(model, module, plan)}
 
 
 def _assemble(model, traced, analysis, params, times, optimizer_times, preset, device, dtype, *, source, name, inputs,

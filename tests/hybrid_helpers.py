@@ -20,7 +20,7 @@ def tp_gpt(layers: int = 4, d_model: int = 256, seq_len: int = 128, vocab: int =
     nodes = []
     for n in prof.nodes:
         flops = 1e9 * n.fwd_ms
-        kw = dict(fwd_flops=flops, bwd_flops=2 * flops, optimizer_ms=optimizer_ms)
+        kw = {"fwd_flops": flops, "bwd_flops": 2 * flops, "optimizer_ms": optimizer_ms}
         if n.kind == "block":
             kw.update(tp_colwise=["attn.c_attn", "mlp.c_fc"], tp_rowwise=["attn.c_proj", "mlp.c_proj"],
                       tp_split_param_count=12 * d * d, tp_split_flops=split_share * flops,

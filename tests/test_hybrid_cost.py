@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 
@@ -43,15 +44,15 @@ def test_ring_collectives_by_hand():
 
 
 def _node(**kw) -> ProfileNode:
-    base = dict(id="b", name="b", kind="block", module_path="b", fwd_flops=100.0, bwd_flops=200.0, fwd_ms=10.0,
-                bwd_ms=20.0, param_count=1000, param_bytes=4000, activation_bytes=10_000, output_bytes=100,
-                optimizer_ms=1.0)
+    base = {"id": "b", "name": "b", "kind": "block", "module_path": "b", "fwd_flops": 100.0, "bwd_flops": 200.0, "fwd_ms": 10.0,
+                "bwd_ms": 20.0, "param_count": 1000, "param_bytes": 4000, "activation_bytes": 10_000, "output_bytes": 100,
+                "optimizer_ms": 1.0}
     base.update(kw)
     return ProfileNode(**base)
 
 
 def _profile(*nodes) -> Profile:
-    edges = [ProfileEdge(src=a.id, dst=b.id, bytes=100) for a, b in zip(nodes, nodes[1:])]
+    edges = [ProfileEdge(src=a.id, dst=b.id, bytes=100) for a, b in itertools.pairwise(nodes)]
     return Profile(model=ModelInfo(source="t", name="t", param_count=sum(n.param_count for n in nodes),
                                    micro_batch_size=1, seq_len=16),
                    provenance=Provenance(method="estimated", device="t"), nodes=list(nodes), edges=edges)
@@ -85,7 +86,7 @@ def test_tp_rank_share_by_hand():
 
 def test_dp_sync_by_hand():
     n = 4
-    cfg = dict(num_microbatches=4, data_parallel=n, precision="bf16_mixed", optimizer="adamw")
+    cfg = {"num_microbatches": 4, "data_parallel": n, "precision": "bf16_mixed", "optimizer": "adamw"}
     params = 1e6  # bf16: 2 B grads, 2 B weights
     ddp = par.dp_sync_ms(params, TrainConfig(**cfg, dp_sharding="ddp"), LINK)
     assert ddp == pytest.approx(2 * 3 / 4 * 2e6 * 1e-8 + 2 * 3 * 0.005)
@@ -106,8 +107,8 @@ def test_dp_link_crosses_nodes_when_replicas_do():
 
 
 def test_memory_under_ddp_zero1_fsdp_by_hand():
-    args = dict(param_count=1000, activation_bytes=500, input_bytes=0, relay_bytes=0, in_flight=2)
-    base = dict(num_microbatches=4, precision="bf16_mixed", optimizer="adamw", data_parallel=4)  # (2, 2, 12) B
+    args = {"param_count": 1000, "activation_bytes": 500, "input_bytes": 0, "relay_bytes": 0, "in_flight": 2}
+    base = {"num_microbatches": 4, "precision": "bf16_mixed", "optimizer": "adamw", "data_parallel": 4}  # (2, 2, 12) B
     ddp = stage_memory_bytes(**args, config=TrainConfig(**base, dp_sharding="ddp"))
     assert (ddp.params, ddp.grads, ddp.optimizer, ddp.activations) == (2000, 2000, 12000, 2 * 500 // 2)
     z1 = stage_memory_bytes(**args, config=TrainConfig(**base, dp_sharding="zero1"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def even_cuts(n: int, stages: int) -> list[int]:
 
 def run(cmd, cwd, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -60,7 +61,7 @@ def test_weights_only_refuses_objects(tmp_path):
 
     bad = tmp_path / "bad.pt"
     torch.save({"w": torch.zeros(2), "x": argparse.Namespace(a=1)}, bad)  # an object weights_only refuses
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):  # what torch.load(weights_only=True) raises
         load_state_dict_weights_only(bad, {"w": [torch.zeros(2)]})
     good = tmp_path / "good.pt"
     torch.save({"w": torch.ones(2)}, good)

@@ -252,11 +252,11 @@ def test_an_old_profile_keeps_its_fingerprint(stem):
 
 
 def test_node_validation():
-    base = dict(id="b", name="b", kind="block", module_path="b", fwd_flops=100.0, param_count=1000)
+    base = {"id": "b", "name": "b", "kind": "block", "module_path": "b", "fwd_flops": 100.0, "param_count": 1000}
     ProfileNode(**base, tp_colwise=["x"], tp_rowwise=["y"], tp_split_flops=100.0, tp_max_degree=4)
-    for bad in (dict(tp_max_degree=-1), dict(tp_max_degree=2.5), dict(tp_max_degree=True),
-                dict(tp_colwise=["x"]), dict(tp_colwise=[""], tp_rowwise=["y"]),
-                dict(tp_split_flops=101.0), dict(tp_split_param_count=1001)):
+    for bad in ({"tp_max_degree": -1}, {"tp_max_degree": 2.5}, {"tp_max_degree": True},
+                {"tp_colwise": ["x"]}, {"tp_colwise": [""], "tp_rowwise": ["y"]},
+                {"tp_split_flops": 101.0}, {"tp_split_param_count": 1001}):
         with pytest.raises(PipeplanError):
             ProfileNode(**base, **bad)
 

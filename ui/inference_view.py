@@ -81,7 +81,7 @@ def inference_section(profile: Profile, cluster: Cluster, config: InferenceConfi
         st.plotly_chart(timeline_figure(simulate_inference(plan, 2 * len(plan.stages) + 2)),
                         use_container_width=True)
         st.caption("Forward-only stream: each stage runs recv -> forward -> send per request.")
-    except Exception as exc:  # the drawing is an extra; the numbers above stand without it
+    except Exception as exc:  # noqa: BLE001  (the drawing is an extra; the numbers above stand without it)
         st.caption(f"(timeline not drawn: {exc})")
     st.download_button("Download the inference plan (JSON)", plan.to_json(indent=2), "inference.json",
                        mime="application/json")

@@ -39,7 +39,7 @@ from planner.contracts.config import DP_SHARDING, TrainConfig
 from planner.contracts.plan import Diagnosis, Plan
 from planner.costmodel.cost import backward_split_ms, clip_allreduce_ms, stage_optimizer_ms
 from planner.costmodel.memory import activation_scale, gather_buffer_bytes, sharded_bytes_per_param
-from planner.costmodel.microbatches import schedule_accepts, scale_profile
+from planner.costmodel.microbatches import scale_profile, schedule_accepts
 from planner.costmodel.parallel import (
     Mesh,
     check_uniform,
@@ -642,7 +642,7 @@ def search_diagnosis(profile: Profile, cluster: Cluster, global_batch: int, base
             return True
         return False
 
-    narrow = dict(tp=tp, dp=dp, pp=pp, dp_sharding=dp_sharding)
+    narrow = {"tp": tp, "dp": dp, "pp": pp, "dp_sharding": dp_sharding}
     if base.recompute != "on" and schedule_spec(base.schedule).supports_recompute:
         attempt("turn activation recomputation on (--recompute on)", cluster,
                 dataclasses.replace(base, recompute="on"), **narrow)

@@ -57,7 +57,7 @@ def load_state_dict_weights_only(path: str | Path, params: dict[str, list[torch.
     plain tensors and containers only, never arbitrary objects. Returns the tensors copied."""
     state = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+        raise TypeError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     missing = [f for f in params if f not in state]
     if missing:
         raise ValueError(f"{path}: no tensor for {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))

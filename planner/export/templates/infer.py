@@ -164,7 +164,7 @@ def run_pipeline(args):
     S = len(SETTINGS["stages"])
     if world != S:
         raise SystemExit(f"this job has {S} stages: run it with {S} processes, not {world}")
-    device = pick_device(int(os.environ.get("LOCAL_RANK", 0)))
+    device = pick_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     example, batched = example_batch()
     modules = split_into_stages(trace_model(meta_model(), example), SETTINGS["stages"])
