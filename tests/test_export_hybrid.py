@@ -225,7 +225,7 @@ def test_resume_after_kill_pp2_tp2(tmp_path):
     assert max(diffs) <= 1e-6, f"resumed {losses(resumed)} vs uninterrupted {losses(full[3:])}"
 
 
-def test_startup_line_states_the_mesh_and_weights_are_refused(tmp_path):
+def test_save_weights_refused_under_fsdp_before_training(tmp_path):
     job = export(tmp_path, "z", hybrid_plan(GPT, gpt_tiny_stages(2), dp=2, sharding="fsdp", seq_len=32))
     proc = startup(job, ["--steps", "1", "--save-weights", str(tmp_path / "w")], 4)
     assert proc.returncode != 0
