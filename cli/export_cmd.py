@@ -41,18 +41,20 @@ def run(args: argparse.Namespace) -> int:
     if zip_path is not None:
         check_writable(zip_path, "the job zip")
     plan = Plan.from_json(read_json_file(args.plan, "plan"))
+    profile = None  # without --profile, a tensor-parallel job rebuilds it from the model for its TP plan
     if args.profile:
         from cli.simulate_cmd import check_plan_against_profile
 
-        check_plan_against_profile(plan, args.profile)
+        profile = check_plan_against_profile(plan, args.profile)
     check_export_folder(args.out)  # before the job is rendered (which may import torch for the model)
-    written = export_plan(plan, args.out, model_source=args.model_source, weights=args.weights)
+    written = export_plan(plan, args.out, model_source=args.model_source, weights=args.weights, profile=profile)
     if zip_path is not None:
-        write_file_atomic(zip_path, export_zip_bytes(plan, model_source=args.model_source, weights=args.weights),
+        write_file_atomic(zip_path, export_zip_bytes(plan, model_source=args.model_source, weights=args.weights,
+                                                     profile=profile),
                           "the job zip")
         written.append(zip_path)
     stages = len(plan.stages)
-    ranks = len({s.device for s in plan.stages}) * plan.config.data_parallel
+    ranks = len({s.device for s in plan.stages}) * plan.config.data_parallel * plan.config.tensor_parallel
     print(f"wrote {len(written)} files to {args.out}: {stages} stages, {plan.config.schedule}, {ranks} processes")
     print(f"run:   cd {args.out} && ./launch.sh        check: python train.py --single-process --steps 5")
     if args.weights:

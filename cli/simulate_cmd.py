@@ -90,15 +90,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_plan_against_profile(plan, profile_path: str) -> None:
-    """--profile: the plan must come from this profile and cover its layer graph (validate_plan)."""
+def check_plan_against_profile(plan, profile_path: str):
+    """--profile: the plan must come from this profile and cover its layer graph (validate_plan).
+    Returns the Profile."""
     from planner.contracts.plan import validate_plan
     from profiler.profile import Profile
 
     path = Path(profile_path)
     if not path.is_file():
         raise PipeplanError(f"profile file {str(path)!r} not found")
-    validate_plan(plan, Profile.from_json(read_json_file(path, "profile")))
+    profile = Profile.from_json(read_json_file(path, "profile"))
+    validate_plan(plan, profile)
+    return profile
 
 
 def timeline_html(timeline) -> str:

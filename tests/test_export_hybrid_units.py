@@ -165,3 +165,24 @@ def test_startup_line_states_dp_tp_and_sharding(load_job, tmp_path, gpt_profile)
     assert lines[5].endswith("dp 2 (replica 0), zero1, tp 2 (tp rank 1, 8 modules split); mesh pp 2 x dp 2 x tp 2")
     assert lines[2].endswith("dp 2 (replica 1), zero1, tp 2 (tp rank 0, 8 modules split); mesh pp 2 x dp 2 x tp 2")
     assert train.TP == 2 and train.DP_SHARDING == "zero1"
+
+
+def test_cli_export_uses_the_given_profile_and_counts_every_process(gpt_profile, tmp_path):
+    """`pipeplan export plan.json --profile profile.json` takes the TP plan from that profile (a file:
+    model could not be rebuilt without --allow-code) and says how many processes the job needs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    plan = hybrid_plan(GPT, gpt_tiny_stages(2), tp=2, dp=2, sharding="zero1", seq_len=32)
+    plan.profile_fingerprint = gpt_profile.fingerprint()
+    (tmp_path / "plan.json").write_text(plan.to_json())
+    (tmp_path / "profile.json").write_text(gpt_profile.to_json())
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "cli", "export", "plan.json", "--profile", "profile.json",
+                           "-o", "job"], cwd=tmp_path, capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert "8 processes" in done.stdout, done.stdout
+    assert settings({"train.py": (tmp_path / "job" / "train.py").read_text()})["tp_plan"] == \
+        tp_plan(plan, gpt_profile)

@@ -141,7 +141,9 @@ def timeline_for(_plan: Plan, plan_json: str) -> Timeline:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def export_zip(_plan: Plan, plan_json: str, model_source: str | None, source_label: str | None = None,
-               weights: str | None = None) -> bytes:
+               weights: str | None = None, _profile: Profile | None = None) -> bytes:
+    """The job's zip; the plan's profile (its fingerprint is in plan_json) gives a TP job its TP plan."""
     from planner.export import export_zip_bytes
 
-    return export_zip_bytes(_plan, model_source=model_source, source_label=source_label, weights=weights)
+    return export_zip_bytes(_plan, model_source=model_source, source_label=source_label, weights=weights,
+                            profile=_profile)

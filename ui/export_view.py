@@ -29,7 +29,7 @@ def export_section(plan: Plan, profile: Profile, cli_source: str, cli_flags: str
         if export_error:
             raise PipeplanError(export_error)
         with st.spinner("Writing the training job…"):
-            data = cache.export_zip(plan, plan.to_json(), export_source, export_label, weights)
+            data = cache.export_zip(plan, plan.to_json(), export_source, export_label, weights, profile)
     except PipeplanError as exc:
         st.error(f"Cannot export this plan: {exc}")
     else:
