@@ -25,7 +25,7 @@ from planner.pipeline.schedules import (
 pipelining = pytest.importorskip("torch.distributed.pipelining")
 from torch.distributed.pipelining import PipelineStage
 from torch.distributed.pipelining._schedule_visualizer import get_schedule_ops
-from torch.distributed.pipelining.schedules import ScheduleInterleavedZeroBubble
+from torch.distributed.pipelining.schedules import ScheduleDualPipeV, ScheduleInterleavedZeroBubble
 
 COMPUTE = {"F", "B", "I", "W"}
 SHAPES = [(P, M) for P in (1, 2, 3, 4, 6) for M in (1, 3, 4, 7, 8, 12)]
@@ -56,6 +56,32 @@ def torch_zbh1_order(P: int, M: int) -> list[list[str]] | None:
     return [[str(a).replace("I", "B") for a in sched.pipeline_order[r] if a is not None] for r in range(P)]
 
 
+def torch_dualpipev_order(P: int, M: int) -> list[list[str]] | None:
+    """torch's ScheduleDualPipeV order (built on two mock stages, as get_schedule_ops builds its mocks),
+    flattened the way pipeplan runs it: an OVERLAP_F_B is its F then its full backward, a full backward
+    ("B") is B then W of the same micro-batch, an input gradient ("I") is our B."""
+    stages = []
+    for index in (0, 2 * P - 1):
+        stage = mock.create_autospec(PipelineStage, instance=True)
+        stage.group_rank, stage.group_size, stage.submod, stage.num_stages = 0, P, None, 2 * P
+        stage.stage_index = index
+        stages.append(stage)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            sched = ScheduleDualPipeV(stages, M)
+    except ValueError:
+        return None
+
+    def flat(a) -> list[str]:
+        if a.computation_type.value == "OVERLAP_F_B":
+            return [x for sub in a.sub_actions for x in flat(sub)]
+        if a.computation_type.value == "B":
+            return [f"{a.stage_index}B{a.microbatch_index}", f"{a.stage_index}W{a.microbatch_index}"]
+        return [str(a).replace("I", "B")]
+
+    return [[x for a in sched.pipeline_order[r] if a is not None for x in flat(a)] for r in range(P)]
+
+
 def ours(name: str, P: int, M: int, v: int) -> list[list[str]] | None:
     try:
         order = schedule_actions(name, P, M, v)
@@ -79,6 +105,25 @@ def test_order_equals_torch(torch_name, name, v):
             assert got == expected, f"{name} P={P} M={M}"
             checked += 1
     assert checked >= len(SHAPES) * 3 // 4
+
+
+def test_dualpipev_equals_torch_and_overlap_pairs_run_in_sequence():
+    """DualPipeV (torch 2.13): every shape torch accepts (M >= 2P) gives torch's order, OVERLAP_F_B
+    flattened to F then the full backward (torch's runtime runs the sub-actions one after the other);
+    the shapes torch refuses, the registry's micro-batch rule refuses too."""
+    checked = 0
+    for P in (1, 2, 3, 4, 6):
+        for M in (1, 2, P, 2 * P - 1, 2 * P, 2 * P + 1, 3 * P, 4 * P + 3):
+            expected, got = torch_dualpipev_order(P, M), ours("DualPipeV", P, M, 2)
+            assert (expected is None) == (got is None), f"P={P} M={M}"
+            assert got == expected, f"P={P} M={M}"
+            checked += expected is not None
+    assert checked >= 20
+    order = schedule_actions("DualPipeV", 4, 8, 2)
+    seen = sorted((a.stage, a.op, a.microbatch) for acts in order.values() for a in acts)
+    assert seen == sorted((s, op, m) for s in range(8) for op in "FBW" for m in range(8))
+    for d, acts in order.items():
+        assert all(stage_to_device(4, "DualPipeV", 2)[a.stage] == d for a in acts)
 
 
 def test_zbh1_equals_torch_interleaved_zero_bubble_with_one_stage_per_rank():

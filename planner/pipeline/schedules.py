@@ -121,6 +121,13 @@ def _one_per_stage_at_run_time(P: int, M: int, v: int) -> str | None:
     return None
 
 
+def _one_per_stage(P: int, M: int, v: int) -> str | None:
+    if M < 2 * P:
+        return (f"DualPipeV (torch's ScheduleDualPipeV) needs at least as many micro-batches as stages: got {M} "
+                f"micro-batches for {2 * P} stages ({P} devices x 2 chunks); use {2 * P} or more")
+    return None
+
+
 def _registry() -> dict[str, ScheduleSpec]:
     specs = [
         ScheduleSpec("GPipe", _gpipe, "ScheduleGPipe",
@@ -146,6 +153,14 @@ def _registry() -> dict[str, ScheduleSpec]:
         ScheduleSpec("ZBV", _zbv, "ScheduleZBVZeroBubble", chunks_per_device=2, placement="v", split_backward=True,
                      weight_credit=2.0, export_rule=_one_per_stage_at_run_time, aliases=("zbvzerobubble",),
                      description="zero bubble with two chunks per device in V placement (Qi et al. 2023)"),
+        # torch 2.13's ScheduleDualPipeV: order checked against torch's own lists (tests/test_schedules.py).
+        # torch's OVERLAP_F_B runs its forward, then its full backward, one after the other (no overlap
+        # on CPU or GPU in torch 2.13): the order lists them sequentially, a full backward as B then W.
+        ScheduleSpec("DualPipeV", _dualpipev, "ScheduleDualPipeV", chunks_per_device=2, placement="v",
+                     split_backward=True, weight_credit=2.0, microbatch_rule=_one_per_stage, aliases=("dualpipe_v", "dualpipe-v"),
+                     exported=False,
+                     description="DeepSeek's DualPipe in V placement: two chunks per device, forward and backward "
+                                 "of different chunks paired (run one after the other by torch)"),
     ]
     return {s.name: s for s in specs}
 
@@ -378,6 +393,70 @@ def _zbv(rank: int, P: int, M: int, v: int) -> list[Action]:
     while count[(0, "W")] < count[(0, "B")]:
         emit(0, "W")
     return [a for a in acts if a.microbatch < M]
+
+
+def _dualpipev(rank: int, P: int, M: int, v: int) -> list[Action]:
+    """torch's ScheduleDualPipeV (`_calculate_single_rank_operations`), flattened: chunk 0 = stage rank,
+    chunk 1 = stage 2P-1-rank; an OVERLAP_F_B becomes its F then its full backward; a full backward
+    becomes B then W (same stage and micro-batch); a split one (torch's I) is B, its W comes later
+    from a FIFO queue, as in torch."""
+    s0, s1 = rank, 2 * P - 1 - rank
+    count: dict[tuple[int, str], int] = {}
+    queue: list[tuple[int, int]] = []
+    acts: list[Action] = []
+
+    def fwd(stage: int) -> None:
+        m = count.get((stage, "F"), 0)
+        acts.append(Action(stage, "F", m))
+        count[(stage, "F")] = m + 1
+
+    def bwd(stage: int, full: bool) -> None:
+        m = count.get((stage, "B"), 0)
+        acts.append(Action(stage, "B", m))
+        count[(stage, "B")] = m + 1
+        if full:
+            acts.append(Action(stage, "W", m))
+        else:
+            queue.append((stage, m))
+
+    def weight() -> None:
+        if queue:
+            stage, m = queue.pop(0)
+            acts.append(Action(stage, "W", m))
+
+    for _ in range((P - rank - 1) * 2):
+        fwd(s0)
+    for _ in range(rank + 1):
+        fwd(s0)
+        fwd(s1)
+    for _ in range(P - rank - 1):
+        bwd(s1, full=False)
+        weight()
+        fwd(s1)
+    for _ in range(M - 2 * P + rank + 1):
+        fwd(s0)  # step 4: (F0, full B1) then (F1, full B0); the first pair not overlapped on the last rank
+        bwd(s1, full=True)
+        fwd(s1)
+        bwd(s0, full=True)
+    for _ in range(P - rank - 1):
+        bwd(s1, full=True)
+        fwd(s1)
+        bwd(s0, full=True)
+    split = False
+    steps = rank + 1
+    for i in range(steps):
+        if i == steps // 2 and rank % 2 == 1:
+            split = True
+        bwd(s1, full=not split)
+        if i == steps // 2 and rank % 2 == 0:
+            split = True
+        bwd(s0, full=not split)
+    for _ in range(P - rank - 1):
+        weight()
+        bwd(s0, full=not split)
+    for _ in range(rank + 1):
+        weight()
+    return acts
 
 
 SCHEDULE_SPECS: dict[str, ScheduleSpec] = _registry()
