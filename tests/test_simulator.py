@@ -176,7 +176,7 @@ def scenario(draw):
     if schedule == "1F1B":
         M = max(M, P)
     if not valid(schedule, P, M, v):
-        M = P * draw(st.integers(1, 2))
+        M = P * v * draw(st.integers(1, 2))  # a multiple of P; of 2P for DualPipeV (M >= stages)
     S = P * v
     return (schedule, v, P, M, draw(st.lists(times, min_size=S, max_size=S)),
             draw(st.lists(times, min_size=S, max_size=S)), draw(st.lists(times, min_size=S, max_size=S)),
