@@ -59,6 +59,19 @@ def test_gpt_zbv_two_ranks(tmp_path):
     check_equivalence(tmp_path, "zbv", plan, 2)
 
 
+def test_gpt_dualpipev_two_ranks(tmp_path):
+    # torch 2.13's ScheduleDualPipeV: V placement like ZBV, M >= 2P; its OVERLAP_F_B steps run F then the full B
+    plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(4), schedule="DualPipeV", num_microbatches=4, seq_len=32)
+    check_equivalence(tmp_path, "dualpipev", plan, 2)
+
+
+def test_gpt_looped_bfs_two_ranks(tmp_path):
+    # torch 2.13's ScheduleLoopedBFS: loop placement, every forward of each local stage, then the backwards
+    plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(4), schedule="LoopedBFS", virtual_stages=2,
+                     num_microbatches=4, seq_len=32)
+    check_equivalence(tmp_path, "loopedbfs", plan, 2)
+
+
 def test_pp2_dp2_matches_single_process_with_same_global_batch(tmp_path):
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), data_parallel=2, seq_len=32)
     # --dp defaults to the plan's data_parallel (2): the reference sees all 2 x 4 micro-batches

@@ -158,7 +158,6 @@ def _registry() -> dict[str, ScheduleSpec]:
         # on CPU or GPU in torch 2.13): the order lists them sequentially, a full backward as B then W.
         ScheduleSpec("DualPipeV", _dualpipev, "ScheduleDualPipeV", chunks_per_device=2, placement="v",
                      split_backward=True, weight_credit=2.0, microbatch_rule=_one_per_stage, aliases=("dualpipe_v", "dualpipe-v"),
-                     exported=False,
                      description="DeepSeek's DualPipe in V placement: two chunks per device, forward and backward "
                                  "of different chunks paired (run one after the other by torch)"),
     ]
