@@ -269,7 +269,7 @@ def test_config_reads_the_registry():
 
 def test_looped_bfs_holds_every_micro_batch_and_plans():
     """LoopedBFS (torch 2.13): every stage holds all M micro-batches (like GPipe); the planner plans it
-    and proves its plan against brute force in tests/test_exact.py; the export refuses it for now."""
+    and proves its plan against brute force in tests/test_exact.py; the export runs it (tests/test_export_train.py)."""
     assert in_flight_microbatches("LoopedBFS", 3, 5, 2) == [5] * 6
     from planner.contracts.cluster import Cluster
     from planner.solvers.solve import solve
@@ -281,4 +281,20 @@ def test_looped_bfs_holds_every_micro_batch_and_plans():
     assert plan.solver.lower_bound_ms <= plan.step_time_ms
     from planner.export.job import EXPORTABLE_SCHEDULES
 
-    assert "LoopedBFS" not in EXPORTABLE_SCHEDULES
+    assert "LoopedBFS" in EXPORTABLE_SCHEDULES and "DualPipeV" in EXPORTABLE_SCHEDULES
+
+
+def test_dualpipev_memory_plan_and_micro_batch_rule():
+    """DualPipeV (torch 2.13): stage s of the V holds 2P - s (as ZBV); M < 2P is refused as torch refuses it;
+    the planner plans it with a lower bound <= the simulated step it reports."""
+    assert in_flight_microbatches("DualPipeV", 3, 6, 2) == [6, 5, 4, 3, 2, 1]
+    with pytest.raises(PipeplanError, match="at least as many micro-batches as stages"):
+        check_schedule("DualPipeV", 3, 5, 2)
+    from planner.contracts.cluster import Cluster
+    from planner.solvers.solve import solve
+    from profiler.synthetic import chain_profile
+
+    plan = solve(chain_profile([1.0, 2.0, 1.5, 1.0, 0.5, 2.0, 1.0, 1.0]), Cluster.uniform(2, memory_bytes=2**30),
+                 TrainConfig(schedule="DualPipeV", num_microbatches=4))
+    assert plan.feasible and len(plan.stages) == 4 and plan.solver.status in ("optimal", "feasible")
+    assert plan.solver.lower_bound_ms <= plan.step_time_ms

@@ -92,6 +92,14 @@ def test_zbv_equal_times_reaches_the_lower_bound():
                 assert uniform("ZBV", P, M, 2, f=t, b=t, w=t).makespan_ms == pytest.approx((6 * M + P - 1) * t)
 
 
+def test_dualpipev_equal_times_reaches_the_same_bound_as_zbv():
+    """DualPipeV with its OVERLAP_F_B pairs run in sequence (as torch 2.13 runs them), T_F = T_B = T_W = t
+    per chunk, M >= 2P: (6M + P - 1) t, as ZBV (docs/schedules.md)."""
+    for P in range(1, 7):
+        for M in range(2 * P, 2 * P + 5):
+            assert uniform("DualPipeV", P, M, 2, f=1.0, b=1.0, w=1.0).makespan_ms == pytest.approx(6 * M + P - 1)
+
+
 def test_default_backward_split_is_half_and_half():
     a = uniform("ZBH1", 4, 8, f=1.0, b=1.0, w=1.0)
     b = simulate_times([1.0] * 4, [2.0] * 4, [0.0] * 3, schedule="ZBH1", num_devices=4, num_microbatches=8)

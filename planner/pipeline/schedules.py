@@ -145,9 +145,9 @@ def _registry() -> dict[str, ScheduleSpec]:
                      aliases=("zb-h1", "zb_h1"),
                      description="1F1B with the backward split into B and W (Qi et al. 2023, ZB-H1)"),
         # torch 2.13's ScheduleLoopedBFS: order checked against torch's own lists (tests/test_schedules.py);
-        # not exported yet (no torchrun equivalence test): the export refuses it
+        # exported (tests/test_export_train.py; its class takes no args_chunk_spec, train.py sets it after)
         ScheduleSpec("LoopedBFS", _looped_bfs, "ScheduleLoopedBFS", chunks_per_device=None,
-                     aliases=("looped_bfs", "bfs"), exported=False,
+                     aliases=("looped_bfs", "bfs"),
                      description="breadth first: every forward of each local stage in turn, then the backwards "
                                  "in reverse (Lamy-Poirier 2023)"),
         ScheduleSpec("ZBV", _zbv, "ScheduleZBVZeroBubble", chunks_per_device=2, placement="v", split_backward=True,

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -467,7 +468,11 @@ def run_pipeline(args: argparse.Namespace) -> None:
     sched_cls = getattr(torch_schedules, SETTINGS["schedule_class"])
     chunk_spec = tuple(TensorChunkSpec(0) if b else _Replicate for b in batched)
     multi = issubclass(sched_cls, PipelineScheduleMulti)
-    schedule = sched_cls(stages if multi else stages[0], M, loss_fn=model_source.loss_fn, args_chunk_spec=chunk_spec)
+    if "args_chunk_spec" in inspect.signature(sched_cls.__init__).parameters:
+        schedule = sched_cls(stages if multi else stages[0], M, loss_fn=model_source.loss_fn, args_chunk_spec=chunk_spec)
+    else:  # torch 2.13's ScheduleLoopedBFS takes no chunk spec; its base class splits inputs by this attribute
+        schedule = sched_cls(stages if multi else stages[0], M, loss_fn=model_source.loss_fn)
+        schedule._args_chunk_spec = chunk_spec
     zero1 = DP_SHARDING == "zero1" and dp > 1
     owner = zero1_owners(copies, dp) if zero1 else None  # ZeRO-1: who holds each parameter's optimizer state
     opt = make_optimizer([p for f, ps in copies.items() for p in ps if owner is None or owner[f] == dp_rank]
