@@ -73,7 +73,7 @@ def test_interleaved_and_zbv_use_the_schedules_placement():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda p: setattr(p, "feasible", False), "infeasible"),
-    (lambda p: setattr(p.config, "schedule", "DualPipeV"), "re-plan with one of those"),
+    (lambda p: setattr(p.config, "schedule", "PipeDream2BW"), "re-plan with one of those"),
     (lambda p: (setattr(p.config, "schedule", "ZBH1"), setattr(p.config, "num_microbatches", 5)),
      "ZBH1 .* runs micro-batches in rounds"),
     (lambda p: setattr(p.stages[1], "device", 0), "needs"),
