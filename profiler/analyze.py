@@ -258,9 +258,9 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             if region is not None and region.valid:
                 cost.tp = region.cost
             for index, t in enumerate(packed):
-                key = storage_key(t)
-                if key not in seen:
-                    seen.add(key)
+                storage = storage_key(t)
+                if storage not in seen:
+                    seen.add(storage)
                     cost.activation_bytes += t.untyped_storage().nbytes()
                     if cost.tp is not None and region.is_split(t, index):
                         cost.tp.split_activation_bytes += t.untyped_storage().nbytes()
