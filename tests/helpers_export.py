@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from planner.contracts.cluster import Cluster
@@ -87,6 +88,28 @@ def run_job(job: Path, args: list[str], nproc: int | None, timeout: float = 300)
                           check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json_lines(proc.stdout)
+
+
+def run_job_until_step(job: Path, args: list[str], nproc: int, stop_step: int, timeout: float = 300) -> list[dict]:
+    """Run the job under torchrun and SIGKILL every process of it once step `stop_step` is logged (a crash
+    right after a checkpoint); returns the steps logged until then."""
+    cmd = [str(VENV_BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "train.py", *args]
+    proc = subprocess.Popen(cmd, cwd=job, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    seen: list[dict] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen += json_lines(line)
+            if seen and seen[-1]["step"] == stop_step:
+                break
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
+    return seen
 
 
 def kill_tree(pid: int) -> None:

@@ -202,12 +202,7 @@ def test_cli_commands_reproduce_the_apps_plan(tmp_path):
                          reserve_bytes=GiB, time_limit_s=5)
     plan = solve(profile, cluster, config)
     assert plan.feasible
-    (tmp_path / "cluster.json").write_text(cluster.to_json())
-    for line in cli_commands(plan, "sample:gpt:tiny", flags).splitlines():
-        argv = [sys.executable, "-m", "cli", *shlex.split(line)[1:]]
-        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=_env(), check=False)
-        assert done.returncode == 0, (line, done.stderr)
-    cli_plan = Plan.from_json((tmp_path / "plan.json").read_text())
+    cli_plan = run_printed_commands(plan, cluster, flags, tmp_path)
     assert cli_plan.module_fqns_per_stage() == plan.module_fqns_per_stage()
     assert cli_plan.step_time_ms == pytest.approx(plan.step_time_ms)
     assert (tmp_path / "job" / "train.py").is_file()
@@ -231,16 +226,21 @@ def test_cli_commands_reproduce_a_hybrid_configuration(tmp_path):
     assert hybrid, [c.label for c in ranked]
     plan = solve(profile, cluster, hybrid[-1].config(base))
     assert plan.feasible
+    cli_plan = run_printed_commands(plan, cluster, flags, tmp_path)
+    for field in ("tensor_parallel", "data_parallel", "dp_sharding", "num_microbatches", "micro_batch_size"):
+        assert getattr(cli_plan.config, field) == getattr(plan.config, field), field
+    assert cli_plan.module_fqns_per_stage() == plan.module_fqns_per_stage()
+    assert cli_plan.step_time_ms == pytest.approx(plan.step_time_ms)
+
+
+def run_printed_commands(plan: Plan, cluster: Cluster, flags: str, tmp_path: Path) -> Plan:
+    """Run the CLI lines the app prints for `plan` (cluster.json next to them) and return the plan.json they wrote."""
     (tmp_path / "cluster.json").write_text(cluster.to_json())
     for line in cli_commands(plan, "sample:gpt:tiny", flags).splitlines():
         argv = [sys.executable, "-m", "cli", *shlex.split(line)[1:]]
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, env=_env(), check=False)
         assert done.returncode == 0, (line, done.stderr)
-    cli_plan = Plan.from_json((tmp_path / "plan.json").read_text())
-    for field in ("tensor_parallel", "data_parallel", "dp_sharding", "num_microbatches", "micro_batch_size"):
-        assert getattr(cli_plan.config, field) == getattr(plan.config, field), field
-    assert cli_plan.module_fqns_per_stage() == plan.module_fqns_per_stage()
-    assert cli_plan.step_time_ms == pytest.approx(plan.step_time_ms)
+    return Plan.from_json((tmp_path / "plan.json").read_text())
 
 
 def _env() -> dict[str, str]:

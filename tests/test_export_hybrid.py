@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 from helpers_export import (
@@ -20,10 +19,9 @@ from helpers_export import (
     gpt_tiny_stages,
     hybrid_plan,
     job_env,
-    json_lines,
-    kill_tree,
     losses,
     run_job,
+    run_job_until_step,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchrun]
@@ -187,23 +185,7 @@ def test_resume_after_kill_pp2_tp2(tmp_path):
     full = run_job(job, [*args, "--checkpoint-dir", str(tmp_path / "full_ckpt")], 4)
     assert [d["step"] for d in full] == [1, 2, 3, 4, 5, 6]
     ckpt = tmp_path / "ckpt_dir"
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=4", "train.py", *args,
-           "--checkpoint-dir", str(ckpt)]
-    proc = subprocess.Popen(cmd, cwd=job, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-    seen = []
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen += json_lines(line)
-            if seen and seen[-1]["step"] == 3:
-                break
-    finally:
-        kill_tree(proc.pid)
-        proc.wait()
+    seen = run_job_until_step(job, [*args, "--checkpoint-dir", str(ckpt)], 4, stop_step=3)
     assert seen and seen[-1]["step"] == 3, "the run was not killed right after the step-3 checkpoint"
     assert (ckpt / "latest").read_text() == "3"
     # one file per stage and TP rank (different shards)

@@ -19,10 +19,9 @@ from helpers_export import (
     gpt_tiny_stages,
     hand_plan,
     job_env,
-    json_lines,
-    kill_tree,
     losses,
     run_job,
+    run_job_until_step,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchrun]
@@ -97,23 +96,7 @@ def test_checkpoint_kill_resume_matches_uninterrupted(tmp_path):
     assert [d["step"] for d in full] == [1, 2, 3, 4, 5, 6]
     # Second run: kill the whole torchrun process group once step 3 (checkpointed) is logged.
     ckpt = tmp_path / "ckpt_dir"
-    cmd = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "train.py", *args,
-           "--checkpoint-dir", str(ckpt)]
-    proc = subprocess.Popen(cmd, cwd=job, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
-    seen = []
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen += json_lines(line)
-            if seen and seen[-1]["step"] == 3:
-                break
-    finally:
-        kill_tree(proc.pid)
-        proc.wait()
+    seen = run_job_until_step(job, [*args, "--checkpoint-dir", str(ckpt)], 2, stop_step=3)
     assert seen and seen[-1]["step"] == 3, "the run was not killed right after the step-3 checkpoint"
     assert (ckpt / "latest").read_text() == "3"
     resumed = run_job(job, [*args, "--checkpoint-dir", str(ckpt), "--resume"], 2)
