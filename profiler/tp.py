@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,20 @@ class TpCost:
     allreduce_bwd_bytes: int = 0
 
 
+def _reachable(starts, neighbours: Callable[[fx.Node], list[fx.Node]], stop) -> set[fx.Node]:
+    """The nodes reachable from `starts` through `neighbours`, not walking on from the nodes in `stop`."""
+    found: set[fx.Node] = set()
+    todo = list(starts)
+    while todo:
+        n = todo.pop()
+        if n in found:
+            continue
+        found.add(n)
+        if n not in stop:
+            todo.extend(neighbours(n))
+    return found
+
+
 def _inside(path: str, prefixes: list[str]) -> str | None:
     for p in prefixes:
         if path == p or path.startswith(p + "."):
@@ -218,24 +233,9 @@ class RegionRun(fx.Interpreter):
         owner = {n: node_module_path(n) for n in nodes}
         col_of = {n: m for n in nodes if (m := _inside(owner[n], col))}
         row_of = {n: m for n in nodes if (m := _inside(owner[n], row))}
-        desc: set[fx.Node] = set()
-        todo = list(col_of)
-        while todo:
-            n = todo.pop()
-            if n in desc:
-                continue
-            desc.add(n)
-            if n not in row_of:
-                todo.extend(u for u in n.users if u.op != "output")
-        anc: set[fx.Node] = set()
-        todo = list(row_of)
-        while todo:
-            n = todo.pop()
-            if n in anc:
-                continue
-            anc.add(n)
-            if n not in col_of:
-                todo.extend(a for a in n.all_input_nodes if a.op not in ("placeholder", "get_attr"))
+        desc = _reachable(col_of, lambda n: [u for u in n.users if u.op != "output"], stop=row_of)
+        anc = _reachable(row_of, lambda n: [a for a in n.all_input_nodes if a.op not in ("placeholder", "get_attr")],
+                         stop=col_of)
         between = (desc & anc) - set(col_of) - set(row_of)
         self.flop_nodes = set(col_of) | set(row_of) | between
         self.split_producers = set(col_of) | between
