@@ -90,6 +90,18 @@ def run_job(job: Path, args: list[str], nproc: int | None, timeout: float = 300)
     return json_lines(proc.stdout)
 
 
+def tiny_llama_config(folder: Path) -> list[list[str]]:
+    """Save a 4-layer Llama config.json into `folder` (skips without transformers); returns a 2-stage split."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config.save_pretrained(folder)
+    return [["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1"],
+            ["model.layers.2", "model.layers.3", "model.norm", "lm_head"]]
+
+
 def run_job_until_step(job: Path, args: list[str], nproc: int, stop_step: int, timeout: float = 300) -> list[dict]:
     """Run the job under torchrun and SIGKILL every process of it once step `stop_step` is logged (a crash
     right after a checkpoint); returns the steps logged until then."""

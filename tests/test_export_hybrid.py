@@ -22,6 +22,7 @@ from helpers_export import (
     losses,
     run_job,
     run_job_until_step,
+    tiny_llama_config,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchrun]
@@ -163,12 +164,7 @@ def test_clipping_by_the_global_norm_across_dims(tmp_path, tp, dp, sharding):
 
 
 def test_hf_llama_pp2_tp2_with_its_own_tp_plan(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    config.save_pretrained(tmp_path / "hf")
-    stages = [["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1"],
-              ["model.layers.2", "model.layers.3", "model.norm", "lm_head"]]
+    stages = tiny_llama_config(tmp_path / "hf")
     plan = hybrid_plan(f"hf:{tmp_path / 'hf' / 'config.json'}", stages, tp=2, seq_len=16)
     check_hybrid_equivalence(tmp_path, "llama", plan, 4)  # TP plan rebuilt from the config (base_model_tp_plan)
     tp_plan = json.loads((tmp_path / "llama" / "train.py").read_text().split('r"""')[1].split('"""')[0])["tp_plan"]

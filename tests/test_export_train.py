@@ -22,6 +22,7 @@ from helpers_export import (
     losses,
     run_job,
     run_job_until_step,
+    tiny_llama_config,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchrun]
@@ -78,12 +79,7 @@ def test_pp2_dp2_matches_single_process_with_same_global_batch(tmp_path):
 
 
 def test_hf_llama_tiny_config(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    config.save_pretrained(tmp_path / "hf")
-    stages = [["model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.layers.1"],
-              ["model.layers.2", "model.layers.3", "model.norm", "lm_head"]]
+    stages = tiny_llama_config(tmp_path / "hf")
     plan = hand_plan(f"hf:{tmp_path / 'hf' / 'config.json'}", stages, seq_len=16)
     check_equivalence(tmp_path, "llama", plan, 2)
     assert (tmp_path / "llama" / "model" / "config.json").is_file()
