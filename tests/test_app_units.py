@@ -315,12 +315,12 @@ def test_every_diagnosis_suggestion_is_said_in_app_terms(monkeypatch):
 
     texts = []
     for more_devices_fit in (True, False):
-        def fits(_profile, c, cfg, more=more_devices_fit):
+        def fits(_profile, c, cfg, _fingerprint, more=more_devices_fit):
             return fake_plan(cfg) if more or c.num_devices == cluster.num_devices else None
 
         monkeypatch.setattr(dg, "_fits", fits)
         monkeypatch.setattr(dg, "_fewest_devices_with_every_saving",
-                            lambda p, c, cfg, out: (6, fake_plan(dataclasses.replace(cfg, micro_batch_size=1))))
+                            lambda p, c, cfg, out, fp: (6, fake_plan(dataclasses.replace(cfg, micro_batch_size=1))))
         diagnosis = dg.diagnose(profile, cluster, config).diagnosis
         texts += diagnosis.suggestions + diagnosis.problems + [diagnosis.message]
     flags = {m.group(0) for t in texts for m in re.finditer(r"--[a-z-]+", t)}

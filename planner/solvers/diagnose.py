@@ -35,11 +35,11 @@ def _with_devices(cluster: Cluster, n: int) -> Cluster:
     return dataclasses.replace(cluster, devices=devices)
 
 
-def _fits(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | None:
+def _fits(profile: Profile, cluster: Cluster, config: TrainConfig, fingerprint: str) -> Plan | None:
     from planner.solvers.search import solve_once
 
     try:
-        return solve_once(profile, cluster, config)
+        return solve_once(profile, cluster, config, fingerprint=fingerprint)
     except PipeplanError:
         return None
 
@@ -58,7 +58,7 @@ def _valid_for(config: TrainConfig, num_devices: int) -> TrainConfig | None:
 
 
 def _fewest_devices_with_every_saving(profile: Profile, cluster: Cluster, config: TrainConfig,
-                                     out_of_time) -> tuple[int, Plan] | None:
+                                     out_of_time, fingerprint: str) -> tuple[int, Plan] | None:
     """The fewest devices like the first one (up to one layer per device) on which the model fits with
     every memory saving that keeps the model's math: recomputation on every stage and micro-batches of
     one sample (as many micro-batches as samples per step); with the plan found there. Bisection on the
@@ -71,7 +71,7 @@ def _fewest_devices_with_every_saving(profile: Profile, cluster: Cluster, config
 
     def plan_on(n: int) -> Plan | None:
         cfg = _valid_for(saving, n)
-        return None if cfg is None else _fits(profile, _with_devices(cluster, n), cfg)
+        return None if cfg is None else _fits(profile, _with_devices(cluster, n), cfg, fingerprint)
 
     lo, hi = cluster.num_devices, len(profile.nodes) // config.virtual_stages
     if hi <= lo or out_of_time("the smallest device count with recompute and micro-batches of 1"):
@@ -122,7 +122,8 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
         return True
 
     quick = dataclasses.replace(config, time_limit_s=max(1.0, config.time_limit_s / 4))
-    unlimited = solve_once(profile, _with_memory(cluster, None), quick)
+    fingerprint = profile.fingerprint()  # a JSON dump of the profile: once, not once per re-solve
+    unlimited = solve_once(profile, _with_memory(cluster, None), quick, fingerprint=fingerprint)
     problems, worst = [], None
     if unlimited is not None:
         # the fastest partition ignoring memory, scored against the real limits
@@ -137,14 +138,14 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     min_mem = None
     lo, hi = 0, max(d.memory_bytes for d in cluster.devices)
     while hi < 2**50 and not out_of_time("the smallest memory per device") and \
-            _fits(profile, _with_memory(cluster, hi), quick) is None:
+            _fits(profile, _with_memory(cluster, hi), quick, fingerprint) is None:
         lo, hi = hi, hi * 2
     if hi < 2**50 and "the smallest memory per device" not in skipped:
         while hi - lo > 2**20:
             if out_of_time("the smallest memory per device (the figure given fits, but may not be the least)"):
                 break
             mid = (lo + hi) // 2
-            if _fits(profile, _with_memory(cluster, mid), quick) is None:
+            if _fits(profile, _with_memory(cluster, mid), quick, fingerprint) is None:
                 lo = mid
             else:
                 hi = mid
@@ -157,7 +158,7 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
         if out_of_time("the smallest device count"):
             break
         cfg_n = _valid_for(quick, n)
-        if cfg_n is not None and _fits(profile, _with_devices(cluster, n), cfg_n) is not None:
+        if cfg_n is not None and _fits(profile, _with_devices(cluster, n), cfg_n, fingerprint) is not None:
             min_devices = n
             if cfg_n.num_microbatches != quick.num_microbatches:
                 min_devices_note = f" with {cfg_n.num_microbatches} micro-batches"
@@ -166,7 +167,7 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     if min_devices is not None:
         suggestions.append(f"use {min_devices} devices like {cluster.devices[0].name}{min_devices_note} (fits)")
     else:
-        combined = _fewest_devices_with_every_saving(profile, cluster, quick, out_of_time)
+        combined = _fewest_devices_with_every_saving(profile, cluster, quick, out_of_time, fingerprint)
         if combined is not None:
             n, plan = combined
             used = plan.config
@@ -198,7 +199,7 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
             continue
         if out_of_time("other changes (recompute, precision, optimizer, schedule, micro-batch size)"):
             break
-        plan = _fits(profile, cluster, cfg)
+        plan = _fits(profile, cluster, cfg, fingerprint)
         if plan is not None:
             used = plan.config
             suggestions.append(f"{text}: fits, predicted step {plan.step_time_ms:.1f} ms with "
@@ -213,7 +214,7 @@ def diagnose(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
                     f"(limit {budget:.0f} s); not searched: {'; '.join(skipped)}")
     cfg = config if config.num_microbatches is not None else dataclasses.replace(
         config, num_microbatches=config.global_batch // config.micro_batch_size, global_batch=None)
-    return Plan(model=profile.model, profile_fingerprint=profile.fingerprint(), cluster=cluster, config=cfg,
+    return Plan(model=profile.model, profile_fingerprint=fingerprint, cluster=cluster, config=cfg,
                 feasible=False, solver=SolverInfo(backend=config.solver, status="infeasible"),
                 diagnosis=Diagnosis(message=message, problems=problems, suggestions=suggestions,
                                     min_devices=min_devices, min_memory_bytes=min_mem))
