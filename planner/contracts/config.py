@@ -22,6 +22,7 @@ from core.limits import (
 )
 from planner.pipeline.schedules import (  # noqa: F401  (re-exported: the closed set of schedule names)
     MULTI_CHUNK_SCHEDULES,
+    SCHEDULE_SPECS,
     SCHEDULES,
     canonical_schedule,
     check_virtual_stages,
@@ -103,7 +104,9 @@ class TrainConfig:
         if self.recompute == "on" and not schedule_spec(self.schedule).supports_recompute:
             raise PipeplanError(f"{self.schedule} cannot recompute activations in the exported job (its weight-"
                                 "gradient pass would rebuild each stage's forward many times, not once): use "
-                                "recompute off or auto, or 1F1B, GPipe or Interleaved1F1B with recompute on")
+                                "recompute off or auto, or one of "
+                                f"{', '.join(n for n, spec in SCHEDULE_SPECS.items() if spec.supports_recompute)} "
+                                "with recompute on")
         fixed_chunks = schedule_spec(self.schedule).chunks_per_device
         if fixed_chunks is not None and fixed_chunks > 1:
             self.virtual_stages = fixed_chunks  # the schedule's own count (ZBV: 2), whatever was given
