@@ -18,7 +18,9 @@ Writes bench/results/hybrid.json.
 (c) Gain over PP-only: the best hybrid plan's step against the best PP-only plan (dp = tp = 1) of the same
     GPUs and batch, where one exists.
 
-Profiles without TP facts get Megatron's (bench/hybrid_facts.py); the result says which were used.
+GPT shapes get Megatron's TP facts (bench/hybrid_facts.py: the attention split per head, as in the systems
+compared with; pipeplan's GPT sample splits only its MLP), and so do profiles without TP facts; the result
+says which were used.
 --quick: GPT-1.3B on 4 GPUs only for (a), the first two Megatron rows, small search budgets.
 """
 
@@ -54,9 +56,12 @@ def megatron_flops(batch: int, seq: int, layers: int, hidden: int, vocab: int) -
 
 
 def gpt_profile(layers: int, hidden: int, heads: int, seq: int, vocab: int, preset: str):
-    """A GPT shape (sample_models.gpt: learned positions, pre-LN, tied head) profiled in estimate mode."""
+    """A GPT shape (sample_models.gpt: learned positions, pre-LN, tied head) profiled in estimate mode, with
+    Megatron's TP facts (attention split per head, as in the systems compared with) in place of the
+    sample's own (MLP only: its fused qkv replicates)."""
     import torch
 
+    from bench.hybrid_facts import with_megatron_tp_facts
     from profiler.profile_model import profile_model
     from sample_models.gpt import GPT, GPTConfig, loss_fn, make_batch
 
@@ -64,14 +69,17 @@ def gpt_profile(layers: int, hidden: int, heads: int, seq: int, vocab: int, pres
     with torch.device("meta"):
         model = GPT(cfg)
     inputs, target = make_batch(cfg, 1, seq, device="meta")
-    return profile_model(model, inputs, loss_fn=loss_fn, target=target, source=f"gpt:{layers}x{hidden}",
+    prof = profile_model(model, inputs, loss_fn=loss_fn, target=target, source=f"gpt:{layers}x{hidden}",
                          name=f"gpt-{layers}x{hidden}", estimate_for=preset, seq_len=seq)
+    return with_megatron_tp_facts(prof, replace=True)
 
 
 def with_facts(profile):
     from bench.hybrid_facts import with_megatron_tp_facts
     from planner.costmodel.parallel import has_tp_plan
 
+    if profile.model.source.startswith("gpt:"):
+        return profile, "megatron"  # gpt_profile's
     if has_tp_plan(profile):
         return profile, "profiler"
     return with_megatron_tp_facts(profile), "megatron-fallback"

@@ -10,7 +10,8 @@ A layer's **TP plan** maps submodule paths (relative to the layer's module) to "
   embedding_*, sequence_parallel, moe_tp_experts, ep_*, grouped_gemm, mla_kv_a_proj, all_reduce,
   replicated_with_grad_allreduce, local_*, replicate ...) replicates here (MoE experts, packed weights,
   sequence parallelism and the vocab-parallel embedding are not planned yet).
-- pipeplan's sample models: `SAMPLE_PLANS` (GPT, Llama, ViT blocks). Convs, embeddings, norms, heads,
+- pipeplan's sample models: `SAMPLE_PLANS` (Llama blocks; the MLP of GPT and ViT blocks, whose fused
+  qkv attention replicates). Convs, embeddings, norms, heads,
   the MLP and DLRM samples replicate.
 - anything else (GPT-2 and T5 configs have no base_model_tp_plan, `file:` models): replicate.
 
@@ -52,14 +53,16 @@ from profiler.trace import node_module_path
 COLWISE, ROWWISE = "colwise", "rowwise"
 
 # pipeplan's own plans for its sample models' repeated blocks: block class -> {relative path: style}.
+# GPT and ViT split their MLP only. Their attention has one fused [q; k; v] Linear: split column-wise,
+# rank r would hold rows r·3h/tp.. (not its heads' q, k and v), so the job would all-gather the
+# projection's output and run the attention replicated anyway (docs/hybrid.md). Planning the attention as
+# replicated says exactly what the job does: no split FLOPs there, and no all-gather left uncharged.
 SAMPLE_PLANS: dict[str, dict[str, str]] = {
-    "sample_models.gpt.Block": {
-        "attn.c_attn": COLWISE, "attn.c_proj": ROWWISE, "mlp.c_fc": COLWISE, "mlp.c_proj": ROWWISE},
+    "sample_models.gpt.Block": {"mlp.c_fc": COLWISE, "mlp.c_proj": ROWWISE},
     "sample_models.llama.TransformerBlock": {
         "attention.wq": COLWISE, "attention.wk": COLWISE, "attention.wv": COLWISE, "attention.wo": ROWWISE,
         "feed_forward.w1": COLWISE, "feed_forward.w3": COLWISE, "feed_forward.w2": ROWWISE},
-    "sample_models.vit.Block": {
-        "attn.qkv": COLWISE, "attn.proj": ROWWISE, "mlp.fc1": COLWISE, "mlp.fc2": ROWWISE},
+    "sample_models.vit.Block": {"mlp.fc1": COLWISE, "mlp.fc2": ROWWISE},
 }
 SAMPLE_MODELS_WITH_PLAN = {"sample_models.gpt": "gpt", "sample_models.llama": "llama", "sample_models.vit": "vit"}
 

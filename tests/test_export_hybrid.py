@@ -104,9 +104,8 @@ def test_pp2_dp2_tp2_gpt_eight_ranks_profile_solve_export(tmp_path):
     check_hybrid_equivalence(tmp_path, "pp2dp2tp2", plan, 8, profile)
 
 
-def test_vit_pp2_tp2_fused_qkv(tmp_path):
-    # ViT's qkv is one colwise Linear viewed as (B, N, 3, heads, hd): DTensor cannot split the sharded
-    # features that way, so the job replicates that tensor first (tp_reshape); the math is unchanged
+def test_vit_pp2_tp2(tmp_path):
+    # ViT's blocks split their MLP; the fused qkv attention replicates (profiler.tp.SAMPLE_PLANS)
     from profiler import load_profile
 
     profile = load_profile("sample:vit:tiny", batch_size=2, seq_len=32)
@@ -194,9 +193,10 @@ def test_resume_after_kill_pp2_tp2(tmp_path):
     t0, t1 = (torch.load(ckpt / "step_000003" / f"stage_1_tp{t}.pt", weights_only=True)["tensors"] for t in (0, 1))
     assert torch.equal(t0["ln_f.weight"], t1["ln_f.weight"]) and torch.equal(t0["wte.weight"], t1["wte.weight"])
     assert torch.equal(t0["layers.2.ln_1.weight"], t1["layers.2.ln_1.weight"])
-    assert tuple(t0["layers.2.attn.c_attn.weight"].shape) == (96, 64)  # 3 x 64 outputs, colwise over 2
-    assert tuple(t0["layers.2.attn.c_proj.weight"].shape) == (64, 32)  # rowwise: input features halved
-    assert not torch.equal(t0["layers.2.attn.c_attn.weight"], t1["layers.2.attn.c_attn.weight"])
+    assert torch.equal(t0["layers.2.attn.c_attn.weight"], t1["layers.2.attn.c_attn.weight"])  # fused qkv replicates
+    assert tuple(t0["layers.2.mlp.c_fc.weight"].shape) == (128, 64)  # 4 x 64 outputs, colwise over 2
+    assert tuple(t0["layers.2.mlp.c_proj.weight"].shape) == (64, 128)  # rowwise: input features halved
+    assert not torch.equal(t0["layers.2.mlp.c_fc.weight"], t1["layers.2.mlp.c_fc.weight"])
     resumed = run_job(job, [*args, "--checkpoint-dir", str(ckpt), "--resume"], 4)
     assert [d["step"] for d in resumed] == [4, 5, 6]
     diffs = [abs(a - b) for a, b in zip(losses(resumed), losses(full[3:]))]

@@ -47,11 +47,11 @@ def test_the_jobs_tp_plan_is_the_profiles(gpt_profile):
     assert s["tensor_parallel"] == 2 and s["dp_sharding"] == "ddp"
     # without a profile the export rebuilds it from the model source: the same plan
     assert settings(render_job(plan))["tp_plan"] == want
-    # a profile that splits other modules gives another job
-    other = dataclasses.replace(gpt_profile, nodes=[dataclasses.replace(n, tp_colwise=n.tp_colwise[:1],
-                                                                        tp_rowwise=n.tp_rowwise[:1])
-                                                    for n in gpt_profile.nodes])
-    assert settings(render_job(plan, profile=other))["tp_plan"] != want
+    # a profile that splits other modules (layers.0 replicated) gives another job
+    other = dataclasses.replace(gpt_profile, nodes=[
+        dataclasses.replace(n, tp_colwise=[], tp_rowwise=[]) if n.id == "layers.0" else n for n in gpt_profile.nodes])
+    got = settings(render_job(plan, profile=other))["tp_plan"]
+    assert got == {k: v for k, v in want.items() if not k.startswith("layers.0.")} != want
 
 
 def test_launch_counts_every_rank(gpt_profile):
@@ -162,8 +162,8 @@ def test_startup_line_states_dp_tp_and_sharding(load_job, tmp_path, gpt_profile)
     lines = [train.startup_line(r, args) for r in range(8)]
     # rank = (pp_rank * dp + dp_rank) * tp + tp_rank
     assert lines[5].startswith("rank 5: stage 1 layers layers.2..lm_head (4), recompute off; 1F1B")
-    assert lines[5].endswith("dp 2 (replica 0), zero1, tp 2 (tp rank 1, 8 modules split); mesh pp 2 x dp 2 x tp 2")
-    assert lines[2].endswith("dp 2 (replica 1), zero1, tp 2 (tp rank 0, 8 modules split); mesh pp 2 x dp 2 x tp 2")
+    assert lines[5].endswith("dp 2 (replica 0), zero1, tp 2 (tp rank 1, 4 modules split); mesh pp 2 x dp 2 x tp 2")
+    assert lines[2].endswith("dp 2 (replica 1), zero1, tp 2 (tp rank 0, 4 modules split); mesh pp 2 x dp 2 x tp 2")
     assert train.TP == 2 and train.DP_SHARDING == "zero1"
 
 

@@ -86,19 +86,23 @@ def _node(prof: Profile, node_id: str) -> ProfileNode:
 def test_gpt_block_by_hand():
     prof = _profile("gpt")
     n = _node(prof, "layers.0")
-    assert n.tp_colwise == ["attn.c_attn", "mlp.c_fc"] and n.tp_rowwise == ["attn.c_proj", "mlp.c_proj"]
-    # colwise weight+bias: c_attn 3h·h+3h, c_fc 4h·h+4h; rowwise weight only: 2 × (h·h or 4h·h)
-    assert n.tp_split_param_count == 12 * H * H + 7 * H == 49600
-    assert n.param_count - n.tp_split_param_count == 2 * H + 4 * H  # rowwise biases + two LayerNorms
-    # every matmul of the block is planned: linears 2·T·12h² plus the attention core
-    assert n.tp_split_flops == 2 * T * 12 * H * H + SDPA_FLOPS == n.fwd_flops == 3_276_800
-    # Megatron: 2 all-reduces of b·s·h in forward (attn and MLP outputs), 2 in backward (qkv and fc inputs)
-    assert n.tp_allreduce_fwd_bytes == n.tp_allreduce_bwd_bytes == 2 * HIDDEN_BYTES == 16384
-    # split saved tensors: qkv output 3·bsh, SDPA output bsh and logsumexp, c_fc output 4·bsh, gelu output 4·bsh;
-    # replicated: block input, 2 LayerNorm outputs, the residual sum, LayerNorm mean/rstd (4 × b·s floats)
-    assert n.tp_split_activation_bytes == 12 * HIDDEN_BYTES + LSE_BYTES == 98816
-    assert n.activation_bytes - n.tp_split_activation_bytes == 4 * HIDDEN_BYTES + 4 * B * S * F32
-    assert n.tp_max_degree == 4  # gcd(3h, h, 4h, 4h, 4 heads)
+    # the MLP only: the fused qkv attention replicates (profiler.tp.SAMPLE_PLANS says why)
+    assert n.tp_colwise == ["mlp.c_fc"] and n.tp_rowwise == ["mlp.c_proj"]
+    # colwise weight+bias: c_fc 4h·h+4h; rowwise weight only: 4h·h
+    assert n.tp_split_param_count == 8 * H * H + 4 * H == 33024
+    # replicated: c_attn 3h·h+3h, attn.c_proj h·h+h, the MLP's rowwise bias h, two LayerNorms 4h
+    assert n.param_count - n.tp_split_param_count == 4 * H * H + 9 * H
+    # the MLP's two matmuls are split; the attention's linears (2·T·4h²) and its core are not
+    assert n.tp_split_flops == 2 * T * 8 * H * H == 2_097_152
+    assert n.fwd_flops - n.tp_split_flops == 2 * T * 4 * H * H + SDPA_FLOPS
+    # Megatron's MLP: one all-reduce of b·s·h in forward (its output), one in backward (its input)
+    assert n.tp_allreduce_fwd_bytes == n.tp_allreduce_bwd_bytes == HIDDEN_BYTES == 8192
+    # split saved tensors: c_fc output 4·bsh and gelu output 4·bsh; the attention's and the rest replicate
+    assert n.tp_split_activation_bytes == 8 * HIDDEN_BYTES == 65536
+    # replicated: block input, ln_1 output, qkv output (3·bsh), SDPA output and logsumexp, the residual sum,
+    # ln_2 output, LayerNorm mean/rstd (4 × b·s floats)
+    assert n.activation_bytes - n.tp_split_activation_bytes == 8 * HIDDEN_BYTES + LSE_BYTES + 4 * B * S * F32
+    assert n.tp_max_degree == 4  # gcd(4h, 4h, 4 heads): the head count still bounds it (conservative)
     for other in ("wte", "wpe", "ln_f", "lm_head"):  # embeddings, norm and head replicate
         o = _node(prof, other)
         assert not o.tp_colwise and o.tp_split_flops == 0 and o.tp_max_degree == 0
@@ -128,7 +132,7 @@ def test_llama_block_by_hand():
 def test_vit_blocks_are_planned_and_convs_replicate():
     vit = _profile("vit")
     blocks = [n for n in vit.nodes if n.tp_colwise]
-    assert blocks and all(n.tp_colwise == ["attn.qkv", "mlp.fc1"] for n in blocks)
+    assert blocks and all(n.tp_colwise == ["mlp.fc1"] and n.tp_rowwise == ["mlp.fc2"] for n in blocks)
     assert not _node(vit, "patch_embed").tp_colwise  # the conv patch embedding replicates
     for name in ("resnet", "unet3d", "mlp", "dlrm"):
         prof = _profile(name)
@@ -236,7 +240,7 @@ def test_json_round_trip_keeps_the_facts():
     assert again == prof and again.fingerprint() == prof.fingerprint()
     nodes = json.loads(prof.to_json())["nodes"]
     block = next(n for n in nodes if n["id"] == "layers.0")
-    assert block["tp_max_degree"] == 4 and block["tp_colwise"] == ["attn.c_attn", "mlp.c_fc"]
+    assert block["tp_max_degree"] == 4 and block["tp_colwise"] == ["mlp.c_fc"]
     assert not any(k.startswith("tp_") for k in next(n for n in nodes if n["id"] == "wte"))
 
 
