@@ -12,21 +12,33 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers_export import gpt_tiny_stages, hand_plan
 
-from planner.calibration.from_run import _simulated_pipeline_ms, calibrate_from_run, fit_link
+from planner.calibration.from_run import WARMUP_STEPS, _simulated_pipeline_ms, calibrate_from_run, fit_link
 
 
-def synthetic_log(plan, factor: float, overhead: float, latency_ms: float, peak: list[int], steps: int = 4) -> str:
+def synthetic_log(plan, factor: float, overhead: float, latency_ms: float, peak: list[int], steps: int = 6) -> str:
+    """A job's log whose steps take the plan's step model at these parameters: stage times factor x planned
+    + overhead, the pipeline simulated with the latency, then the clip all-reduce (2 messages of the
+    latency on 2 ranks) and the optimizer (its planned time x factor); the first WARMUP_STEPS steps 3x slower."""
+    from dataclasses import replace
+
+    from planner.contracts.cluster import Link
+    from planner.costmodel.cost import clip_allreduce_ms
+
     fwd = [factor * st.fwd_ms + overhead for st in plan.stages]
     bwd = [factor * st.bwd_ms + overhead for st in plan.stages]
     _, _, comm = fit_link(plan)
-    pipe = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms))
+    opt = [factor * st.optimizer_ms for st in plan.stages]
+    link = Link(bandwidth_bytes_per_s=plan.cluster.intra_node.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3)
+    sync = clip_allreduce_ms(replace(plan.cluster, intra_node=link), [st.device for st in plan.stages])
+    step_ms = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms), opt, sync)
     lines = []
     for step in range(1, steps + 1):
-        ranks = [{"rank": r, "step_s": (pipe + 2.0) / 1e3, "fwd_s": 0, "bwd_s": 0, "opt_s": 0.0015, "sync_s": 0.0005,
+        slow = 3.0 if step <= WARMUP_STEPS else 1.0
+        ranks = [{"rank": r, "step_s": slow * step_ms / 1e3, "fwd_s": 0, "bwd_s": 0, "opt_s": 0.0015, "sync_s": 0.0005,
                   "wait_s": 0.001, "peak_bytes": peak[r]} for r in range(2)]
         stages = [{"stage": s, "fwd_ms": f, "bwd_ms": b, "act_peak_bytes": 1000 + s, "n_fwd": 4, "n_bwd": 4}
                   for s, (f, b) in enumerate(zip(fwd, bwd))]
-        lines.append(json.dumps({"step": step, "loss": 1.0, "step_time_s": (pipe + 2) / 1e3, "samples_per_s": 1.0,
+        lines.append(json.dumps({"step": step, "loss": 1.0, "step_time_s": slow * step_ms / 1e3, "samples_per_s": 1.0,
                                  "max_mem_bytes": 1, "ranks": ranks, "stages": stages}))
     return "rank 0: stage 0 ...\n" + "\n".join(lines) + "\n"
 
@@ -43,7 +55,7 @@ def test_synthetic_log_recovers_speed_overhead_latency_and_reserve():
         assert d.action_overhead_ms == pytest.approx(0.4, abs=1e-6)
     assert cluster.intra_node.latency_s * 1e3 == pytest.approx(0.7, rel=1e-3)
     assert report["reserve_bytes"] == 5000
-    assert report["steps_used"] == 3  # the first step is warm-up
+    assert report["steps_used"] == 3  # the first WARMUP_STEPS steps are warm-up
     assert all(abs(r["error"]) < 1e-6 for r in report["compute_residuals"])
     assert abs(report["step"]["error_after"]) < 1e-6
 
@@ -66,7 +78,7 @@ def test_real_run_calibrates_and_cli_writes_cluster(tmp_path):
 
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
     job = export(tmp_path, "job", plan)
-    lines = run_job(job, ["--steps", "4"], 2)
+    lines = run_job(job, ["--steps", "6"], 2)
     log = tmp_path / "run.log"
     log.write_text("\n".join(json.dumps(d) for d in lines) + "\n")
     out, rep = tmp_path / "cluster.json", tmp_path / "report.json"
@@ -75,7 +87,7 @@ def test_real_run_calibrates_and_cli_writes_cluster(tmp_path):
     cluster = Cluster.from_json(out.read_text())
     assert all(d.speed > 0 for d in cluster.devices)
     report = json.loads(rep.read_text())
-    assert report["steps_used"] == 3 and len(report["compute_residuals"]) == 4
+    assert report["steps_used"] == 3 and len(report["compute_residuals"]) == 4  # 6 steps less 3 of warm-up
 
 
 def test_gpu_check_calibration_loop_cpu_path(tmp_path):
@@ -101,3 +113,29 @@ def test_gpu_check_calibration_loop_cpu_path(tmp_path):
     out = calibration_loop(prof, plan, first, 2, tmp_path, runner=runner)
     assert out["status"] == "ok", out
     assert out["before"]["error"] < -0.5 and out["fit"]["action_overhead_ms"] >= 0
+
+
+def test_identical_devices_share_one_compute_factor():
+    """Stage 0 measured 2x its plan, stage 1 3x, on two devices the cluster describes identically: one factor
+    for both (least squares over the 4 stage times, no overhead: the hand solution below), not 2 and 3 (a
+    per-device factor would carry the stages' layer mix into the re-plan as a device speed)."""
+    plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
+    from planner.calibration.from_run import device_kind
+
+    assert device_kind(plan.cluster.devices[0]) == device_kind(plan.cluster.devices[1])
+    mem = [st.memory.total - st.memory.reserve for st in plan.stages]
+    log = json.loads(synthetic_log(plan, factor=1.0, overhead=0.0, latency_ms=0.1, peak=mem).splitlines()[-1])
+    x = [plan.stages[0].fwd_ms, plan.stages[0].bwd_ms, plan.stages[1].fwd_ms, plan.stages[1].bwd_ms]
+    y = [2 * x[0], 2 * x[1], 3 * x[2], 3 * x[3]]
+    for s in (0, 1):
+        log["stages"][s]["fwd_ms"], log["stages"][s]["bwd_ms"] = y[2 * s], y[2 * s + 1]
+    cluster, report = calibrate_from_run(plan, [json.dumps(log)])
+    # with a free overhead o: the 2-parameter least squares y = a x + o (numpy gives the same)
+    import numpy as np
+
+    a, o = np.linalg.lstsq(np.array([[v, 1.0] for v in x]), np.array(y), rcond=None)[0]
+    if o < 0:
+        a, o = float(np.dot(x, y) / np.dot(x, x)), 0.0
+    assert cluster.devices[0].speed == cluster.devices[1].speed
+    assert list(report["device_factor"].values()) == [pytest.approx(a, abs=1e-4)] * 2
+    assert report["action_overhead_ms"] == pytest.approx(o, abs=1e-4)

@@ -18,7 +18,7 @@ import pytest
 from planner.contracts.cluster import Cluster, Device, Link
 from planner.contracts.config import TrainConfig
 from planner.costmodel.cost import assignment_bytes, build_tables, stage_devices
-from planner.costmodel.memory import stage_memory_bytes
+from planner.costmodel.memory import stage_memory_bytes, stage_output_bytes
 from planner.solvers.ilp import ILPProblem, solve_ilp
 from planner.solvers.search import ilp_problem
 from profiler.synthetic import chain_profile, dag_profile
@@ -78,7 +78,9 @@ def score(prob: ILPProblem, stage_of: list[int], rec: tuple[bool, ...]) -> float
                                        activation_bytes=float(sum(tb.activation[i] for i in ab.stage_nodes[s])),
                                        input_bytes=ab.input_bytes[s], relay_bytes=ab.relay_bytes[s],
                                        in_flight=prob.stage_in_flight[s], config=prob.config,
-                                       profile_dtype=tb.dtype, recompute=rec[s])
+                                       profile_dtype=tb.dtype, recompute=rec[s],
+                                       output_bytes=stage_output_bytes(ab.fwd_bytes[s] if s < S - 1 else 0,
+                                                                       ab.relay_bytes[s]))
                 used += m.total - m.reserve
         if used > limit:
             return None
@@ -126,8 +128,8 @@ def assert_solves_to(prob: ILPProblem, stage_of: list[int], step: float, recompu
 def test_assignment_binding_every_stage_holds_a_node():
     # one 1 GB edge on a 1 GB/s link: splitting the two nodes costs 1000 ms each way, so both in one
     # stage (T = 6, step = 3*6 + 6 = 24) would be best, but stage 1 may not be empty:
-    # T = [3 + 2000, 3], step = 3*2003 + 2006 = 8015
-    prob = problem(chain_profile([1, 1], edge_bytes=[10**9]), link=SLOW)
+    # T = [3 + 2000, 3], step = 3*2003 + 2006 = 8015 (4 GiB: stage 0 keeps its 1 GB output for 2 micro-batches)
+    prob = problem(chain_profile([1, 1], edge_bytes=[10**9]), link=SLOW, memory=4 * GiB)
     assert score(prob, [0, 0], (False, False)) == 24.0
     assert brute_force(prob, nonempty=False)[0] == 24.0
     assert_solves_to(prob, [0, 1], 8015.0)
@@ -174,9 +176,10 @@ def test_crossing_binding_costly_skip_moves_the_cut_past_its_consumer():
 def relay_problem(memory: int):
     # n0 .. n4 with work [9, 9, 3, 3, 3] and a 1000-byte skip n0 -> n2 on 3 devices (1F1B in flight
     # [3, 2, 1]); no parameters or activations, so a device only holds relayed bytes.
-    # 1|1|3 balances (T = 9 each) but stage 1 relays the skip: 2 * 1000 bytes on device 1.
+    # 1|1|3 balances (T = 9 each) but stage 1 relays the skip: 2 * 1000 bytes on device 1. Device 0
+    # has room for stage 0's own outputs (the skip, 3 in flight).
     prof = dag_profile([3, 3, 1, 1, 1], [(0, 1, 0), (1, 2, 0), (2, 3, 0), (3, 4, 0), (0, 2, 1000)])
-    prob = problem(prof, P=3, memory=memory)
+    prob = problem(prof, P=3, memory=[10**6, memory, memory])
     assert prob.stage_in_flight == [3, 2, 1]
     return prob
 
@@ -334,18 +337,19 @@ def test_cbc_agrees_and_warns_nothing():
 
 def small_dag(case: str) -> ILPProblem:
     if case == "skip-relay":
-        # two skips (3 MB n0 -> n4, 1 MB n1 -> n5) on a 6-node chain, 3 MB per device, recompute auto:
-        # memory binds (101 ms; 92 with room), the optimum relays nothing
+        # two skips (3 MB n0 -> n4, 1 MB n1 -> n5) on a 6-node chain, 3 MB on devices 1 and 2 (device 0
+        # holds stage 0's outputs, the skips among them), recompute auto: memory binds (101 ms; 92 with
+        # room), the optimum relays nothing
         prof = dag_profile([1, 2, 1, 3, 1, 2], [(0, 1, 10**5), (1, 2, 10**5), (2, 3, 10**5), (3, 4, 10**5),
                                                 (4, 5, 10**5), (0, 4, 3 * 10**6), (1, 5, 10**6)],
                            acts=[2 * 10**5] * 6)
-        return problem(prof, P=3, recompute="auto", memory=3 * 10**6, link=SLOW)
+        return problem(prof, P=3, recompute="auto", memory=[10**8, 3 * 10**6, 3 * 10**6], link=SLOW)
     if case == "tied-recompute":
         # the last node reads the first one's weight; memory binds (67 ms; 52 with room) and the
-        # optimum recomputes stages 0 and 1
+        # optimum recomputes stages 0 and 1 (devices 0 and 1 also keep their 10**5-byte outputs x in flight)
         prof = chain_profile([2, 1, 1, 2, 1, 1], params=[5000, 100, 100, 100, 100, 0], acts=[3 * 10**5] * 6,
                              edge_bytes=[10**5] * 5, shared={5: ["layers.0.weight"]})
-        return problem(prof, P=3, recompute="auto", memory=[10**6, 10**6, 8 * 10**5], link=SLOW)
+        return problem(prof, P=3, recompute="auto", memory=[13 * 10**5, 12 * 10**5, 8 * 10**5], link=SLOW)
     # two branches n1 -> n3 and n2 -> n4 between n0 and n5, ZBH1: the optimum [0, 1, 0, 2, 0, 2]
     # is not contiguous in the listed order
     prof = dag_profile([0.5, 3, 1, 2, 2, 0.5], [(0, 1, 10**5), (0, 2, 10**5), (1, 3, 10**6), (2, 4, 10**6),

@@ -13,6 +13,7 @@ from planner.costmodel.memory import (
     even_chunk_limit_bytes,
     memory_coefficients,
     stage_memory_bytes,
+    stage_output_bytes,
     stages_budget_bytes,
 )
 
@@ -65,3 +66,33 @@ def test_total_bytes_is_stage_memory_bytes_exactly(recompute):
                                in_flight=3, config=cfg, recompute=recompute)
         c = memory_coefficients(in_flight=3, config=cfg, recompute=recompute)
         assert c.total_bytes(1234, acts, inputs, relay) == m.total
+
+
+def test_stage_outputs_are_held_until_their_backward_by_hand():
+    """torch's PipelineStage keeps each micro-batch's outputs (fwd_cache) until its backward: a stage
+    holds output_bytes x in flight on top of its saved activations, with or without recompute."""
+    cfg = TrainConfig()
+    m = stage_memory_bytes(param_count=0, activation_bytes=100, input_bytes=40, relay_bytes=7, in_flight=3,
+                           config=cfg, output_bytes=25)
+    assert (m.activations, m.relay) == (3 * 100 + 3 * 25, 3 * 7)
+    r = stage_memory_bytes(param_count=0, activation_bytes=100, input_bytes=40, relay_bytes=7, in_flight=3,
+                           config=cfg, output_bytes=25, recompute=True)
+    assert r.activations == 100 + 3 * 40 + 3 * 25
+    c = memory_coefficients(in_flight=3, config=cfg)
+    assert c.total_bytes(0, 100, 40, 7, 25) == m.total
+    # the out boundary less what the stage only relays (relayed tensors count once, as relay)
+    assert stage_output_bytes(1000, 300) == 700 and stage_output_bytes(0, 0) == 0
+
+
+def test_plan_memory_counts_the_sent_outputs_by_hand():
+    """A 4-node chain cut 2|2 on 2 devices, 1F1B, M=4 (in flight [2, 1]): 100 B saved per node, 64 B edges.
+    Stage 0 = 2 x (100 + 100) + 2 x 64 (its output to stage 1); the last stage sends nothing: 1 x 200."""
+    from planner.contracts.cluster import Cluster, Device
+    from planner.solvers.evaluate import evaluate_partition
+    from profiler.synthetic import chain_profile
+
+    prof = chain_profile([1, 1, 1, 1], acts=[100] * 4, edge_bytes=[64] * 3)
+    cluster = Cluster(devices=[Device(name=f"d{i}", memory_bytes=1 << 30, speed=1.0) for i in range(2)])
+    plan = evaluate_partition(prof, cluster, TrainConfig(schedule="1F1B", num_microbatches=4),
+                              [["n0", "n1"], ["n2", "n3"]])
+    assert [st.memory.activations for st in plan.stages] == [2 * 200 + 2 * 64, 200]

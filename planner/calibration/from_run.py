@@ -3,18 +3,25 @@ job measured (issue 19, item 3).
 
 The job's JSON lines (train.py, pipeline_runtime.StepMeter) give per stage the forward and backward
 ms per micro-batch, per rank the step, optimizer, gradient-sync and p2p-wait seconds and the peak
-bytes. The first step of each log is warm-up and skipped; the rest are reduced by their median.
-Fitted, in this order:
+bytes. The first WARMUP_STEPS steps of each log are warm-up and skipped; the rest are reduced by
+their median. Fitted, in this order:
 
-1. compute: measured_ms = a_d * (planned_ms - planned_overhead_d) + o for every stage's forward and
-   backward, least squares over all stages: one factor a_d per device (its new speed is
-   old speed / a_d) and one per-action overhead o (ms; refitted with o = 0 when negative). Per layer
-   kind is not separated: a stage's time is one number (the per-action `--profile-steps` times are
-   per stage too);
-2. link: the pipeline part of the measured step (step less optimizer and sync) against the
-   simulator's step with the fitted stage times; the latency is the value that makes them equal
-   (bisection: the simulated step does not decrease with the latency); the bandwidth is kept from the plan's cluster
-   (one run has one message size per boundary: bandwidth and latency cannot be told apart);
+1. compute: measured_ms = a_g * (planned_ms - planned_overhead_d) + o for every stage's forward and
+   backward, least squares over all stages: one factor a_g per kind of device g (devices the plan's
+   cluster describes identically: same preset, TFLOP/s, speed, memory and overhead; their new speed
+   is old speed / a_g) and one per-action overhead o (ms; refitted with o = 0 when negative). One
+   factor per device would also absorb the layer mix of its stage (on the 2-rank CPU loop the two
+   identical ranks fitted factors 1.8-2.4x apart, and the re-plan then moved layers to the "fast"
+   one). Per layer kind is not separated: a stage's time is one number (the per-action
+   `--profile-steps` times are per stage too);
+2. link: the measured step (median over steps of the slowest rank's step) against the plan's own
+   step model with the fitted stage times: the simulated pipeline, then the clip all-reduce and the
+   optimizer (the plan's optimizer times scaled by the device's factor, as the refit speed scales
+   them); the latency is the value that makes them equal (bisection: the simulated step does not
+   decrease with the latency). The fit targets what the plan predicts, so what the model does not
+   describe (the schedule's Python between actions, the loss, the optimizer's real cost, descheduling
+   on a loaded machine) is charged per message; the bandwidth is kept from the plan's cluster (one
+   run has one message size per boundary: bandwidth and latency cannot be told apart);
 3. memory reserve: per rank, measured peak bytes less the plan's stage memory (reserve excluded),
    the largest, at least 0 (on CPU the measured peak is the exact live bytes, so it is ~0; on CUDA
    the allocator's peak, so it is what the plan's model misses).
@@ -53,10 +60,21 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else 0.0
 
 
+WARMUP_STEPS = 3
+"""Steps skipped at the start of every log (the last one is always kept): the first steps of a job
+create the optimizer state, gloo's connections and the allocator's pools, and run 1.5-4x slower than
+the rest on CPU (measured on the 7 tiny sample models, bench/bench_loop.py)."""
+
+
+def steady_steps(lines: list[dict], warmup: int = WARMUP_STEPS) -> list[dict]:
+    """A log's step lines after the warm-up (at least its last one)."""
+    return lines[min(warmup, max(len(lines) - 1, 0)):]
+
+
 def summarize(runs: list[list[dict]], num_stages: int) -> dict:
-    """Medians over every log's steps after its first: per stage fwd/bwd ms and activation peak,
-    per rank step/opt/sync/wait seconds and peak bytes."""
-    steps = [d for lines in runs for d in (lines[1:] if len(lines) > 1 else lines)]
+    """Medians over every log's steps after its warm-up (steady_steps): per stage fwd/bwd ms and
+    activation peak, per rank step/opt/sync/wait seconds and peak bytes."""
+    steps = [d for lines in runs for d in steady_steps(lines)]
     if not steps:
         raise PipeplanError("the logs hold no measured step lines (JSON lines with \"ranks\" and \"stages\"): "
                             "pass the stdout of an exported train.py run without --no-measure")
@@ -81,10 +99,18 @@ def _lstsq(rows: list[list[float]], ys: list[float]) -> list[float]:
     return [float(x) for x in sol]
 
 
+def device_kind(dev) -> tuple:
+    """What makes two devices the same kind for the fit: everything the cluster says about them but
+    the name and the node."""
+    return (dev.preset, dev.tflops, dev.speed, dev.memory_bytes, dev.action_overhead_ms)
+
+
 def fit_compute(plan: Plan, measured: list[dict]) -> tuple[dict[int, float], float, list[dict]]:
-    """(a_d per device used, overhead o in ms, per-stage residuals)."""
-    devices = sorted({st.device for st in plan.stages})
-    col = {d: i for i, d in enumerate(devices)}
+    """(a_d per device used, overhead o in ms, per-stage residuals); devices of one kind share a_d."""
+    used = sorted({st.device for st in plan.stages})
+    kinds = sorted({device_kind(plan.cluster.devices[d]) for d in used}, key=repr)
+    devices = list(range(len(kinds)))
+    col = {d: kinds.index(device_kind(plan.cluster.devices[d])) for d in used}
 
     def rows_for(with_o: bool):
         rows, ys, keys = [], [], []
@@ -105,7 +131,7 @@ def fit_compute(plan: Plan, measured: list[dict]) -> tuple[dict[int, float], flo
     if sol[-1] < 0 or any(a <= 0 for a in sol[:-1]):
         rows, ys, keys = rows_for(False)
         sol = [*_lstsq(rows, ys), 0.0]
-    factors = {d: max(sol[col[d]], 1e-6) for d in devices}
+    factors = {d: max(sol[col[d]], 1e-6) for d in used}
     o = sol[-1]
     residuals = []
     for (s, kind), row, y in zip(keys, rows, ys):
@@ -116,7 +142,10 @@ def fit_compute(plan: Plan, measured: list[dict]) -> tuple[dict[int, float], flo
     return factors, o, residuals
 
 
-def _simulated_pipeline_ms(plan: Plan, fwd: list[float], bwd: list[float], comm: list[float]) -> float:
+def _simulated_pipeline_ms(plan: Plan, fwd: list[float], bwd: list[float], comm: list[float],
+                           optimizer_ms: list[float] | None = None, sync_ms: float = 0.0) -> float:
+    """The simulated step of the plan's schedule with these stage and boundary times; with optimizer_ms
+    (per stage, after the drain) and sync_ms (the clip all-reduce) the whole step, as the plan's."""
     from planner.pipeline.schedules import chunks_per_device
     from planner.pipeline.simulator import simulate_times
 
@@ -127,7 +156,7 @@ def _simulated_pipeline_ms(plan: Plan, fwd: list[float], bwd: list[float], comm:
     b_w = [b - x for b, x in zip(bwd, b_in)]
     return simulate_times(fwd, bwd, comm, schedule=cfg.schedule, num_devices=len(plan.stages) // v,
                           num_microbatches=cfg.num_microbatches, virtual_stages=v, bwd_input_ms=b_in,
-                          bwd_weight_ms=b_w).makespan_ms
+                          bwd_weight_ms=b_w, optimizer_ms=optimizer_ms, sync_ms=sync_ms).makespan_ms
 
 
 def fit_link(plan: Plan):
@@ -191,10 +220,24 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
     bwd = [factors[st.device] * (st.bwd_ms - cluster.devices[st.device].action_overhead_ms) + overhead
            for st in plan.stages]
     link, inter, comm = fit_link(plan)
-    latency_ms = _solve_latency(lambda lat: _simulated_pipeline_ms(plan, fwd, bwd, comm(lat)), m["pipeline_ms"])
-    new_link = Link(bandwidth_bytes_per_s=link.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3)
-    refit = replace(cluster, devices=devices, **({"inter_node": new_link} if inter else {"intra_node": new_link}))
+    # the optimizer step scales with the device's speed (cost.stage_optimizer_ms: reference ms / speed)
+    opt = [st.optimizer_ms * factors[st.device] + st.dp_sync_ms for st in plan.stages]
+
+    def refit_at(latency_ms: float) -> Cluster:
+        new_link = Link(bandwidth_bytes_per_s=link.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3)
+        return replace(cluster, devices=devices, **({"inter_node": new_link} if inter else {"intra_node": new_link}))
+
+    def step_at(latency_ms: float) -> float:  # the plan's step model (simulator.simulate) with the fitted times
+        from planner.costmodel.cost import clip_allreduce_ms
+
+        sync = clip_allreduce_ms(refit_at(latency_ms), [st.device for st in plan.stages]) \
+            if any(o > 0 for o in opt) else 0.0
+        return _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms), opt, sync)
+
+    latency_ms = _solve_latency(step_at, m["step_ms"])
+    refit = refit_at(latency_ms)
     fitted_pipe = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms))
+    fitted_step = step_at(latency_ms)
     # memory per rank: measured peak against the plan's stages on that device (reserve excluded)
     memory = []
     reserve = 0
@@ -222,7 +265,9 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
                  "planned_ms": plan.step_time_ms, "fitted_pipeline_ms": round(fitted_pipe, 3),
                  "error_before": round((plan.step_time_ms - m["step_ms"]) / m["step_ms"], 4)
                  if plan.step_time_ms else None,
-                 "error_after": round((fitted_pipe - m["pipeline_ms"]) / m["pipeline_ms"], 4)},
+                 "fitted_ms": round(fitted_step, 3),
+                 "error_after": round((fitted_step - m["step_ms"]) / m["step_ms"], 4),
+                 "pipeline_error_after": round((fitted_pipe - m["pipeline_ms"]) / m["pipeline_ms"], 4)},
         "compute_residuals": compute_res,
         "memory_per_rank": memory,
         "memory_per_stage": stage_memory,

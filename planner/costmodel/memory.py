@@ -55,7 +55,8 @@ class StageMemory:
     grads: int = 0
     optimizer: int = 0
     activations: int = 0
-    """Saved activations x micro-batches in flight (or boundary inputs with recomputation)."""
+    """Saved activations x micro-batches in flight (or boundary inputs with recomputation), plus the
+    stage's own outputs x micro-batches in flight (the runtime keeps them until their backward)."""
     relay: int = 0
     """Tensors this stage only passes along (skip connections), x micro-batches in flight."""
     reserve: int = 0
@@ -101,7 +102,7 @@ def gather_buffer_bytes(config: TrainConfig, largest_layer_params: int) -> int:
 def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes: float,
                        relay_bytes: float, in_flight: int, config: TrainConfig,
                        profile_dtype: str = "float32", recompute: bool = False,
-                       largest_layer_params: int = 0) -> StageMemory:
+                       largest_layer_params: int = 0, output_bytes: float = 0.0) -> StageMemory:
     """Peak bytes of one stage.
 
     param_count: parameters the stage owns (a tied parameter is counted on every
@@ -112,6 +113,12 @@ def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes
     in_flight: micro-batches whose activations the stage holds at its peak, from
         planner.pipeline.schedules.in_flight_microbatches for the schedule.
     largest_layer_params: the largest layer's parameters (FSDP's gather buffer, gather_buffer_bytes).
+    output_bytes: bytes per micro-batch of the tensors the stage produces and sends to the next stage
+        (its forward boundary less what it relays; 0 for the last stage). torch's PipelineStage keeps a
+        micro-batch's outputs (fwd_cache) until that micro-batch's backward, on top of what autograd
+        saves, so they count x in-flight like activations, with or without recomputation. (When the
+        stage's last op also saves its output, e.g. a ReLU, that storage is held once: the model then
+        counts it twice; see docs/cost-model.md.)
 
     Weights, gradients and optimizer state per parameter follow config.dp_sharding over
     config.data_parallel replicas (sharded_bytes_per_param; each sharded part rounded up).
@@ -121,7 +128,8 @@ def stage_memory_bytes(*, param_count: int, activation_bytes: float, input_bytes
     """
     w, g, o = sharded_bytes_per_param(config)
     c = memory_coefficients(in_flight=in_flight, config=config, profile_dtype=profile_dtype, recompute=recompute)
-    acts = c.per_activation_byte * activation_bytes + c.per_input_byte * input_bytes
+    acts = (c.per_activation_byte * activation_bytes + c.per_input_byte * input_bytes
+            + c.per_output_byte * output_bytes)
     return StageMemory(
         params=math.ceil(param_count * w) + gather_buffer_bytes(config, largest_layer_params),
         grads=math.ceil(param_count * g),
@@ -155,7 +163,8 @@ def even_chunk_limit_bytes(memory_bytes: int, reserve_bytes: int, chunks: int) -
 class MemoryCoefficients:
     """stage_memory_bytes as a linear function, for solvers (ILP, DP) that need it so:
     total ~= per_param * param_count + per_activation_byte * activation_bytes
-             + per_input_byte * input_bytes + per_relay_byte * relay_bytes + constant
+             + per_input_byte * input_bytes + per_output_byte * output_bytes
+             + per_relay_byte * relay_bytes + constant
     (stage_memory_bytes rounds the activation and relay terms to whole bytes)."""
 
     per_param: int
@@ -163,12 +172,14 @@ class MemoryCoefficients:
     per_input_byte: float
     per_relay_byte: float
     constant: int
+    per_output_byte: float = 0.0
 
-    def total_bytes(self, param_count, activation_bytes, input_bytes, relay_bytes=0.0):
+    def total_bytes(self, param_count, activation_bytes, input_bytes, relay_bytes=0.0, output_bytes=0.0):
         """stage_memory_bytes(...).total from these coefficients, rounded as it rounds (half to even);
         on floats or numpy arrays (the DP evaluates every interval at once)."""
         return (self.per_param * param_count
-                + np.rint(self.per_activation_byte * activation_bytes + self.per_input_byte * input_bytes)
+                + np.rint(self.per_activation_byte * activation_bytes + self.per_input_byte * input_bytes
+                          + self.per_output_byte * output_bytes)
                 + np.rint(self.per_relay_byte * relay_bytes) + self.constant)
 
 
@@ -186,5 +197,13 @@ def memory_coefficients(*, in_flight: int, config: TrainConfig, profile_dtype: s
     per_param = w + g + o
     return MemoryCoefficients(per_param=int(per_param) if per_param == int(per_param) else per_param,
                               per_activation_byte=per_act, per_input_byte=per_input,
-                              per_relay_byte=in_flight * scale,
+                              per_relay_byte=in_flight * scale, per_output_byte=in_flight * scale,
                               constant=config.reserve_bytes + gather_buffer_bytes(config, largest_layer_params))
+
+
+def stage_output_bytes(boundary_bytes, relay_bytes):
+    """Bytes per micro-batch a stage produces and sends on (stage_memory_bytes' output_bytes): the
+    forward bytes of its out boundary less the tensors it only relays (those count as relay). On floats
+    or numpy arrays; 0 for the last stage (pass boundary_bytes = 0)."""
+    return np.maximum(np.asarray(boundary_bytes, dtype=float) - relay_bytes, 0.0) if np.ndim(boundary_bytes) \
+        else max(float(boundary_bytes) - float(relay_bytes), 0.0)

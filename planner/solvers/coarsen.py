@@ -115,7 +115,7 @@ def refine_cuts(problem: ChainProblem, cuts: list[int], recompute: list[bool], w
         span = {name: prefix[name][j] - prefix[name][i] for name in prefix}
         m = memory_coefficients(in_flight=problem.stage_in_flight[s], config=problem.config, profile_dtype=tb.dtype,
                                 recompute=recompute[s], largest_layer_params=int(tb.params.max(initial=0)))
-        need = m.total_bytes(span["params"], span["acts"], inputs[i])
+        need = m.total_bytes(span["params"], span["acts"], inputs[i], 0.0, fwd_cut[j])
         comm = problem.comm_ms_per_cut[s][j] if s < S - 1 else 0.0
         t, c = problem.time_coefficients(s).cycle_and_fill_ms(span["fwd"], span["bwd"], span["w"], recompute[s], comm)
         bad = (i >= j) | (need > problem.stage_limit[s])

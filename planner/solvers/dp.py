@@ -31,7 +31,7 @@ from planner.costmodel.cost import (
     fill_drain_ms,
     stage_time_coefficients,
 )
-from planner.costmodel.memory import memory_coefficients
+from planner.costmodel.memory import memory_coefficients, stage_output_bytes
 
 INF = float("inf")
 
@@ -180,6 +180,7 @@ class IntervalCosts:
         acts = pa[jj] - pa[ic]
         relay = R[ic, jj] if R is not False else 0.0
         inputs = in_bytes[ic]
+        outputs = stage_output_bytes(fwd_cut[jj], relay)  # held by the stage until their backward
         fref, bref, wref = pf[jj] - pf[ic], pb[jj] - pb[ic], pw[jj] - pw[ic]
         self.T = np.full((S, N + 1, max_len), INF)
         self.C = np.full((S, N + 1, max_len), INF)
@@ -198,7 +199,7 @@ class IntervalCosts:
                 co = memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
                                          profile_dtype=tb.dtype, recompute=r,
                                          largest_layer_params=int(tb.params.max(initial=0)))
-                mem = co.total_bytes(params, acts, inputs, relay)
+                mem = co.total_bytes(params, acts, inputs, relay, outputs)
                 fits = (mem <= prob.stage_limit[s]) & ~done
                 coefficients = prob.time_coefficients(s)
                 key = (coefficients, key_c, r)

@@ -24,7 +24,7 @@ from planner.costmodel.cost import (
     stage_devices,
     stage_optimizer_ms,
 )
-from planner.costmodel.memory import device_memory, stage_memory_bytes
+from planner.costmodel.memory import device_memory, stage_memory_bytes, stage_output_bytes
 from planner.pipeline.schedules import in_flight_microbatches
 from profiler.gpus import GiB
 from profiler.profile import Profile
@@ -58,7 +58,8 @@ def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config:
         mem = stage_memory_bytes(param_count=cost.param_count[s], activation_bytes=float(tables.activation[ns].sum()),
                                  input_bytes=cost.input_bytes[s], relay_bytes=cost.relay_bytes[s],
                                  in_flight=in_flight[s], config=config, profile_dtype=tables.dtype,
-                                 recompute=recompute[s], largest_layer_params=int(tables.params.max(initial=0)))
+                                 recompute=recompute[s], largest_layer_params=int(tables.params.max(initial=0)),
+                                 output_bytes=stage_output_bytes(out_b, cost.relay_bytes[s]))
         stages.append(StagePlan(
             index=s, device=devices[s], node_ids=[tables.ids[k] for k in ns], fwd_ms=fwd, bwd_ms=bwd,
             bwd_input_ms=b_in, bwd_weight_ms=w, comm_out_ms=comm_f, comm_out_bytes=int(out_b), comm_grad_ms=comm_b,

@@ -402,8 +402,12 @@ class _Builder:
             per_param = co[prob.recompute_options[0]].per_param
             # the constant less the reserve: FSDP's gather buffer (0 otherwise; the reserve is left out)
             buffer = co[prob.recompute_options[0]].constant - prob.config.reserve_bytes
-            stage_bytes.append(buffer + mact + per_param * self.stage_params[s] + rel * pulp.lpSum(
-                t.nbytes * self.relayed[k, s] for k, t in enumerate(tb.tensors) if (k, s) in self.relayed))
+            relayed = pulp.lpSum(t.nbytes * self.relayed[k, s] for k, t in enumerate(tb.tensors)
+                                 if (k, s) in self.relayed)
+            # the stage's own outputs, kept until their backward (memory.stage_output_bytes; none after the last)
+            outputs = self.boundary_bytes[s] - relayed if s < S - 1 else 0
+            per_out = co[prob.recompute_options[0]].per_output_byte
+            stage_bytes.append(buffer + mact + per_param * self.stage_params[s] + rel * relayed + per_out * outputs)
         for d, limit in prob.device_limit.items():
             lp += pulp.lpSum(stage_bytes[s] for s in range(S) if prob.stage_device[s] == d) <= limit
 

@@ -715,7 +715,7 @@ class _Held:
 
     __slots__ = ("key", "meter", "stage", "tensor")
 
-    def __init__(self, meter: StepMeter, tensor: torch.Tensor, key: int, stage: int) -> None:
+    def __init__(self, meter: StepMeter, tensor: torch.Tensor, key: int | tuple[int, int], stage: int) -> None:
         self.meter, self.tensor, self.key, self.stage = meter, tensor, key, stage
 
     def __del__(self) -> None:
@@ -742,6 +742,7 @@ class StepMeter:
         self.device = device
         self.cuda = device.type == "cuda"
         self.param_keys: set[int] = set()
+        self.input_keys: set[int] = set()
         self.profile = False
         self._counts: dict[int, list] = {}  # storage key -> [refs, bytes]
         self.live = 0
@@ -777,7 +778,7 @@ class StepMeter:
         if self.stage_live[stage] > self.stage_peak.get(stage, 0):
             self.stage_peak[stage] = self.stage_live[stage]
 
-    def _release(self, key: int, stage: int) -> None:
+    def _release(self, key, stage: int) -> None:
         entry = self._counts.get(key)
         if entry is None:
             return
@@ -797,10 +798,14 @@ class StepMeter:
             return t
         if key in self.param_keys or key == 0 or key in self._output_keys:
             return t
+        nbytes = storage.nbytes()
+        if key in self.input_keys:  # a micro-batch of the step's input batch: a view of the whole batch,
+            # which the job holds anyway; the stage keeps (and the plan counts) the micro-batch's slice
+            key, nbytes = (key, t.storage_offset()), t.numel() * t.element_size()
         entry = self._counts.get(key)
         if entry is None:
-            self._counts[key] = [1, storage.nbytes()]
-            self._add(self.current, storage.nbytes())
+            self._counts[key] = [1, nbytes]
+            self._add(self.current, nbytes)
         else:
             entry[0] += 1
         return _Held(self, t, key, self.current)
@@ -813,6 +818,11 @@ class StepMeter:
 
     def watch_params(self, params: Iterable[torch.Tensor]) -> None:
         self.param_keys = {local(p).untyped_storage().data_ptr() for p in params}
+
+    def watch_inputs(self, tensors: Iterable[torch.Tensor]) -> None:
+        """This step's input batch (all micro-batches): the schedule splits it into views, so a saved
+        micro-batch input is counted by its own bytes, not by the whole batch's storage."""
+        self.input_keys = {t.untyped_storage().data_ptr() for t in tensors if torch.is_tensor(t)}
 
     # -- timing
     def _sync(self) -> None:

@@ -500,6 +500,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
         inputs, target = get_batch(step, args.dp * M * mb, args.seed)
         inputs = tuple((x[lo:lo + M * mb] if b else x).to(device) for x, b in zip(inputs, batched))
         target = target[lo:lo + M * mb].to(device)
+        if meter is not None:
+            meter.watch_inputs(inputs)
         losses: list[torch.Tensor] = []
         with meter.saved_tensors() if meter is not None else contextlib.nullcontext():
             if has_first:
