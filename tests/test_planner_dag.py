@@ -34,8 +34,12 @@ def test_skip_across_three_stages_is_relayed_and_costs_memory():
     for s in plan.stages:
         expected = stage_memory_bytes(param_count=0, activation_bytes=100 * len(s.node_ids),
                                       input_bytes=s.input_bytes, relay_bytes=s.relay_bytes,
-                                      in_flight=s.in_flight, config=cfg)
+                                      in_flight=s.in_flight, config=cfg,
+                                      output_bytes=s.comm_out_bytes - s.relay_bytes)
         assert s.memory == expected
+    # each stage also keeps what it sends on (not what it relays): 8000 from stage 0, 1000 from 1 and 2
+    assert plan.stages[0].memory.activations == 4 * (2 * 100 + 8000)
+    assert plan.stages[1].memory.activations == 3 * (100 + 1000)
     assert plan.stages[1].memory.relay == 7000 * plan.stages[1].in_flight
     link = cluster.link(0, 1)
     # two tensors cross (the chain edge and the skip): two p2p messages, each paying the latency
