@@ -29,6 +29,29 @@ def test_saved_tensor_count_is_exact_and_released():
     assert meter.live == 0 and meter.peak_live == 4 * (16 * 64 + 16 * 32)
 
 
+
+def test_saved_input_micro_batch_counts_its_slice_not_the_whole_batch():
+    """The schedule splits the step's input batch into views of one storage (tensor_split): a layer that
+    saves its input micro-batch holds that slice, which is what the plan counts per micro-batch in flight.
+    By hand: batch 4 micro-batches x 8 rows x 64 fp32 = 8192 B; two micro-batches in flight save 2 x 2048."""
+    meter = StepMeter(torch.device("cpu"))
+    lin = nn.Linear(64, 32, bias=False)
+    meter.watch_params(lin.parameters())
+    batch = torch.randn(32, 64)
+    meter.reset()
+    meter.watch_inputs([batch])
+    meter.current = 0
+    with meter.saved_tensors():
+        outs = [lin(mb) for mb in batch.tensor_split(4)[:2]]  # Linear saves its input (the weight is a param)
+    assert meter.live == 2 * 8 * 64 * 4
+    del outs
+    assert meter.live == 0
+    meter.watch_inputs([])
+    with meter.saved_tensors():
+        out = lin(batch.tensor_split(4)[0])
+    assert meter.live == 32 * 64 * 4  # unwatched: the view's whole storage (what the job counted before)
+    del out
+
 def test_state_bytes_counts_params_grads_and_optimizer():
     lin = nn.Linear(8, 4)
     opt = torch.optim.AdamW(lin.parameters())
