@@ -49,7 +49,7 @@ def run_section(plan: Plan | None) -> None:
     c2.metric("Planned step", f"{step['planned_ms']:.2f} ms" if step["planned_ms"] else "n/a",
               f"{100 * step['error_before']:+.1f}%" if step["error_before"] is not None else None,
               delta_color="off")
-    c3.metric("Refit pipeline step", f"{step['fitted_pipeline_ms']:.2f} ms", f"{100 * step['error_after']:+.1f}%",
+    c3.metric("Refit step", f"{step['fitted_ms']:.2f} ms", f"{100 * step['error_after']:+.1f}%",
               delta_color="off")
     res = {(r["stage"], r["what"]): r for r in report["compute_residuals"]}
     rows = []
