@@ -4,8 +4,8 @@
 
 Writes bench/results/quality.json. For every sample model at a realistic size (profiled in
 estimate mode for A100-80GB, bf16 mixed precision, AdamW, recompute chosen by the solver) and
-for 4 and 8 A100-80GB and a mixed 2 x A100-80GB + 2 x L4 cluster (two hosts), under 1F1B and
-Interleaved1F1B (2 chunks per device): the predicted step time of pipeplan's optimal plan, of
+for 4 and 8 A100-80GB and a mixed 2 x A100-80GB + 2 x L4 cluster (two hosts), under 1F1B,
+Interleaved1F1B (2 chunks per device) and ZBV (2 chunks, V placement): the predicted step time of pipeplan's optimal plan, of
 each baseline partition (uniform layers, parameter-balanced, time-balanced; planner/solvers/baselines.py)
 scored by the same cost model, the lower bound M x (total compute) / (sum of device speeds),
 i.e. total compute / devices on a uniform cluster (no bubble, no communication, perfect balance),
@@ -35,7 +35,7 @@ PRESET = "A100-80GB"
 MODELS = [("gpt", "1.5B", 1024), ("llama", "7B", 4096), ("vit", "B/16", 224), ("resnet", "ResNet-50", 224),
           ("unet3d", "base", 128), ("dlrm", "criteo-kaggle", None), ("mlp", "large", None)]
 QUICK_MODELS = [("gpt", "124M", 1024)]
-SCHEDULES = [("1F1B", 1), ("Interleaved1F1B", 2)]
+SCHEDULES = [("1F1B", 1), ("Interleaved1F1B", 2), ("ZBV", 2)]
 
 
 def mixed_cluster() -> Cluster:

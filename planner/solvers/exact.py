@@ -413,3 +413,158 @@ def refine_by_simulation(stage_of: list[int], recompute: list[bool], num_stages:
                     count[t] += 1
                     break
     return stage_of, recompute, best
+
+
+# -- path bounds: the simulated makespan is the longest path of the schedule's event graph --------------
+#
+# For a fixed action order the simulator (planner/pipeline/simulator.py, _run) starts every action at
+#     start(a) = max(end(previous action on its device), end(dep(a)) + link(a))     (0 with neither)
+# where dep(a) is F(s-1, m) for F(s, m), B(s+1, m) for B(s, m) (none for the last stage's B, whose F is
+# earlier on its own device), B(s, m) for W(s, m), and link(a) the send time of the boundary crossed (0
+# inside a device). That is the longest-path recurrence of a DAG whose nodes are the actions (weight:
+# duration) and whose edges are the device sequence (weight 0) and the dependencies (weight: link). So
+# the drained time (last compute end; every transfer feeds a later compute action) is the longest path,
+# and EVERY path is a lower bound. The graph depends only on (schedule, P, M, v): a path is a vector of
+# counts (nF[s], nB[s], nW[s], nL[b]) and its length sum nF f + nB B + nW W + nL link is linear in the
+# stage times, valid for every partition, placement and recompute choice with that schedule and shape.
+# The optimizer steps start sync after the drain, so makespan - sync >= path + max_d opt_d.
+
+PathCoeffs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+"""(nF per stage, nB per stage, nW per stage, n per boundary): how often a path of the event graph
+passes each stage's F, B, W and each boundary's send."""
+
+
+def path_length(coeffs: PathCoeffs, fwd, b_dur, w_dur, link) -> float:
+    nF, nB, nW, nL = coeffs
+    return (sum(n * x for n, x in zip(nF, fwd)) + sum(n * x for n, x in zip(nB, b_dur))
+            + sum(n * x for n, x in zip(nW, w_dur)) + sum(n * x for n, x in zip(nL, link)))
+
+
+def critical_path(schedule: str, P: int, M: int, v: int, fwd: list[float], b_dur: list[float],
+                  w_dur: list[float], link: list[float]) -> tuple[float, PathCoeffs]:
+    """The simulator's drained time for these per-stage durations (B: the full backward, or the input
+    gradient with a split backward; W: 0 without one) and per-boundary send times as the simulator
+    charges them (0 inside a device), and one longest path of the event graph that attains it."""
+    from planner.pipeline.schedules import canonical_schedule
+    from planner.pipeline.simulator import _encoded_order, _run
+
+    name = canonical_schedule(schedule)
+    seq = _encoded_order(name, P, M, v)
+    S = len(fwd)
+    compute, _ = _run(seq, S, M, (fwd, b_dur, w_dur), link)
+    rows: list[list[tuple]] = [[] for _ in range(P)]
+    at: dict[int, tuple[int, int]] = {}
+    for d, s, m, kind, t0, t1 in compute:
+        k = len(rows[d])
+        rows[d].append((t0, t1))
+        key = seq[d][k][5]
+        if key >= 0:
+            at[key] = (d, k)
+    nF, nB, nW, nL = [0] * S, [0] * S, [0] * S, [0] * max(S - 1, 0)
+    if not compute:
+        return 0.0, (tuple(nF), tuple(nB), tuple(nW), tuple(nL))
+    d, k = max(((d, len(r) - 1) for d, r in enumerate(rows) if r), key=lambda dk: rows[dk[0]][dk[1]][1])
+    drained = rows[d][k][1]
+    while True:
+        kind, s, _, need, b_in = seq[d][k][:5]
+        (nF, nB, nW)[kind][s] += 1
+        t0 = rows[d][k][0]
+        if k > 0 and rows[d][k - 1][1] == t0:
+            k -= 1
+            continue
+        if need >= 0:
+            dd, kk = at[need]
+            if rows[dd][kk][1] + (link[b_in] if b_in >= 0 else 0.0) == t0:
+                if b_in >= 0:
+                    nL[b_in] += 1
+                d, k = dd, kk
+                continue
+        if k > 0:  # a float tie not matched exactly: the device edge still is an edge of the graph
+            k -= 1
+            continue
+        break
+    return drained, (tuple(nF), tuple(nB), tuple(nW), tuple(nL))
+
+
+def device_paths(schedule: str, P: int, M: int, v: int) -> list[PathCoeffs]:
+    """Per device, the paths: micro-batch m's forwards through stages 0..s-1 into the device's first
+    action F(s, m), then every action of the device in order, then (when the last action kept is a B(s', m'))
+    the gradient of m' down through stages s'-1..0. With a split backward, also the same up to the
+    device's last B only (its trailing W dropped, the tail added)."""
+    from planner.pipeline.schedules import _order, canonical_schedule, chunks_per_device, stage_to_device
+
+    name = canonical_schedule(schedule)
+    S = P * chunks_per_device(name, v)
+    device_of = stage_to_device(P, name, v)
+    out = []
+    for acts in _order(name, P, M, v):
+        last_b = max(k for k, a in enumerate(acts) if a[1] == "B")
+        for end in sorted({len(acts) - 1, last_b}):
+            nF, nB, nW, nL = [0] * S, [0] * S, [0] * S, [0] * (S - 1)
+            s0 = acts[0][0]  # the first action is F(s0, m0); the head: F(0, m0) .. F(s0-1, m0)
+            for t in range(s0):
+                nF[t] += 1
+                nL[t] += device_of[t] != device_of[t + 1]
+            for s, op, _ in acts[: end + 1]:
+                {"F": nF, "B": nB, "W": nW}[op][s] += 1
+            s1, op1, _ = acts[end]
+            if op1 == "B":
+                for t in range(s1 - 1, -1, -1):  # the tail: B(s1-1, m) .. B(0, m)
+                    nB[t] += 1
+                    nL[t] += device_of[t] != device_of[t + 1]
+            out.append((tuple(nF), tuple(nB), tuple(nW), tuple(nL)))
+    return out
+
+
+SEED_SHAPES = 1
+"""How many stage-time shapes seed_paths simulates (uniform first, then stage 0 heavy, 1 heavy, ...): each
+adds ILP rows that slow its solves; the enumeration adds the paths that matter as it goes."""
+
+
+def seed_paths(schedule: str, P: int, M: int, v: int) -> list[PathCoeffs]:
+    """Paths for the ILP to start from, before any plan is simulated: the device paths, and the critical
+    paths of the simulator under uniform stage times and under each stage made heavy (x4), with and
+    without sends (the longest path moves with the partition; these cover the usual shapes)."""
+    from planner.pipeline.schedules import canonical_schedule, chunks_per_device, schedule_spec, stage_to_device
+
+    name = canonical_schedule(schedule)
+    S = P * chunks_per_device(name, v)
+    split = schedule_spec(name).split_backward
+    device_of = stage_to_device(P, name, v)
+    out = list(device_paths(name, P, M, v))
+    for heavy in [None, *range(S)][:SEED_SHAPES]:
+        for send in (0.0, 0.5):
+            f = [4.0 if s == heavy else 1.0 for s in range(S)]
+            b = [x for x in f] if split else [2 * x for x in f]
+            w = [x for x in f] if split else [0.0] * S
+            link = [send if device_of[t] != device_of[t + 1] else 0.0 for t in range(S - 1)]
+            out.append(critical_path(name, P, M, v, f, b, w, link)[1])
+    return list(dict.fromkeys(out))
+
+
+def plan_path(plan) -> PathCoeffs:
+    """A critical path of a plan's simulated step."""
+    P, M, v, fwd, b_dur, w_dur, link = plan_durations(plan)
+    return critical_path(plan.config.schedule, P, M, v, fwd, b_dur, w_dur, link)[1]
+
+
+def plan_durations(plan) -> tuple:
+    """(P, M, v, fwd, B, W, link) of a plan: the per-stage durations and per-boundary send times that
+    planner.pipeline.simulator.simulate passes to the simulator (link 0 inside a device)."""
+    from planner.pipeline.schedules import chunks_per_device, schedule_spec, stage_to_device
+    from planner.pipeline.simulator import _split_backward, _split_or_none
+
+    cfg = plan.config
+    v = chunks_per_device(cfg.schedule, cfg.virtual_stages)
+    S = len(plan.stages)
+    P = S // v
+    fwd = [st.fwd_ms for st in plan.stages]
+    bwd = [st.bwd_ms for st in plan.stages]
+    if schedule_spec(cfg.schedule).split_backward:
+        b_dur, w_dur = _split_backward(bwd, _split_or_none([st.bwd_input_ms for st in plan.stages]),
+                                       _split_or_none([st.bwd_weight_ms for st in plan.stages]), S)
+    else:
+        b_dur, w_dur = bwd, [0.0] * S
+    device_of = stage_to_device(P, cfg.schedule, v)
+    link = [0.0 if device_of[b] == device_of[b + 1] else plan.stages[b].comm_out_ms for b in range(S - 1)]
+    return P, cfg.num_microbatches, v, fwd, b_dur, w_dur, link

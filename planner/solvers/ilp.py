@@ -61,6 +61,10 @@ class ILPProblem:
     """The schedule runs B and W apart (the stage bound's tail then drops)."""
     optimizer_factor: float = 0.0
     """Optimizer ms per reference AdamW ms (stage_optimizer_ms at speed 1); 0 leaves it out."""
+    paths: list | None = None
+    """With "stage_bound": paths of the schedule's event graph (planner.solvers.exact.PathCoeffs), each a
+    row step >= its length + the largest optimizer step (exact.py, "path bounds"); more are added
+    while the enumeration runs (ILPModel.add_path)."""
 
 
 @dataclass(slots=True)
@@ -258,6 +262,9 @@ class ILPModel:
     step: pulp.LpVariable
     unit: float
     """ms per model time unit."""
+    add_path: object = None
+    """With "stage_bound": add_path(coeffs) adds the row step >= that path's length (+ the largest
+    optimizer step); None otherwise."""
 
     def start_values(self, stage_of: list[int] | None, recompute: list[bool] | None) -> dict[str, float] | None:
         """A warm start (variable name -> value) from a known plan; None without one."""
@@ -484,12 +491,34 @@ class _Builder:
         P = len(set(prob.stage_device))
         rank_of = stage_to_device(P, prob.schedule, prob.virtual_stages)
         w = self.stage_sum(tb.bwd_weight)
-        B = [b[s] - w[s] * (1.0 / (coeffs[s].speed * unit)) if prob.split_backward else b[s] for s in range(S)]
+        W = [w[s] * (1.0 / (coeffs[s].speed * unit)) if prob.split_backward else 0 for s in range(S)]
+        B = [b[s] - W[s] if prob.split_backward else b[s] for s in range(S)]
         total_f = pulp.lpSum(f)
         for r, (first, last, after) in enumerate(order_terms(prob.schedule, P, M, prob.virtual_stages)):
             own = [s for s in range(S) if rank_of[s] == r]
             lp += step >= (total_f + pulp.lpSum(B[first + 1:]) + pulp.lpSum(B[:last])
                            + pulp.lpSum(M * B[s] + after.get(s, 0) * f[s] for s in own))
+        # the path bounds (exact.py, "path bounds"): step >= a path of the event graph + the largest
+        # optimizer step; sends only where the schedule's placement puts the two stages on two ranks
+        link = [cf[t] if rank_of[t] != rank_of[t + 1] else 0 for t in range(S - 1)]
+        optmax = 0
+        if prob.optimizer_factor > 0:
+            optmax = _new_var(lp, "optmax", 0)
+            for d in sorted(set(prob.stage_device)):
+                lp += optmax >= pulp.lpSum(opt[s] * (prob.optimizer_factor / (coeffs[s].speed * unit))
+                                           for s in range(S) if prob.stage_device[s] == d)
+        count = [0]
+
+        def add_path(path) -> None:
+            nF, nB, nW, nL = path
+            expr = pulp.lpSum([n * f[s] for s, n in enumerate(nF) if n] + [n * B[s] for s, n in enumerate(nB) if n]
+                              + [n * W[s] for s, n in enumerate(nW) if n] + [n * link[t] for t, n in enumerate(nL) if n])
+            lp.addConstraint(step >= expr + optmax, f"path_{count[0]}")
+            count[0] += 1
+
+        self.add_path = add_path
+        for path in prob.paths or []:
+            add_path(path)
         lp += step
 
     def build(self) -> ILPModel | None:
@@ -503,7 +532,8 @@ class _Builder:
         self.tied_copies()
         self.memory()
         self.step_time()
-        return ILPModel(lp=self.lp, assignment=self.asg, recompute=self.recompute, step=self.step, unit=self.unit)
+        return ILPModel(lp=self.lp, assignment=self.asg, recompute=self.recompute, step=self.step, unit=self.unit,
+                        add_path=getattr(self, "add_path", None))
 
 
 def build_model(prob: ILPProblem, upper_bound: float | None = None) -> ILPModel | None:
@@ -596,7 +626,7 @@ def solve_ilp(prob: ILPProblem, *, backend: str = "highs", time_limit_s: float =
 
 
 def enumerate_by_bound(prob: ILPProblem, score, *, backend: str = "highs", time_limit_s: float = 10.0,
-                       incumbent_ms: float = math.inf, max_rounds: int = 60):
+                       incumbent_ms: float = math.inf, max_rounds: int = 60, path_of=None):
     """The exact finish off a chain (docs/ilp.md, "What is proven"): solve prob (objective
     "stage_bound") for the plan with the least bound, score it with the simulator (score(stage_of,
     recompute) -> ms, None if it does not fit), forbid that exact assignment (a no-good cut on the x
@@ -605,6 +635,9 @@ def enumerate_by_bound(prob: ILPProblem, score, *, backend: str = "highs", time_
     the rounds run out (max_rounds, not the clock, is what normally stops it: the same plan on every
     machine). Every assignment not yet scored has a bound >= the last optimum, so
     min(best, last optimum) bounds the simulated step of every plan in the ILP's space.
+    path_of(stage_of, recompute) -> a critical path (exact.PathCoeffs) of the plan just scored, or None:
+    its row is added too (valid for every plan: exact.py, "path bounds"), so the bound of the plans
+    that share its bottleneck rises to what the simulator shows.
 
     Returns (stage_of, recompute, ms) of the best scored plan or None, the lower bound (-inf when the
     ILP proved nothing), and whether it is proven."""
@@ -632,6 +665,9 @@ def enumerate_by_bound(prob: ILPProblem, score, *, backend: str = "highs", time_
         ms = score(res.stage_of, res.recompute)
         if ms is not None and ms < best_ms:
             best, best_ms = (res.stage_of, res.recompute, ms), ms
+        path = path_of(res.stage_of, res.recompute) if path_of is not None and ms is not None else None
+        if path is not None and model.add_path is not None:
+            model.add_path(path)
         # no-good: at least one x or rec variable must differ from this assignment
         flips = []
         for (i, s), var in model.assignment.x.items():

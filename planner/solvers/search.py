@@ -179,6 +179,9 @@ FINISH_SHARE = 0.5
 """Most of a (micro-batch count, device order) budget the exact finish may take ..."""
 FINISH_MAX_S = 1.0
 """... and at most this long, unless the budget is over 10 s (then a tenth of it)."""
+ENUMERATE_SHARE = 0.75
+"""Off a chain (DAGs, several chunks per device): the proxy takes a quarter of the budget, the
+enumeration by the path bounds this share of what is left, the refinement the rest."""
 
 
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -188,30 +191,45 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
     solver.lower_bound_ms bounds the simulated step of every plan with this map and count
     (planner.solvers.exact): on a chain with one stage per device the exact finish proves it, elsewhere
     the generic bound holds and the status is "feasible" unless the plan reaches it."""
-    from planner.solvers.exact import chain_finish, generic_lower_bound, sync_ms
+    from planner.pipeline.schedules import chunks_per_device
+    from planner.solvers.exact import chain_finish, generic_lower_bound, plan_path, seed_paths, sync_ms
 
     start = time.perf_counter()
     finish_s = min(time_limit_s * FINISH_SHARE, max(FINISH_MAX_S, time_limit_s / 10))
     chain_exact = config.virtual_stages == 1 and tables.is_chain()
-    # off a chain: half the budget for the proxy, then the enumeration, then the refinement (the rest)
+    # off a chain: a quarter of the budget for the proxy, then the enumeration, then the refinement
     proxy = _solve_proxy(profile, tables, cluster, config, devices,
-                         time_limit_s - finish_s if chain_exact else time_limit_s / 2, fingerprint)
+                         time_limit_s - finish_s if chain_exact else time_limit_s / 4, fingerprint)
     sp = speeds(cluster, profile)
     if not chain_exact:
         # the stage-bound ILP, enumerated by its bound and scored by the simulator (ilp.enumerate_by_bound)
         if proxy is not None:
             with_timeline(proxy)
 
+        scored: dict[tuple, Plan] = {}
+
         def score(stage_of: list[int], rec: list[bool]) -> float | None:
             p = make_plan(profile, tables, cluster, config, stage_of, devices, rec,
                           SolverInfo(backend="x", status="feasible"), fingerprint)
+            scored.clear()
+            scored[(tuple(stage_of), tuple(rec))] = p
             return p.step_time_ms if p.feasible else None
 
+        def path_of(stage_of: list[int], rec: list[bool]):
+            p = scored.get((tuple(stage_of), tuple(rec)))
+            return plan_path(p) if p is not None and p.feasible else None
+
         sync = sync_ms(tables, cluster, devices)
+        # the path bounds (exact.py): the device paths, the simulator's critical paths under a few
+        # stage-time shapes, and the incumbent's own critical path; each scored plan adds its own
+        paths = seed_paths(config.schedule, cluster.num_devices, config.num_microbatches,
+                           chunks_per_device(config.schedule, config.virtual_stages))
+        if proxy is not None and proxy.feasible:
+            paths.append(plan_path(proxy))
         prob = dataclasses.replace(ilp_problem(profile, tables, cluster, config, devices), objective="stage_bound",
                                    split_backward=schedule_spec(config.schedule).split_backward,
                                    optimizer_factor=stage_optimizer_ms(1.0, config.optimizer, 1.0)
-                                   if float(tables.optimizer.sum()) > 0 else 0.0)
+                                   if float(tables.optimizer.sum()) > 0 else 0.0, paths=paths)
         def pipeline_score(so: list[int], rec: list[bool]) -> float | None:
             ms = score(so, rec)
             return None if ms is None else ms - sync  # the ILP's bound leaves the optimizer's sync out
@@ -219,8 +237,8 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
         found, bound, _ = enumerate_by_bound(
             prob, pipeline_score,
             backend="cbc" if config.solver == "cbc" else "highs",
-            time_limit_s=max(0.2, min(finish_s, time_limit_s - (time.perf_counter() - start))),
-            incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"))
+            time_limit_s=max(0.2, ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))),
+            incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"), path_of=path_of)
         lower = max(generic_lower_bound(tables, cluster, config, devices, sp), bound + sync)
         if found is not None and (proxy is None or found[2] + sync < proxy.step_time_ms):
             proxy = make_plan(profile, tables, cluster, config, found[0], devices, found[1],
