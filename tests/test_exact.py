@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from planner.contracts.cluster import Cluster, Device, Link
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import SolverInfo
-from planner.costmodel.cost import build_tables, stage_devices
+from planner.costmodel.cost import build_tables, clip_allreduce_ms, stage_devices
 from planner.costmodel.microbatches import schedule_accepts
 from planner.pipeline.schedules import SCHEDULE_SPECS, chunks_per_device, stage_to_device
 from planner.pipeline.simulator import simulate_times
@@ -217,3 +217,117 @@ def test_device_bound_below_the_simulated_makespan(schedule):
         assert lb <= tl.makespan_ms * (1 + TOL), (P, v, M, lb, tl.makespan_ms)
         tight += lb >= tl.makespan_ms * (1 - 1e-6)
     assert tight > 0  # the bound is reached on some instances (uniform-enough stages)
+
+
+# -- the path bounds (exact.py, "path bounds") ---------------------------------------------------
+
+def _durations(plan):
+    from planner.solvers.exact import plan_durations
+
+    return plan_durations(plan)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_critical_path_is_the_simulated_makespan(schedule):
+    """The simulator's drained time is the longest path of the event graph: critical_path returns it and
+    a path whose length, recomputed from its counts, is the same number; every seed path is <= it."""
+    from planner.solvers.exact import critical_path, path_length, seed_paths
+
+    rng = random.Random(5)
+    spec = SCHEDULE_SPECS[schedule]
+    for _ in range(120):
+        P = rng.randint(1, 4)
+        v = rng.choice([1, 2, 3]) if spec.chunks_per_device is None else 1
+        M = rng.randint(1, 3 * P)
+        if schedule_accepts(schedule, P, M, v) is not None:
+            continue
+        vv = chunks_per_device(schedule, v)
+        S = P * vv
+        f = [rng.uniform(0.1, 3) for _ in range(S)]
+        b = [x * rng.uniform(1, 3) for x in f]
+        w = [x * rng.uniform(0, 0.6) for x in b] if spec.split_backward else [0.0] * S
+        c = [rng.choice([0.0, rng.uniform(0, 2)]) for _ in range(S - 1)]
+        device_of = stage_to_device(P, schedule, v)
+        link = [0.0 if device_of[k] == device_of[k + 1] else c[k] for k in range(S - 1)]
+        B = [x - y for x, y in zip(b, w)]
+        tl = simulate_times(f, b, c, schedule=schedule, num_devices=P, num_microbatches=M, virtual_stages=v,
+                            bwd_weight_ms=w if spec.split_backward else None)
+        length, path = critical_path(schedule, P, M, vv, f, B, w, link)
+        assert length == pytest.approx(tl.makespan_ms, rel=1e-12)
+        assert path_length(path, f, B, w, link) == pytest.approx(length, rel=1e-9)
+        for p in seed_paths(schedule, P, M, vv):
+            assert path_length(p, f, B, w, link) <= length * (1 + TOL)
+
+
+def _all_assignments(tables, S: int) -> list[list[int]]:
+    """Every stage assignment with data flowing forward and no empty stage (in topological order)."""
+    N = tables.num_nodes
+    preds = [[] for _ in range(N)]
+    for t in tables.tensors:
+        for c in t.consumers:
+            preds[c].append(t.producer)
+    out = []
+
+    def rec(i: int, so: list[int]) -> None:
+        if i == N:
+            if len(set(so)) == S:
+                out.append(list(so))
+            return
+        lo = max((so[p] for p in preds[i]), default=0)
+        for s in range(lo, S):
+            if S - 1 - s > N - 1 - i and len(set(so)) + (N - i) < S:  # cannot fill the stages left
+                continue
+            so.append(s)
+            rec(i + 1, so)
+            so.pop()
+
+    rec(0, [])
+    return out
+
+
+@st.composite
+def path_instances(draw):
+    """Up to 12 nodes, 2-4 devices, every schedule: chains and DAGs, mixed speeds, memory from slack
+    to binding, transfers that matter (instances() with the brief's sizes)."""
+    return draw(instances(max_nodes=12, max_devices=4))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(path_instances(), st.randoms(use_true_random=False))
+def test_path_bounds_below_every_enumerated_plan(inst, rnd):
+    """For every schedule: the bound the enumeration uses (the device paths, the seeded critical paths
+    and the critical path of every scored plan, + the largest optimizer step + sync) is <= the
+    simulated makespan of every enumerated plan that fits (up to 400 of them, at random when more),
+    and so is the critical path of each other enumerated plan (the rows the ILP adds as it goes); with
+    a plan's own critical path the bound is its simulated step exactly (the durations are the
+    simulator's)."""
+    from planner.solvers.evaluate import choose_recompute
+    from planner.solvers.exact import path_length, plan_path, seed_paths
+
+    profile, cluster, config = inst
+    tables = build_tables(profile)
+    devices = stage_devices(cluster.num_devices, config)
+    S = len(devices)
+    assignments = _all_assignments(tables, S)
+    if len(assignments) > 400:
+        assignments = rnd.sample(assignments, 400)
+    plans = []
+    for so in assignments:
+        for rec in ([choose_recompute(profile, tables, cluster, config, so, devices)] +
+                    ([[False] * S, [True] * S] if config.recompute == "auto" else [])):
+            p = make_plan(profile, tables, cluster, config, so, devices, list(rec),
+                          SolverInfo(backend="brute", status="evaluated"))
+            if p.feasible:
+                plans.append(p)
+    assume(plans)
+    P, M, v = _durations(plans[0])[:3]
+    paths = seed_paths(config.schedule, P, M, v) + [plan_path(p) for p in plans[:40]]
+    for k, p in enumerate(plans):
+        _, _, _, f, B, W, link = _durations(p)
+        opt = [st_.optimizer_ms + st_.dp_sync_ms for st_ in p.stages]
+        opt_max = max(sum(opt[s] for s in range(S) if p.stages[s].device == d) for d in set(devices))
+        sync = clip_allreduce_ms(cluster, [st_.device for st_ in p.stages]) if any(x > 0 for x in opt) else 0.0
+        bound = max(path_length(q, f, B, W, link) for q in paths) + opt_max + sync
+        assert bound <= p.step_time_ms * (1 + TOL), (config.schedule, bound, p.step_time_ms)
+        if k < 40:  # its own critical path is among them: the bound is its simulated step exactly
+            assert bound == pytest.approx(p.step_time_ms, rel=1e-9)
