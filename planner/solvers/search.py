@@ -180,8 +180,10 @@ FINISH_SHARE = 0.5
 FINISH_MAX_S = 1.0
 """... and at most this long, unless the budget is over 10 s (then a tenth of it)."""
 ENUMERATE_SHARE = 0.75
-"""Off a chain (DAGs, several chunks per device): the proxy takes a quarter of the budget, the
-enumeration by the path bounds this share of what is left, the refinement the rest."""
+"""With several chunks per device (Interleaved1F1B, ZBV, ...): the proxy takes a quarter of the budget,
+the enumeration by the path bounds this share of what is left, the refinement the rest. One stage per
+device off a chain keeps half for the proxy and the finish share for the enumeration (the 200-node
+DAG's 5 s target)."""
 
 
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -197,9 +199,12 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
     start = time.perf_counter()
     finish_s = min(time_limit_s * FINISH_SHARE, max(FINISH_MAX_S, time_limit_s / 10))
     chain_exact = config.virtual_stages == 1 and tables.is_chain()
-    # off a chain: a quarter of the budget for the proxy, then the enumeration, then the refinement
+    # off a chain: half the budget for the proxy (a quarter with several chunks per device), then the
+    # enumeration (its finish share; with several chunks, ENUMERATE_SHARE of what is left), then the
+    # refinement
+    multi = schedule_spec(config.schedule).multi_chunk and len(devices) > cluster.num_devices
     proxy = _solve_proxy(profile, tables, cluster, config, devices,
-                         time_limit_s - finish_s if chain_exact else time_limit_s / 4, fingerprint)
+                         time_limit_s - finish_s if chain_exact else time_limit_s / (4 if multi else 2), fingerprint)
     sp = speeds(cluster, profile)
     if not chain_exact:
         # the stage-bound ILP, enumerated by its bound and scored by the simulator (ilp.enumerate_by_bound)
@@ -237,7 +242,8 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
         found, bound, _ = enumerate_by_bound(
             prob, pipeline_score,
             backend="cbc" if config.solver == "cbc" else "highs",
-            time_limit_s=max(0.2, ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))),
+            time_limit_s=max(0.2, (ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))) if multi
+                             else min(finish_s, time_limit_s - (time.perf_counter() - start))),
             incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"), path_of=path_of)
         lower = max(generic_lower_bound(tables, cluster, config, devices, sp), bound + sync)
         if found is not None and (proxy is None or found[2] + sync < proxy.step_time_ms):
