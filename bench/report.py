@@ -424,9 +424,11 @@ GAPS = """## Reading the numbers
   the model is right, not how right the model is. Sections 3 and 4 check the model.
 - **Statuses are under the simulator** (docs/ilp.md, "What is proven"): "optimal" is proven for the
   simulated step; "feasible" with a gap means the gap bounds the simulated step (the bound holds for
-  every plan in the search space). Interleaved1F1B and ZBV gaps are wide because the bound ignores
-  the interleaved warm-up, not because better plans are known. A baseline is always a candidate, so
-  no plan is slower on the timeline than a baseline that fits.
+  every plan in the search space). For Interleaved1F1B and ZBV the bound is the path bound (the
+  simulated step is the longest path of the schedule's event graph; each scored plan's critical
+  path becomes an ILP row): exact for every plan scored, and what gap is left is the ILP over the
+  partitions stopping on its time share, not a better plan known. A baseline is always a candidate,
+  so no plan is slower on the timeline than a baseline that fits.
 - **CPU step time.** The tiny models' layers take fractions of a millisecond to a few ms, so the
   runtime's own costs matter: the pipelining runtime's Python work per action and gloo's loopback
   send/recv (the cluster's default link says 100 GB/s and 5 µs; a loopback gloo message on this VM

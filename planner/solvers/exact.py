@@ -14,6 +14,10 @@ under the simulator:
   simulated makespan);
 - `generic_lower_bound`: a bound valid for every schedule, placement and partition (DAGs, several
   chunks per device): the busiest device must do its share of the work.
+- the path bounds (`critical_path`, `device_paths`, `seed_paths`, `plan_path`; "path bounds" below):
+  the simulated makespan is the longest path of the schedule's event graph, so every path of it is a
+  bound linear in the stage times and valid for every partition; the ILP takes them as rows and adds
+  each scored plan's critical path as it enumerates.
 
 Why the stage bound holds (one stage per device, the simulator's rules): F(s, m) cannot start before
 F(s-1, m) ended plus the boundary's send, so every action of stage s starts at or after
