@@ -118,6 +118,18 @@ def quality_section(d: dict, figs: list[Path]) -> str:
     if s.get("solver_status"):
         summ += "\n\nSolver statuses (under the simulator): " + ", ".join(
             f"{k} {v}" for k, v in sorted(s["solver_status"].items())) + "."
+    per = {}
+    for r in d["rows"]:
+        if r["status"] == "ok":
+            per.setdefault(r["schedule"], []).append(r)
+    if per:
+        import statistics
+
+        summ += "\n\n" + table(
+            ["schedule", "cases", "optimal", "gap ≤ 1 %", "median gap", "max gap", "max solve s"],
+            [[k, len(v), sum(r["solver_status"] == "optimal" for r in v), sum((r.get("gap") or 0) <= 0.01 for r in v),
+              f(statistics.median(r.get("gap") or 0 for r in v)), f(max(r.get("gap") or 0 for r in v)),
+              f(max(r.get("solve_s") or 0 for r in v))] for k, v in per.items()])
     return "\n\n".join([
         "## 1. Plan quality: optimal plan vs baselines vs the lower bound",
         f"Every sample model at a realistic size, profiled in estimate mode for {d['preset']}; {d['precision']}, "
