@@ -9,7 +9,9 @@ import json
 import math
 
 import pytest
-from golden.corpus import RECORDED, cases, clusters, run_case, summary
+from golden.corpus import RECORDED, cases, clusters, load_profile_file, run_case, summary
+
+from planner.contracts.plan import Plan, validate_plan
 
 RECORDED_PLANS = json.loads(RECORDED.read_text())
 CASES = {c.name: c for c in cases()}
@@ -51,7 +53,10 @@ def cluster_table():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_golden_plan(name, cluster_table):
-    now = json.loads(json.dumps(summary(run_case(CASES[name], cluster_table))))
+    plan = run_case(CASES[name], cluster_table)
+    # every golden plan also passes the Plan validation against its own profile (fingerprint included)
+    validate_plan(Plan.from_json(plan.to_json()), load_profile_file(CASES[name].profile))
+    now = json.loads(json.dumps(summary(plan)))
     then = RECORDED_PLANS[name]
     if then["solver"]["status"] == "feasible" and then["solver"]["lower_bound_ms"] is not None:
         # an unproven plan is where the exact finish's time-limited search (the ILP enumeration, the

@@ -85,16 +85,6 @@ def test_infeasible_plans_validate():
     validate_plan(Plan.from_json(scored.to_json()), PROFILE)
 
 
-@pytest.mark.slow  # re-solves the 89 golden cases (~15 s); test_golden_plans.py pins them
-def test_every_golden_plan_validates_against_its_profile():
-    from golden.corpus import cases, clusters, load_profile_file, run_case
-
-    table = clusters()
-    for case in cases():
-        plan = run_case(case, table)
-        validate_plan(Plan.from_json(plan.to_json()), load_profile_file(case.profile))
-
-
 # -- each rule, with the message naming the stage ------------------------------------------------------
 
 def _one_f_one_b(solved) -> dict:
