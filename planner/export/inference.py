@@ -47,6 +47,9 @@ def render_inference_job(profile, iplan: InferencePlan, *, model_source: str | N
 
     if not iplan.fits:
         raise PipeplanError("this inference plan does not fit in memory: only a fitting plan can be exported")
+    if iplan.config.weight_dtype == "int8":
+        raise PipeplanError("int8 weights are planned (1 byte/param) but not exported: the job has no int8 "
+                            "weight-only kernels; export with --weights fp32 or bf16")
     files = render_job(carrier_plan(profile, iplan), model_source=model_source)
     keep = {k: v for k, v in files.items() if k.startswith("model/") or k.endswith("_runtime.py")}
     settings = {"stages": [s.nodes for s in iplan.stages], "micro_batch_size": profile.model.micro_batch_size,
