@@ -50,6 +50,16 @@ def test_render_has_no_pickle_load():
     assert "weights_only=True" in text and "pickle.load" not in text
 
 
+def test_export_refuses_int8_weights():
+    from core.errors import PipeplanError
+
+    prof = tiny_profile("gpt")
+    cfg = InferenceConfig(weight_dtype="int8")
+    plan = evaluate_cuts(prof, Cluster.uniform(2, memory_bytes=1 << 30), cfg, even_cuts(len(prof.nodes), 2))
+    with pytest.raises(PipeplanError, match="int8 weights"):
+        render_inference_job(prof, plan)
+
+
 def test_weights_only_refuses_objects(tmp_path):
     sys.path.insert(0, str(ROOT / "planner" / "export" / "runtime"))
     try:
