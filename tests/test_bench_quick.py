@@ -52,7 +52,7 @@ def test_quality(quick_run):
             assert r["optimal_over_lower_bound"] >= 1 - 1e-9
             assert set(r["baseline_over_optimal"]) == {"uniform_layers", "param_balanced", "time_balanced"}
             assert all(v is None or v >= 1 - 1e-6 for v in r["baseline_over_optimal"].values())
-    assert {r["schedule"] for r in d["rows"]} == {"1F1B", "Interleaved1F1B"}
+    assert {r["schedule"] for r in d["rows"]} == {"1F1B", "Interleaved1F1B", "ZBV"}
 
 
 def test_solver(quick_run):
