@@ -186,14 +186,11 @@ def test_device_order_auto_never_slower_than_fixed(inst):
 
 # -- the bound itself ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
-def test_device_bound_below_the_simulated_makespan(schedule):
-    """exact.device_bound (the bound the chain search and the stage-bound ILP use) against the simulator
-    on random per-stage times, sends and optimizer steps."""
-    rng = random.Random(11)
+def _random_pipelines(rng: random.Random, schedule: str, tries: int):
+    """Random shapes the schedule accepts (P, v, M, S stages) with per-stage F, B, W (None without a split
+    backward) and sends."""
     spec = SCHEDULE_SPECS[schedule]
-    tight = 0
-    for _ in range(200):
+    for _ in range(tries):
         P = rng.randint(1, 4)
         v = rng.choice([1, 2, 3]) if spec.chunks_per_device is None else 1
         M = rng.randint(1, 3 * P)
@@ -204,6 +201,17 @@ def test_device_bound_below_the_simulated_makespan(schedule):
         b = [x * rng.uniform(1, 3) for x in f]
         w = [x * rng.uniform(0, 0.6) for x in b] if spec.split_backward else None
         c = [rng.choice([0.0, rng.uniform(0, 2)]) for _ in range(S - 1)]
+        yield P, v, M, S, f, b, w, c
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_device_bound_below_the_simulated_makespan(schedule):
+    """exact.device_bound (the bound the chain search and the stage-bound ILP use) against the simulator
+    on random per-stage times, sends and optimizer steps."""
+    rng = random.Random(11)
+    spec = SCHEDULE_SPECS[schedule]
+    tight = 0
+    for P, v, M, S, f, b, w, c in _random_pipelines(rng, schedule, 200):
         opt = [rng.choice([0.0, rng.uniform(0, 1)]) for _ in range(S)]
         sync = rng.uniform(0, 0.5)
         tl = simulate_times(f, b, c, schedule=schedule, num_devices=P, num_microbatches=M, virtual_stages=v,
@@ -235,18 +243,9 @@ def test_critical_path_is_the_simulated_makespan(schedule):
 
     rng = random.Random(5)
     spec = SCHEDULE_SPECS[schedule]
-    for _ in range(120):
-        P = rng.randint(1, 4)
-        v = rng.choice([1, 2, 3]) if spec.chunks_per_device is None else 1
-        M = rng.randint(1, 3 * P)
-        if schedule_accepts(schedule, P, M, v) is not None:
-            continue
+    for P, v, M, S, f, b, w, c in _random_pipelines(rng, schedule, 120):
         vv = chunks_per_device(schedule, v)
-        S = P * vv
-        f = [rng.uniform(0.1, 3) for _ in range(S)]
-        b = [x * rng.uniform(1, 3) for x in f]
-        w = [x * rng.uniform(0, 0.6) for x in b] if spec.split_backward else [0.0] * S
-        c = [rng.choice([0.0, rng.uniform(0, 2)]) for _ in range(S - 1)]
+        w = w if w is not None else [0.0] * S
         device_of = stage_to_device(P, schedule, v)
         link = [0.0 if device_of[k] == device_of[k + 1] else c[k] for k in range(S - 1)]
         B = [x - y for x, y in zip(b, w)]
