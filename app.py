@@ -35,8 +35,7 @@ with cluster_tab:
 with training_tab:
     if mode == "Inference":
         inference_config = inference_settings(choice.profile.model.micro_batch_size if choice else 1)
-        config = TrainConfig(precision="fp32" if inference_config is None or inference_config.weight_dtype == "fp32"
-                             else "bf16_mixed")  # only picks the devices' speed preset
+        config = None if inference_config is None else TrainConfig.for_inference(inference_config)
     else:
         config = training_section(choice.profile.model.micro_batch_size if choice else 1)
         parallel = parallelism_section(choice.profile.model.micro_batch_size if choice else 1)
@@ -58,8 +57,7 @@ if choice is None or cluster is None or config is None:
     st.info("No plan yet: pick a sample model or upload one in tab 1." if choice is None else
             "Fix the settings marked in red above to see a plan.")
 elif mode == "Inference":
-    if inference_config is not None:
-        inference_section(choice.profile, cluster, inference_config)
+    inference_section(choice.profile, cluster, config)
 else:
     if parallel.hybrid:  # the ranked PP x DP x TP configurations; the picked one is planned below
         config = parallel_search_section(choice.profile, cluster, config, parallel)

@@ -14,6 +14,8 @@ from core.errors import PipeplanError
 from core.files import check_writable, write_file_atomic
 from core.limits import check_shape
 from planner.contracts.cluster import check_device_count, parse_memory
+from planner.contracts.config import TrainConfig
+from planner.contracts.inference_config import INFERENCE_SOLVERS, training_precision
 from planner.costmodel.inference import OBJECTIVES, WEIGHT_DTYPES, InferenceConfig, InferencePlan
 from profiler.gpus import GiB
 
@@ -31,6 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weights", dest="weight_dtype", default="fp32", choices=WEIGHT_DTYPES,
                    help="serving dtype of the weights (int8: weight-only quantised, where you say so)")
     p.add_argument("--activations", choices=("fp32", "bf16"), help="default: fp32 with fp32 weights, else bf16")
+    p.add_argument("--solver", default="auto", choices=INFERENCE_SOLVERS,
+                   help="dp: the Pareto DP; ilp: the interval MILP (HiGHS); auto: the DP, and the MILP where the "
+                        "DP is not exact")
     p.add_argument("--in-flight", type=int, default=1, help="micro-batches a stage holds at once (1: blocking loop)")
     p.add_argument("--reserve", default="0", help="memory held back per device, e.g. 2GB")
     p.add_argument("--batch-size", type=int, help="samples per request (profile sample/hf models at it)")
@@ -57,12 +62,13 @@ def summary(plan: InferencePlan, cluster) -> str:
                      f"{s.period_ms:>10.2f} {s.memory.total / GiB:>8.2f} / {s.memory_limit / GiB:.2f} GiB")
     lines.append(f"throughput {plan.throughput_sps:.3f} samples/s (period {plan.period_ms:.2f} ms), "
                  f"latency {plan.latency_ms:.2f} ms per request")
+    lines.append(plan.solver_summary())
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     from cli.plan_cmd import build_cluster, load_model
-    from planner.solvers.inference import solve_inference
+    from planner.solvers.solve import solve
 
     if args.devices is not None:
         if args.devices < 1:
@@ -71,15 +77,15 @@ def run(args: argparse.Namespace) -> int:
     check_shape(args.batch_size, args.seq_len)
     if args.output:
         check_writable(args.output, "inference plan JSON")
-    args.precision = "fp32" if args.weight_dtype == "fp32" else "bf16"  # the devices' speed preset
+    args.precision = training_precision(args.weight_dtype)  # the devices' speed preset
     profile = load_model(args.model, args)
     cluster, chosen = build_cluster(args, profile)
     config = InferenceConfig(objective=args.objective, latency_budget_ms=args.latency_budget,
                              weight_dtype=args.weight_dtype, activation_dtype=args.activations,
                              micro_batch_size=args.batch_size or profile.model.micro_batch_size,
-                             in_flight=args.in_flight,
+                             in_flight=args.in_flight, solver=args.solver,
                              reserve_bytes=parse_memory(args.reserve) if args.reserve not in ("0", "") else 0)
-    plan = solve_inference(profile, cluster, config)
+    plan = solve(profile, cluster, TrainConfig.for_inference(config))
     data = plan.to_dict()
     data["model"] = {"name": profile.model.name, "source": args.model}
     data["cluster"] = cluster.to_dict()

@@ -115,6 +115,106 @@ def test_dp_equals_brute_force(seed, objective):
             assert b1.latency_ms <= budget and b1.period_ms == pytest.approx(b2.period_ms)
 
 
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("objective", ["throughput", "latency"])
+def test_interval_milp_equals_dp_and_brute_force(seed, objective):
+    """The MILP (solver "ilp") and the DP read the same stage_terms: the same optimum as brute force, with
+    and without a binding latency budget, on chains and on a U-Net DAG (relays across cuts)."""
+    import dataclasses
+
+    p = random_chain_profile(8, seed) if seed < 6 else unet_profile(depth=2, width=1 + seed % 2)
+    tot = evaluate_cuts(p, cluster(1), InferenceConfig(), []).stages[0].memory.total
+    c = cluster(4, memory=int(tot * (0.45 if seed < 6 else 0.8)), ms_per_byte=1e-6, latency_ms=0.05)
+    cfgs = [InferenceConfig(objective=objective)]
+    free = brute_force(p, c, cfgs[0])
+    if free is not None:
+        lat_opt = brute_force(p, c, InferenceConfig(objective="latency")).latency_ms
+        cfgs.append(InferenceConfig(objective=objective, latency_budget_ms=(lat_opt + free.latency_ms) / 2 + 1e-6))
+    for cfg in cfgs:
+        bf = brute_force(p, c, cfg)
+        if bf is None:
+            for solver in ("dp", "ilp"):
+                with pytest.raises(PipeplanError, match="memory"):
+                    solve_inference(p, c, dataclasses.replace(cfg, solver=solver))
+            continue
+        dp = solve_inference(p, c, dataclasses.replace(cfg, solver="dp"))
+        ilp = solve_inference(p, c, dataclasses.replace(cfg, solver="ilp"))
+        assert ilp.solver["method"].startswith("interval-milp") and ilp.solver["exact"] and dp.solver["exact"]
+        for plan in (dp, ilp):
+            assert plan.fits and plan.meets_budget
+            assert (plan.objective_value, plan.period_ms, plan.latency_ms) == pytest.approx(
+                (bf.objective_value, bf.period_ms, bf.latency_ms), rel=1e-7)
+
+
+def test_latency_budget_binds_in_the_milp():
+    """The hand case: throughput alone cuts at 3 (period 10: [1,2,3] then [4] + its recv), latency 12; a budget
+    of 11 ms rules that out and the MILP answers with the latency-best cut."""
+    p = hand()
+    c = cluster(2)
+    free = solve_inference(p, c, InferenceConfig(objective="throughput", solver="ilp"))
+    bound = solve_inference(p, c, InferenceConfig(objective="throughput", latency_budget_ms=11.0, solver="ilp"))
+    assert free.latency_ms > 11.0 >= bound.latency_ms
+    assert bound.period_ms > free.period_ms
+    with pytest.raises(PipeplanError, match="latency budget"):
+        solve_inference(p, c, InferenceConfig(objective="throughput", latency_budget_ms=9.0, solver="ilp"))
+
+
+def test_auto_answers_with_the_milp_where_the_dp_thins(monkeypatch):
+    """Past MAX_LABELS Pareto labels per cut the DP drops some and is no longer exact: solver "auto" then
+    answers with the MILP (and says so); with the cap lifted the DP alone agrees."""
+    import planner.solvers.inference as inf
+
+    p = random_chain_profile(14, 3)
+    c = cluster(4, ms_per_byte=1e-6, latency_ms=0.05)
+    cfg = InferenceConfig(objective="throughput")
+    exact_dp = inf.solve_inference(p, c, InferenceConfig(objective="throughput", solver="dp"))
+    assert exact_dp.solver["exact"]
+    monkeypatch.setattr(inf, "MAX_LABELS", 1)
+    thinned = inf.solve_inference(p, c, InferenceConfig(objective="throughput", solver="dp"))
+    auto = inf.solve_inference(p, c, cfg)
+    assert not thinned.solver["exact"]
+    assert auto.solver["method"].startswith("interval-milp") and auto.solver["exact"]
+    assert auto.period_ms == pytest.approx(exact_dp.period_ms) and auto.latency_ms == pytest.approx(exact_dp.latency_ms)
+    monkeypatch.setattr(inf, "MAX_ILP_INTERVALS", 10)
+    big = inf.solve_inference(p, c, cfg)
+    assert big.solver["method"] == "pareto-dp" and "not proven optimal" in big.solver["note"]
+    with pytest.raises(PipeplanError, match="interval variables"):
+        inf.solve_inference(p, c, InferenceConfig(solver="ilp"))
+
+
+def test_inference_mode_in_train_config_and_plan_round_trip():
+    """TrainConfig carries the inference mode (JSON round trip); solve() dispatches on it; the inference plan
+    JSON round-trips and records its mode."""
+    from planner.contracts.config import TrainConfig
+    from planner.costmodel.inference import InferencePlan
+    from planner.solvers.solve import solve
+
+    inf = InferenceConfig(objective="latency", weight_dtype="bf16", micro_batch_size=1, in_flight=2)
+    cfg = TrainConfig.for_inference(inf)
+    assert cfg.mode == "inference" and cfg.precision == "bf16_mixed"
+    assert TrainConfig.from_json(cfg.to_json()) == cfg
+    assert TrainConfig.from_json('{"mode": "inference"}').inference == InferenceConfig()
+    with pytest.raises(PipeplanError, match="mode"):
+        TrainConfig(mode="serve")
+    with pytest.raises(PipeplanError, match="mode \"inference\""):
+        TrainConfig(inference=inf)
+    with pytest.raises(PipeplanError, match="micro_batch_size is 2"):
+        TrainConfig(mode="inference", micro_batch_size=2, inference=inf)
+    with pytest.raises(PipeplanError, match="precision"):
+        TrainConfig(mode="inference", inference=inf)
+    plan = solve(hand(), cluster(2), cfg)
+    assert isinstance(plan, InferencePlan) and plan.config == inf
+    assert plan.to_dict()["mode"] == "inference"
+    again = InferencePlan.from_json(plan.to_json())
+    assert again.to_dict() == plan.to_dict()
+    bad = plan.to_dict()
+    bad["cuts"] = [1, 2]
+    with pytest.raises(PipeplanError, match="cuts"):
+        InferencePlan.from_dict(bad)
+    with pytest.raises(PipeplanError, match="schema"):
+        InferencePlan.from_dict({**plan.to_dict(), "schema": "pipeplan.inferenceplan/9"})
+
+
 def test_dag_relay_counted_once():
     """n0 -> n1 -> n2 -> n3 and a skip n0 -> n3 (1000 B): cutting at 2 and 3 relays it through stage 1."""
     p = dag_profile([1, 1, 1, 1], [(0, 1, 100), (1, 2, 100), (2, 3, 100), (0, 3, 1000)])
@@ -174,9 +274,15 @@ def test_cli_infer(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "latency 10.00 ms" in text and "simulated stream of 4" in text
+    assert "solved by pareto-dp" in text and "proven optimal" in text
     data = json.loads(out.read_text())
     assert data["latency_ms"] == pytest.approx(10.0) and data["cuts"] == []
     assert main(["infer", f"profile:{prof}", "--devices", "1", "--memory", "1KB"]) == 2
+    capsys.readouterr()
+    assert main(["infer", f"profile:{prof}", "--devices", "2", "--memory", "1GB", "--solver", "ilp",
+                 "--objective", "latency", "-o", str(out)]) == 0
+    assert "solved by interval-milp (highs)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["latency_ms"] == pytest.approx(10.0)
 
 
 def test_bench_markdown_section(tmp_path):

@@ -22,6 +22,7 @@ def test_inference_mode_shows_throughput_latency_memory():
     assert "Throughput, samples/s" in labels and "Latency per request" in labels
     assert "Fullest device memory" in labels
     assert any("4. Inference plan" in h.value for h in at.header)
+    assert any("proven optimal" in c.value for c in at.caption), [c.value for c in at.caption]
     at.selectbox(key="inf_objective").set_value("latency").run()
     assert not at.exception
     assert not at.error, [e.value for e in at.error]

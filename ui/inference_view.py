@@ -11,6 +11,7 @@ import streamlit as st
 
 from core.errors import PipeplanError
 from planner.contracts.cluster import Cluster
+from planner.contracts.config import TrainConfig
 from planner.costmodel.inference import OBJECTIVES, WEIGHT_DTYPES, InferenceConfig, InferencePlan
 from profiler.gpus import GiB
 from profiler.profile import Profile
@@ -54,16 +55,19 @@ def stage_table(plan: InferencePlan, cluster: Cluster) -> pd.DataFrame:
         "used %": round(100 * s.memory.total / s.memory_limit, 1)} for s in plan.stages])
 
 
-def inference_section(profile: Profile, cluster: Cluster, config: InferenceConfig) -> InferencePlan | None:
+def inference_section(profile: Profile, cluster: Cluster, train_config: TrainConfig) -> InferencePlan | None:
+    """The plan of a TrainConfig in mode "inference" (planner.solvers.solve dispatches on the mode)."""
     from planner.pipeline.inference_sim import simulate_inference
-    from planner.solvers.inference import solve_inference
+    from planner.solvers.solve import solve
 
     st.header("4. Inference plan")
+    config = train_config.inference
     try:
-        plan = solve_inference(profile, cluster, config)
+        plan = solve(profile, cluster, train_config)
     except PipeplanError as exc:
         st.error(f"No inference plan: {exc}")
         return None
+    st.caption(plan.solver_summary().capitalize() + ".")
     cols = st.columns(4)
     cols[0].metric("Throughput, samples/s", f"{plan.throughput_sps:,.2f}")
     cols[1].metric("Latency per request", f"{plan.latency_ms:,.1f} ms",

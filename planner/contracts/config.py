@@ -20,6 +20,7 @@ from core.limits import (
     MAX_VIRTUAL_STAGES,
     check_count,
 )
+from planner.contracts.inference_config import InferenceConfig, training_precision
 from planner.pipeline.schedules import (  # noqa: F401  (re-exported: the closed set of schedule names)
     MULTI_CHUNK_SCHEDULES,
     SCHEDULE_SPECS,
@@ -40,6 +41,9 @@ DP_SHARDING = ("ddp", "zero1", "fsdp")
 "zero1" shards the optimizer state (reduce-scatter gradients, all-gather parameters); "fsdp" shards
 parameters, gradients and optimizer state (FSDP2 fully_shard). docs/hybrid.md has the cost of each."""
 SOLVERS = ("auto", "highs", "cbc", "dp")
+MODES = ("train", "inference")
+""""train": forward, backward and optimizer under a pipeline schedule; "inference": forward only, planned for
+throughput or latency under TrainConfig.inference (issue 20)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -73,10 +77,15 @@ class TrainConfig:
     """Solver time limit; on time-out the best plan found is returned with its proven gap."""
     device_order: str = "fixed"
     """"fixed": stage i on device i. "auto": the solver may reorder the devices."""
+    mode: str = "train"
+    """One of MODES. In "inference" the schedule, micro-batch count, optimizer and recompute do not apply."""
+    inference: InferenceConfig | None = None
+    """The serving settings in mode "inference" (default InferenceConfig() there); None in mode "train"."""
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
         self.schedule = canonical_schedule(self.schedule)
+        self._check_mode()
         if self.num_microbatches is not None:
             check_number(self.num_microbatches, "num_microbatches", positive=True, integer=True)
             if self.num_microbatches > MAX_MICROBATCHES:
@@ -124,6 +133,36 @@ class TrainConfig:
                     f"{self.num_microbatches} micro-batches of {self.micro_batch_size} make "
                     f"{self.num_microbatches * self.micro_batch_size} samples, not global_batch {self.global_batch}; "
                     "fix one of them or leave num_microbatches empty to choose it automatically")
+
+    def _check_mode(self) -> None:
+        if self.mode not in MODES:
+            raise PipeplanError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if isinstance(self.inference, dict):  # from JSON
+            self.inference = InferenceConfig.from_dict(self.inference)
+        if self.mode == "train":
+            if self.inference is not None:
+                raise PipeplanError("inference settings were given in mode \"train\"; set mode \"inference\" "
+                                    "to plan a forward-only pipeline, or drop them")
+            return
+        if self.inference is None:
+            self.inference = InferenceConfig(micro_batch_size=self.micro_batch_size, reserve_bytes=self.reserve_bytes)
+        # one value per setting: the serving ones are the inference config's, and must agree with these
+        for name in ("micro_batch_size", "reserve_bytes"):
+            if getattr(self.inference, name) != getattr(self, name):
+                raise PipeplanError(f"{name} is {getattr(self, name)} but the inference settings say "
+                                    f"{getattr(self.inference, name)}; give one value (TrainConfig.for_inference "
+                                    "copies them)")
+        if self.precision != training_precision(self.inference.weight_dtype):
+            raise PipeplanError(f"precision {self.precision!r} does not match {self.inference.weight_dtype} "
+                                f"weights (use {training_precision(self.inference.weight_dtype)!r})")
+
+    @classmethod
+    def for_inference(cls, inference: InferenceConfig, **overrides: Any) -> TrainConfig:
+        """The TrainConfig of mode "inference" around these serving settings: micro-batch size, reserve and
+        precision (the devices' speed preset) come from them."""
+        return cls(mode="inference", inference=inference, micro_batch_size=inference.micro_batch_size,
+                   reserve_bytes=inference.reserve_bytes, precision=training_precision(inference.weight_dtype),
+                   **overrides)
 
     def recompute_choices(self) -> tuple[bool, ...]:
         """Per-stage recompute values the solvers may choose: "auto" never turns it on under a schedule the

@@ -39,7 +39,14 @@ from typing import Any
 import numpy as np
 
 from core.errors import PipeplanError
-from core.jsonio import check_number
+from core.jsonio import build_dataclass, load_json_text
+from planner.contracts.inference_config import (  # noqa: F401  (re-exported: the contract lives in contracts/)
+    ACTIVATION_DTYPES,
+    OBJECTIVES,
+    WEIGHT_DTYPES,
+    InferenceConfig,
+    training_precision,
+)
 from planner.costmodel.cost import (
     CostTables,
     StageTimeCoefficients,
@@ -49,63 +56,18 @@ from planner.costmodel.cost import (
 )
 from planner.costmodel.memory import activation_scale, bytes_per_param
 
-OBJECTIVES = ("throughput", "latency")
-WEIGHT_DTYPES = ("fp32", "bf16", "int8")
-ACTIVATION_DTYPES = ("fp32", "bf16")
-
 
 def weight_bytes_per_param(weight_dtype: str) -> int:
     """Bytes of one served weight: fp32 and bf16 from the training table (memory.bytes_per_param's
     weight column); int8 weights (weight-only quantisation, where the user says so) one byte."""
     if weight_dtype == "int8":
         return 1
-    return bytes_per_param("bf16_mixed" if weight_dtype == "bf16" else "fp32", "sgd")[0]
+    return bytes_per_param(training_precision(weight_dtype), "sgd")[0]
 
 
 def inference_activation_scale(profile_dtype: str, activation_dtype: str) -> float:
     """Factor from the profile's activation bytes to the serving dtype's (memory.activation_scale)."""
-    return activation_scale(profile_dtype, "bf16_mixed" if activation_dtype == "bf16" else "fp32")
-
-
-@dataclass(kw_only=True, slots=True)
-class InferenceConfig:
-    """How the pipeline serves: the inference twin of TrainConfig."""
-
-    objective: str = "throughput"
-    """"throughput" (samples/s of a stream) or "latency" (ms for one request)."""
-    latency_budget_ms: float | None = None
-    """Optional constraint: a request's latency must not exceed it."""
-    weight_dtype: str = "fp32"
-    activation_dtype: str | None = None
-    """None: bf16 with bf16 or int8 weights, else fp32."""
-    micro_batch_size: int = 1
-    """Samples per request (micro-batch); the profile's times are for its micro-batch size."""
-    in_flight: int = 1
-    """Micro-batches whose input and output a stage holds at once (1: a blocking loop)."""
-    reserve_bytes: int = 0
-    max_stages: int | None = None
-    """At most this many stages (devices used); None: up to every device."""
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise PipeplanError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.weight_dtype not in WEIGHT_DTYPES:
-            raise PipeplanError(f"unknown weight dtype {self.weight_dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}")
-        if self.activation_dtype is None:
-            self.activation_dtype = "fp32" if self.weight_dtype == "fp32" else "bf16"
-        if self.activation_dtype not in ACTIVATION_DTYPES:
-            raise PipeplanError(f"unknown activation dtype {self.activation_dtype!r}; choose one of "
-                                f"{', '.join(ACTIVATION_DTYPES)}")
-        if self.latency_budget_ms is not None:
-            check_number(self.latency_budget_ms, "latency_budget_ms", positive=True)
-        check_number(self.micro_batch_size, "micro_batch_size", positive=True, integer=True)
-        check_number(self.in_flight, "in_flight", positive=True, integer=True)
-        check_number(self.reserve_bytes, "reserve_bytes", integer=True, minimum=0)
-        if self.max_stages is not None:
-            check_number(self.max_stages, "max_stages", positive=True, integer=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    return activation_scale(profile_dtype, training_precision(activation_dtype))
 
 
 @dataclass(kw_only=True, slots=True)
@@ -124,6 +86,10 @@ class InferenceMemory:
         d = asdict(self)
         d["total"] = self.total
         return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> InferenceMemory:
+        return build_dataclass(cls, _without(data, ("total",), "inference stage memory"), "inference stage memory")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -153,6 +119,24 @@ class InferenceStage:
                 "memory": self.memory.to_dict(), "memory_limit": self.memory_limit, "fits": self.fits,
                 "in_bytes": self.in_bytes, "out_bytes": self.out_bytes}
 
+    @classmethod
+    def from_dict(cls, data: Any) -> InferenceStage:
+        data = _without(data, ("period_ms", "fits"), "inference stage")
+        data["memory"] = InferenceMemory.from_dict(data.get("memory"))
+        return build_dataclass(cls, data, "inference stage")
+
+
+def _without(data: Any, derived: tuple[str, ...], where: str) -> dict[str, Any]:
+    """A copy of a JSON object without the fields to_dict derives (they are recomputed, not trusted)."""
+    if not isinstance(data, dict):
+        raise PipeplanError(f"{where} must be a JSON object")
+    return {k: v for k, v in data.items() if k not in derived}
+
+
+INFERENCE_PLAN_SCHEMA = "pipeplan.inferenceplan/1"
+INFERENCE_PLAN_DERIVED = ("mode", "period_ms", "throughput_sps", "latency_ms", "fits", "meets_budget")
+"""Fields InferencePlan.to_dict writes for readers and from_dict recomputes."""
+
 
 @dataclass(kw_only=True, slots=True)
 class InferencePlan:
@@ -161,7 +145,7 @@ class InferencePlan:
     cuts: list[int]
     """Positions in the topological order where a stage ends (len = stages - 1)."""
     solver: dict[str, Any] = field(default_factory=dict)
-    schema: str = "pipeplan.inferenceplan/1"
+    schema: str = INFERENCE_PLAN_SCHEMA
 
     @property
     def period_ms(self) -> float:
@@ -188,14 +172,44 @@ class InferencePlan:
     def objective_value(self) -> float:
         return self.period_ms if self.config.objective == "throughput" else self.latency_ms
 
+    def solver_summary(self) -> str:
+        """Which solver answered and whether the optimum is proven (the CLI and the app show it)."""
+        info = self.solver
+        if not info:
+            return "cuts given, not solved"
+        proof = "proven optimal" if info.get("exact") else info.get("note", "not proven optimal")
+        return f"solved by {info.get('method', '?')} in {info.get('seconds', 0.0):.2f} s: {proof}"
+
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": self.schema, "config": self.config.to_dict(), "cuts": self.cuts,
+        return {"schema": self.schema, "mode": "inference", "config": self.config.to_dict(), "cuts": self.cuts,
                 "stages": [s.to_dict() for s in self.stages], "period_ms": self.period_ms,
                 "throughput_sps": self.throughput_sps, "latency_ms": self.latency_ms, "fits": self.fits,
                 "meets_budget": self.meets_budget, "solver": self.solver}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> InferencePlan:
+        """The plan of to_dict (the CLI's `-o` file adds "model", "cluster" and "simulated": ignored here)."""
+        data = _without(data, (*INFERENCE_PLAN_DERIVED, "model", "cluster", "simulated"), "inference plan")
+        if data.get("schema", INFERENCE_PLAN_SCHEMA) != INFERENCE_PLAN_SCHEMA:
+            raise PipeplanError(f"inference plan schema {data.get('schema')!r} is not supported; expected "
+                                f"{INFERENCE_PLAN_SCHEMA!r}")
+        data["config"] = InferenceConfig.from_dict(data.get("config"))
+        stages = data.get("stages")
+        if not isinstance(stages, list) or not stages:
+            raise PipeplanError("inference plan.stages must be a non-empty list")
+        data["stages"] = [InferenceStage.from_dict(st) for st in stages]
+        plan = build_dataclass(cls, data, "inference plan")
+        if len(plan.cuts) != len(plan.stages) - 1:
+            raise PipeplanError(f"inference plan has {len(plan.stages)} stages but {len(plan.cuts)} cuts; "
+                                "a plan of S stages has S - 1 cuts")
+        return plan
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> InferencePlan:
+        return cls.from_dict(load_json_text(text, "inference plan"))
 
 
 def throughput_sps(period_ms: float, micro_batch_size: int) -> float:

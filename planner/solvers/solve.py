@@ -12,14 +12,16 @@ from core.errors import PipeplanError
 from planner.contracts.cluster import Cluster
 from planner.contracts.config import TrainConfig
 from planner.contracts.plan import Plan, SolverInfo
+from planner.costmodel.inference import InferencePlan
 from planner.solvers import diagnose
 from planner.solvers.baselines import baseline_plans
 from planner.solvers.search import relative_gap, solve_once
 from profiler.profile import Profile
 
 
-def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
+def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan | InferencePlan:
     """The fastest plan that fits, or Plan(feasible=False) with a Diagnosis saying why and what would fit.
+    In mode "inference", the InferencePlan of planner.solvers.inference (PipeplanError when nothing fits).
 
     The plan is the best found under the simulator: its step_time_ms (= solver.objective_ms) is its
     simulated makespan and solver.lower_bound_ms bounds the simulated step of every plan in the search
@@ -29,6 +31,10 @@ def solve(profile: Profile, cluster: Cluster, config: TrainConfig) -> Plan:
     """
     from planner.costmodel.parallel import is_mesh
 
+    if config.mode == "inference":  # forward only: throughput or latency (planner.solvers.inference)
+        from planner.solvers.inference import solve_inference
+
+        return solve_inference(profile, cluster, config.inference)
     if is_mesh(config):
         return solve_mesh(profile, cluster, config)
     plan = solve_once(profile, cluster, config)
