@@ -99,8 +99,9 @@ def cpu_measured(requests: int) -> dict:
         if r.returncode != 0:
             return {"error": r.stderr[-2000:]}
         last = json.loads((Path(tmp) / f"rep.rank{len(plan.stages) - 1}.json").read_text())
-        held = [json.loads((Path(tmp) / f"rep.rank{k}.json").read_text())["peak_held_bytes"]
-                for k in range(len(plan.stages))]
+        reports = [json.loads((Path(tmp) / f"rep.rank{k}.json").read_text()) for k in range(len(plan.stages))]
+        held = [rep["peak_held_bytes"] for rep in reports]
+        peaks = [rep["peak_activation_bytes"] for rep in reports]
     return {"model": "sample:unet3d:tiny", "volume": 16, "requests": requests, "stages": len(plan.stages),
             "command": " ".join(["torchrun", *cmd[1:3], "infer.py", "--requests", str(requests)]),
             "predicted_throughput_sps": rnd(plan.throughput_sps, 5), "predicted_latency_ms": rnd(plan.latency_ms, 5),
@@ -108,7 +109,9 @@ def cpu_measured(requests: int) -> dict:
             "measured_overall_throughput_sps": rnd(last["throughput_sps"], 5),
             "measured_latency_ms": rnd(last["latency_ms"], 5),
             "throughput_error": rnd(last["steady_throughput_sps"] / plan.throughput_sps - 1, 5),
-            "held_bytes": held, "planned_live_bytes": [s.memory.live for s in plan.stages]}
+            "held_bytes": held, "planned_live_bytes": [s.memory.live for s in plan.stages],
+            "peak_activation_bytes": peaks,
+            "planned_activation_bytes": [s.memory.activation_peak(plan.config.in_flight) for s in plan.stages]}
 
 
 def markdown(data: dict) -> str:
@@ -146,12 +149,14 @@ def markdown(data: dict) -> str:
         lines.append(f"run failed: {c['error'][-300:]}")
     else:
         lines += [("| model | stages | requests | predicted samples/s | measured (steady) | measured (overall) | "
-                  "error | predicted latency ms | measured latency ms | held bytes per stage (plan) |"),
-                  "|---|---|---|---|---|---|---|---|---|---|",
+                  "error | predicted latency ms | measured latency ms | held bytes per stage (plan) | "
+                  "activation peak bytes per stage (plan: live + work) |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|",
                   (f"| {c['model']} {c['volume']}³ | {c['stages']} | {c['requests']} | {c['predicted_throughput_sps']} | "
                   f"{c['measured_steady_throughput_sps']} | {c['measured_overall_throughput_sps']} | "
                   f"{100 * c['throughput_error']:+.1f}% | {c['predicted_latency_ms']} | {c['measured_latency_ms']} | "
-                  f"{c['held_bytes']} ({c['planned_live_bytes']}) |")]
+                  f"{c['held_bytes']} ({c['planned_live_bytes']}) | "
+                  f"{c.get('peak_activation_bytes', '-')} ({c.get('planned_activation_bytes', '-')}) |")]
     lines += ["", END]
     return "\n".join(lines) + "\n"
 

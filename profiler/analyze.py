@@ -38,6 +38,9 @@ class LayerCost:
     """The input-gradient-only backward (zero-bubble B); None when the layer has no float inputs."""
     activation_bytes: int = 0
     output_bytes: int = 0
+    fwd_peak_bytes: int = 0
+    """Peak bytes the layer's forward holds without autograd, its inputs and weights left out: every
+    intermediate alive at once, its outputs included (forward_peak_bytes)."""
     tp: TpCost | None = None
     """What tensor parallelism splits in this layer (profiler.tp); None when the layer has no TP plan."""
 
@@ -140,7 +143,22 @@ def _copy_cost(cost: LayerCost) -> LayerCost:
         return None if t is None else OpTotals(flops=t.flops, bytes=t.bytes, ms=t.ms)
     tp = None if cost.tp is None else TpCost(**vars(cost.tp))
     return LayerCost(fwd=c(cost.fwd), bwd=c(cost.bwd), bwd_input=c(cost.bwd_input),
-                     activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes, tp=tp)
+                     activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes,
+                     fwd_peak_bytes=cost.fwd_peak_bytes, tp=tp)
+
+
+def forward_peak_bytes(prog: LayerProgram, ins: list, attrs: list, modules: list[nn.Module]) -> int:
+    """The layer's forward once more, under no_grad and core.live_bytes.LiveBytesMeter: the peak bytes of
+    the tensors it creates (intermediates and outputs) alive at once; what an inference stage needs on
+    top of the tensors it already holds (planner.costmodel.inference, `work`)."""
+    from core.live_bytes import LiveBytesMeter
+
+    held = [t for t in tree_flatten([ins, attrs])[0] if isinstance(t, torch.Tensor)]
+    held += [t for m in modules for t in [*m.parameters(), *m.buffers()]]
+    with torch.no_grad(), LiveBytesMeter(exclude=held) as meter:
+        outs = prog.module(*ins, *attrs)
+        del outs
+    return meter.peak
 
 
 def model_outputs(root: nn.Module) -> list[str]:
@@ -284,6 +302,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                         out_storages[storage_key(t)] = tensor_bytes(t)
             keep_alive.extend(t for t in tree_flatten(list(outs))[0] if isinstance(t, torch.Tensor))
             cost.output_bytes = sum(out_storages.values())
+            cost.fwd_peak_bytes = forward_peak_bytes(prog, ins, attrs, own_modules)
             costs[prog.id] = cost
             previous_key, previous_cost = key, cost
             _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id)

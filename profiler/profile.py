@@ -56,6 +56,10 @@ class ProfileNode:
     """Bytes autograd saves for backward per micro-batch (measured, not guessed)."""
     output_bytes: int = 0
     """Bytes of this layer's outputs per micro-batch."""
+    fwd_peak_bytes: int = 0
+    """Peak bytes per micro-batch the layer's forward holds without autograd beyond its inputs and
+    weights (intermediates and outputs alive at once; profiler.analyze.forward_peak_bytes): an inference
+    stage's transient. 0: not measured (profiles from before it, synthetic ones); output_bytes stands in."""
     optimizer_ms: float | None = None
     """Time of one optimizer step (AdamW, with global-norm clipping) on this layer's own parameters
     on the reference device: measured, or the roofline estimate (profiler.gpus.optimizer_step_ms).
@@ -87,7 +91,8 @@ class ProfileNode:
 
     def __post_init__(self) -> None:
         for name in ("fwd_flops", "bwd_flops", "fwd_ms", "bwd_ms", "param_bytes",
-                     "param_count", "activation_bytes", "output_bytes", "tp_split_param_count", "tp_split_flops",
+                     "param_count", "activation_bytes", "output_bytes", "fwd_peak_bytes", "tp_split_param_count",
+                     "tp_split_flops",
                      "tp_split_activation_bytes", "tp_allreduce_fwd_bytes", "tp_allreduce_bwd_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -204,6 +204,7 @@ def _assemble(model, traced, analysis, params, times, optimizer_times, preset, d
             fwd_ms=fwd_ms, bwd_ms=bwd_ms, bwd_input_ms=bwd_in, bwd_weight_ms=bwd_w,
             param_bytes=params[lay].bytes, param_count=params[lay].count, shared_params=params[lay].shared,
             activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes, optimizer_ms=optimizer_ms,
+            fwd_peak_bytes=cost.fwd_peak_bytes,
             **tp,
         ))
     edges = [ProfileEdge(src=s, dst=d, bytes=int(b), requires_grad=bool(rg))

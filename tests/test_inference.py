@@ -39,10 +39,13 @@ def test_hand_costs():
     # memory: fp32 weights, inputs + outputs held, the largest intermediate
     assert s0.memory.weights == 300 * 4
     assert s0.memory.live == 500 + 2000
-    assert s0.memory.work == 1000 + 2000 - 500   # n1 runs: its input and output alive; the stage input in live
+    # n1 runs: the stage input (500), n0's output (1000) and n1's output (2000) alive at once, 2500 of it
+    # held after the forward (live) - the output is not counted twice
+    assert s0.memory.work == (500 + 1000 + 2000) - (500 + 2000)
+    assert s0.memory.activation_peak(1) == 500 + 1000 + 2000
     assert s1.memory.weights == 700 * 4
     assert s1.memory.live == 2000 + 10
-    assert s1.memory.work == 3000
+    assert s1.memory.work == (2000 + 3000 + 10) - (2000 + 10)   # n3 runs: input, n2's output, n3's output
 
 
 def test_dtypes_and_in_flight():
@@ -88,7 +91,7 @@ def test_memory_forces_split():
         solve_inference(p, cluster(1, memory=14000), InferenceConfig())
     plan = solve_inference(p, cluster(2, memory=14000), InferenceConfig(objective="latency"))
     assert plan.fits and plan.cuts == [2]
-    assert [s.memory.total for s in plan.stages] == [13000, 13010]
+    assert [s.memory.total for s in plan.stages] == [8000 + 500 + 1000 + 2000, 8000 + 2000 + 3000 + 10]
 
 
 @pytest.mark.parametrize("seed", range(6))

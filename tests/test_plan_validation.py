@@ -113,6 +113,7 @@ BREAKS = [
     ("microbatches", lambda d: d["config"].update(num_microbatches=1), r"1F1B needs at least as many micro-batches"),
     ("interleaving", lambda d: d["config"].update(schedule="Interleaved1F1B", virtual_stages=2),
      r"Interleaved1F1B runs 2 stages per device: 2 device\(s\) need 4 stages"),
+    ("inference_mode", lambda d: d["config"].update(mode="inference"), r"mode 'inference': an inference plan is"),
     ("feasible_without_stages", lambda d: d.update(stages=[]), r"feasible but has no stages"),
     ("negative_time", lambda d: d["stages"][1].update(bwd_ms=-1.0), r"plan stage 1 bwd_ms is -1\.0"),
     ("negative_memory", lambda d: d["stages"][0]["memory"].update(activations=-5), r"memory\.activations is -5"),

@@ -209,7 +209,7 @@ def _check_plan_counts(raw_stages: list) -> None:
 def validate_plan(plan: Plan, profile: Profile | None = None) -> None:
     """Raise PipeplanError, naming the stage and the problem, unless the plan is self-consistent:
 
-    - a feasible plan has stages; stage i has index i (0..S-1, in order) and at least one layer;
+    - its config is of mode "train"; a feasible plan has stages; stage i has index i (0..S-1, in order) and at least one layer;
     - every layer is in exactly one stage ("stage 2 repeats layer 'layers.3' (also in stage 1)");
     - every stage's device is one of the plan's cluster; times, bytes and counts are >= 0 and the
       memory limit is > 0;
@@ -226,6 +226,9 @@ def validate_plan(plan: Plan, profile: Profile | None = None) -> None:
     """
     from planner.pipeline.schedules import check_schedule, chunks_per_device, stage_to_device
 
+    if plan.config.mode != "train":
+        raise PipeplanError(f"a training plan's config has mode {plan.config.mode!r}: an inference plan is an "
+                            f"InferencePlan (`pipeplan infer`, docs/inference.md); {_REPLAN}")
     stages = plan.stages
     if plan.feasible and not stages:
         raise PipeplanError(f"plan says it is feasible but has no stages; {_REPLAN}")

@@ -18,16 +18,22 @@ Per stage s on device d holding the contiguous node interval [i, j) of the topol
 
     memory_s = weights + live + work + reserve
       weights = params_s * weight_bytes(weight_dtype)       (fp32 4, bf16 2, int8 1)
-      live    = in_flight * scale * (in_bytes + out_bytes - relay_bytes)
+      live    = in_flight * scale * held,   held = in_bytes + out_bytes - relay_bytes
                 in_bytes: the tensors received (cut_bytes[i], the model input on stage 0);
                 out_bytes: the tensors held until sent (cut_bytes[j]) plus the model outputs
                 (nodes without consumers) produced by the stage; a relayed tensor (received and
                 sent on untouched) is one tensor: counted once - so is a model input a later stage reads
                 (the profiler's edge from the first layer; see IntervalTerms).
-      work    = scale * (max_{k in [i, j)} (cut_bytes[k] + output_bytes[k]) - cut_bytes[i]): while node k
-                runs, every tensor crossing cut k (its inputs, skip connections held for later nodes,
-                outputs already made for the next stage) and its own output are alive; the stage's input
-                is counted in live already. No saved activations (no backward).
+      work    = scale * max(0, transient - held): what one micro-batch's forward needs beyond what it
+                holds once done, where
+                transient = max_{k in [i, j)} in_bytes + made_k + sinks_k + peak_k
+                  made_k:  bytes nodes i..k-1 made that node k or later reads (cut_bytes[k] minus what
+                           crossed cut i: relay_matrix[i, k]);
+                  sinks_k: model outputs made by nodes i..k-1;
+                  peak_k:  node k's own forward peak without autograd, its outputs included
+                           (ProfileNode.fwd_peak_bytes, measured by the profiler; output_bytes where 0).
+                No saved activations (no backward). With one micro-batch in flight the stage peaks at
+                max(held, transient) = live + work: what the exported job measures (core.live_bytes).
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ class InferenceMemory:
     @property
     def total(self) -> int:
         return self.weights + self.live + self.work + self.reserve
+
+    def activation_peak(self, in_flight: int) -> int:
+        """Activation bytes at the peak with one micro-batch in the stage (what the job measures)."""
+        return round(self.live / in_flight) + self.work
 
     def to_dict(self) -> dict[str, int]:
         d = asdict(self)
@@ -226,11 +236,15 @@ def latency_ms(stages: list[InferenceStage]) -> float:
 class IntervalTerms:
     """Prefix sums over the topological order so any stage [i, j) costs O(1) (O(j-i) for `work`)."""
 
-    def __init__(self, tables: CostTables, profile_nodes_output: np.ndarray) -> None:
+    def __init__(self, tables: CostTables, nodes: list) -> None:
+        """nodes: the profile's ProfileNodes, in the tables' order (their output and forward peak bytes)."""
         from planner.solvers.dp import cut_bytes, cut_tensors, relay_matrix  # the training DP's cut helpers
 
         N = tables.num_nodes
         self.N = N
+        profile_nodes_output = np.array([n.output_bytes for n in nodes], dtype=float)
+        # a node's own forward peak (its outputs included); unmeasured (0): its outputs
+        self.peak = np.maximum(profile_nodes_output, np.array([n.fwd_peak_bytes for n in nodes], dtype=float))
         self.fwd = np.concatenate([[0.0], np.cumsum(tables.fwd)])
         self.params = np.concatenate([[0], np.cumsum(tables.params)])
         self.cut_bytes, _ = cut_bytes(tables)
@@ -253,7 +267,6 @@ class IntervalTerms:
         for t in tables.tensors:
             if t.producer == 0 and not t.requires_grad and t.nbytes <= tables.model_input_bytes:
                 self.in_relay[1:t.last_consumer + 1] += t.nbytes
-        self.work = self.cut_bytes[:N] + profile_nodes_output
 
     def relay_bytes(self, i: int, j: int) -> float:
         return 0.0 if self.relay is None or i >= j else float(self.relay[i, j])
@@ -264,6 +277,20 @@ class IntervalTerms:
         out = (0.0 if last else float(self.cut_bytes[j])) + float(self.sink[j] - self.sink[i])
         relayed = 0.0 if last else self.relay_bytes(i, j) + (float(self.in_relay[j]) if i == 0 else 0.0)
         return inp, out, relayed
+
+    def transient_bytes(self, i: int, j: int) -> float:
+        """Peak bytes alive while stage [i, j) runs one micro-batch, in the profile's dtype: for each node k,
+        the stage's input (held through the forward), what nodes i..k-1 made that node k or a later one
+        reads, the model outputs made so far, and node k's own forward peak; the largest over k."""
+        k = np.arange(i, j)
+        crossing = self.cut_bytes[k].copy()
+        if self.relay is not None:
+            crossing -= self.relay[i, k]  # made before i: part of the input, counted there
+        if i == 0:
+            crossing -= self.in_relay[k]  # the model input, read again later: the input itself
+        crossing[0] = 0.0  # at k = i everything crossing is the input
+        alive = self.cut_bytes[i] + crossing + (self.sink[k] - self.sink[i]) + self.peak[k]
+        return float(alive.max())
 
 
 def stage_terms(terms: IntervalTerms, tables: CostTables, cluster, config: InferenceConfig, speed: list[float],
@@ -278,9 +305,10 @@ def stage_terms(terms: IntervalTerms, tables: CostTables, cluster, config: Infer
                                                          int(terms.cut_tensors[j]))
     scale = inference_activation_scale(tables.dtype, config.activation_dtype)
     inp, out, rel = terms.held_bytes(i, j, next_dev is None)
-    work = max(0.0, float(terms.work[i:j].max()) - float(terms.cut_bytes[i])) if j > i else 0.0
+    held = inp + out - rel
+    work = max(0.0, terms.transient_bytes(i, j) - held) if j > i else 0.0
     mem = InferenceMemory(weights=int(terms.params[j] - terms.params[i]) * weight_bytes_per_param(config.weight_dtype),
-                          live=round(config.in_flight * scale * (inp + out - rel)), work=round(scale * work),
+                          live=round(config.in_flight * scale * held), work=round(scale * work),
                           reserve=config.reserve_bytes)
     return InferenceStage(index=0, device=dev, nodes=list(tables.ids[i:j]), compute_ms=float(fwd), recv_ms=recv,
                           send_ms=send, memory=mem, memory_limit=int(d.memory_bytes),
@@ -292,7 +320,7 @@ def evaluate_cuts(profile, cluster, config: InferenceConfig, cuts: list[int], de
     """The InferencePlan of the stages the cuts make (cut c: a stage ends before node position c),
     on `devices` (default: the first len(cuts)+1 devices of the cluster)."""
     tables = tables or build_tables(profile)
-    terms = terms or IntervalTerms(tables, np.array([n.output_bytes for n in profile.nodes], dtype=float))
+    terms = terms or IntervalTerms(tables, profile.nodes)
     bounds = [0, *cuts, tables.num_nodes]
     S = len(bounds) - 1
     devices = devices if devices is not None else list(range(S))

@@ -58,6 +58,7 @@ def scale_profile(profile: Profile, micro_batch_size: int) -> Profile:
             bwd_input_ms=None if n.bwd_input_ms is None else n.bwd_input_ms * f,
             bwd_weight_ms=None if n.bwd_weight_ms is None else n.bwd_weight_ms * f,
             activation_bytes=round(n.activation_bytes * f), output_bytes=round(n.output_bytes * f),
+            fwd_peak_bytes=round(n.fwd_peak_bytes * f),
             tp_split_flops=n.tp_split_flops * f, tp_split_activation_bytes=round(n.tp_split_activation_bytes * f),
             tp_allreduce_fwd_bytes=round(n.tp_allreduce_fwd_bytes * f),
             tp_allreduce_bwd_bytes=round(n.tp_allreduce_bwd_bytes * f))

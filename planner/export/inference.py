@@ -13,6 +13,7 @@ never used), so the split is exactly the training job's.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 from core.errors import PipeplanError
@@ -23,7 +24,7 @@ from planner.costmodel.cost import build_tables
 from planner.costmodel.inference import InferencePlan
 from planner.export.model_files import runtime_text, template_text
 
-INFER_FILES = ("infer.py", "inference_runtime.py")
+INFER_FILES = ("infer.py", "inference_runtime.py", "live_bytes.py")
 
 
 def carrier_plan(profile, iplan: InferencePlan):
@@ -56,10 +57,13 @@ def render_inference_job(profile, iplan: InferencePlan, *, model_source: str | N
                 "weight_dtype": iplan.config.weight_dtype, "activation_dtype": iplan.config.activation_dtype,
                 "predicted": {"period_ms": iplan.period_ms, "latency_ms": iplan.latency_ms,
                               "throughput_sps": iplan.throughput_sps,
-                              "live_bytes": [round(s.memory.live / iplan.config.in_flight) for s in iplan.stages]},
+                              "live_bytes": [round(s.memory.live / iplan.config.in_flight) for s in iplan.stages],
+                              "activation_bytes": [s.memory.activation_peak(iplan.config.in_flight)
+                                                   for s in iplan.stages]},
                 "weights": weights}
     keep["infer.py"] = template_text("infer.py").replace("@SETTINGS@", json.dumps(settings, indent=1))
     keep["inference_runtime.py"] = runtime_text("inference_runtime.py")
+    keep["live_bytes.py"] = resources.files("core").joinpath("live_bytes.py").read_text(encoding="utf-8")
     keep["inference.json"] = iplan.to_json(indent=2) + "\n"
     return dict(sorted(keep.items()))
 

@@ -66,7 +66,7 @@ class _Problem:
     def __init__(self, profile, cluster, config: InferenceConfig) -> None:
         self.profile, self.cluster, self.config = profile, cluster, config
         self.tables = build_tables(profile)
-        self.terms = IntervalTerms(self.tables, np.array([n.output_bytes for n in profile.nodes], dtype=float))
+        self.terms = IntervalTerms(self.tables, profile.nodes)
         self.N, D = self.tables.num_nodes, cluster.num_devices
         self.Smax = min(D, self.N, config.max_stages or D)
         self.speeds = speeds(cluster, profile)

@@ -40,6 +40,7 @@ from inference_runtime import (
     recv_buffers,
     send_all,
 )
+from live_bytes import LiveBytesMeter
 from pipeline_runtime import (
     WeightsFile,
     load_weights,
@@ -159,6 +160,23 @@ def run_reference(args):
 
 
 @torch.no_grad()
+def measure_peak(mod, metas, device, rank, S, ids, ins, batched) -> int:
+    """One micro-batch through this stage alone under PeakMeter: the peak activation bytes while it
+    receives, runs and holds its outputs for sending (synthetic inputs on ranks > 0: the same shapes)."""
+    exclude = list(mod.parameters()) + list(mod.buffers())
+    if rank == 0:  # the first micro-batch, copied out of the request tensors it is a view of
+        _, mb, _ = next(batches(ids, ins, batched))
+        x = tuple(cast_in(t.to(device)).clone() for t in mb)
+    else:
+        x = tuple(torch.zeros(m.shape, dtype=m.dtype, device=device) for m in metas)
+    with LiveBytesMeter(exclude) as meter:
+        meter.track(*x)
+        out = as_tuple(mod(*x))
+        del out, x
+    return meter.peak
+
+
+@torch.no_grad()
 def run_pipeline(args):
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     S = len(SETTINGS["stages"])
@@ -178,6 +196,7 @@ def run_pipeline(args):
                   for m in shapes[rank][0])
     ids, ins = read_requests(args, batched) if rank in (0, S - 1) else (None, None)
     meter = HeldMeter()
+    peak = measure_peak(mod, metas, device, rank, S, ids, ins, batched)
     got_ids, outs, done = [], [], []
     dist.barrier()
     t0 = time.perf_counter()
@@ -205,6 +224,7 @@ def run_pipeline(args):
             got_ids.append(rid)
             outs.append(tuple(o[:real].cpu() for o in out))
             done.append(time.perf_counter())
+        del x, out  # one micro-batch held at a time (in_flight 1), as the plan's memory assumes
     wall = time.perf_counter() - t0
     # one request alone: the latency
     dist.barrier()
@@ -220,7 +240,9 @@ def run_pipeline(args):
             send_all(out, rank + 1)
     latency_s = time.perf_counter() - t1
     report = {"rank": rank, "stage": rank, "peak_held_bytes": meter.peak,
-              "planned_live_bytes": SETTINGS["predicted"]["live_bytes"][rank], "wall_s": wall}
+              "planned_live_bytes": SETTINGS["predicted"]["live_bytes"][rank],
+              "peak_activation_bytes": peak,
+              "planned_activation_bytes": SETTINGS["predicted"]["activation_bytes"][rank], "wall_s": wall}
     if rank == S - 1:
         write_outputs(args.out, got_ids, outs)
         samples = sum(o[0].shape[0] for o in outs)
