@@ -38,6 +38,10 @@ class LayerCost:
     """The input-gradient-only backward (zero-bubble B); None when the layer has no float inputs."""
     activation_bytes: int = 0
     output_bytes: int = 0
+    saved_inputs: list[bool] = field(default_factory=list)
+    """Per input (prog.input_names): does this layer save (a view of) it for backward?"""
+    saved_outputs: list[bool] = field(default_factory=list)
+    """Per output (prog.output_names): does this layer save it for backward?"""
     fwd_peak_bytes: int = 0
     """Peak bytes the layer's forward holds without autograd, its inputs and weights left out: every
     intermediate alive at once, its outputs included (forward_peak_bytes)."""
@@ -49,12 +53,17 @@ class LayerCost:
 class Analysis:
     costs: dict[str, LayerCost]
     edges: dict[tuple[str, str], list]
-    """(src, dst) -> [bytes, requires_grad]."""
+    """(src, dst) -> [bytes, requires_grad, saved_by_src, saved_by_dst] (ProfileEdge's fields)."""
     input_bytes: int
 
 
 def storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
+
+
+def _keys(value) -> set[int]:
+    """Storage keys of the tensors in a (nested) value."""
+    return {storage_key(t) for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)}
 
 
 def _fake_converter(mode: FakeTensorMode) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -144,6 +153,7 @@ def _copy_cost(cost: LayerCost) -> LayerCost:
     tp = None if cost.tp is None else TpCost(**vars(cost.tp))
     return LayerCost(fwd=c(cost.fwd), bwd=c(cost.bwd), bwd_input=c(cost.bwd_input),
                      activation_bytes=cost.activation_bytes, output_bytes=cost.output_bytes,
+                     saved_inputs=list(cost.saved_inputs), saved_outputs=list(cost.saved_outputs),
                      fwd_peak_bytes=cost.fwd_peak_bytes, tp=tp)
 
 
@@ -182,21 +192,28 @@ def loss_closure(root: nn.Module, loss_fn: Callable | None, target, convert: Cal
 
 
 def _add_edges(edges: dict, prog: LayerProgram, ins: list, node_layer: dict[str, str],
-               model_inputs: set[str], first_layer: str) -> None:
+               model_inputs: set[str], first_layer: str, saved_inputs: list[bool],
+               saved_by_producer: set[int]) -> None:
     """Edges into `prog` from the layers producing its inputs. A model input read by a layer other
     than the first becomes an edge from the first layer: inputs enter the pipeline at stage 0 and
     are relayed to the stage that reads them, so they cost bytes, messages and memory like any
-    tensor sent forward (DLRM's sparse ids read by its embedding tables)."""
-    for name, value in zip(prog.input_names, ins):
+    tensor sent forward (DLRM's sparse ids read by its embedding tables).
+    Each edge is [bytes, requires_grad, saved by its producer, saved by prog] (ProfileEdge's fields):
+    "saved by its producer" only when every tensor of it is (storage keys in saved_by_producer), "saved
+    by prog" when any is (saved_inputs): both err towards more memory."""
+    for name, value, saved in zip(prog.input_names, ins, saved_inputs):
         src = node_layer.get(name)
         if src is None and name in model_inputs:
             src = first_layer
         if src is None or src == prog.id:
             continue
         tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
-        entry = edges.setdefault((src, prog.id), [0, False])
+        entry = edges.setdefault((src, prog.id), [0, False, True, False])
         entry[0] += sum(tensor_bytes(t) for t in tensors)
         entry[1] = entry[1] or any(t.requires_grad for t in tensors)
+        entry[2] = entry[2] and bool(tensors) and all(storage_key(t) in saved_by_producer for t in tensors) \
+            and name not in model_inputs
+        entry[3] = entry[3] or saved
 
 
 def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[str], inputs: tuple,
@@ -221,6 +238,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
     seen: set[int] = set()
     mode = OpCostMode(op_time)
     previous_key, previous_cost = None, None
+    saved_by_producer: set[int] = set()  # storages a layer returned and saved itself (ReLU's output)
     for prog in programs:  # convert outside the fake mode: it refuses real tensors
         for attr_name in prog.attr_targets:
             if attr_name not in attr_cache:
@@ -245,11 +263,14 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                 # are identical, so only the forward runs, to hand real outputs on.
                 outs = prog.module(*ins, *attrs)
                 cost = _copy_cost(previous_cost)
-                for name, value in zip(prog.output_names, outs):
+                for name, value, saved in zip(prog.output_names, outs, cost.saved_outputs):
                     env[name] = value
+                    if saved:
+                        saved_by_producer.update(_keys(value))
                 keep_alive.extend(t for t in tree_flatten(list(outs))[0] if isinstance(t, torch.Tensor))
                 costs[prog.id] = cost
-                _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id)
+                _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id, cost.saved_inputs,
+                           saved_by_producer)
                 continue
             cost = LayerCost()
             packed: list[torch.Tensor] = []
@@ -283,6 +304,9 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                     if cost.tp is not None and region.is_split(t, index):
                         cost.tp.split_activation_bytes += t.untyped_storage().nbytes()
             keep_alive.extend(packed)
+            packed_keys = {storage_key(t) for t in packed}
+            cost.saved_inputs = [bool(_keys(v) & packed_keys) for v in ins]
+            cost.saved_outputs = [bool(_keys(v) & packed_keys) for v in outs]
             leaves_in, params = grad_leaves(ins, attrs, own_modules)
             targets, grads = grad_targets(outs)
             if targets and (leaves_in or params):
@@ -295,8 +319,10 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                 with mode:
                     torch.autograd.grad(targets, leaves_in + params, grads, allow_unused=True)
             out_storages: dict[int, int] = {}
-            for name, value in zip(prog.output_names, outs):
+            for name, value, saved in zip(prog.output_names, outs, cost.saved_outputs):
                 env[name] = value
+                if saved:
+                    saved_by_producer.update(_keys(value))
                 for t in tree_flatten(value)[0]:
                     if isinstance(t, torch.Tensor):
                         out_storages[storage_key(t)] = tensor_bytes(t)
@@ -305,7 +331,8 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             cost.fwd_peak_bytes = forward_peak_bytes(prog, ins, attrs, own_modules)
             costs[prog.id] = cost
             previous_key, previous_cost = key, cost
-            _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id)
+            _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id, cost.saved_inputs,
+                       saved_by_producer)
         loss = loss_closure(root, loss_fn, target)
         if loss is not None:  # the last stage computes the loss: charge it to the output's layer
             names, run = loss

@@ -137,6 +137,13 @@ class ProfileEdge:
     the gradient flowing back has the same size for float tensors that need grad)."""
     requires_grad: bool = True
     """False for tensors with no gradient (masks, integer ids): no backward traffic."""
+    saved_by_src: bool = False
+    """src saves these tensors for its own backward (a ReLU's output): its activation_bytes hold them, so a
+    stage that sends them on holds nothing more until their backward (planner.costmodel.memory)."""
+    saved_by_dst: bool = False
+    """dst saves (a view of) these tensors for its backward. The profile charges a saved tensor once, to the
+    first layer that saves it; a later stage whose layer saves its own received copy holds those bytes too
+    (planner.costmodel.memory.saved_copy_bytes)."""
 
 
 @dataclass(kw_only=True, slots=True)

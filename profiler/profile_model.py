@@ -207,8 +207,9 @@ def _assemble(model, traced, analysis, params, times, optimizer_times, preset, d
             fwd_peak_bytes=cost.fwd_peak_bytes,
             **tp,
         ))
-    edges = [ProfileEdge(src=s, dst=d, bytes=int(b), requires_grad=bool(rg))
-             for (s, d), (b, rg) in sorted(analysis.edges.items(),
+    edges = [ProfileEdge(src=s, dst=d, bytes=int(b), requires_grad=bool(rg), saved_by_src=bool(by_src),
+                         saved_by_dst=bool(by_dst))
+             for (s, d), (b, rg, by_src, by_dst) in sorted(analysis.edges.items(),
                                            key=lambda kv: (traced.layers.index(kv[0][0]), traced.layers.index(kv[0][1])))]
     batch = next((x.shape[0] for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor) and x.dim() > 0), 1)
     if device is not None:

@@ -196,7 +196,7 @@ def expand(runs: list[Run], traced: TracedModel, programs: list[LayerProgram], a
             return None
         if side is None and e01 != e12:
             return None
-        if side is not None and e01 != [e12[0] + side[0], bool(e12[1] or side[1])]:
+        if side is not None and e01[:2] != [e12[0] + side[0], bool(e12[1] or side[1])]:
             return None
         into1 = {s: v for (s, d), v in edges.items() if d == b1 and s not in block}
         into2 = {s: v for (s, d), v in edges.items() if d == b2 and s not in block}

@@ -64,10 +64,28 @@ class Tensor:
     consumers: list[int]
     nbytes: int
     requires_grad: bool
+    saved_by_producer: bool = False
+    """The producer saves it for backward (ProfileEdge.saved_by_src): its activation bytes hold it."""
+    savers: list[int] = field(default_factory=list)
+    """Consumers that save (a view of) it for backward (ProfileEdge.saved_by_dst), ascending."""
 
     @property
     def last_consumer(self) -> int:
         return max(self.consumers)
+
+    @property
+    def first_saver(self) -> int | None:
+        """The node the profile charged its saved bytes to: the first in order that saves it (None: none)."""
+        if self.saved_by_producer:
+            return self.producer
+        return self.savers[0] if self.savers else None
+
+    @property
+    def copy_savers(self) -> list[int]:
+        """Savers after the first one. Where one of them sits in another stage than the first saver, that
+        stage received its own copy and saves it: its bytes count there too (saved_copy_bytes)."""
+        first = self.first_saver
+        return [c for c in self.savers if first is not None and c > first]
 
 
 @dataclass(slots=True)
@@ -120,13 +138,21 @@ def build_tables(profile: Profile) -> CostTables:
     position = {n.id: k for k, n in enumerate(nodes)}
     splits = [backward_split_ms(n) for n in nodes]
     groups: dict[tuple[int, int, bool], list[int]] = {}
+    saved_src: dict[tuple[int, int, bool], bool] = {}
+    savers: dict[tuple[int, int, bool], set[int]] = {}
     for e in profile.edges:
         key = (position[e.src], int(e.bytes), bool(e.requires_grad))
         groups.setdefault(key, [])
         dst = position[e.dst]
         if dst not in groups[key]:
             groups[key].append(dst)
-    tensors = [Tensor(producer=p, consumers=sorted(c), nbytes=b, requires_grad=rg)
+        # one tensor, several edges: the producer saves it only if every edge says so (fewer bytes
+        # assumed held already), a consumer saves it if its edge says so
+        saved_src[key] = saved_src.get(key, True) and bool(e.saved_by_src)
+        if e.saved_by_dst:
+            savers.setdefault(key, set()).add(dst)
+    tensors = [Tensor(producer=p, consumers=sorted(c), nbytes=b, requires_grad=rg,
+                      saved_by_producer=saved_src[(p, b, rg)], savers=sorted(savers.get((p, b, rg), ())))
                for (p, b, rg), c in sorted(groups.items())]
     owners = sorted(((n.module_path, k) for k, n in enumerate(nodes)), key=lambda t: -len(t[0]))
     users: dict[str, list[int]] = {}
@@ -330,6 +356,12 @@ class AssignmentCost:
     param_count: list[int]
     fwd_tensors: list[int] = field(default_factory=list)
     """Per boundary: tensors sent forward (one p2p message each)."""
+    held_output_bytes: list[int] = field(default_factory=list)
+    """Per stage: the tensors it makes and sends on that its own layers did not save (those its activation
+    bytes hold already); it keeps them until their backward (memory.stage_memory_bytes' output_bytes)."""
+    saved_copy_bytes: list[int] = field(default_factory=list)
+    """Per stage: received tensors one of its layers saves while the profile charged them to a layer of
+    another stage (Tensor.copy_savers): its own copies, saved activations on top of its layers'."""
     grad_tensors: list[int] = field(default_factory=list)
     """Per boundary: gradients sent back (the requires_grad tensors)."""
 
@@ -339,6 +371,7 @@ def assignment_bytes(tables: CostTables, stage_of: list[int], num_stages: int) -
     S = num_stages
     fwd_b, grad_b, relay, inp = [0] * max(S - 1, 0), [0] * max(S - 1, 0), [0] * S, [0] * S
     fwd_n, grad_n = [0] * max(S - 1, 0), [0] * max(S - 1, 0)
+    held, copies = [0] * S, [0] * S
     inp[0] = tables.model_input_bytes
     for t in tables.tensors:
         a, c = stage_of[t.producer], max(stage_of[k] for k in t.consumers)
@@ -351,6 +384,11 @@ def assignment_bytes(tables: CostTables, stage_of: list[int], num_stages: int) -
                 grad_n[b] += 1
         for s in range(a + 1, c):
             relay[s] += t.nbytes
+        if c > a and not t.saved_by_producer:
+            held[a] += t.nbytes
+        if t.copy_savers:
+            for s in {stage_of[k] for k in t.copy_savers} - {stage_of[t.first_saver]}:
+                copies[s] += t.nbytes
     stage_nodes: list[list[int]] = [[] for _ in range(S)]
     for k, s in enumerate(stage_of):
         stage_nodes[s].append(k)
@@ -362,7 +400,7 @@ def assignment_bytes(tables: CostTables, stage_of: list[int], num_stages: int) -
                 params[s] += sp.size
     return AssignmentCost(stage_nodes=stage_nodes, fwd_bytes=fwd_b, grad_bytes=grad_b,
                           relay_bytes=relay, input_bytes=inp, param_count=params,
-                          fwd_tensors=fwd_n, grad_tensors=grad_n)
+                          fwd_tensors=fwd_n, grad_tensors=grad_n, held_output_bytes=held, saved_copy_bytes=copies)
 
 
 def boundary_comm_ms(cluster: Cluster, dev_a: int, dev_b: int, nbytes: float, messages: int = 1) -> float:

@@ -75,17 +75,31 @@ def coarsen(profile: Profile, k: int) -> tuple[Profile, list[list[str]]]:
             optimizer_ms=_sum_or_none([n.optimizer_ms for n in group])))
     # one fine tensor = one producer, byte count and grad flag (cost.build_tables groups edges so)
     readers: dict[tuple[str, int, bool], set[int]] = {}
+    saver_blocks: dict[tuple[str, int, bool], set[int]] = {}
+    by_producer: dict[tuple[str, int, bool], bool] = {}
     for e in profile.edges:
-        readers.setdefault((e.src, int(e.bytes), bool(e.requires_grad)), set()).add(block_of[e.dst])
-    coarse_bytes: dict[tuple[int, int, bool], int] = {}
-    for (src, nbytes, grad), blocks in readers.items():
+        key = (e.src, int(e.bytes), bool(e.requires_grad))
+        readers.setdefault(key, set()).add(block_of[e.dst])
+        by_producer[key] = by_producer.get(key, True) and e.saved_by_src
+        if e.saved_by_dst:
+            saver_blocks.setdefault(key, set()).add(block_of[e.dst])
+    # per coarse edge: [bytes, saved inside the source block (all of its tensors), saved by the reader block
+    # (any of them)]: the memory terms then err towards more (cost.AssignmentCost)
+    coarse: dict[tuple[int, int, bool], list] = {}
+    for key, blocks in readers.items():
+        src, nbytes, grad = key
         a = block_of[src]
+        saved_in_a = by_producer[key] or a in saver_blocks.get(key, ())
         for b in blocks - {a}:
-            coarse_bytes[(a, b, grad)] = coarse_bytes.get((a, b, grad), 0) + nbytes
-    edges = [ProfileEdge(src=f"block{a}", dst=f"block{b}", bytes=nbytes, requires_grad=grad)
-             for (a, b, grad), nbytes in sorted(coarse_bytes.items())]
-    coarse = Profile(model=profile.model, provenance=profile.provenance, nodes=coarse_nodes, edges=edges)
-    return coarse, [[n.id for n in group] for group in groups]
+            entry = coarse.setdefault((a, b, grad), [0, True, False])
+            entry[0] += nbytes
+            entry[1] = entry[1] and saved_in_a
+            entry[2] = entry[2] or b in saver_blocks.get(key, ())
+    edges = [ProfileEdge(src=f"block{a}", dst=f"block{b}", bytes=nbytes, requires_grad=grad, saved_by_src=by_src,
+                         saved_by_dst=by_dst)
+             for (a, b, grad), (nbytes, by_src, by_dst) in sorted(coarse.items())]
+    return (Profile(model=profile.model, provenance=profile.provenance, nodes=coarse_nodes, edges=edges),
+            [[n.id for n in group] for group in groups])
 
 
 def refine_cuts(problem: ChainProblem, cuts: list[int], recompute: list[bool], window: int) -> list[int]:

@@ -17,6 +17,7 @@ after a few dozen DP passes. The first feasible t (the bottleneck) is found by b
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -120,6 +121,45 @@ def relay_matrix(tables: CostTables) -> np.ndarray | None:
     return np.cumsum(np.cumsum(K, axis=0)[:, ::-1], axis=1)[:, ::-1]
 
 
+def held_output_bytes(tables: CostTables, relay) -> tuple[np.ndarray, np.ndarray | None | bool]:
+    """The pieces of AssignmentCost.held_output_bytes for every interval [i, j): cut[j] - R[i, j] over the
+    tensors their producer does not save (cut_bytes and relay_matrix of those); `relay` (the full relay
+    matrix, False or None) is reused when every tensor qualifies."""
+    unsaved = [t for t in tables.tensors if not t.saved_by_producer]
+    if len(unsaved) == len(tables.tensors):
+        return cut_bytes(tables)[0], relay
+    sub = dataclasses.replace(tables, tensors=unsaved)
+    return cut_bytes(sub)[0], (relay_matrix(sub) if relay_matrix_bytes(sub) else False)
+
+
+def saved_copy_matrix(tables: CostTables) -> np.ndarray | None:
+    """C[i, j] = AssignmentCost.saved_copy_bytes of the stage [i, j): tensors whose first saver is before i
+    and a copy saver (Tensor.copy_savers) is inside. For savers f < c1 < c2 ..., the stage holds a copy
+    of c_k's iff c_{k-1} < i <= c_k < j: rectangles, summed through a 2-D difference array. None when no
+    tensor has a copy saver."""
+    N = tables.num_nodes
+    D, any_copy = None, False
+    for t in tables.tensors:
+        previous = t.first_saver
+        for c in t.copy_savers:
+            if D is None:
+                D = np.zeros((N + 2, N + 2))
+            D[previous + 1, c + 1] += t.nbytes
+            D[c + 1, c + 1] -= t.nbytes
+            previous, any_copy = c, True
+    if not any_copy:
+        return None
+    return np.cumsum(np.cumsum(D, axis=0), axis=1)[: N + 1, : N + 1]
+
+
+def saved_matrices_bytes(tables: CostTables) -> int:
+    """What held_output_bytes' relay matrix and saved_copy_matrix allocate at most."""
+    unsaved = dataclasses.replace(tables, tensors=[t for t in tables.tensors if not t.saved_by_producer])
+    copies = any(t.copy_savers for t in tables.tensors)
+    return (relay_matrix_bytes(unsaved) if len(unsaved.tensors) < len(tables.tensors) else 0) + \
+        (8 * (tables.num_nodes + 2) ** 2 * 3 if copies else 0)
+
+
 TABLE_BUDGET_BYTES = 1 << 30
 """Most memory the DP's interval tables may take (IntervalCosts); larger graphs are coarsened first
 (planner.solvers.coarsen), so a huge profile never exhausts the machine."""
@@ -150,7 +190,8 @@ class IntervalCosts:
     def __init__(self, prob: ChainProblem, max_len: int):
         tb = prob.tables
         N, S = tb.num_nodes, prob.num_stages
-        need = interval_table_bytes(N, S, max_len) + (relay_matrix_bytes(tb) if prob.relay is None else 0)
+        need = interval_table_bytes(N, S, max_len) + (relay_matrix_bytes(tb) if prob.relay is None else 0) \
+            + saved_matrices_bytes(tb)
         if need > TABLE_BUDGET_BYTES:
             raise DPTooLarge(f"{N} layers x {S} stages: the planner's tables would take {need / 2**30:.1f} GiB "
                              f"(at most {TABLE_BUDGET_BYTES / 2**30:.0f} GiB); plan for fewer devices")
@@ -178,9 +219,14 @@ class IntervalCosts:
             holds_owner = (ic <= sp.owner) & (sp.owner < jj) if sp.owner >= 0 else np.zeros_like(valid)
             params = params + sp.size * (has_user & ~holds_owner)
         acts = pa[jj] - pa[ic]
+        copies = saved_copy_matrix(tb)
+        if copies is not None:  # received tensors its layers save, charged to another stage's layer
+            acts = acts + copies[ic, jj]
         relay = R[ic, jj] if R is not False else 0.0
         inputs = in_bytes[ic]
-        outputs = stage_output_bytes(fwd_cut[jj], relay)  # held by the stage until their backward
+        # held by the stage until their backward, unless its own layers saved them (AssignmentCost)
+        held_cut, held_relay = held_output_bytes(tb, R)
+        outputs = stage_output_bytes(held_cut[jj], held_relay[ic, jj] if held_relay is not False else 0.0)
         fref, bref, wref = pf[jj] - pf[ic], pb[jj] - pb[ic], pw[jj] - pw[ic]
         self.T = np.full((S, N + 1, max_len), INF)
         self.C = np.full((S, N + 1, max_len), INF)

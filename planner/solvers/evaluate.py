@@ -24,7 +24,7 @@ from planner.costmodel.cost import (
     stage_devices,
     stage_optimizer_ms,
 )
-from planner.costmodel.memory import device_memory, stage_memory_bytes, stage_output_bytes
+from planner.costmodel.memory import device_memory, stage_memory_bytes
 from planner.pipeline.schedules import in_flight_microbatches
 from profiler.gpus import GiB
 from profiler.profile import Profile
@@ -55,11 +55,12 @@ def build_stages(profile: Profile, tables: CostTables, cluster: Cluster, config:
             comm_b = boundary_comm_ms(cluster, devices[s + 1], devices[s], grad_b, cost.grad_tensors[s])
         else:
             out_b, comm_f, comm_b = 0, 0.0, 0.0
-        mem = stage_memory_bytes(param_count=cost.param_count[s], activation_bytes=float(tables.activation[ns].sum()),
+        mem = stage_memory_bytes(param_count=cost.param_count[s],
+                                 activation_bytes=float(tables.activation[ns].sum()) + cost.saved_copy_bytes[s],
                                  input_bytes=cost.input_bytes[s], relay_bytes=cost.relay_bytes[s],
                                  in_flight=in_flight[s], config=config, profile_dtype=tables.dtype,
                                  recompute=recompute[s], largest_layer_params=int(tables.params.max(initial=0)),
-                                 output_bytes=stage_output_bytes(out_b, cost.relay_bytes[s]))
+                                 output_bytes=cost.held_output_bytes[s])
         stages.append(StagePlan(
             index=s, device=devices[s], node_ids=[tables.ids[k] for k in ns], fwd_ms=fwd, bwd_ms=bwd,
             bwd_input_ms=b_in, bwd_weight_ms=w, comm_out_ms=comm_f, comm_out_bytes=int(out_b), comm_grad_ms=comm_b,

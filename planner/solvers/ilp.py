@@ -372,9 +372,30 @@ class _Builder:
 
     # [Constraint] Memory per device: params, activations (under the stage's recompute choice)
     # and relayed tensors of its stages <= its limit (the reserve is left out of both sides)
+    def saved_copies(self) -> list:
+        """Per stage: bytes of received tensors one of its layers saves while the profile charged them to a
+        layer in an earlier stage (AssignmentCost.saved_copy_bytes): v[k, s] >= y[c, s] - y[f, s] for each
+        copy saver c of tensor k, f its first saver."""
+        out = [0] * self.S
+        for k, t in enumerate(self.tb.tensors):
+            if not t.copy_savers:
+                continue
+            f = t.first_saver
+            for s in range(self.S):
+                terms = [(self.y[c, s], self.y[f, s]) for c in t.copy_savers]
+                if all(isinstance(a, int) and isinstance(b, int) for a, b in terms):
+                    out[s] += t.nbytes * max(0, max(a - b for a, b in terms))
+                    continue
+                v = _new_var(self.lp, f"copy_{k}_{s}", 0, 1)
+                for a, b in terms:
+                    self.lp += v >= a - b
+                out[s] += t.nbytes * v
+        return out
+
     def memory(self) -> None:
         prob, tb, lp, S = self.prob, self.tb, self.lp, self.S
-        act = self.stage_sum(tb.activation)
+        copies = self.saved_copies()
+        act = [a + c for a, c in zip(self.stage_sum(tb.activation), copies)]
         inputs = [tb.model_input_bytes] + [self.boundary_bytes[b] for b in range(S - 1)]
         total_fwd = float(tb.fwd.sum())
         max_input = max([tb.model_input_bytes] + [sum(t.nbytes for t in tb.tensors)])
@@ -398,7 +419,8 @@ class _Builder:
                 z = _new_var(lp, f"recf_{s}", 0)
                 lp += z >= self.fwd[s] - total_fwd * (1 - r)
                 mact = _new_var(lp, f"mact_{s}", 0)
-                big = max(c.per_activation_byte * float(tb.activation.sum()) + c.per_input_byte * max_input
+                copy_total = sum(t.nbytes for t in tb.tensors if t.copy_savers)
+                big = max(c.per_activation_byte * (float(tb.activation.sum()) + copy_total) + c.per_input_byte * max_input
                           for c in co.values()) + 1
                 lp += mact >= act_bytes[False] - big * r
                 lp += mact >= act_bytes[True] - big * (1 - r)
@@ -411,8 +433,10 @@ class _Builder:
             buffer = co[prob.recompute_options[0]].constant - prob.config.reserve_bytes
             relayed = pulp.lpSum(t.nbytes * self.relayed[k, s] for k, t in enumerate(tb.tensors)
                                  if (k, s) in self.relayed)
-            # the stage's own outputs, kept until their backward (memory.stage_output_bytes; none after the last)
-            outputs = self.boundary_bytes[s] - relayed if s < S - 1 else 0
+            # the stage's own outputs, kept until their backward unless its layers saved them
+            # (AssignmentCost.held_output_bytes; none after the last)
+            outputs = pulp.lpSum(t.nbytes * (self.cross[k, s] - self.relayed.get((k, s), 0))
+                                 for k, t in enumerate(tb.tensors) if not t.saved_by_producer) if s < S - 1 else 0
             per_out = co[prob.recompute_options[0]].per_output_byte
             stage_bytes.append(buffer + mact + per_param * self.stage_params[s] + rel * relayed + per_out * outputs)
         for d, limit in prob.device_limit.items():
