@@ -101,7 +101,12 @@ def instances(draw, max_nodes=8, max_devices=3):
     assume(recompute != "on" or schedule_spec(schedule).supports_recompute)  # TrainConfig refuses the rest
     reserve = draw(st.sampled_from([0, 0, max(1, total_need // (4 * P))]))
     cfg = TrainConfig(schedule=schedule, num_microbatches=M, recompute=recompute, reserve_bytes=reserve)
-    return chain_profile(times, params=params, acts=acts, edge_bytes=edge_bytes), cluster, cfg
+    profile = chain_profile(times, params=params, acts=acts, edge_bytes=edge_bytes)
+    # saved-tensor facts (a ReLU saving its output, the next layer saving its input): held outputs and
+    # saved copies across cuts (cost.AssignmentCost), the same rule in the DP, the ILP and make_plan
+    for e in profile.edges:
+        e.saved_by_src, e.saved_by_dst = draw(st.booleans()), draw(st.booleans())
+    return profile, cluster, cfg
 
 
 def brute_force(profile, cluster, config, simulated: bool = False):

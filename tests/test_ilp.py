@@ -18,7 +18,7 @@ import pytest
 from planner.contracts.cluster import Cluster, Device, Link
 from planner.contracts.config import TrainConfig
 from planner.costmodel.cost import assignment_bytes, build_tables, stage_devices
-from planner.costmodel.memory import stage_memory_bytes, stage_output_bytes
+from planner.costmodel.memory import stage_memory_bytes
 from planner.solvers.ilp import ILPProblem, solve_ilp
 from planner.solvers.search import ilp_problem
 from profiler.synthetic import chain_profile, dag_profile
@@ -75,12 +75,12 @@ def score(prob: ILPProblem, stage_of: list[int], rec: tuple[bool, ...]) -> float
         for s in range(S):
             if prob.stage_device[s] == d:
                 m = stage_memory_bytes(param_count=ab.param_count[s],
-                                       activation_bytes=float(sum(tb.activation[i] for i in ab.stage_nodes[s])),
+                                       activation_bytes=float(sum(tb.activation[i] for i in ab.stage_nodes[s]))
+                                       + ab.saved_copy_bytes[s],
                                        input_bytes=ab.input_bytes[s], relay_bytes=ab.relay_bytes[s],
                                        in_flight=prob.stage_in_flight[s], config=prob.config,
                                        profile_dtype=tb.dtype, recompute=rec[s],
-                                       output_bytes=stage_output_bytes(ab.fwd_bytes[s] if s < S - 1 else 0,
-                                                                       ab.relay_bytes[s]))
+                                       output_bytes=ab.held_output_bytes[s])
                 used += m.total - m.reserve
         if used > limit:
             return None
@@ -350,6 +350,17 @@ def small_dag(case: str) -> ILPProblem:
         prof = chain_profile([2, 1, 1, 2, 1, 1], params=[5000, 100, 100, 100, 100, 0], acts=[3 * 10**5] * 6,
                              edge_bytes=[10**5] * 5, shared={5: ["layers.0.weight"]})
         return problem(prof, P=3, recompute="auto", memory=[13 * 10**5, 12 * 10**5, 8 * 10**5], link=SLOW)
+    if case == "saved-copies":
+        # n0's 2 MB output goes to n1 and (a skip) to n4; n0 saves it (a ReLU), n1 and n4 save their
+        # copies too; n2 -> n3 is saved by both ends. A stage holding n4 without n0 holds its own copy, and a
+        # stage sending n0's output keeps nothing extra for it (cost.AssignmentCost): memory binds (87 ms,
+        # [0, 0, 1, 1, 2, 2]; without the facts the optimum would be [0, 0, 1, 1, 1, 2] at 80 ms)
+        prof = dag_profile([1, 2, 1, 3, 1, 2], [(0, 1, 2 * 10**6), (1, 2, 10**5), (2, 3, 10**6), (3, 4, 10**5),
+                                                (4, 5, 10**5), (0, 4, 2 * 10**6)], acts=[2 * 10**5] * 6)
+        for e in prof.edges:
+            e.saved_by_src = e.src in ("n0", "n2")
+            e.saved_by_dst = (e.src, e.dst) in (("n0", "n1"), ("n0", "n4"), ("n2", "n3"))
+        return problem(prof, P=3, recompute="auto", memory=[10**8, 5 * 10**6, 4 * 10**6], link=SLOW)
     # two branches n1 -> n3 and n2 -> n4 between n0 and n5, ZBH1: the optimum [0, 1, 0, 2, 0, 2]
     # is not contiguous in the listed order
     prof = dag_profile([0.5, 3, 1, 2, 2, 0.5], [(0, 1, 10**5), (0, 2, 10**5), (1, 3, 10**6), (2, 4, 10**6),
@@ -358,7 +369,7 @@ def small_dag(case: str) -> ILPProblem:
     return problem(prof, P=3, schedule="ZBH1", M=6, link=SLOW)
 
 
-@pytest.mark.parametrize("case", ["skip-relay", "tied-recompute", "branches"])
+@pytest.mark.parametrize("case", ["skip-relay", "tied-recompute", "saved-copies", "branches"])
 def test_brute_force_agrees_on_small_dags(case):
     prob = small_dag(case)
     best = brute_force(prob)

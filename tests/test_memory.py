@@ -96,3 +96,32 @@ def test_plan_memory_counts_the_sent_outputs_by_hand():
     plan = evaluate_partition(prof, cluster, TrainConfig(schedule="1F1B", num_microbatches=4),
                               [["n0", "n1"], ["n2", "n3"]])
     assert [st.memory.activations for st in plan.stages] == [2 * 200 + 2 * 64, 200]
+
+
+def test_saved_tensor_facts_by_hand():
+    """n0 -> n1 -> n2 -> n3 (100 B saved per node, 64 B edges), cut 2|2, 1F1B M=4 (in flight [2, 1]).
+    n1 saves its output (a ReLU: its 100 B hold it) and n2 saves its input: stage 0 keeps nothing more for
+    the output it sends, stage 1 saves its own received copy: 2 x 200 and 1 x (200 + 64). A DAG: n0's
+    output read by n1 and n3, saved by both readers (n1 first): cut 1|3 stage 1 holds n1 and n3 (one
+    charge, no copy); cut 2|2 stage 1 holds n3's copy."""
+    from planner.contracts.cluster import Cluster, Device
+    from planner.costmodel.cost import assignment_bytes, build_tables
+    from planner.solvers.evaluate import evaluate_partition
+    from profiler.synthetic import chain_profile, dag_profile
+
+    cluster = Cluster(devices=[Device(name=f"d{i}", memory_bytes=1 << 30, speed=1.0) for i in range(2)])
+    config = TrainConfig(schedule="1F1B", num_microbatches=4)
+    prof = chain_profile([1, 1, 1, 1], acts=[100] * 4, edge_bytes=[64] * 3)
+    prof.edges[1].saved_by_src = prof.edges[1].saved_by_dst = True
+    plan = evaluate_partition(prof, cluster, config, [["n0", "n1"], ["n2", "n3"]])
+    assert [st.memory.activations for st in plan.stages] == [2 * 200, 200 + 64]
+
+    dag = dag_profile([1, 1, 1, 1], [(0, 1, 64), (0, 3, 64), (1, 2, 32), (2, 3, 32)], acts=[100] * 4)
+    for e in dag.edges:
+        e.saved_by_dst = e.src == "n0"
+    tables = build_tables(dag)
+    (shared,) = [t for t in tables.tensors if t.producer == 0]
+    assert (shared.first_saver, shared.copy_savers) == (1, [3])
+    assert assignment_bytes(tables, [0, 1, 1, 1], 2).saved_copy_bytes == [0, 0]
+    assert assignment_bytes(tables, [0, 0, 1, 1], 2).saved_copy_bytes == [0, 64]
+    assert assignment_bytes(tables, [0, 0, 1, 1], 2).held_output_bytes == [64 + 32, 0]

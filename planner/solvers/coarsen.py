@@ -23,6 +23,7 @@ from planner.solvers.dp import (
     TABLE_BUDGET_BYTES,
     ChainProblem,
     cut_bytes,
+    held_output_bytes,
     interval_table_bytes,
     relay_matrix_bytes,
 )
@@ -120,6 +121,11 @@ def refine_cuts(problem: ChainProblem, cuts: list[int], recompute: list[bool], w
     fwd_cut, _ = cut_bytes(tb)
     inputs = fwd_cut.copy()
     inputs[0] = tb.model_input_bytes
+    held_cut, _ = held_output_bytes(tb, False)  # memory as the DP counts it (AssignmentCost)
+    copy_in = np.zeros(N + 1)  # on a chain a stage's saved copy is the tensor it receives, if its reader saves it
+    for t in tb.tensors:
+        if t.copy_savers:
+            copy_in[t.producer + 1] += t.nbytes
     # candidate positions of every cut; cut 0 is 0 and cut S is N
     where = [np.array([0])] + [np.arange(max(1, cuts[b] - window), min(N - 1, cuts[b] + window) + 1)
                                 for b in range(1, S)] + [np.array([N])]
@@ -129,7 +135,8 @@ def refine_cuts(problem: ChainProblem, cuts: list[int], recompute: list[bool], w
         span = {name: prefix[name][j] - prefix[name][i] for name in prefix}
         m = memory_coefficients(in_flight=problem.stage_in_flight[s], config=problem.config, profile_dtype=tb.dtype,
                                 recompute=recompute[s], largest_layer_params=int(tb.params.max(initial=0)))
-        need = m.total_bytes(span["params"], span["acts"], inputs[i], 0.0, fwd_cut[j])
+        acts = span["acts"] + copy_in[i]
+        need = m.total_bytes(span["params"], acts, inputs[i], 0.0, held_cut[j])
         comm = problem.comm_ms_per_cut[s][j] if s < S - 1 else 0.0
         t, c = problem.time_coefficients(s).cycle_and_fill_ms(span["fwd"], span["bwd"], span["w"], recompute[s], comm)
         bad = (i >= j) | (need > problem.stage_limit[s])
