@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,7 +103,8 @@ def cpu_measured(requests: int) -> dict:
         reports = [json.loads((Path(tmp) / f"rep.rank{k}.json").read_text()) for k in range(len(plan.stages))]
         held = [rep["peak_held_bytes"] for rep in reports]
         peaks = [rep["peak_activation_bytes"] for rep in reports]
-    return {"model": "sample:unet3d:tiny", "volume": 16, "requests": requests, "stages": len(plan.stages),
+        runners = compare_runners(cmd, job, Path(tmp), len(plan.stages), EVAL_PAIRS)
+    return {"runners": runners, "model": "sample:unet3d:tiny", "volume": 16, "requests": requests, "stages": len(plan.stages),
             "command": " ".join(["torchrun", *cmd[1:3], "infer.py", "--requests", str(requests)]),
             "predicted_throughput_sps": rnd(plan.throughput_sps, 5), "predicted_latency_ms": rnd(plan.latency_ms, 5),
             "measured_steady_throughput_sps": rnd(last["steady_throughput_sps"], 5),
@@ -112,6 +114,30 @@ def cpu_measured(requests: int) -> dict:
             "held_bytes": held, "planned_live_bytes": [s.memory.live for s in plan.stages],
             "peak_activation_bytes": peaks,
             "planned_activation_bytes": [s.memory.activation_peak(plan.config.in_flight) for s in plan.stages]}
+
+
+EVAL_PAIRS = 3
+EVAL_MICROBATCHES = 8
+
+
+def compare_runners(cmd: list[str], job: Path, tmp: Path, stages: int, pairs: int) -> dict:
+    """The job's overall throughput (samples / wall) with its own loop and with torch's ScheduleGPipe.eval()
+    (--runner eval, EVAL_MICROBATCHES micro-batches per call), in alternating pairs: which one is faster."""
+    got: dict[str, list[float]] = {"loop": [], "eval": []}
+    for i in range(pairs):
+        for runner in (("loop", "eval") if i % 2 == 0 else ("eval", "loop")):
+            report = tmp / f"cmp_{runner}_{i}"
+            r = subprocess.run([*cmd[:-2], "--report", str(report), "--runner", runner,
+                                "--eval-microbatches", str(EVAL_MICROBATCHES)],
+                               cwd=job, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""},
+                               capture_output=True, text=True, timeout=600, check=False)
+            if r.returncode != 0:
+                return {"error": r.stderr[-2000:]}
+            got[runner].append(json.loads(Path(f"{report}.rank{stages - 1}.json").read_text())["throughput_sps"])
+    loop, eval_ = statistics.median(got["loop"]), statistics.median(got["eval"])
+    return {"pairs": pairs, "eval_microbatches": EVAL_MICROBATCHES, "loop_sps": [rnd(x, 4) for x in got["loop"]],
+            "eval_sps": [rnd(x, 4) for x in got["eval"]], "loop_median_sps": rnd(loop, 4),
+            "eval_median_sps": rnd(eval_, 4), "loop_over_eval": rnd(loop / eval_, 4)}
 
 
 def markdown(data: dict) -> str:
@@ -157,6 +183,15 @@ def markdown(data: dict) -> str:
                   f"{100 * c['throughput_error']:+.1f}% | {c['predicted_latency_ms']} | {c['measured_latency_ms']} | "
                   f"{c['held_bytes']} ({c['planned_live_bytes']}) | "
                   f"{c.get('peak_activation_bytes', '-')} ({c.get('planned_activation_bytes', '-')}) |")]
+        runners = c.get("runners") or {}
+        if "error" in runners:
+            lines += ["", f"Runner comparison failed: {runners['error'][-300:]}"]
+        elif runners:
+            lines += ["", (f"The job's loop against torch's `ScheduleGPipe.eval()` (`--runner eval`, "
+                           f"{runners['eval_microbatches']} micro-batches per call), {runners['pairs']} alternating "
+                           f"pairs, overall samples/s: loop {runners['loop_median_sps']} (runs {runners['loop_sps']}), "
+                           f"eval {runners['eval_median_sps']} (runs {runners['eval_sps']}): the loop is "
+                           f"{runners['loop_over_eval']}x eval's throughput.")]
     lines += ["", END]
     return "\n".join(lines) + "\n"
 

@@ -114,3 +114,29 @@ def test_pipelined_equals_single_process(tmp_path, name, stages):
         peak, planned_peak = rep["peak_activation_bytes"], plan.stages[r].memory.activation_peak(1)
         assert rep["planned_activation_bytes"] == planned_peak
         assert abs(peak - planned_peak) <= 0.15 * planned_peak + 256, (r, peak, planned_peak)
+
+
+@pytest.mark.slow
+@pytest.mark.torchrun
+@pytest.mark.parametrize("name", ["unet3d", "dlrm"])
+def test_schedule_eval_runner_equals_single_process(tmp_path, name):
+    """--runner eval: the same stages under torch's ScheduleGPipe.eval(), 7 requests in groups of 3
+    micro-batches (the last group padded): the outputs equal the single-process forward, ids in order.
+    bench/bench_inference.py times it against the loop."""
+    from safetensors.torch import load_file
+
+    prof = tiny_profile(name)
+    plan = evaluate_cuts(prof, Cluster.uniform(3, memory_bytes=1 << 30), InferenceConfig(), even_cuts(len(prof.nodes), 3))
+    job = tmp_path / "job"
+    export_inference(prof, plan, job)
+    run([str(TORCHRUN), "--nproc-per-node", "3", "--master-port", str(29500 + (os.getpid() + 7) % 2000),
+         "infer.py", "--requests", "7", "--runner", "eval", "--eval-microbatches", "3",
+         "--out", str(tmp_path / "pipe.safetensors"), "--report", str(tmp_path / "rep")], job)
+    run([sys.executable, "infer.py", "--reference", "--requests", "7", "--out", str(tmp_path / "ref.safetensors")], job)
+    got, ref = load_file(tmp_path / "pipe.safetensors"), load_file(tmp_path / "ref.safetensors")
+    assert got["request_id"].tolist() == list(range(7))
+    outs = [k for k in ref if k.startswith("output.")]
+    for k in outs:
+        assert got[k].shape == ref[k].shape
+        assert torch.allclose(got[k], ref[k], atol=1e-6, rtol=0), (k, (got[k] - ref[k]).abs().max())
+    assert json.loads((tmp_path / "rep.rank2.json").read_text())["runner"] == "eval"

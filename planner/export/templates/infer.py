@@ -140,6 +140,10 @@ def parse_args(argv=None):
     p.add_argument("--out", default="outputs.safetensors")
     p.add_argument("--report", help="write this rank's measurements (JSON) to REPORT.rankR.json")
     p.add_argument("--reference", action="store_true", help="run the unsplit model in one process")
+    p.add_argument("--runner", choices=("loop", "eval"), default="loop",
+                   help="loop: recv -> forward -> send per micro-batch (what the plan models); eval: torch's "
+                        "ScheduleGPipe.eval() on groups of --eval-microbatches micro-batches")
+    p.add_argument("--eval-microbatches", type=int, default=8, help="micro-batches per eval() call (--runner eval)")
     return p.parse_args(argv)
 
 
@@ -161,7 +165,7 @@ def run_reference(args):
 
 @torch.no_grad()
 def measure_peak(mod, metas, device, rank, S, ids, ins, batched) -> int:
-    """One micro-batch through this stage alone under PeakMeter: the peak activation bytes while it
+    """One micro-batch through this stage alone under LiveBytesMeter: the peak activation bytes while it
     receives, runs and holds its outputs for sending (synthetic inputs on ranks > 0: the same shapes)."""
     exclude = list(mod.parameters()) + list(mod.buffers())
     if rank == 0:  # the first micro-batch, copied out of the request tensors it is a view of
@@ -176,8 +180,15 @@ def measure_peak(mod, metas, device, rank, S, ids, ins, batched) -> int:
     return meter.peak
 
 
-@torch.no_grad()
-def run_pipeline(args):
+def as_served(metas: tuple) -> tuple:
+    """Meta tensors of one micro-batch in the serving dtype (floating ones in DTYPE)."""
+    return tuple(torch.empty(m.shape, dtype=DTYPE if m.is_floating_point() else m.dtype, device="meta")
+                 for m in metas)
+
+
+def setup_stage(args):
+    """This rank's stage, weights loaded: (rank, S, device, module, its input and output metas, request ids and
+    inputs on the first and last rank, which inputs are batched)."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     S = len(SETTINGS["stages"])
     if world != S:
@@ -192,21 +203,81 @@ def run_pipeline(args):
     params = materialize(mod, device, args.seed, model_source.init_parameters, model_source.init_buffers)
     load_into(args, {f: [p] for f, p in params.items()})
     mod = mod.to(DTYPE).eval()
-    metas = tuple(torch.empty(m.shape, dtype=DTYPE if m.is_floating_point() else m.dtype, device="meta")
-                  for m in shapes[rank][0])
     ids, ins = read_requests(args, batched) if rank in (0, S - 1) else (None, None)
+    return rank, S, device, mod, as_served(shapes[rank][0]), as_served(shapes[rank][1]), ids, ins, batched
+
+
+def request_count(args, ids) -> int:
+    """Micro-batches in the stream, as rank 0 sees it (broadcast: middle ranks read no requests)."""
+    n = math.ceil(args.requests / MB) if not args.inputs or ids is None else math.ceil(ids.numel() / MB)
+    count = torch.tensor([n if ids is not None else 0])
+    dist.broadcast(count, src=0)
+    return int(count.item())
+
+
+@torch.no_grad()
+def run_eval(args):
+    """The same stages under torch's ScheduleGPipe.eval() (--runner eval): groups of --eval-microbatches
+    micro-batches, each group one eval() call (whole-batch in, whole-batch out). For comparison with the
+    loop, which bench/bench_inference.py measures beside it; same outputs file and report fields."""
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+    from torch.distributed.pipelining.microbatch import TensorChunkSpec, _Replicate
+
+    rank, S, device, mod, metas, out_metas, ids, ins, batched = setup_stage(args)
+    K = args.eval_microbatches
+    stage = PipelineStage(mod, rank, S, device, input_args=metas, output_args=out_metas)
+    schedule = ScheduleGPipe(stage, K, args_chunk_spec=tuple(TensorChunkSpec(0) if b else _Replicate
+                                                             for b in batched))
+    n = request_count(args, ids)
+    groups = math.ceil(n / K)
+    stream = batches(ids, ins, batched) if ids is not None else None
+    got_ids, outs = [], []
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(groups):
+        if rank in (0, S - 1):
+            # K micro-batches (the last group padded with copies of its final one, dropped on output)
+            part = [next(stream, None) for _ in range(K)]
+            real = [p for p in part if p is not None]
+            part = real + [real[-1]] * (K - len(real))
+        if rank == 0:
+            whole = tuple(torch.cat([cast_in(p[1][i].to(device)) for p in part]) if b else cast_in(part[0][1][i].to(device))
+                          for i, b in enumerate(batched))
+            out = schedule.eval(*whole)
+        else:
+            out = schedule.eval()
+        if rank == S - 1:
+            out = as_tuple(out)
+            for k, (rid, _, count) in enumerate(real):
+                got_ids.append(rid)
+                outs.append(tuple(o[k * MB:k * MB + count].cpu() for o in out))
+    wall = time.perf_counter() - t0
+    report = {"rank": rank, "stage": rank, "runner": "eval", "eval_microbatches": K, "wall_s": wall}
+    if rank == S - 1:
+        write_outputs(args.out, got_ids, outs)
+        samples = sum(o[0].shape[0] for o in outs)
+        report.update({"requests": samples, "throughput_sps": samples / wall})
+    finish(args, rank, report)
+
+
+def finish(args, rank: int, report: dict) -> None:
+    print(json.dumps(report), file=sys.stderr, flush=True)
+    if args.report:
+        Path(f"{args.report}.rank{rank}.json").write_text(json.dumps(report, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@torch.no_grad()
+def run_pipeline(args):
+    rank, S, device, mod, metas, _, ids, ins, batched = setup_stage(args)
     meter = HeldMeter()
     peak = measure_peak(mod, metas, device, rank, S, ids, ins, batched)
     got_ids, outs, done = [], [], []
     dist.barrier()
     t0 = time.perf_counter()
     stream = batches(ids, ins, batched) if ids is not None else None
-    n = math.ceil(args.requests / MB) if not args.inputs or ids is None else math.ceil(ids.numel() / MB)
-    if rank not in (0, S - 1):  # middle ranks learn the count from rank 0
-        pass
-    count = torch.tensor([n if ids is not None else 0])
-    dist.broadcast(count, src=0)
-    n = int(count.item())
+    n = request_count(args, ids)
     for b in range(n):
         if rank == 0:
             rid, mb, real = next(stream)
@@ -239,7 +310,7 @@ def run_pipeline(args):
         if rank < S - 1:
             send_all(out, rank + 1)
     latency_s = time.perf_counter() - t1
-    report = {"rank": rank, "stage": rank, "peak_held_bytes": meter.peak,
+    report = {"rank": rank, "stage": rank, "runner": "loop", "peak_held_bytes": meter.peak,
               "planned_live_bytes": SETTINGS["predicted"]["live_bytes"][rank],
               "peak_activation_bytes": peak,
               "planned_activation_bytes": SETTINGS["predicted"]["activation_bytes"][rank], "wall_s": wall}
@@ -251,17 +322,15 @@ def run_pipeline(args):
         report.update({"requests": samples, "throughput_sps": samples / wall, "steady_period_ms": 1000 * period,
                        "steady_throughput_sps": 1000 * MB / (1000 * period), "latency_ms": 1000 * latency_s,
                        "predicted": SETTINGS["predicted"]})
-    print(json.dumps(report), file=sys.stderr, flush=True)
-    if args.report:
-        Path(f"{args.report}.rank{rank}.json").write_text(json.dumps(report, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
+    finish(args, rank, report)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.reference:
         run_reference(args)
+    elif args.runner == "eval":
+        run_eval(args)
     else:
         run_pipeline(args)
     return 0
