@@ -8,9 +8,10 @@
 One process per stage (S = len(SETTINGS["stages"])). Each rank runs a blocking loop per micro-batch
 (a request of micro_batch_size samples): recv its inputs from the previous rank -> forward (no_grad)
 -> send its outputs to the next rank; the first rank reads the inputs, the last writes the outputs with
-their request ids. Why a plain send/recv loop and not torch's schedule.eval(): it is what pipeplan's
-inference cost model and simulator describe (recv + forward + send per stage), it holds one
-micro-batch per stage, and it needs no static whole-batch chunking, so a stream of any length runs.
+their request ids. Why a plain send/recv loop by default: it is what pipeplan's inference cost model and
+simulator describe (recv + forward + send per stage), it holds one micro-batch per stage, and it needs
+no static whole-batch chunking, so a stream of any length runs. --runner eval runs the same stages under
+torch's ScheduleGPipe.eval() instead (pipeplan's bench_inference times the two).
 
 Inputs (--inputs): a safetensors file with "request_id" (int64 [N]) and "input.K" ([N, ...] for each
 batched model input K). Without --inputs: --requests N synthetic requests from the model's make_batch.
