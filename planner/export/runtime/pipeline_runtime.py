@@ -39,6 +39,7 @@ import os
 import random
 import resource
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -46,6 +47,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.fx.passes.split_module import split_module
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
@@ -246,11 +249,16 @@ class StageModule(nn.Module):
         self.recompute = recompute
         self.out_dtypes: list[torch.dtype] | None = None  # set by stage_shapes
         self.tp_mesh = None  # set by apply_tensor_parallel: the graph then runs on DTensors
+        self.recompute_context: Callable[[], contextlib.AbstractContextManager] | None = None
+        """Set by StepMeter.install: the context the rebuilt forward runs in (it counts that forward's tensors)."""
 
     def forward(self, *inputs: torch.Tensor):
         device = self.params[0].device if len(self.params) else inputs[0].device
         if self.recompute and device.type != "meta" and torch.is_grad_enabled():
-            return checkpoint(self._forward, *inputs, use_reentrant=False, preserve_rng_state=True)
+            rebuild = self.recompute_context
+            context_fn = (lambda: (contextlib.nullcontext(), rebuild())) if rebuild is not None else None
+            return checkpoint(self._forward, *inputs, use_reentrant=False, preserve_rng_state=True,
+                              **({"context_fn": context_fn} if context_fn is not None else {}))
         return self._forward(*inputs)
 
     def _forward(self, *inputs: torch.Tensor):
@@ -722,6 +730,25 @@ class _Held:
         self.meter._release(self.key, self.stage)
 
 
+class _RebuildCounter(TorchDispatchMode):
+    """StepMeter's count of a recomputed stage's rebuilt forward (torch.utils.checkpoint packs what it
+    saves under its own hooks, out of the saved-tensor counter's sight): every new storage an op makes
+    counts for the stage while a Python tensor on it lives; views of an already counted storage add a
+    reference; views of anything else (the stage's inputs, which the meter holds as such) do not count."""
+
+    def __init__(self, meter: StepMeter, stage: int) -> None:
+        super().__init__()
+        self.meter, self.stage = meter, stage
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.meter._count_rebuilt(t, self.stage, given)
+        return out
+
+
 class StepMeter:
     """What a rank measures per step, at a few microseconds per action (issue 19, item 2):
 
@@ -810,6 +837,30 @@ class StepMeter:
             entry[0] += 1
         return _Held(self, t, key, self.current)
 
+    def rebuild_context(self) -> contextlib.AbstractContextManager:
+        """The context a recomputed stage's rebuilt forward runs in (StageModule.recompute_context): on a
+        counted CPU step it counts that forward's tensors for the stage (_RebuildCounter)."""
+        if self.cuda or not self.count_memory:
+            return contextlib.nullcontext()
+        return _RebuildCounter(self, self.current)
+
+    def _count_rebuilt(self, t: torch.Tensor, stage: int, given: set[int]) -> None:
+        try:
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):
+            return
+        if key == 0 or key in self.param_keys or key in self._output_keys:
+            return
+        entry = self._counts.get(key)
+        if entry is None:
+            if key in given:  # a view of an input the meter does not count as a new tensor
+                return
+            self._counts[key] = entry = [0, storage.nbytes()]
+            self._add(stage, storage.nbytes())
+        entry[0] += 1
+        weakref.finalize(t, self._release, key, stage)
+
     def saved_tensors(self):
         """The context the schedule's step runs in (counts saved tensors on a counted step)."""
         if not self.count_memory or self.cuda:
@@ -836,6 +887,8 @@ class StepMeter:
         for st in stages:
             idx = st.stage_index
             recompute = bool(getattr(st.submod, "recompute", False))
+            if recompute:
+                st.submod.recompute_context = meter.rebuild_context
             held = (input_bytes or {}).get(idx, 0)
 
             def timed(fn, kind, idx=idx, recompute=recompute, held=held):
