@@ -218,7 +218,7 @@ def _solve_ilp(prob: _Problem) -> InferencePlan:
     stages = pulp.lpSum((s + 1) * v for (s, i, j), v in var.items() if j == N)
     order = [period, latency] if prob.config.objective == "throughput" else [latency, period]
     backend = "highs" if highspy is not None else "cbc"
-    exact = True
+    exact, chosen = True, []
     for k, expr in enumerate([*order, stages]):
         lp.setObjective(expr)
         if backend == "highs":
@@ -230,16 +230,20 @@ def _solve_ilp(prob: _Problem) -> InferencePlan:
         if lp.status == pulp.LpStatusInfeasible or lp.sol_status == pulp.LpSolutionInfeasible:
             if k == 0:
                 raise prob.nothing_fits()
-            break  # cannot happen (the previous optimum is feasible); keep that solution
-        if lp.sol_status != pulp.LpSolutionOptimal:
-            if lp.sol_status != pulp.LpSolutionIntegerFeasible or any(v.varValue is None for v in var.values()):
+            break  # cannot happen (the previous optimum is feasible): keep that solution
+        solved = lp.sol_status == pulp.LpSolutionOptimal
+        if not solved and (lp.sol_status != pulp.LpSolutionIntegerFeasible
+                           or any(v.varValue is None for v in var.values())):
+            if k == 0:
                 raise PipeplanError(f"the inference MILP found no plan in {ILP_TIME_LIMIT_S:g} s; use solver \"dp\"")
-            exact = exact and k > 0  # a tie-break that did not close keeps its incumbent; the objective holds
+            break  # a tie-break that found nothing: the previous solution stands
+        chosen = sorted(key for key, v in var.items() if (v.varValue or 0) > 0.5)
+        if not solved:  # an incumbent without proof: the first objective is not proven; a tie-break's is
+            exact = exact and k > 0
             break
         value = pulp.value(expr)
         # hold this objective at its optimum (a relative hair of slack for the floats) for the next one
         lp += expr <= value * (1 + 1e-9) + 1e-12, f"hold_{k}"
-    chosen = sorted((s, i, j) for (s, i, j), v in var.items() if (v.varValue or 0) > 0.5)
     cuts = [j for (_, _, j) in chosen if j < N]
     return prob.plan(cuts, {"method": f"interval-milp ({backend})", "seconds": time.perf_counter() - t0,
                             "intervals": len(var), "stages_considered": Smax, "exact": exact})
