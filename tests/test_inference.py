@@ -199,6 +199,10 @@ def test_inference_mode_in_train_config_and_plan_round_trip():
     assert TrainConfig.from_json('{"mode": "inference"}').inference == InferenceConfig()
     with pytest.raises(PipeplanError, match="mode"):
         TrainConfig(mode="serve")
+    for bad in ('{"mode": "inference", "inference": [1, 2]}', '{"mode": "inference", "inference": {"objective": 3}}',
+                '{"mode": "inference", "inference": {"bogus": 1}}'):
+        with pytest.raises(PipeplanError, match="inference"):
+            TrainConfig.from_json(bad)
     with pytest.raises(PipeplanError, match="mode \"inference\""):
         TrainConfig(inference=inf)
     with pytest.raises(PipeplanError, match="micro_batch_size is 2"):

@@ -139,6 +139,9 @@ class TrainConfig:
             raise PipeplanError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if isinstance(self.inference, dict):  # from JSON
             self.inference = InferenceConfig.from_dict(self.inference)
+        if self.inference is not None and not isinstance(self.inference, InferenceConfig):
+            raise PipeplanError("train config.inference must be a JSON object (the inference settings) or null, "
+                                f"got {type(self.inference).__name__}")
         if self.mode == "train":
             if self.inference is not None:
                 raise PipeplanError("inference settings were given in mode \"train\"; set mode \"inference\" "
