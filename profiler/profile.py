@@ -274,19 +274,21 @@ class Profile:
 
 
 def _flat_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass whose fields are scalars or lists of scalars, as a dict. The tensor-parallel facts are
-    left out while they are empty, so a profile without them keeps the fingerprint it had before they
-    existed (plans record it)."""
+    """A dataclass whose fields are scalars or lists of scalars, as a dict. The facts added after the first
+    profiles (tensor parallelism, forward peaks, who saves an edge's tensors: _OPTIONAL_FIELDS) are left
+    out while they are empty, so a profile without them keeps the fingerprint it had before they existed
+    (plans record it)."""
     out = {}
     for name in _FIELD_NAMES[type(obj)]:
         value = getattr(obj, name)
-        if name.startswith("tp_") and not value:
+        if not value and (name.startswith("tp_") or name in _OPTIONAL_FIELDS):
             continue
         out[name] = list(value) if isinstance(value, list) else value
     return out
 
 
 _FIELD_NAMES = {cls: tuple(f.name for f in fields(cls)) for cls in (ProfileNode, ProfileEdge)}
+_OPTIONAL_FIELDS = frozenset({"fwd_peak_bytes", "saved_by_src", "saved_by_dst"})
 
 
 def _list(data: dict, key: str, limit: int) -> list:
