@@ -734,7 +734,8 @@ class _RebuildCounter(TorchDispatchMode):
     """StepMeter's count of a recomputed stage's rebuilt forward (torch.utils.checkpoint packs what it
     saves under its own hooks, out of the saved-tensor counter's sight): every new storage an op makes
     counts for the stage while a Python tensor on it lives; views of an already counted storage add a
-    reference; views of anything else (the stage's inputs, which the meter holds as such) do not count."""
+    reference; views of anything else (the stage's inputs, which the meter holds as such) do not count.
+    A tensor-parallel stage's DTensors have no storage to read: their rebuilt micro-batch is not counted."""
 
     def __init__(self, meter: StepMeter, stage: int) -> None:
         super().__init__()
@@ -742,11 +743,20 @@ class _RebuildCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        given = {_storage_ptr(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self.meter._count_rebuilt(t, self.stage, given)
         return out
+
+
+def _storage_ptr(t: torch.Tensor) -> int:
+    """The data pointer of a tensor's storage; 0 where it has none to read (a DTensor, a meta or fake tensor:
+    the meter leaves those out)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
 
 
 class StepMeter:
@@ -845,19 +855,16 @@ class StepMeter:
         return _RebuildCounter(self, self.current)
 
     def _count_rebuilt(self, t: torch.Tensor, stage: int, given: set[int]) -> None:
-        try:
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-        except (RuntimeError, NotImplementedError):
-            return
+        key = _storage_ptr(t)
         if key == 0 or key in self.param_keys or key in self._output_keys:
             return
         entry = self._counts.get(key)
         if entry is None:
             if key in given:  # a view of an input the meter does not count as a new tensor
                 return
-            self._counts[key] = entry = [0, storage.nbytes()]
-            self._add(stage, storage.nbytes())
+            nbytes = t.untyped_storage().nbytes()
+            self._counts[key] = entry = [0, nbytes]
+            self._add(stage, nbytes)
         entry[0] += 1
         weakref.finalize(t, self._release, key, stage)
 
