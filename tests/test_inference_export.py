@@ -61,6 +61,18 @@ def test_export_refuses_int8_weights():
         render_inference_job(prof, plan)
 
 
+def test_export_refuses_activations_in_another_dtype():
+    """The job runs activations in the weights' dtype: a plan that assumed bf16 activations with fp32 weights
+    (half the live bytes) is refused, not exported to hold twice what it planned."""
+    from core.errors import PipeplanError
+
+    prof = tiny_profile("gpt")
+    cfg = InferenceConfig(weight_dtype="fp32", activation_dtype="bf16")
+    plan = evaluate_cuts(prof, Cluster.uniform(2, memory_bytes=1 << 30), cfg, even_cuts(len(prof.nodes), 2))
+    with pytest.raises(PipeplanError, match="--activations fp32"):
+        render_inference_job(prof, plan)
+
+
 def test_weights_only_refuses_objects(tmp_path):
     sys.path.insert(0, str(ROOT / "planner" / "export" / "runtime"))
     try:
@@ -93,9 +105,12 @@ def test_pipelined_equals_single_process(tmp_path, name, stages):
     job = tmp_path / "job"
     export_inference(prof, plan, job)
     py = sys.executable
-    run([str(TORCHRUN), "--nproc-per-node", str(stages), "--master-port", str(29500 + os.getpid() % 2000),
-         "infer.py", "--requests", "5", "--out", str(tmp_path / "pipe.safetensors"),
-         "--report", str(tmp_path / "rep")], job)
+    r = run([str(TORCHRUN), "--nproc-per-node", str(stages), "--master-port", str(29500 + os.getpid() % 2000),
+             "infer.py", "--requests", "5", "--out", str(tmp_path / "pipe.safetensors"),
+             "--report", str(tmp_path / "rep")], job)
+    for k, stage in enumerate(plan.stages):  # each rank's start-up line says what it applies
+        assert f"rank {k}: stage {k} layers {stage.nodes[0]}–{stage.nodes[-1]} ({len(stage.nodes)}), weights fp32, " \
+               "activations fp32, micro-batch 2, runner loop" in r.stderr
     run([py, "infer.py", "--reference", "--requests", "5", "--out", str(tmp_path / "ref.safetensors")], job)
     got, ref = load_file(tmp_path / "pipe.safetensors"), load_file(tmp_path / "ref.safetensors")
     assert got["request_id"].tolist() == list(range(5))

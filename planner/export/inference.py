@@ -51,6 +51,10 @@ def render_inference_job(profile, iplan: InferencePlan, *, model_source: str | N
     if iplan.config.weight_dtype == "int8":
         raise PipeplanError("int8 weights are planned (1 byte/param) but not exported: the job has no int8 "
                             "weight-only kernels; export with --weights fp32 or bf16")
+    if iplan.config.activation_dtype != iplan.config.weight_dtype:
+        raise PipeplanError(f"this plan serves {iplan.config.weight_dtype} weights with {iplan.config.activation_dtype} "
+                            "activations, but the job runs activations in the weights' dtype; plan again with "
+                            f"--activations {iplan.config.weight_dtype} to export")
     files = render_job(carrier_plan(profile, iplan), model_source=model_source)
     keep = {k: v for k, v in files.items() if k.startswith("model/") or k.endswith("_runtime.py")}
     settings = {"stages": [s.nodes for s in iplan.stages], "micro_batch_size": profile.model.micro_batch_size,

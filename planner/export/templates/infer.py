@@ -204,6 +204,10 @@ def setup_stage(args):
     params = materialize(mod, device, args.seed, model_source.init_parameters, model_source.init_buffers)
     load_into(args, {f: [p] for f, p in params.items()})
     mod = mod.to(DTYPE).eval()
+    layers = SETTINGS["stages"][rank]
+    print(f"rank {rank}: stage {rank} layers {layers[0]}–{layers[-1]} ({len(layers)}), weights "
+          f"{SETTINGS['weight_dtype']}, activations {SETTINGS['activation_dtype']}, micro-batch {MB}, "
+          f"runner {args.runner}", file=sys.stderr, flush=True)
     ids, ins = read_requests(args, batched) if rank in (0, S - 1) else (None, None)
     return rank, S, device, mod, as_served(shapes[rank][0]), as_served(shapes[rank][1]), ids, ins, batched
 
