@@ -184,18 +184,29 @@ class DPTooLarge(PipeplanError):
     many stages (issue 18: --devices 4096 --schedule GPipe on a 5000-layer profile was a traceback)."""
 
 
-class IntervalCosts:
-    """T and c of every interval [j-L, j) on every stage, L = 1..Lmax, best recompute choice."""
+@dataclass(slots=True)
+class IntervalSums:
+    """What a stage holding the interval [j-L, j) sums up, for every end j = 0..N (rows) and length
+    L = 1..Lmax (columns): its reference times and the pieces of its memory (AssignmentCost's terms).
+    Entries with j - L < 0 are not intervals (valid False; their start is clipped to 0)."""
 
-    def __init__(self, prob: ChainProblem, max_len: int):
+    valid: np.ndarray
+    start: np.ndarray
+    """j - L (unclipped: negative where not valid)."""
+    end: np.ndarray
+    fwd_ref: np.ndarray
+    bwd_ref: np.ndarray
+    bwd_weight_ref: np.ndarray
+    params: np.ndarray
+    activations: np.ndarray
+    inputs: np.ndarray
+    relay: np.ndarray | float
+    outputs: np.ndarray
+
+    @classmethod
+    def build(cls, prob: ChainProblem, max_len: int) -> IntervalSums:
         tb = prob.tables
-        N, S = tb.num_nodes, prob.num_stages
-        need = interval_table_bytes(N, S, max_len) + (relay_matrix_bytes(tb) if prob.relay is None else 0) \
-            + saved_matrices_bytes(tb)
-        if need > TABLE_BUDGET_BYTES:
-            raise DPTooLarge(f"{N} layers x {S} stages: the planner's tables would take {need / 2**30:.1f} GiB "
-                             f"(at most {TABLE_BUDGET_BYTES / 2**30:.0f} GiB); plan for fewer devices")
-        self.N, self.S, self.L = N, S, max_len
+        N = tb.num_nodes
         P = lambda a: np.concatenate([[0.0], np.cumsum(a)])
         pf, pb, pw, pp, pa = P(tb.fwd), P(tb.bwd), P(tb.bwd_weight), P(tb.params.astype(float)), P(tb.activation)
         fwd_cut, _ = cut_bytes(tb)
@@ -222,12 +233,33 @@ class IntervalCosts:
         copies = saved_copy_matrix(tb)
         if copies is not None:  # received tensors its layers save, charged to another stage's layer
             acts = acts + copies[ic, jj]
-        relay = R[ic, jj] if R is not False else 0.0
-        inputs = in_bytes[ic]
         # held by the stage until their backward, unless its own layers saved them (AssignmentCost)
         held_cut, held_relay = held_output_bytes(tb, R)
         outputs = stage_output_bytes(held_cut[jj], held_relay[ic, jj] if held_relay is not False else 0.0)
-        fref, bref, wref = pf[jj] - pf[ic], pb[jj] - pb[ic], pw[jj] - pw[ic]
+        return cls(valid=valid, start=i, end=jj, fwd_ref=pf[jj] - pf[ic], bwd_ref=pb[jj] - pb[ic],
+                   bwd_weight_ref=pw[jj] - pw[ic], params=params, activations=acts, inputs=in_bytes[ic],
+                   relay=R[ic, jj] if R is not False else 0.0, outputs=outputs)
+
+    def memory_bytes(self, co) -> np.ndarray:
+        """stage_memory_bytes(...).total of every interval, for one stage's memory.MemoryCoefficients."""
+        return co.total_bytes(self.params, self.activations, self.inputs, self.relay, self.outputs)
+
+
+class IntervalCosts:
+    """T and c of every interval [j-L, j) on every stage, L = 1..Lmax, best recompute choice."""
+
+    def __init__(self, prob: ChainProblem, max_len: int):
+        tb = prob.tables
+        N, S = tb.num_nodes, prob.num_stages
+        need = interval_table_bytes(N, S, max_len) + (relay_matrix_bytes(tb) if prob.relay is None else 0) \
+            + saved_matrices_bytes(tb)
+        if need > TABLE_BUDGET_BYTES:
+            raise DPTooLarge(f"{N} layers x {S} stages: the planner's tables would take {need / 2**30:.1f} GiB "
+                             f"(at most {TABLE_BUDGET_BYTES / 2**30:.0f} GiB); plan for fewer devices")
+        self.N, self.S, self.L = N, S, max_len
+        sums = IntervalSums.build(prob, max_len)
+        valid, i, jj = sums.valid, sums.start, sums.end
+        fref, bref, wref = sums.fwd_ref, sums.bwd_ref, sums.bwd_weight_ref
         self.T = np.full((S, N + 1, max_len), INF)
         self.C = np.full((S, N + 1, max_len), INF)
         self.rec = np.zeros((S, N + 1, max_len), dtype=bool)
@@ -245,7 +277,7 @@ class IntervalCosts:
                 co = memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
                                          profile_dtype=tb.dtype, recompute=r,
                                          largest_layer_params=int(tb.params.max(initial=0)))
-                mem = co.total_bytes(params, acts, inputs, relay, outputs)
+                mem = sums.memory_bytes(co)
                 fits = (mem <= prob.stage_limit[s]) & ~done
                 coefficients = prob.time_coefficients(s)
                 key = (coefficients, key_c, r)

@@ -39,6 +39,7 @@ from planner.solvers.coarsen import block_size, coarsen, refine_cuts
 from planner.solvers.dp import TABLE_BUDGET_BYTES, ChainProblem, cut_bytes, cut_tensors, solve_chain
 from planner.solvers.evaluate import evaluate_pipeline_partition, make_plan, with_timeline
 from planner.solvers.ilp import ILPProblem, enumerate_by_bound, solve_ilp
+from planner.solvers.path_search import chunked_chain_finish, fits_tables
 from profiler.profile import Profile
 
 MAX_DEVICE_ORDERS = 24
@@ -239,12 +240,19 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             ms = score(so, rec)
             return None if ms is None else ms - sync  # the ILP's bound leaves the optimizer's sync out
 
-        found, bound, _ = enumerate_by_bound(
-            prob, pipeline_score,
-            backend="cbc" if config.solver == "cbc" else "highs",
-            time_limit_s=max(0.2, (ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))) if multi
-                             else min(finish_s, time_limit_s - (time.perf_counter() - start))),
-            incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"), path_of=path_of)
+        share = max(0.2, (ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))) if multi
+                    else min(finish_s, time_limit_s - (time.perf_counter() - start)))
+        if tables.is_chain() and fits_tables(tables.num_nodes, len(devices), len(config.recompute_choices())):
+            # several stages per device on a chain: the branch and bound over the cuts (path_search)
+            found, found_ms, bound, _ = chunked_chain_finish(
+                chain_problem(profile, tables, cluster, config, devices), cluster, devices, paths,
+                _starts(profile, tables, cluster, config, devices, proxy), score, path_of, share, sync)
+            found = None if found is None else (found[0], found[1], found_ms - sync)
+            bound -= sync
+        else:
+            found, bound, _ = enumerate_by_bound(
+                prob, pipeline_score, backend="cbc" if config.solver == "cbc" else "highs", time_limit_s=share,
+                incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"), path_of=path_of)
         lower = max(generic_lower_bound(tables, cluster, config, devices, sp), bound + sync)
         if found is not None and (proxy is None or found[2] + sync < proxy.step_time_ms):
             proxy = make_plan(profile, tables, cluster, config, found[0], devices, found[1],
@@ -309,29 +317,44 @@ def _stage_of_cuts(stage_of: list[int], S: int) -> list[int]:
     return [0] + [stage_of.index(s + 1) for s in range(S - 1)] + [len(stage_of)]
 
 
-def _refined(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig, devices: list[int],
-             plan: Plan, score, time_limit_s: float, fingerprint: str | None) -> Plan:
-    """The plan after exact.refine_by_simulation (one-node moves kept while the timeline gets faster)."""
-    from planner.solvers.evaluate import choose_recompute
-    from planner.solvers.exact import refine_by_simulation
-
+def _plan_stage_of(tables: CostTables, plan: Plan) -> list[int]:
     stage_of = [0] * tables.num_nodes
     for st in plan.stages:
         for nid in st.node_ids:
             stage_of[tables.position[nid]] = st.index
-    rec = [st.recompute for st in plan.stages]
-    choose = lambda so: choose_recompute(profile, tables, cluster, config, so, devices)
-    starts = [(stage_of, rec)]
-    try:  # the baselines' partitions are starts too (torch's auto_partition starts from a balanced one)
+    return stage_of
+
+
+def _starts(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig, devices: list[int],
+            plan: Plan | None) -> list[tuple[list[int], list[bool]]]:
+    """(stage_of, recompute) of the plan (first, when there is one) and of the baselines' partitions that
+    let data flow forward (torch's proposed auto_partition starts from a balanced one too): the searches
+    never return a plan slower than theirs."""
+    from planner.solvers.evaluate import choose_recompute
+
+    starts = [] if plan is None else [(_plan_stage_of(tables, plan), [st.recompute for st in plan.stages])]
+    try:
         for ids in baseline_partitions(profile, len(devices)).values():
             so = [0] * tables.num_nodes
             for k, part in enumerate(ids):
                 for nid in part:
                     so[tables.position[nid]] = k
             if all(so[c] >= so[t.producer] for t in tables.tensors for c in t.consumers):
-                starts.append((so, choose(so)))
+                starts.append((so, choose_recompute(profile, tables, cluster, config, so, devices)))
     except PipeplanError:
         pass
+    return starts
+
+
+def _refined(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig, devices: list[int],
+             plan: Plan, score, time_limit_s: float, fingerprint: str | None) -> Plan:
+    """The plan after exact.refine_by_simulation (one-node moves kept while the timeline gets faster)."""
+    from planner.solvers.evaluate import choose_recompute
+    from planner.solvers.exact import refine_by_simulation
+
+    choose = lambda so: choose_recompute(profile, tables, cluster, config, so, devices)
+    starts = _starts(profile, tables, cluster, config, devices, plan)
+    stage_of, rec = starts[0]
     begin = time.perf_counter()
     best = (stage_of, rec, score(stage_of, rec))
     for k, (so, r) in enumerate(starts):

@@ -1,0 +1,341 @@
+"""The exact finish for several stages per device on a chain: a branch and bound over the cuts, ranked by
+the path bounds and scored by the simulator (docs/ilp.md, "What is proven").
+
+A chain's plan is S = P v contiguous intervals, stage s on device devices[s]. For a fixed schedule every
+path of its event graph is a bound on the simulated drain, linear in the stage times (exact.py, "path
+bounds"): sum_s (nF_s f_s + nB_s B_s + nW_s W_s) + sum_b nL_b link_b. Each term depends on one stage's
+interval only (its link on the cut where the stage ends), so for one row the least completion of a partial
+partition is a DP over (stage, position), and
+
+    makespan >= max over rows (fixed part + least completion) + sync + the optimizer bound
+
+is a valid bound for every partition below a node of the search. Rows are the schedule's seed paths, the
+critical path of every plan the simulator scores, and Lagrangian rows: for weights lambda >= 0 summing to
+1, max_p X_p >= sum_p lambda_p X_p, whose least completion is one DP too; the weights that maximise the
+root's bound (Kelley's cutting planes, a small LP) close most of the gap that the separate rows leave
+(each path alone is least on a different partition).
+
+Search: best bound first, deeper first on ties; a complete partition is scored by the simulator (None:
+it does not fit), its critical path becomes a row, and the search stops when the best simulated step is
+<= every open bound (proven optimal) or at its limits (MAX_EXPANSIONS, MAX_LEAVES, the clock), with the
+least open bound as the proven lower bound. Memory: each interval must fit its device alone, and a
+device's stages together (partial sums pruned as the search fixes them); the simulator's plan check is
+the last word. Recompute is branched per stage with the config's choices (on is never faster, only
+smaller).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+
+import highspy
+import numpy as np
+
+from planner.contracts.cluster import Cluster
+from planner.costmodel.cost import boundary_comm_ms, stage_optimizer_ms, stage_time_coefficients
+from planner.costmodel.memory import memory_coefficients, stages_budget_bytes
+from planner.pipeline.schedules import schedule_spec
+from planner.solvers.dp import ChainProblem, IntervalSums, cut_bytes, cut_tensors
+from planner.solvers.exact import PathCoeffs
+
+INF = float("inf")
+REL_TOL = 1e-9
+MAX_EXPANSIONS = 30000
+MAX_LEAVES = 300
+"""The search stops after this many expanded nodes or simulated partitions (before its time limit in
+practice), so a plan does not depend on the machine's speed."""
+MAX_TABLE_ELEMENTS = 3_000_000
+"""Stages x positions x lengths x recompute choices the interval tables may hold; larger chains go to the
+ILP enumeration (planner.solvers.ilp.enumerate_by_bound)."""
+KELLEY_ROUNDS = 40
+
+
+def fits_tables(num_nodes: int, num_stages: int, options: int) -> bool:
+    """Whether the search's interval tables stay within MAX_TABLE_ELEMENTS."""
+    L = num_nodes - num_stages + 1
+    return num_stages * (num_nodes + 1) * max(L, 1) * options <= MAX_TABLE_ELEMENTS
+
+
+class _Intervals:
+    """Per stage s and recompute choice r, for every interval [i, i+L) (rows i, columns L-1): the stage's
+    F, B, W (the simulator's durations), its memory less the reserve, whether it may be stage s and fits
+    its device alone; per stage the link its end cut pays (0 inside a device and after the last stage) and
+    its optimizer step."""
+
+    def __init__(self, prob: ChainProblem, cluster: Cluster, devices: list[int]):
+        tb, cfg = prob.tables, prob.config
+        N, S = tb.num_nodes, prob.num_stages
+        self.N, self.S, self.L = N, S, N - S + 1
+        self.options = prob.recompute_options
+        self.devices = devices
+        L = self.L
+        sums = IntervalSums.build(prob, L)
+        i = np.arange(N + 1)[:, None]
+        j = i + np.arange(1, L + 1)[None, :]
+        inside = j <= N
+        jc = np.where(inside, j, N)
+        cols = np.broadcast_to(np.arange(L)[None, :], jc.shape)
+        start_indexed = lambda a: np.where(inside, np.asarray(a, dtype=float)[jc, cols] if np.ndim(a) else a, 0.0)
+        fref, bref, wref = (start_indexed(x) for x in (sums.fwd_ref, sums.bwd_ref, sums.bwd_weight_ref))
+        po = np.concatenate([[0.0], np.cumsum(tb.optimizer)])
+        fwd_cut, _ = cut_bytes(tb)
+        fwd_n, _ = cut_tensors(tb)
+        split = schedule_spec(prob.schedule).split_backward
+        self.budget = {d: stages_budget_bytes(cluster.devices[d].memory_bytes, cfg.reserve_bytes) for d in set(devices)}
+        self.F, self.B, self.W, self.mem, self.ok = [], [], [], [], []
+        self.link, self.opt = [], []
+        largest = int(tb.params.max(initial=0))
+        for s in range(S):
+            overhead = prob.stage_overhead[s] if prob.stage_overhead is not None else 0.0
+            co_t = stage_time_coefficients(prob.stage_speed[s], overhead, prob.schedule, s == S - 1)
+            # stage s ends in [s+1, N-(S-1-s)], the last one at N
+            place = inside & (i >= s) & (j <= N - (S - 1 - s)) & ((j == N) if s == S - 1 else True)
+            Fs, Bs, Ws, Ms, Os = [], [], [], [], []
+            for r in self.options:
+                f, bwd, b_in, w = co_t.compute_ms(fref, bref, wref, r)
+                co_m = memory_coefficients(in_flight=prob.stage_in_flight[s], config=cfg, profile_dtype=tb.dtype,
+                                           recompute=r, largest_layer_params=largest)
+                mem = start_indexed(sums.memory_bytes(co_m)) - cfg.reserve_bytes
+                Fs.append(np.where(place, f, 0.0))
+                Bs.append(np.where(place, b_in if split else bwd, 0.0))
+                Ws.append(np.where(place, w if split else 0.0, 0.0))
+                Ms.append(mem)
+                Os.append(place & (mem <= self.budget[devices[s]]))
+            self.F.append(Fs), self.B.append(Bs), self.W.append(Ws), self.mem.append(Ms), self.ok.append(Os)
+            if s < S - 1 and devices[s] != devices[s + 1]:
+                per_cut = np.array([boundary_comm_ms(cluster, devices[s], devices[s + 1], b, int(n))
+                                    for b, n in zip(fwd_cut, fwd_n)])
+                self.link.append(np.where(inside, per_cut[jc], 0.0))
+            else:
+                self.link.append(np.zeros_like(fref))
+            self.opt.append(np.where(inside, stage_optimizer_ms(po[jc] - po[i], cfg.optimizer, prob.stage_speed[s]),
+                                     0.0))
+        self.jc = jc
+        self.has_optimizer = float(tb.optimizer.sum()) > 0
+        self.po, self.optimizer, self.fastest = po, cfg.optimizer, max(prob.stage_speed)
+
+    def completion(self, AF, AB, AW, AL, argmin: bool = False):
+        """C[row, k, i]: the least sum over stages k..S-1 of the row's terms, over the ways to cut positions
+        i..N-1 into them (memory: each interval alone). With argmin, also each (k, i)'s best (L, r) for
+        one row."""
+        N, S = self.N, self.S
+        R = AF.shape[0]
+        C = np.full((R, S + 1, N + 1), INF)
+        C[:, S, N] = 0.0
+        choice = np.zeros((S, N + 1, 2), dtype=np.int64) if argmin else None
+        for k in range(S - 1, -1, -1):
+            nxt = C[:, k + 1][:, self.jc]
+            best = np.full((R, N + 1), INF)
+            for r in range(len(self.options)):
+                term = self.term(AF[:, k], AB[:, k], AW[:, k], AL[:, k], k, r) + nxt
+                term[:, ~self.ok[k][r]] = INF
+                if argmin:
+                    arg = term[0].argmin(axis=1)
+                    val = term[0][np.arange(N + 1), arg]
+                    better = val < best[0]
+                    choice[k][better] = np.stack([arg[better], np.full(better.sum(), r)], axis=1)
+                best = np.minimum(best, term.min(axis=2))
+            C[:, k] = best
+        return C, choice
+
+    def term(self, af, ab, aw, al, k: int, r: int, rows=slice(None)):
+        """The rows' term of stage k with choice r on every interval (rows x positions x lengths), or on
+        the intervals `rows` selects."""
+        e = lambda a: a[:, None, None] if isinstance(rows, slice) else a[:, None]
+        return (e(af) * self.F[k][r][rows] + e(ab) * self.B[k][r][rows] + e(aw) * self.W[k][r][rows]
+                + e(al) * self.link[k][rows])
+
+
+class _Rows:
+    """The bound's rows (paths and Lagrangian combinations) and their completion tables."""
+
+    def __init__(self, iv: _Intervals):
+        self.iv = iv
+        S = iv.S
+        self.AF = np.zeros((0, S))
+        self.AB, self.AW, self.AL = np.zeros((0, S)), np.zeros((0, S)), np.zeros((0, S))
+        self.C = np.zeros((0, S + 1, iv.N + 1))
+        self.known: set[PathCoeffs] = set()
+
+    def __len__(self) -> int:
+        return self.AF.shape[0]
+
+    def add(self, af, ab, aw, al) -> None:
+        af, ab, aw, al = (np.asarray(x, dtype=float)[None, :] for x in (af, ab, aw, al))
+        C, _ = self.iv.completion(af, ab, aw, al)
+        self.AF, self.AB = np.vstack([self.AF, af]), np.vstack([self.AB, ab])
+        self.AW, self.AL = np.vstack([self.AW, aw]), np.vstack([self.AL, al])
+        self.C = np.concatenate([self.C, C])
+
+    def add_path(self, path: PathCoeffs) -> bool:
+        if path in self.known:
+            return False
+        self.known.add(path)
+        nF, nB, nW, nL = path
+        self.add(nF, nB, nW, [*nL, 0])
+        return True
+
+    def fixed(self, stages, first: int = 0) -> np.ndarray:
+        """Rows first.. summed over fixed stages [(i, L, r), ...]."""
+        out = np.zeros(len(self) - first)
+        iv = self.iv
+        for k, (i, L_, r) in enumerate(stages):
+            out += (self.AF[first:, k] * iv.F[k][r][i, L_ - 1] + self.AB[first:, k] * iv.B[k][r][i, L_ - 1]
+                    + self.AW[first:, k] * iv.W[k][r][i, L_ - 1] + self.AL[first:, k] * iv.link[k][i, L_ - 1])
+        return out
+
+
+def _lagrangian_row(rows: _Rows, paths: np.ndarray, deadline: float) -> tuple[np.ndarray, float] | None:
+    """Weights over the path rows that maximise the least weighted completion at the root (Kelley's cutting
+    planes on an LP over the weights): the row sum_p lambda_p (its coefficients) and its root value."""
+    iv = rows.iv
+    R = len(paths)
+    if R < 2:
+        return None
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    inf = highspy.kHighsInf
+    h.addVar(-inf, inf)  # z, maximised
+    h.changeColCost(0, -1.0)
+    for _ in range(R):
+        h.addVar(0.0, 1.0)
+    idx = np.arange(1, R + 1, dtype=np.int32)
+    h.addRow(1.0, 1.0, R, idx, np.ones(R))
+    lam = np.full(R, 1.0 / R)
+    best_lam, best_val = None, -INF
+    A = [rows.AF[paths], rows.AB[paths], rows.AW[paths], rows.AL[paths]]
+    for _ in range(KELLEY_ROUNDS):
+        combo = [lam @ a for a in A]
+        C, choice = iv.completion(*(c[None, :] for c in combo), argmin=True)
+        value = float(C[0, 0, 0])
+        if not np.isfinite(value):
+            return None
+        if value > best_val:
+            best_lam, best_val = lam, value
+        # the partition that attains it, and every path's value on it: a cut of the LP
+        stages, i = [], 0
+        for k in range(iv.S):
+            L_, r = (int(x) for x in choice[k][i])
+            stages.append((i, L_ + 1, r))
+            i += L_ + 1
+        X = np.zeros(R)
+        for k, (i0, L_, r) in enumerate(stages):
+            X += (A[0][:, k] * iv.F[k][r][i0, L_ - 1] + A[1][:, k] * iv.B[k][r][i0, L_ - 1]
+                  + A[2][:, k] * iv.W[k][r][i0, L_ - 1] + A[3][:, k] * iv.link[k][i0, L_ - 1])
+        h.addRow(-inf, 0.0, R + 1, np.arange(R + 1, dtype=np.int32), np.concatenate([[1.0], -X]))
+        h.run()
+        sol = np.array(h.getSolution().col_value)
+        upper = sol[0]
+        lam = np.clip(sol[1:], 0.0, None)
+        lam = lam / lam.sum() if lam.sum() > 0 else np.full(R, 1.0 / R)
+        if upper - best_val <= 1e-6 * max(1.0, abs(upper)) or time.perf_counter() > deadline:
+            break
+    return np.array([best_lam @ a for a in A]), best_val
+
+
+def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int], paths: list[PathCoeffs],
+                         incumbents: list[tuple[list[int], list[bool]]],
+                         score: Callable[[list[int], list[bool]], float | None],
+                         path_of: Callable[[list[int], list[bool]], PathCoeffs | None],
+                         time_limit_s: float, sync: float = 0.0):
+    """Branch and bound over a chain's cuts for several stages per device (module docstring).
+
+    paths: the schedule's seed paths; incumbents: (stage_of, recompute) to score first; score(stage_of,
+    recompute) -> the simulated step (None if it does not fit); path_of(stage_of, recompute) -> the
+    critical path of the plan just scored; sync: the optimizer's all-reduce, added to every bound.
+    Returns (best (stage_of, recompute) or None, its simulated step, a lower bound on the simulated step of
+    every partition that fits, proven)."""
+    start = time.perf_counter()
+    iv = _Intervals(prob, cluster, devices)
+    N, S = iv.N, iv.S
+    rows = _Rows(iv)
+    for p in paths:
+        rows.add_path(p)
+    best, best_ms = None, INF
+
+    def scored(stage_of: list[int], rec: list[bool]) -> None:
+        nonlocal best, best_ms
+        ms = score(stage_of, rec)
+        if ms is None:
+            return
+        if ms < best_ms:
+            best, best_ms = (list(stage_of), list(rec)), ms
+        path = path_of(stage_of, rec)
+        if path is not None:
+            rows.add_path(path)
+
+    for stage_of, rec in incumbents:
+        scored(stage_of, rec)
+    lag = _lagrangian_row(rows, np.arange(len(rows)), start + time_limit_s / 4)
+    if lag is not None:
+        rows.add(*lag[0])
+    devs = sorted(set(devices))
+    slot = {d: k for k, d in enumerate(devs)}
+    rem_opt = (iv.po[N] - iv.po) if iv.has_optimizer else np.zeros(N + 1)
+
+    def opt_bound(opt: tuple[float, ...], i: int) -> float:
+        if not iv.has_optimizer:
+            return 0.0
+        rest = stage_optimizer_ms(float(rem_opt[i]), iv.optimizer, iv.fastest)
+        return max(max(opt), (sum(opt) + rest) / len(devs))
+
+    zero = tuple(0.0 for _ in devs)
+    root = float(rows.C[:, 0, 0].max(initial=-INF)) + sync + opt_bound(zero, 0)
+    if not np.isfinite(root):  # no partition fits even stage by stage
+        return best, best_ms, best_ms if best is not None else INF, best is not None
+    heap = [(root, 0, 0, (0, 0, (), np.zeros(len(rows)), zero, zero))]
+    counter = expansions = leaves = 0
+    timed_out = False
+    options = iv.options
+    while heap:
+        bound, _, _, node = heap[0]
+        if bound >= best_ms * (1 - REL_TOL):
+            break
+        if expansions >= MAX_EXPANSIONS or leaves >= MAX_LEAVES or time.perf_counter() - start > time_limit_s:
+            timed_out = True
+            break
+        heapq.heappop(heap)
+        k, i, stages, fixed, mem, opt = node
+        if len(fixed) < len(rows):  # rows added since: the bound may rise (the search is lazy about it)
+            fixed = np.concatenate([fixed, rows.fixed(stages, first=len(fixed))])
+            fresh = max(bound, float((fixed + rows.C[:, k, i]).max()) + sync + opt_bound(opt, i))
+            if fresh > bound * (1 + REL_TOL):
+                counter += 1
+                heapq.heappush(heap, (fresh, -k, counter, (k, i, stages, fixed, mem, opt)))
+                continue
+        expansions += 1
+        if k == S:
+            leaves += 1
+            stage_of = [s for s, (_, L_, _) in enumerate(stages) for _ in range(L_)]
+            scored(stage_of, [bool(options[r]) for _, _, r in stages])
+            continue
+        d = slot[devices[k]]
+        nxt = rows.C[:, k + 1][:, iv.jc[i]]  # rows x lengths
+        for r in range(len(options)):
+            ok = iv.ok[k][r][i] & (mem[d] + iv.mem[k][r][i] <= iv.budget[devices[k]])
+            if not ok.any():
+                continue
+            Ls = np.nonzero(ok)[0]
+            contrib = iv.term(rows.AF[:, k], rows.AB[:, k], rows.AW[:, k], rows.AL[:, k], k, r, rows=(i, Ls))
+            child_fixed = fixed[:, None] + contrib
+            values = (child_fixed + nxt[:, Ls]).max(axis=0)
+            for n, L0 in enumerate(Ls):
+                j = i + int(L0) + 1
+                o = list(opt)
+                o[d] += float(iv.opt[k][i, L0])
+                o = tuple(o)
+                b = max(bound, float(values[n]) + sync + opt_bound(o, j))
+                if b >= best_ms * (1 - REL_TOL):
+                    continue
+                m = list(mem)
+                m[d] += float(iv.mem[k][r][i, L0])
+                counter += 1
+                heapq.heappush(heap, (b, -(k + 1), counter,
+                                      (k + 1, j, (*stages, (i, int(L0) + 1, r)), child_fixed[:, n], tuple(m), o)))
+    if timed_out:
+        lower = min(best_ms, heap[0][0])
+    else:
+        lower = best_ms if best is not None else INF
+    return best, best_ms, min(lower, best_ms), not timed_out and best is not None
