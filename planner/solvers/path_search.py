@@ -38,18 +38,19 @@ from planner.costmodel.cost import boundary_comm_ms, stage_optimizer_ms, stage_t
 from planner.costmodel.memory import memory_coefficients, stages_budget_bytes
 from planner.pipeline.schedules import schedule_spec
 from planner.solvers.dp import ChainProblem, IntervalSums, cut_bytes, cut_tensors
-from planner.solvers.exact import PathCoeffs
+from planner.solvers.exact import PathCoeffs, critical_path
 
 INF = float("inf")
 REL_TOL = 1e-9
-MAX_EXPANSIONS = 30000
+MAX_EXPANSIONS = 10000
 MAX_LEAVES = 300
 """The search stops after this many expanded nodes or simulated partitions (before its time limit in
 practice), so a plan does not depend on the machine's speed."""
 MAX_TABLE_ELEMENTS = 3_000_000
 """Stages x positions x lengths x recompute choices the interval tables may hold; larger chains go to the
 ILP enumeration (planner.solvers.ilp.enumerate_by_bound)."""
-KELLEY_ROUNDS = 40
+GENERATION_ROUNDS = 60
+"""Rounds of the row generation (_generate_rows): each is one DP and at most one simulation."""
 
 
 def fits_tables(num_nodes: int, num_stages: int, options: int) -> bool:
@@ -187,52 +188,79 @@ class _Rows:
         return out
 
 
-def _lagrangian_row(rows: _Rows, paths: np.ndarray, deadline: float) -> tuple[np.ndarray, float] | None:
-    """Weights over the path rows that maximise the least weighted completion at the root (Kelley's cutting
-    planes on an LP over the weights): the row sum_p lambda_p (its coefficients) and its root value."""
-    iv = rows.iv
-    R = len(paths)
-    if R < 2:
-        return None
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    inf = highspy.kHighsInf
-    h.addVar(-inf, inf)  # z, maximised
-    h.changeColCost(0, -1.0)
-    for _ in range(R):
-        h.addVar(0.0, 1.0)
-    idx = np.arange(1, R + 1, dtype=np.int32)
-    h.addRow(1.0, 1.0, R, idx, np.ones(R))
-    lam = np.full(R, 1.0 / R)
-    best_lam, best_val = None, -INF
-    A = [rows.AF[paths], rows.AB[paths], rows.AW[paths], rows.AL[paths]]
-    for _ in range(KELLEY_ROUNDS):
-        combo = [lam @ a for a in A]
+def _durations(iv: _Intervals, stages) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per stage F, B, W and per boundary the link, of a partition [(i, L, r), ...] (the simulator's)."""
+    pick = lambda arr: [float(arr[k][r][i, L_ - 1]) for k, (i, L_, r) in enumerate(stages)]
+    link = [float(iv.link[k][i, L_ - 1]) for k, (i, L_, _) in enumerate(stages[:-1])]
+    return pick(iv.F), pick(iv.B), pick(iv.W), link
+
+
+def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], None], good_enough: Callable[[], float],
+                   deadline: float, max_rounds: int) -> float:
+    """Row generation with Kelley's cutting planes: the weights lambda over the path rows that maximise
+    the least weighted completion at the root (an LP over the weights, one cut per partition seen); each
+    round's least partition goes to on_partition (which scores it and adds its critical path as a row, so
+    the bound of every partition sharing its bottleneck rises to what the simulator shows). Stops when the
+    bound reaches good_enough() (the best simulated step so far, less what the caller adds), when the LP and the
+    bound meet with no new row, or at max_rounds / the deadline. The best weights become a row. Returns
+    the bound (the Lagrangian dual over the rows; -inf when no partition fits stage by stage)."""
+    parts: list[list[tuple[int, int, int]]] = []
+    best_val, best_combo = -INF, None
+    lam = None
+    for _ in range(max_rounds):
+        R = len(rows)
+        if R == 0:
+            break
+        if lam is None or len(lam) < R:  # start from the strongest single row; new rows weigh 0
+            lam = np.zeros(R) if lam is None else np.concatenate([lam, np.zeros(R - len(lam))])
+            if not lam.any():
+                lam[int(rows.C[:, 0, 0].argmax())] = 1.0
+        combo = [lam @ a for a in (rows.AF, rows.AB, rows.AW, rows.AL)]
         C, choice = iv.completion(*(c[None, :] for c in combo), argmin=True)
         value = float(C[0, 0, 0])
         if not np.isfinite(value):
-            return None
+            return -INF
         if value > best_val:
-            best_lam, best_val = lam, value
-        # the partition that attains it, and every path's value on it: a cut of the LP
+            best_val, best_combo = value, combo
+        if best_val >= good_enough() * (1 - REL_TOL) or time.perf_counter() > deadline:
+            break
         stages, i = [], 0
         for k in range(iv.S):
-            L_, r = (int(x) for x in choice[k][i])
-            stages.append((i, L_ + 1, r))
-            i += L_ + 1
-        X = np.zeros(R)
-        for k, (i0, L_, r) in enumerate(stages):
-            X += (A[0][:, k] * iv.F[k][r][i0, L_ - 1] + A[1][:, k] * iv.B[k][r][i0, L_ - 1]
-                  + A[2][:, k] * iv.W[k][r][i0, L_ - 1] + A[3][:, k] * iv.link[k][i0, L_ - 1])
-        h.addRow(-inf, 0.0, R + 1, np.arange(R + 1, dtype=np.int32), np.concatenate([[1.0], -X]))
+            L0, r = (int(x) for x in choice[k][i])
+            stages.append((i, L0 + 1, r))
+            i += L0 + 1
+        before = len(rows)
+        on_partition(stages)
+        parts.append(stages)
+        # the LP over the weights: max z, z <= sum_p lambda_p X_p(pi) for every partition seen
+        R = len(rows)
+        X = np.array([rows.fixed(pt) for pt in parts])  # partitions x rows
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        inf = highspy.kHighsInf
+        h.addVar(-inf, inf)
+        h.changeColCost(0, -1.0)
+        for _ in range(R):
+            h.addVar(0.0, 1.0)
+        h.addRow(1.0, 1.0, R, np.arange(1, R + 1, dtype=np.int32), np.ones(R))
+        for x in X:
+            h.addRow(-inf, 0.0, R + 1, np.arange(R + 1, dtype=np.int32), np.concatenate([[1.0], -x]))
         h.run()
         sol = np.array(h.getSolution().col_value)
-        upper = sol[0]
         lam = np.clip(sol[1:], 0.0, None)
-        lam = lam / lam.sum() if lam.sum() > 0 else np.full(R, 1.0 / R)
-        if upper - best_val <= 1e-6 * max(1.0, abs(upper)) or time.perf_counter() > deadline:
-            break
-    return np.array([best_lam @ a for a in A]), best_val
+        lam = lam / lam.sum() if lam.sum() > 0 else None
+        if len(rows) == before and sol[0] - best_val <= 1e-9 * max(1.0, abs(sol[0])):
+            break  # converged: no weights do better on these rows
+    if best_combo is not None:
+        rows.add(*best_combo)
+    return best_val
+
+
+def opt_bound_root(iv: _Intervals, devs: list[int], N: int) -> float:
+    """The optimizer term of the bound before any stage is fixed: all the steps' work over the devices."""
+    if not iv.has_optimizer:
+        return 0.0
+    return stage_optimizer_ms(float(iv.po[N]), iv.optimizer, iv.fastest) / len(devs)
 
 
 def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int], paths: list[PathCoeffs],
@@ -246,7 +274,7 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
     recompute) -> the simulated step (None if it does not fit); path_of(stage_of, recompute) -> the
     critical path of the plan just scored; sync: the optimizer's all-reduce, added to every bound.
     Returns (best (stage_of, recompute) or None, its simulated step, a lower bound on the simulated step of
-    every partition that fits, proven)."""
+    every partition that fits, proven, every path row it used: the seeds and the critical paths it found)."""
     start = time.perf_counter()
     iv = _Intervals(prob, cluster, devices)
     N, S = iv.N, iv.S
@@ -268,12 +296,27 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
 
     for stage_of, rec in incumbents:
         scored(stage_of, rec)
-    lag = _lagrangian_row(rows, np.arange(len(rows)), start + time_limit_s / 4)
-    if lag is not None:
-        rows.add(*lag[0])
     devs = sorted(set(devices))
     slot = {d: k for k, d in enumerate(devs)}
     rem_opt = (iv.po[N] - iv.po) if iv.has_optimizer else np.zeros(N + 1)
+    P, M = len(devs), prob.num_microbatches
+    v = S // P
+
+    def on_partition(stages) -> None:
+        """A partition the row generation picked: its critical path is a row whether or not it fits; the
+        simulator scores it when every device holds its stages."""
+        fwd, b_dur, w_dur, link = _durations(iv, stages)
+        rows.add_path(critical_path(prob.schedule, P, M, v, fwd, b_dur, w_dur, link)[1])
+        used = dict.fromkeys(devs, 0.0)
+        for k, (i, L_, r) in enumerate(stages):
+            used[devices[k]] += float(iv.mem[k][r][i, L_ - 1])
+        if all(used[d] <= iv.budget[d] for d in devs):
+            scored([s for s, (_, L_, _) in enumerate(stages) for _ in range(L_)],
+                   [bool(options[r]) for _, _, r in stages])
+
+    options = iv.options
+    extra = sync + opt_bound_root(iv, devs, N)
+    lag = _generate_rows(rows, iv, on_partition, lambda: best_ms - extra, start + time_limit_s / 2, GENERATION_ROUNDS)
 
     def opt_bound(opt: tuple[float, ...], i: int) -> float:
         if not iv.has_optimizer:
@@ -284,11 +327,10 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
     zero = tuple(0.0 for _ in devs)
     root = float(rows.C[:, 0, 0].max(initial=-INF)) + sync + opt_bound(zero, 0)
     if not np.isfinite(root):  # no partition fits even stage by stage
-        return best, best_ms, best_ms if best is not None else INF, best is not None
+        return best, best_ms, best_ms if best is not None else INF, best is not None, list(rows.known)
     heap = [(root, 0, 0, (0, 0, (), np.zeros(len(rows)), zero, zero))]
     counter = expansions = leaves = 0
     timed_out = False
-    options = iv.options
     while heap:
         bound, _, _, node = heap[0]
         if bound >= best_ms * (1 - REL_TOL):
@@ -334,8 +376,13 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
                 counter += 1
                 heapq.heappush(heap, (b, -(k + 1), counter,
                                       (k + 1, j, (*stages, (i, int(L0) + 1, r)), child_fixed[:, n], tuple(m), o)))
+    import os
+    if os.environ.get("PP_DEBUG"):
+        print("DEBUG rows", len(rows), "root", root, "lag", lag + extra, "best", best_ms,
+              "top", heap[0][0] if heap else None, "exp", expansions, "leaves", leaves, "heap", len(heap),
+              "t", time.perf_counter() - start)
     if timed_out:
         lower = min(best_ms, heap[0][0])
     else:
         lower = best_ms if best is not None else INF
-    return best, best_ms, min(lower, best_ms), not timed_out and best is not None
+    return best, best_ms, min(lower, best_ms), not timed_out and best is not None, list(rows.known)

@@ -185,6 +185,9 @@ ENUMERATE_SHARE = 0.75
 the enumeration by the path bounds this share of what is left, the refinement the rest. One stage per
 device off a chain keeps half for the proxy and the finish share for the enumeration (the 200-node
 DAG's 5 s target)."""
+CHAIN_SEARCH_SHARE = 0.3
+"""Of the enumeration's share, what path_search (several chunks per device on a chain) may take before the
+ILP enumeration goes on from where it stopped."""
 
 
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -242,17 +245,29 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
 
         share = max(0.2, (ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))) if multi
                     else min(finish_s, time_limit_s - (time.perf_counter() - start)))
+        found, chain_bound, proven = None, -float("inf"), False
         if tables.is_chain() and fits_tables(tables.num_nodes, len(devices), len(config.recompute_choices())):
-            # several stages per device on a chain: the branch and bound over the cuts (path_search)
-            found, found_ms, bound, _ = chunked_chain_finish(
+            # several stages per device on a chain: first the branch and bound over the cuts (path_search);
+            # when it cannot close the gap in its share, the ILP enumeration goes on from its best plan with
+            # every critical path it found as a row, and the larger of the two bounds holds
+            begin = time.perf_counter()
+            best, best_ms, chain_bound, proven, found_paths = chunked_chain_finish(
                 chain_problem(profile, tables, cluster, config, devices), cluster, devices, paths,
-                _starts(profile, tables, cluster, config, devices, proxy), score, path_of, share, sync)
-            found = None if found is None else (found[0], found[1], found_ms - sync)
-            bound -= sync
-        else:
-            found, bound, _ = enumerate_by_bound(
+                _starts(profile, tables, cluster, config, devices, proxy), score, path_of, share * CHAIN_SEARCH_SHARE,
+                sync)
+            found = None if best is None else (best[0], best[1], best_ms - sync)
+            chain_bound -= sync
+            share = max(0.2, share - (time.perf_counter() - begin))
+            prob = dataclasses.replace(prob, paths=found_paths)
+        bound = chain_bound
+        if not proven:
+            incumbent = min(proxy.step_time_ms - sync if proxy is not None else float("inf"),
+                            found[2] if found is not None else float("inf"))
+            more, ilp_bound, _ = enumerate_by_bound(
                 prob, pipeline_score, backend="cbc" if config.solver == "cbc" else "highs", time_limit_s=share,
-                incumbent_ms=proxy.step_time_ms - sync if proxy is not None else float("inf"), path_of=path_of)
+                incumbent_ms=incumbent, path_of=path_of)
+            found = more if more is not None else found
+            bound = max(bound, ilp_bound)
         lower = max(generic_lower_bound(tables, cluster, config, devices, sp), bound + sync)
         if found is not None and (proxy is None or found[2] + sync < proxy.step_time_ms):
             proxy = make_plan(profile, tables, cluster, config, found[0], devices, found[1],
