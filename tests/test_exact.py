@@ -158,6 +158,36 @@ def test_every_schedule_brute_force_one_case_each(schedule):
     check_against_brute_force(profile, cluster, TrainConfig(schedule=schedule, num_microbatches=M, virtual_stages=v))
 
 
+@pytest.mark.parametrize("schedule", ["Interleaved1F1B", "ZBV"])
+def test_chunked_chain_search_hands_over_to_the_ilp(schedule, monkeypatch):
+    """Several chunks per device on a chain: path_search runs first; stopped on its caps at once (no
+    expansion, one round of row generation), the ILP enumeration goes on from its rows and plans, and the
+    answer still holds against brute force."""
+    import planner.solvers.path_search as ps
+    import planner.solvers.search as search
+
+    calls = []
+    real = search.chunked_chain_finish
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out[3])
+        return out
+
+    monkeypatch.setattr(ps, "MAX_EXPANSIONS", 0)
+    monkeypatch.setattr(ps, "GENERATION_ROUNDS", 1)
+    monkeypatch.setattr(search, "chunked_chain_finish", spy)
+    rng = random.Random(7)
+    n = 8
+    profile = chain_profile([rng.uniform(0.3, 3.0) for _ in range(n)], params=[rng.randint(0, 1000) for _ in range(n)],
+                            edge_bytes=[rng.choice([10**5, 10**7]) for _ in range(n - 1)])
+    cluster = Cluster(devices=[Device(name="a", memory_bytes=10**9, speed=1.0),
+                               Device(name="b", memory_bytes=10**9, speed=2.0, node=1)],
+                      inter_node=Link(bandwidth_bytes_per_s=1e9, latency_s=1e-5))
+    check_against_brute_force(profile, cluster, TrainConfig(schedule=schedule, num_microbatches=4, virtual_stages=2))
+    assert calls and not any(calls)  # it ran, and stopped without a proof: the ILP finished the job
+
+
 # -- auto never worse ------------------------------------------------------------------------
 
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))

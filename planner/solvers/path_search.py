@@ -10,18 +10,24 @@ partition is a DP over (stage, position), and
     makespan >= max over rows (fixed part + least completion) + sync + the optimizer bound
 
 is a valid bound for every partition below a node of the search. Rows are the schedule's seed paths, the
-critical path of every plan the simulator scores, and Lagrangian rows: for weights lambda >= 0 summing to
-1, max_p X_p >= sum_p lambda_p X_p, whose least completion is one DP too; the weights that maximise the
-root's bound (Kelley's cutting planes, a small LP) close most of the gap that the separate rows leave
-(each path alone is least on a different partition).
+critical path of every plan the simulator scores, and a Lagrangian row: for weights lambda >= 0 summing to
+1, max_p X_p >= sum_p lambda_p X_p, whose least completion is one DP too.
 
-Search: best bound first, deeper first on ties; a complete partition is scored by the simulator (None:
-it does not fit), its critical path becomes a row, and the search stops when the best simulated step is
-<= every open bound (proven optimal) or at its limits (MAX_EXPANSIONS, MAX_LEAVES, the clock), with the
-least open bound as the proven lower bound. Memory: each interval must fit its device alone, and a
-device's stages together (partial sums pruned as the search fixes them); the simulator's plan check is
+First, row generation (_generate_rows): Kelley's cutting planes choose the weights that maximise the
+root's weighted bound (a small LP over the weights, one cut per partition seen); each round's least
+partition is simulated and its critical path becomes a row (it need not fit: a path is a row whatever the
+durations), so the bound of every partition that shares its bottleneck rises to what the simulator shows.
+It ends when the bound reaches the best simulated step (proven) or no new row comes; the best weights
+become a row.
+
+Then the search: best bound first, deeper first on ties; a complete partition is scored by the simulator
+(None: it does not fit), its critical path becomes a row, and the search stops when the best simulated
+step is <= every open bound (proven optimal) or at its limits (MAX_EXPANSIONS, MAX_LEAVES, the clock),
+with the least open bound as the proven lower bound. Memory: each interval must fit its device alone, and
+a device's stages together (partial sums pruned as the search fixes them); the simulator's plan check is
 the last word. Recompute is branched per stage with the config's choices (on is never faster, only
-smaller).
+smaller). What it cannot close, the ILP enumeration (ilp.enumerate_by_bound) goes on with, from its best
+plan and with all its rows (planner.solvers.search.solve_fixed).
 """
 
 from __future__ import annotations
@@ -159,11 +165,16 @@ class _Rows:
         self.AB, self.AW, self.AL = np.zeros((0, S)), np.zeros((0, S)), np.zeros((0, S))
         self.C = np.zeros((0, S + 1, iv.N + 1))
         self.known: set[PathCoeffs] = set()
+        self.source: list[PathCoeffs | None] = []
+        """The path of each row (None for a Lagrangian row)."""
+        self.active: list[PathCoeffs] = []
+        """The paths the best Lagrangian weights use (_generate_rows)."""
 
     def __len__(self) -> int:
         return self.AF.shape[0]
 
-    def add(self, af, ab, aw, al) -> None:
+    def add(self, af, ab, aw, al, source: PathCoeffs | None = None) -> None:
+        self.source.append(source)
         af, ab, aw, al = (np.asarray(x, dtype=float)[None, :] for x in (af, ab, aw, al))
         C, _ = self.iv.completion(af, ab, aw, al)
         self.AF, self.AB = np.vstack([self.AF, af]), np.vstack([self.AB, ab])
@@ -175,7 +186,7 @@ class _Rows:
             return False
         self.known.add(path)
         nF, nB, nW, nL = path
-        self.add(nF, nB, nW, [*nL, 0])
+        self.add(nF, nB, nW, [*nL, 0], source=path)
         return True
 
     def fixed(self, stages, first: int = 0) -> np.ndarray:
@@ -205,7 +216,7 @@ def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], N
     bound meet with no new row, or at max_rounds / the deadline. The best weights become a row. Returns
     the bound (the Lagrangian dual over the rows; -inf when no partition fits stage by stage)."""
     parts: list[list[tuple[int, int, int]]] = []
-    best_val, best_combo = -INF, None
+    best_val, best_combo, best_lam = -INF, None, None
     lam = None
     for _ in range(max_rounds):
         R = len(rows)
@@ -221,7 +232,7 @@ def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], N
         if not np.isfinite(value):
             return -INF
         if value > best_val:
-            best_val, best_combo = value, combo
+            best_val, best_combo, best_lam = value, combo, lam
         if best_val >= good_enough() * (1 - REL_TOL) or time.perf_counter() > deadline:
             break
         stages, i = [], 0
@@ -253,6 +264,7 @@ def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], N
             break  # converged: no weights do better on these rows
     if best_combo is not None:
         rows.add(*best_combo)
+        rows.active = [rows.source[k] for k in np.nonzero(best_lam > 1e-9)[0] if rows.source[k] is not None]
     return best_val
 
 
@@ -274,25 +286,30 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
     recompute) -> the simulated step (None if it does not fit); path_of(stage_of, recompute) -> the
     critical path of the plan just scored; sync: the optimizer's all-reduce, added to every bound.
     Returns (best (stage_of, recompute) or None, its simulated step, a lower bound on the simulated step of
-    every partition that fits, proven, every path row it used: the seeds and the critical paths it found)."""
+    every partition that fits, proven, the path rows to hand over to the ILP: the seeds, those the best
+    Lagrangian weights use and the best plan's critical path)."""
     start = time.perf_counter()
     iv = _Intervals(prob, cluster, devices)
     N, S = iv.N, iv.S
     rows = _Rows(iv)
     for p in paths:
         rows.add_path(p)
-    best, best_ms = None, INF
+    best, best_ms, best_path = None, INF, None
 
     def scored(stage_of: list[int], rec: list[bool]) -> None:
-        nonlocal best, best_ms
+        nonlocal best, best_ms, best_path
         ms = score(stage_of, rec)
         if ms is None:
             return
-        if ms < best_ms:
-            best, best_ms = (list(stage_of), list(rec)), ms
         path = path_of(stage_of, rec)
+        if ms < best_ms:
+            best, best_ms, best_path = (list(stage_of), list(rec)), ms, path
         if path is not None:
             rows.add_path(path)
+
+    def hand_over() -> list[PathCoeffs]:
+        """The rows worth an ILP's time: the seeds, those the best weights use, the best plan's path."""
+        return [p for p in dict.fromkeys([*paths, *rows.active, best_path]) if p is not None]
 
     for stage_of, rec in incumbents:
         scored(stage_of, rec)
@@ -316,7 +333,7 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
 
     options = iv.options
     extra = sync + opt_bound_root(iv, devs, N)
-    lag = _generate_rows(rows, iv, on_partition, lambda: best_ms - extra, start + time_limit_s / 2, GENERATION_ROUNDS)
+    _generate_rows(rows, iv, on_partition, lambda: best_ms - extra, start + time_limit_s / 2, GENERATION_ROUNDS)
 
     def opt_bound(opt: tuple[float, ...], i: int) -> float:
         if not iv.has_optimizer:
@@ -327,7 +344,7 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
     zero = tuple(0.0 for _ in devs)
     root = float(rows.C[:, 0, 0].max(initial=-INF)) + sync + opt_bound(zero, 0)
     if not np.isfinite(root):  # no partition fits even stage by stage
-        return best, best_ms, best_ms if best is not None else INF, best is not None, list(rows.known)
+        return best, best_ms, best_ms if best is not None else INF, best is not None, hand_over()
     heap = [(root, 0, 0, (0, 0, (), np.zeros(len(rows)), zero, zero))]
     counter = expansions = leaves = 0
     timed_out = False
@@ -376,13 +393,8 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
                 counter += 1
                 heapq.heappush(heap, (b, -(k + 1), counter,
                                       (k + 1, j, (*stages, (i, int(L0) + 1, r)), child_fixed[:, n], tuple(m), o)))
-    import os
-    if os.environ.get("PP_DEBUG"):
-        print("DEBUG rows", len(rows), "root", root, "lag", lag + extra, "best", best_ms,
-              "top", heap[0][0] if heap else None, "exp", expansions, "leaves", leaves, "heap", len(heap),
-              "t", time.perf_counter() - start)
     if timed_out:
         lower = min(best_ms, heap[0][0])
     else:
         lower = best_ms if best is not None else INF
-    return best, best_ms, min(lower, best_ms), not timed_out and best is not None, list(rows.known)
+    return best, best_ms, min(lower, best_ms), not timed_out and best is not None, hand_over()
