@@ -45,6 +45,7 @@ from planner.costmodel.memory import memory_coefficients, stages_budget_bytes
 from planner.pipeline.schedules import schedule_spec
 from planner.solvers.dp import ChainProblem, IntervalSums, cut_bytes, cut_tensors
 from planner.solvers.exact import PathCoeffs, critical_path
+from planner.solvers.ilp import _silence_highs_banner
 
 INF = float("inf")
 REL_TOL = 1e-9
@@ -218,6 +219,7 @@ def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], N
     parts: list[list[tuple[int, int, int]]] = []
     best_val, best_combo, best_lam = -INF, None, None
     lam = None
+    _silence_highs_banner()
     for _ in range(max_rounds):
         R = len(rows)
         if R == 0:
@@ -248,6 +250,8 @@ def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], N
         X = np.array([rows.fixed(pt) for pt in parts])  # partitions x rows
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
+        # one thread, as the ILP's: HiGHS's scheduler is process-wide and refuses another count later
+        h.setOptionValue("threads", 1)
         inf = highspy.kHighsInf
         h.addVar(-inf, inf)
         h.changeColCost(0, -1.0)

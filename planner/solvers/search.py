@@ -185,9 +185,9 @@ ENUMERATE_SHARE = 0.75
 the enumeration by the path bounds this share of what is left, the refinement the rest. One stage per
 device off a chain keeps half for the proxy and the finish share for the enumeration (the 200-node
 DAG's 5 s target)."""
-CHAIN_SEARCH_SHARE = 0.3
-"""Of the enumeration's share, what path_search (several chunks per device on a chain) may take before the
-ILP enumeration goes on from where it stopped."""
+CHAIN_SEARCH_SHARE = 0.2
+"""Of the (M, order) budget, what path_search (several chunks per device on a chain) may take before the
+proxy and the ILP enumeration go on from where it stopped."""
 
 
 def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: TrainConfig,
@@ -207,14 +207,8 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
     # enumeration (its finish share; with several chunks, ENUMERATE_SHARE of what is left), then the
     # refinement
     multi = schedule_spec(config.schedule).multi_chunk and len(devices) > cluster.num_devices
-    proxy = _solve_proxy(profile, tables, cluster, config, devices,
-                         time_limit_s - finish_s if chain_exact else time_limit_s / (4 if multi else 2), fingerprint)
     sp = speeds(cluster, profile)
     if not chain_exact:
-        # the stage-bound ILP, enumerated by its bound and scored by the simulator (ilp.enumerate_by_bound)
-        if proxy is not None:
-            with_timeline(proxy)
-
         scored: dict[tuple, Plan] = {}
 
         def score(stage_of: list[int], rec: list[bool]) -> float | None:
@@ -233,34 +227,41 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
         # stage-time shapes, and the incumbent's own critical path; each scored plan adds its own
         paths = seed_paths(config.schedule, cluster.num_devices, config.num_microbatches,
                            chunks_per_device(config.schedule, config.virtual_stages))
-        if proxy is not None and proxy.feasible:
-            paths.append(plan_path(proxy))
-        prob = dataclasses.replace(ilp_problem(profile, tables, cluster, config, devices), objective="stage_bound",
-                                   split_backward=schedule_spec(config.schedule).split_backward,
-                                   optimizer_factor=stage_optimizer_ms(1.0, config.optimizer, 1.0)
-                                   if float(tables.optimizer.sum()) > 0 else 0.0, paths=paths)
-        def pipeline_score(so: list[int], rec: list[bool]) -> float | None:
-            ms = score(so, rec)
-            return None if ms is None else ms - sync  # the ILP's bound leaves the optimizer's sync out
-
-        share = max(0.2, (ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))) if multi
-                    else min(finish_s, time_limit_s - (time.perf_counter() - start)))
-        found, chain_bound, proven = None, -float("inf"), False
+        found, bound, proven = None, -float("inf"), False
         if tables.is_chain() and fits_tables(tables.num_nodes, len(devices), len(config.recompute_choices())):
-            # several stages per device on a chain: first the branch and bound over the cuts (path_search);
-            # when it cannot close the gap in its share, the ILP enumeration goes on from its best plan with
-            # every critical path it found as a row, and the larger of the two bounds holds
-            begin = time.perf_counter()
-            best, best_ms, chain_bound, proven, found_paths = chunked_chain_finish(
+            # several stages per device on a chain: first the branch and bound over the cuts (path_search),
+            # from the baselines' partitions; most small cases close here and need no ILP at all. Otherwise
+            # the proxy and the ILP enumeration go on from its best plan with the rows that mattered to it,
+            # and the larger of the two bounds holds.
+            best, best_ms, bound, proven, paths = chunked_chain_finish(
                 chain_problem(profile, tables, cluster, config, devices), cluster, devices, paths,
-                _starts(profile, tables, cluster, config, devices, proxy), score, path_of, share * CHAIN_SEARCH_SHARE,
-                sync)
+                _starts(profile, tables, cluster, config, devices, None), score, path_of,
+                time_limit_s * CHAIN_SEARCH_SHARE, sync)
             found = None if best is None else (best[0], best[1], best_ms - sync)
-            chain_bound -= sync
-            share = max(0.2, share - (time.perf_counter() - begin))
-            prob = dataclasses.replace(prob, paths=found_paths)
-        bound = chain_bound
+            bound -= sync
+        proxy = None
         if not proven:
+            # the closed-form proxy: a quarter of the budget with several chunks per device, else half
+            proxy = _solve_proxy(profile, tables, cluster, config, devices, time_limit_s / (4 if multi else 2),
+                                 fingerprint)
+            if proxy is not None:
+                with_timeline(proxy)
+            if proxy is not None and proxy.feasible:
+                paths = [*paths, plan_path(proxy)]
+            prob = dataclasses.replace(ilp_problem(profile, tables, cluster, config, devices),
+                                       objective="stage_bound",
+                                       split_backward=schedule_spec(config.schedule).split_backward,
+                                       optimizer_factor=stage_optimizer_ms(1.0, config.optimizer, 1.0)
+                                       if float(tables.optimizer.sum()) > 0 else 0.0, paths=paths)
+
+            def pipeline_score(so: list[int], rec: list[bool]) -> float | None:
+                ms = score(so, rec)
+                return None if ms is None else ms - sync  # the ILP's bound leaves the optimizer's sync out
+
+            # the stage-bound ILP, enumerated by its bound and scored by the simulator
+            # (ilp.enumerate_by_bound): with several chunks ENUMERATE_SHARE of what is left, else the finish share
+            share = max(0.2, (ENUMERATE_SHARE * (time_limit_s - (time.perf_counter() - start))) if multi
+                        else min(finish_s, time_limit_s - (time.perf_counter() - start)))
             incumbent = min(proxy.step_time_ms - sync if proxy is not None else float("inf"),
                             found[2] if found is not None else float("inf"))
             more, ilp_bound, _ = enumerate_by_bound(
@@ -269,17 +270,19 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
             found = more if more is not None else found
             bound = max(bound, ilp_bound)
         lower = max(generic_lower_bound(tables, cluster, config, devices, sp), bound + sync)
-        if found is not None and (proxy is None or found[2] + sync < proxy.step_time_ms):
-            proxy = make_plan(profile, tables, cluster, config, found[0], devices, found[1],
-                              SolverInfo(backend=proxy.solver.backend if proxy else "highs", status="feasible"),
-                              fingerprint)
-        if proxy is not None and relative_gap(with_timeline(proxy).step_time_ms, lower) != 0.0:
-            proxy = _refined(profile, tables, cluster, config, devices, proxy, score,
-                             max(finish_s, time_limit_s - (time.perf_counter() - start)), fingerprint)
-        if proxy is None:
+        plan = proxy
+        if found is not None and (plan is None or found[2] + sync < plan.step_time_ms):
+            plan = make_plan(profile, tables, cluster, config, found[0], devices, found[1],
+                             SolverInfo(backend=proxy.solver.backend if proxy else "path search", status="feasible"),
+                             fingerprint)
+        if plan is not None and relative_gap(with_timeline(plan).step_time_ms, lower) != 0.0:
+            plan = _refined(profile, tables, cluster, config, devices, plan, score,
+                            max(finish_s, time_limit_s - (time.perf_counter() - start)), fingerprint)
+        if plan is None:
             return None
-        with_timeline(proxy)
-        return _with_bound(proxy, lower, time.perf_counter() - start)
+        with_timeline(plan)
+        return _with_bound(plan, lower, time.perf_counter() - start)
+    proxy = _solve_proxy(profile, tables, cluster, config, devices, time_limit_s - finish_s, fingerprint)
     cache: dict[tuple, float | None] = {}
 
     def simulate_cuts(cuts: list[int], rec: list[bool]) -> float | None:
