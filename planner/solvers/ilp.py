@@ -29,6 +29,11 @@ import pulp
 from planner.costmodel.cost import CostTables, closed_form_pieces, stage_time_coefficients
 from planner.costmodel.memory import memory_coefficients
 
+MEMORY_UNIT_BYTES = 2**10
+"""The unit of the ILP's memory rows: KiB (bytes next to ms-sized time rows reached ~4e11, and HiGHS once called a
+feasible model infeasible; in KiB an 80 GB device is ~8e7 and one byte still ~1e3 times the feasibility
+tolerance, so limits hold to the byte)."""
+
 try:
     import highspy
 except ImportError:  # pragma: no cover - highspy is a dependency
@@ -400,12 +405,16 @@ class _Builder:
         total_fwd = float(tb.fwd.sum())
         max_input = max([tb.model_input_bytes] + [sum(t.nbytes for t in tb.tensors)])
         self.recompute, self.recompute_fwd, stage_bytes = [], [], []
+        # memory rows in KiB (MEMORY_UNIT_BYTES): in bytes HiGHS once called a feasible model infeasible
+        # (U-Net3D, 2 x A100 + 2 x L4, Interleaved1F1B: "optimal" at 524.8 ms with a 486.4 ms plan inside)
+        unit = 1.0 / MEMORY_UNIT_BYTES
         for s in range(S):
             co = {r: memory_coefficients(in_flight=prob.stage_in_flight[s], config=prob.config,
                                          profile_dtype=tb.dtype, recompute=r,
                                          largest_layer_params=int(tb.params.max(initial=0)))
                   for r in prob.recompute_options}
-            act_bytes = {r: c.per_activation_byte * act[s] + c.per_input_byte * inputs[s] for r, c in co.items()}
+            act_bytes = {r: (c.per_activation_byte * act[s] + c.per_input_byte * inputs[s]) * unit
+                         for r, c in co.items()}
             if len(prob.recompute_options) == 1:
                 r0 = prob.recompute_options[0]
                 self.recompute.append(r0)
@@ -420,8 +429,8 @@ class _Builder:
                 lp += z >= self.fwd[s] - total_fwd * (1 - r)
                 mact = _new_var(lp, f"mact_{s}", 0)
                 copy_total = sum(t.nbytes for t in tb.tensors if t.copy_savers)
-                big = max(c.per_activation_byte * (float(tb.activation.sum()) + copy_total) + c.per_input_byte * max_input
-                          for c in co.values()) + 1
+                big = (max(c.per_activation_byte * (float(tb.activation.sum()) + copy_total)
+                           + c.per_input_byte * max_input for c in co.values()) + 1) * unit
                 lp += mact >= act_bytes[False] - big * r
                 lp += mact >= act_bytes[True] - big * (1 - r)
                 self.recompute.append(r)
@@ -438,9 +447,10 @@ class _Builder:
             outputs = pulp.lpSum(t.nbytes * (self.cross[k, s] - self.relayed.get((k, s), 0))
                                  for k, t in enumerate(tb.tensors) if not t.saved_by_producer) if s < S - 1 else 0
             per_out = co[prob.recompute_options[0]].per_output_byte
-            stage_bytes.append(buffer + mact + per_param * self.stage_params[s] + rel * relayed + per_out * outputs)
+            stage_bytes.append(mact + (buffer + per_param * self.stage_params[s] + rel * relayed + per_out * outputs)
+                               * unit)
         for d, limit in prob.device_limit.items():
-            lp += pulp.lpSum(stage_bytes[s] for s in range(S) if prob.stage_device[s] == d) <= limit
+            lp += pulp.lpSum(stage_bytes[s] for s in range(S) if prob.stage_device[s] == d) <= limit * unit
 
     # [Constraint] Time: per device the sum of its stages' times <= Dmax; step >= each piece of the
     # closed form (cost.predicted_step_time_ms). The one place the time formula is written.

@@ -53,7 +53,7 @@ MAX_EXPANSIONS = 10000
 MAX_LEAVES = 300
 """The search stops after this many expanded nodes or simulated partitions (before its time limit in
 practice), so a plan does not depend on the machine's speed."""
-MAX_TABLE_ELEMENTS = 3_000_000
+MAX_TABLE_ELEMENTS = 2_000_000
 """Stages x positions x lengths x recompute choices the interval tables may hold; larger chains go to the
 ILP enumeration (planner.solvers.ilp.enumerate_by_bound)."""
 GENERATION_ROUNDS = 60
