@@ -164,7 +164,7 @@ def test_chunked_chain_search_hands_over_to_the_ilp(schedule, monkeypatch):
     expansion, one round of row generation), the ILP enumeration goes on from its rows and plans, and the
     answer still holds against brute force."""
     import planner.solvers.path_search as ps
-    import planner.solvers.search as search
+    from planner.solvers import search
 
     calls = []
     real = search.chunked_chain_finish

@@ -203,9 +203,10 @@ def solve_fixed(profile: Profile, tables: CostTables, cluster: Cluster, config: 
     start = time.perf_counter()
     finish_s = min(time_limit_s * FINISH_SHARE, max(FINISH_MAX_S, time_limit_s / 10))
     chain_exact = config.virtual_stages == 1 and tables.is_chain()
-    # off a chain: half the budget for the proxy (a quarter with several chunks per device), then the
-    # enumeration (its finish share; with several chunks, ENUMERATE_SHARE of what is left), then the
-    # refinement
+    # off a chain: (several chunks per device on a chain: first path_search, CHAIN_SEARCH_SHARE, which often
+    # proves the plan and ends here) half the budget for the proxy (a quarter with several chunks per
+    # device), then the enumeration (its finish share; with several chunks, ENUMERATE_SHARE of what is
+    # left), then the refinement
     multi = schedule_spec(config.schedule).multi_chunk and len(devices) > cluster.num_devices
     sp = speeds(cluster, profile)
     if not chain_exact:
