@@ -44,9 +44,9 @@ def markdown(data: dict | None) -> str:
         lines.append(f"| {label} | {seconds:.2f}{mark} | {'' if target is None else f'≤ {target:g}'} | "
                      f"{before.get(label, '')} |")
     lines += ["", "Where the rest goes (cProfile in-process, same machine): an Interleaved1F1B or ZBV solve of the "
-              "opening example is proven by planner/solvers/path_search.py alone in under 0.1 s (the ILP "
-              "enumeration it replaced there took 9 HiGHS runs, 3.6 s); ZBV's solve also runs the closed-form "
-              "proxy ILP (0.6 s); the page around a solve takes about 0.5 s. A new HF sequence length re-profiles "
+              "opening example is proven by planner/solvers/path_search.py alone in 0.1–0.4 s (the ILP "
+              "enumeration it replaced there took 9 HiGHS runs, 3.6 s); the page around a solve takes about "
+              "0.3 s. A new HF sequence length re-profiles "
               "the model from its first three blocks (about 0.6 s: torch.export 0.33 s, the analysis 0.22 s) and "
               "redraws the page: the one target not met. Lengths already profiled, and every unchanged input, "
               "come from the caches.", END]
