@@ -395,3 +395,21 @@ def test_memory_rows_are_scaled_for_the_solver():
     assert worst <= 1e8, worst
     res = solve(prob)
     assert res.status == "optimal" and score(prob, res.stage_of, tuple(res.recompute)) is not None
+
+
+def test_solves_after_highs_ran_elsewhere_with_another_thread_count():
+    """HiGHS's thread scheduler is process-wide: after any run with its default thread count, a run with
+    threads=1 used to refuse to start (model status kNotset), which read as a time-out: the ILP proxy and
+    enumeration then silently proved nothing. The ILP resets the scheduler and solves."""
+    import highspy
+
+    other = highspy.Highs()
+    other.setOptionValue("output_flag", False)
+    other.addVar(0.0, 1.0)
+    other.run()
+    try:
+        prob = problem(chain_profile([3, 1, 1, 3]), P=2)
+        res = solve(prob)
+        assert res.stage_of == [0, 0, 1, 1]
+    finally:
+        highspy.Highs.resetGlobalScheduler(True)

@@ -123,7 +123,14 @@ class _HighsWarm(pulp.HiGHS):
                 lp.solverModel.setSolution(sol)
             except (AttributeError, TypeError, ValueError, RuntimeError):
                 self.start = None  # a warm start is an optimisation only: solve without it
-        lp.solverModel.run()
+        status = lp.solverModel.run()
+        if highspy is not None and status == highspy.HighsStatus.kError \
+                and lp.solverModel.getModelStatus() == highspy.HighsModelStatus.kNotset:
+            # HiGHS's thread scheduler is process-wide: one run elsewhere with another thread count makes
+            # every later run refuse to start (kNotset, which reads as a time-out with no bound: a search
+            # that silently proves nothing). Reset it and run again.
+            highspy.Highs.resetGlobalScheduler(True)
+            lp.solverModel.run()
 
 
 def _cbc_solver(time_limit_s: float, warm_start: bool) -> pulp.LpSolver:

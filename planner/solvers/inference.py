@@ -174,7 +174,7 @@ def _solve_ilp(prob: _Problem) -> InferencePlan:
     """The interval MILP of the module docstring, solved lexicographically (objective, the other, stages)."""
     import pulp
 
-    from planner.solvers.ilp import _cbc_solver, _new_var, _silence_highs_banner, highspy
+    from planner.solvers.ilp import _cbc_solver, _HighsWarm, _new_var, _silence_highs_banner, highspy
 
     t0 = time.perf_counter()
     if _interval_count(prob) > MAX_ILP_INTERVALS:
@@ -223,7 +223,7 @@ def _solve_ilp(prob: _Problem) -> InferencePlan:
         lp.setObjective(expr)
         if backend == "highs":
             _silence_highs_banner()
-            solver = pulp.HiGHS(msg=False, gapRel=1e-9, threads=1, timeLimit=ILP_TIME_LIMIT_S)
+            solver = _HighsWarm(msg=False, gapRel=1e-9, threads=1, timeLimit=ILP_TIME_LIMIT_S)
         else:
             solver = _cbc_solver(ILP_TIME_LIMIT_S, False)
         lp.solve(solver)
