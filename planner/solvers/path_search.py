@@ -77,7 +77,6 @@ class _Intervals:
         N, S = tb.num_nodes, prob.num_stages
         self.N, self.S, self.L = N, S, N - S + 1
         self.options = prob.recompute_options
-        self.devices = devices
         L = self.L
         sums = IntervalSums.build(prob, L)
         i = np.arange(N + 1)[:, None]
@@ -148,12 +147,12 @@ class _Intervals:
             C[:, k] = best
         return C, choice
 
-    def term(self, af, ab, aw, al, k: int, r: int, rows=slice(None)):
+    def term(self, af, ab, aw, al, k: int, r: int, at=slice(None)):
         """The rows' term of stage k with choice r on every interval (rows x positions x lengths), or on
-        the intervals `rows` selects."""
-        e = lambda a: a[:, None, None] if isinstance(rows, slice) else a[:, None]
-        return (e(af) * self.F[k][r][rows] + e(ab) * self.B[k][r][rows] + e(aw) * self.W[k][r][rows]
-                + e(al) * self.link[k][rows])
+        the intervals the index `at` selects ((position, lengths): rows x lengths)."""
+        e = lambda a: a[:, None, None] if isinstance(at, slice) else a[:, None]
+        return (e(af) * self.F[k][r][at] + e(ab) * self.B[k][r][at] + e(aw) * self.W[k][r][at]
+                + e(al) * self.link[k][at])
 
 
 class _Rows:
@@ -381,7 +380,7 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
             if not ok.any():
                 continue
             Ls = np.nonzero(ok)[0]
-            contrib = iv.term(rows.AF[:, k], rows.AB[:, k], rows.AW[:, k], rows.AL[:, k], k, r, rows=(i, Ls))
+            contrib = iv.term(rows.AF[:, k], rows.AB[:, k], rows.AW[:, k], rows.AL[:, k], k, r, at=(i, Ls))
             child_fixed = fixed[:, None] + contrib
             values = (child_fixed + nxt[:, Ls]).max(axis=0)
             for n, L0 in enumerate(Ls):
