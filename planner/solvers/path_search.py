@@ -271,13 +271,6 @@ def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], N
     return best_val
 
 
-def opt_bound_root(iv: _Intervals, devs: list[int], N: int) -> float:
-    """The optimizer term of the bound before any stage is fixed: all the steps' work over the devices."""
-    if not iv.has_optimizer:
-        return 0.0
-    return stage_optimizer_ms(float(iv.po[N]), iv.optimizer, iv.fastest) / len(devs)
-
-
 def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int], paths: list[PathCoeffs],
                          incumbents: list[tuple[list[int], list[bool]]],
                          score: Callable[[list[int], list[bool]], float | None],
@@ -334,17 +327,17 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
             scored([s for s, (_, L_, _) in enumerate(stages) for _ in range(L_)],
                    [bool(options[r]) for _, _, r in stages])
 
-    options = iv.options
-    extra = sync + opt_bound_root(iv, devs, N)
-    _generate_rows(rows, iv, on_partition, lambda: best_ms - extra, start + time_limit_s / 2, GENERATION_ROUNDS)
-
     def opt_bound(opt: tuple[float, ...], i: int) -> float:
+        """max_d O_d given the steps fixed so far (opt, per device) and the rest from position i on."""
         if not iv.has_optimizer:
             return 0.0
         rest = stage_optimizer_ms(float(rem_opt[i]), iv.optimizer, iv.fastest)
         return max(max(opt), (sum(opt) + rest) / len(devs))
 
+    options = iv.options
     zero = tuple(0.0 for _ in devs)
+    extra = sync + opt_bound(zero, 0)
+    _generate_rows(rows, iv, on_partition, lambda: best_ms - extra, start + time_limit_s / 2, GENERATION_ROUNDS)
     root = float(rows.C[:, 0, 0].max(initial=-INF)) + sync + opt_bound(zero, 0)
     if not np.isfinite(root):  # no partition fits even stage by stage
         return best, best_ms, best_ms if best is not None else INF, best is not None, hand_over()
