@@ -20,6 +20,7 @@ from ui.plan_view import plan_section
 from ui.run_view import run_section
 from ui.training_view import training_section
 from ui.url_state import restore_from_url, save_to_url
+from ui.warmup import start_background_imports
 
 st.set_page_config(page_title="pipeplan", layout="wide")
 st.title("pipeplan: pipeline-parallel training planner")
@@ -67,3 +68,4 @@ else:
         export_section(plan, choice.profile, choice.cli_source, choice.cli_flags, choice.export_source,
                        choice.export_error, choice.export_label)
     run_section(plan)
+start_background_imports()  # after the page is drawn: an HF upload then finds transformers imported

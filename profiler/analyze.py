@@ -193,15 +193,18 @@ def loss_closure(root: nn.Module, loss_fn: Callable | None, target, convert: Cal
 
 def _add_edges(edges: dict, prog: LayerProgram, ins: list, node_layer: dict[str, str],
                model_inputs: set[str], first_layer: str, saved_inputs: list[bool],
-               saved_by_producer: set[int]) -> None:
+               saved_by_producer: set[int], size_nodes: frozenset[str]) -> None:
     """Edges into `prog` from the layers producing its inputs. A model input read by a layer other
     than the first becomes an edge from the first layer: inputs enter the pipeline at stage 0 and
     are relayed to the stage that reads them, so they cost bytes, messages and memory like any
     tensor sent forward (DLRM's sparse ids read by its embedding tables).
     Each edge is [bytes, requires_grad, saved by its producer, saved by prog] (ProfileEdge's fields):
     "saved by its producer" only when every tensor of it is (storage keys in saved_by_producer), "saved
-    by prog" when any is (saved_inputs): both err towards more memory."""
+    by prog" when any is (saved_inputs): both err towards more memory. A size (size_nodes, a trace with
+    symbolic sizes) is no edge: a static trace has it as a constant."""
     for name, value, saved in zip(prog.input_names, ins, saved_inputs):
+        if name in size_nodes:
+            continue
         src = node_layer.get(name)
         if src is None and name in model_inputs:
             src = first_layer
@@ -219,9 +222,10 @@ def _add_edges(edges: dict, prog: LayerProgram, ins: list, node_layer: dict[str,
 def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[str], inputs: tuple,
             node_layer: dict[str, str], *, op_time: Callable[[float, float], float] | None = None,
             loss_fn: Callable | None = None, target=None, progress: Progress | None = None,
-            tp_plans: dict[str, dict[str, str]] | None = None) -> Analysis:
+            tp_plans: dict[str, dict[str, str]] | None = None, size_nodes: frozenset[str] = frozenset()) -> Analysis:
     """Cost, memory and edges of every layer; `placeholders` are the graph's input names. `tp_plans`:
-    layer id -> its TP plan (profiler.tp.layer_tp_plan); planned layers also get their TP facts."""
+    layer id -> its TP plan (profiler.tp.layer_tp_plan); planned layers also get their TP facts.
+    `size_nodes`: TracedModel.size_nodes."""
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
     convert = _fake_converter(fake_mode)
     flat_inputs = tree_flatten(inputs)[0]
@@ -270,7 +274,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
                 keep_alive.extend(t for t in tree_flatten(list(outs))[0] if isinstance(t, torch.Tensor))
                 costs[prog.id] = cost
                 _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id, cost.saved_inputs,
-                           saved_by_producer)
+                           saved_by_producer, size_nodes)
                 continue
             cost = LayerCost()
             packed: list[torch.Tensor] = []
@@ -332,7 +336,7 @@ def analyze(programs: list[LayerProgram], root: nn.Module, placeholders: list[st
             costs[prog.id] = cost
             previous_key, previous_cost = key, cost
             _add_edges(edges, prog, ins, node_layer, model_inputs, programs[0].id, cost.saved_inputs,
-                       saved_by_producer)
+                       saved_by_producer, size_nodes)
         loss = loss_closure(root, loss_fn, target)
         if loss is not None:  # the last stage computes the loss: charge it to the output's layer
             names, run = loss

@@ -18,6 +18,7 @@ naming the module and source line it happened in.
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -207,6 +208,15 @@ def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int
         check_fits_for_measuring(2 * sum(p.numel() * p.element_size() for p in meta_model.parameters()),
                                  measure, "this HF model")
     model, task_name, config = build_hf_model(data, device=device, seq_len=seq_len, task=task)
+    return _profile_built(model, task_name, config, data, batch_size=batch_size, seq_len=seq_len, device=device,
+                          estimate_for=estimate_for, measure=measure, granularity=granularity, progress=progress,
+                          source=source)
+
+
+def _profile_built(model, task_name: str, config, data: dict[str, Any], *, batch_size: int, seq_len: int | None,
+                   device: str, estimate_for: str | None, measure: str | None, granularity: str,
+                   progress: Callable[[str, float], None] | None, source: str | None, **trace) -> Profile:
+    """profile_hf_config once the model is built; `trace`: profile_model's dynamic_shapes, keep_trace, reuse."""
     inputs, target, loss_fn, shape = make_hf_batch(task_name, config, batch_size, seq_len, device, type(model))
     name = type(model).__name__
     kwargs = {TASK_BY_NAME[task_name].shape_kind: shape}
@@ -216,7 +226,7 @@ def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int
             prof = profile_model(model, inputs, loss_fn=loss_fn, target=target,
                                  source=source or f"hf:{data.get('model_type')}", name=name,
                                  estimate_for=estimate_for, measure=measure, granularity=granularity,
-                                 progress=progress, **kwargs)
+                                 progress=progress, **kwargs, **trace)
     except PipeplanError as exc:
         if str(exc).startswith("cannot trace the model"):
             raise _trace_failure(model, inputs, name) from None
@@ -228,5 +238,84 @@ def profile_hf_config(config_json: dict | str | bytes | Path, *, batch_size: int
     return prof
 
 
-__all__ = ["TASKS", "build_hf_model", "default_config", "make_hf_batch", "profile_hf_config", "read_config",
-           "resolve_class"]
+class HfLengthProfiler:
+    """One HF config.json profiled at many sequence lengths from one trace (the app's "Sequence length").
+
+    The first profile traces with the token dimension symbolic (torch.export's Dim.AUTO, on the meta
+    device); every later length runs only the analysis again on those shape-generic layer programs,
+    less than half the work. `profile(n)` equals `profile_hf_config(config, seq_len=n, ...)` field
+    by field (tests/test_hf_lengths.py). It is exactly that call when the trace cannot stay generic:
+    an image model (its size changes the config), export specialising the length or bounding it
+    below n, or any error in the reuse.
+    """
+
+    def __init__(self, config_json: dict | str | bytes | Path, *, batch_size: int = 1,
+                 estimate_for: str | None = None, source: str | None = None, task: str | None = None) -> None:
+        self._data = read_config(config_json)
+        check_hf_config_sizes(self._data)
+        self._args = {"batch_size": batch_size, "estimate_for": estimate_for, "source": source, "task": task}
+        self._lock = threading.Lock()  # one app server, many sessions: the model is shortened while traced
+        self._built = None
+        self._trace = None
+        self._ranges: list = []
+        """Per token input, the lengths the kept trace holds for (export's range of its symbol)."""
+        self._may_trace = TASK_BY_NAME[resolve_class(self._data)[0].name if task is None else task].shape_kind \
+            == "seq_len"
+        """False once a generic trace failed, and for image models."""
+        self.reused = 0
+        """How many profiles came from the kept trace (for tests and benchmarks)."""
+
+    def profile(self, seq_len: int | None = None, progress: Callable[[str, float], None] | None = None) -> Profile:
+        with self._lock:
+            return self._profile(seq_len, progress)
+
+    def _profile(self, seq_len: int | None, progress: Callable[[str, float], None] | None) -> Profile:
+        args = self._args
+        if self._trace is None and not self._may_trace:
+            return profile_hf_config(self._data, seq_len=seq_len, progress=progress, **args)
+        check_shape(args["batch_size"], seq_len)
+        if self._built is None:
+            self._built = build_hf_model(self._data, device="meta", seq_len=seq_len, task=args["task"])
+        model, task_name, config = self._built
+        common = {"batch_size": args["batch_size"], "seq_len": seq_len, "device": "meta",
+                  "estimate_for": args["estimate_for"], "measure": None, "granularity": "block",
+                  "progress": progress, "source": args["source"]}
+        inputs = make_hf_batch(task_name, config, args["batch_size"], seq_len, "meta", type(model))[0]
+        lengths = [x.shape[1] for x in inputs if isinstance(x, torch.Tensor) and x.dim() >= 2]
+        if self._trace is not None and all(r.lower <= n <= r.upper for r, n in zip(self._ranges, lengths)):
+            try:
+                prof = _profile_built(model, task_name, config, self._data, reuse=self._trace, **common)
+                self.reused += 1
+                return prof
+            except Exception as exc:  # noqa: BLE001 - the generic programs refused this length: trace it afresh
+                logging.getLogger(__name__).info("sequence length %s: tracing again (%s)", seq_len, _first_line(exc))
+        if self._trace is None:
+            dims = tuple({1: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
+                         for x in inputs)
+            try:
+                prof = _profile_built(model, task_name, config, self._data, dynamic_shapes=dims,
+                                      keep_trace=self._keep, **common)
+                if self._trace is not None:
+                    return prof
+            except Exception as exc:  # noqa: BLE001 - export could not keep the length symbolic: trace each length
+                logging.getLogger(__name__).info("no shape-generic trace (%s)", _first_line(exc))
+            self._may_trace = self._trace is not None
+        return profile_hf_config(self._data, seq_len=seq_len, progress=progress, **args)
+
+    def _keep(self, trace) -> None:
+        """Keep `trace` when every token dimension stayed symbolic; remember the lengths export allows."""
+        ranges = trace.traced.graph_module.meta.get("range_constraints", {})
+        kept = []
+        for node in trace.traced.graph_module.graph.nodes:
+            val = node.meta.get("val") if node.op == "placeholder" else None
+            if isinstance(val, torch.Tensor) and val.dim() >= 2:
+                size = val.shape[1]
+                if not isinstance(size, torch.SymInt) or size.node.expr not in ranges:
+                    return
+                kept.append(ranges[size.node.expr])
+        if kept:
+            self._trace, self._ranges = trace, kept
+
+
+__all__ = ["TASKS", "HfLengthProfiler", "build_hf_model", "default_config", "make_hf_batch", "profile_hf_config",
+           "read_config", "resolve_class"]

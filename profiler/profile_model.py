@@ -11,22 +11,23 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from core.errors import PipeplanError
-from profiler.analyze import analyze
+from profiler.analyze import Analysis, analyze
 from profiler.gpus import GpuPreset, optimizer_step_ms, resolve_device, roofline_ms
-from profiler.layers import build_programs
+from profiler.layers import LayerProgram, build_programs
 from profiler.memcheck import check_fits_for_measuring
-from profiler.params import layer_params
+from profiler.params import LayerParams, layer_params
 from profiler.profile import ModelInfo, Profile, ProfileEdge, ProfileNode, Provenance
-from profiler.repeat import expand, find_runs, shortened
+from profiler.repeat import Run, expand, find_runs, shortened
 from profiler.timing import measure_layers, measure_optimizer_ms
 from profiler.tp import layer_tp_plan, max_degree, plan_note, split_param_count
-from profiler.trace import trace_model
+from profiler.trace import TracedModel, trace_model
 
 DEFAULT_PRESET = "A100-80GB"
 MEASURE_DEVICES = ("cpu", "cuda")
@@ -81,11 +82,45 @@ def _check_measure(measure: str | None, model: nn.Module) -> torch.device | None
     return torch.device(measure)
 
 
+@dataclass
+class LayerTrace:
+    """A model traced and cut into layer programs: what the analysis runs. Traced with symbolic input
+    sizes (profile_model's `dynamic_shapes`), the programs are shape-generic: `profile_model(reuse=...)`
+    analyses them again at other sizes, which is the whole profile less the trace."""
+
+    traced: TracedModel
+    programs: list[LayerProgram]
+    placeholders: list[str]
+    params: dict[str, LayerParams]
+    tp_plans: dict[str, dict[str, str]]
+    runs: list[Run]
+    """The stacks traced shortened (profiler.repeat); [] when the whole model was traced."""
+
+
+def _trace_layers(model: nn.Module, inputs: tuple, granularity: str, runs: list[Run],
+                  dynamic_shapes: tuple | None) -> LayerTrace:
+    traced = trace_model(model, inputs, granularity=granularity, dynamic_shapes=dynamic_shapes)
+    root = traced.graph_module
+    programs = build_programs(traced, device=torch.device("cpu"))
+    tp_plans = {lay: layer_tp_plan(model, lay) for lay in traced.layers} if granularity == "block" else {}
+    return LayerTrace(traced=traced, programs=programs,
+                      placeholders=[n.name for n in root.graph.nodes if n.op == "placeholder"],
+                      params=layer_params(model, root, traced, programs), tp_plans=tp_plans, runs=runs)
+
+
+def _analyse_layers(trace: LayerTrace, inputs: tuple, report: Progress, **costs) -> Analysis:
+    return analyze(trace.programs, trace.traced.graph_module, trace.placeholders, inputs, trace.traced.node_layer,
+                   progress=lambda m, f: report(m, 0.1 + 0.4 * f), tp_plans=trace.tp_plans,
+                   size_nodes=trace.traced.size_nodes, **costs)
+
+
 def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None = None, target=None,
                   source: str, name: str, estimate_for: str | GpuPreset | None = None,
                   measure: str | None = None, granularity: str = "block", progress: Progress | None = None,
                   seq_len: int | None = None, image_size: int | None = None,
-                  warmup: int = 2, reps: int = 5, shorten: bool = True) -> Profile:
+                  warmup: int = 2, reps: int = 5, shorten: bool = True,
+                  dynamic_shapes: tuple | None = None, reuse: LayerTrace | None = None,
+                  keep_trace: Callable[[LayerTrace], None] | None = None) -> Profile:
     """Profile `model` on one micro-batch `inputs` (dim 0 is the micro-batch).
 
     measure="cpu"|"cuda": times measured on that device (the model and inputs must be there).
@@ -95,12 +130,16 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
     shorten: for estimates, trace only the first three blocks of each stack of identical
     blocks and copy block 1 to the rest when that provably equals the full trace
     (profiler.repeat); shorten=False always traces the whole model.
+    Estimates only: `dynamic_shapes` (torch.export's) traces with symbolic sizes and hands the trace
+    to `keep_trace`; `reuse` analyses such a trace at `inputs`' sizes instead of tracing.
     """
     if not isinstance(inputs, tuple):
         inputs = (inputs,)
     device = _check_measure(measure, model)
     if measure is not None and estimate_for is not None:
         raise PipeplanError("give either --measure or --estimate-for, not both")
+    if device is not None and (dynamic_shapes is not None or reuse is not None):
+        raise PipeplanError("a shape-generic trace is for estimates; measure at each shape instead")
     preset = None
     if device is None:
         preset = estimate_for if isinstance(estimate_for, GpuPreset) else resolve_device(estimate_for or DEFAULT_PRESET)
@@ -111,41 +150,43 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
         report = progress or (lambda msg, frac: None)
         report("tracing", 0.0)
         op_time = (lambda f, b: roofline_ms(f, b, preset, dtype)) if preset else None
-
-        def trace_and_analyse():
-            traced = trace_model(model, inputs, granularity=granularity)
-            root = traced.graph_module
-            placeholders = [n.name for n in root.graph.nodes if n.op == "placeholder"]
-            programs = build_programs(traced, device=torch.device("cpu"))
-            tp_plans = {lay: layer_tp_plan(model, lay) for lay in traced.layers} if granularity == "block" else {}
-            analysis = analyze(programs, root, placeholders, inputs, traced.node_layer, op_time=op_time,
-                               loss_fn=loss_fn, target=target,
-                               progress=lambda m, f: report(m, 0.1 + 0.4 * f), tp_plans=tp_plans)
-            return traced, root, placeholders, programs, analysis, layer_params(model, root, traced, programs)
+        costs = {"op_time": op_time, "loss_fn": loss_fn, "target": target}
 
         expanded = None
-        runs = find_runs(model) if shorten and device is None and granularity == "block" else []
+        if reuse is not None:
+            runs = reuse.runs
+        else:
+            runs = find_runs(model) if shorten and device is None and granularity == "block" else []
         if runs:  # estimates of repeated blocks: trace the first three of each stack (profiler.repeat)
             try:
                 with shortened(model, runs):
-                    traced, _, _, programs, analysis, params = trace_and_analyse()
-                    expanded = expand(runs, traced, programs, analysis, params, model)
-            except Exception:  # noqa: BLE001 - the shortened model does not run (forward indexes blocks by number)
+                    trace = reuse or _trace_layers(model, inputs, granularity, runs, dynamic_shapes)
+                    analysis = _analyse_layers(trace, inputs, report, **costs)
+                    expanded = expand(runs, trace.traced, trace.programs, analysis, trace.params, model)
+            except Exception:  # the shortened model does not run (forward indexes blocks by number)
+                if reuse is not None:
+                    raise
                 expanded = None
+            if expanded is None and reuse is not None:
+                raise PipeplanError("the reused trace no longer expands to the full model")
         if expanded is not None:
             traced, analysis, params = expanded
         else:
-            traced, root, placeholders, programs, analysis, params = trace_and_analyse()
+            trace = reuse or _trace_layers(model, inputs, granularity, [], dynamic_shapes)
+            analysis = _analyse_layers(trace, inputs, report, **costs)
+            traced, params = trace.traced, trace.params
+        if keep_trace is not None and dynamic_shapes is not None:
+            keep_trace(trace)
         times = optimizer_times = None
         if device is not None:
             needed = 2 * sum(p.bytes for p in params.values()) + analysis.input_bytes + \
                 sum(c.activation_bytes for c in analysis.costs.values())
             check_fits_for_measuring(needed, device.type, name)
             if device.type == "cpu":
-                timed = programs
+                timed = trace.programs
             else:
                 timed = build_programs(traced)
-            times = measure_layers(timed, root, placeholders, inputs, device, traced.node_layer,
+            times = measure_layers(timed, traced.graph_module, trace.placeholders, inputs, device, traced.node_layer,
                                    loss_fn=loss_fn, target=target, warmup=warmup, reps=reps,
                                    progress=lambda m, f: report(m, 0.5 + 0.45 * f))
             optimizer_times = measure_optimizer_ms(model, {lay: p.owned for lay, p in params.items()}, device,

@@ -60,6 +60,9 @@ class TracedModel:
     granularity: str = "block"
     merged: dict[str, str] = field(default_factory=dict)
     """Layer ids folded into another to break a cycle: folded id -> surviving id."""
+    size_nodes: frozenset[str] = frozenset()
+    """Nodes computing a size, not a tensor (a trace with symbolic input sizes: `sym_size`, products of
+    sizes). A static trace has these as constants, so they are no data that layers exchange."""
 
 
 def normalize_module_path(path: str) -> str:
@@ -216,12 +219,38 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
-def trace_graph(model: nn.Module, inputs: tuple, tracer: str = "auto") -> tuple[fx.GraphModule, str]:
+_INT64_MAX = 2**63 - 1
+
+
+def _full_slices_as_aliases(graph: fx.Graph) -> None:
+    """`x[:, 0:]` is `aten.slice(x, 1, 0, INT64_MAX)` in a trace with a symbolic size but `aten.alias(x)` in
+    a static one: write the static form, so both traces cost the same ops (a slice's backward is a copy)."""
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.slice.Tensor and not node.kwargs \
+                and len(node.args) == 4 and node.args[2] == 0 and node.args[3] == _INT64_MAX:
+            node.target, node.args = torch.ops.aten.alias.default, (node.args[0],)
+
+
+def _size_nodes(graph: fx.Graph) -> frozenset[str]:
+    return frozenset(n.name for n in graph.nodes
+                     if isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool)))
+
+
+def trace_graph(model: nn.Module, inputs: tuple, tracer: str = "auto",
+                dynamic_shapes: tuple | None = None) -> tuple[fx.GraphModule, str]:
     """(graph module, "export" | "fx"): export(strict=False) first, symbolic_trace as fallback.
 
-    tracer="fx" skips export (for models whose export graph is wrong, and for tests).
+    tracer="fx" skips export (for models whose export graph is wrong, and for tests). dynamic_shapes:
+    torch.export's, one entry per input; given, only export is tried (a shape-generic graph or an error).
     """
     export_error: BaseException = RuntimeError("skipped (tracer='fx')")
+    if dynamic_shapes is not None:
+        ep = torch.export.export(model, tuple(inputs), strict=False, dynamic_shapes=dynamic_shapes)
+        gm = ep.module()
+        gm.meta["range_constraints"] = dict(ep.range_constraints)  # symbol -> the sizes the trace holds for
+        _full_slices_as_aliases(gm.graph)
+        gm.recompile()
+        return gm, "export"
     if tracer != "fx":
         try:
             ep = torch.export.export(model, tuple(inputs), strict=False)
@@ -240,12 +269,13 @@ def trace_graph(model: nn.Module, inputs: tuple, tracer: str = "auto") -> tuple[
             "load the result with profile:PATH.json") from None
 
 
-def trace_model(model: nn.Module, inputs: tuple, *, granularity: str = "block", tracer: str = "auto") -> TracedModel:
+def trace_model(model: nn.Module, inputs: tuple, *, granularity: str = "block", tracer: str = "auto",
+                dynamic_shapes: tuple | None = None) -> TracedModel:
     """Trace `model` on `inputs` (meta tensors are fine) and assign every op to a layer."""
     if granularity not in GRANULARITIES:
         raise PipeplanError(f"granularity {granularity!r} is not supported; use one of {', '.join(GRANULARITIES)}")
-    gm, method = trace_graph(model, inputs, tracer)
+    gm, method = trace_graph(model, inputs, tracer, dynamic_shapes)
     tree = ModuleTree(model)
     node_layer, order, merged = assign_layers(gm, tree, granularity)
     return TracedModel(graph_module=gm, method=method, node_layer=node_layer, layers=order,
-                       granularity=granularity, merged=merged)
+                       granularity=granularity, merged=merged, size_nodes=_size_nodes(gm.graph))

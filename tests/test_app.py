@@ -19,6 +19,7 @@ import streamlit as st
 from helpers_app import synthetic_profile
 from streamlit.testing.v1 import AppTest
 
+from ui import cache
 from ui.cluster_view import DEFAULT_DEVICES, DEFAULT_PER_NODE, DEFAULT_PRESET, device_table_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -493,6 +494,10 @@ def test_any_transformers_architecture_is_picked_and_planned():
     at.number_input(key="upload_seq_len").set_value(256).run()
     no_problems(at)
     assert int(metric(at, "Layers")) == 32 + 4  # Llama-7B's default: embeddings, rotary, 32 blocks, norm, head
+    at.number_input(key="upload_seq_len").set_value(384).run()  # 256 and 384: the first trace (2048), analysed again
+    no_problems(at)
+    assert "seq len 384" in " ".join(c.value for c in at.caption)
+    assert [p.reused for key, p in cache._hf_profilers.items() if key[0] == "llama-config.json"] == [2]
     text = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.code)
     assert "hf:llama-config.json" in text
     picker = at.selectbox(key="architecture").set_value("t5").run()

@@ -332,3 +332,19 @@ def test_every_diagnosis_suggestion_is_said_in_app_terms(monkeypatch):
     assert any("set “Micro-batch size” to 1" in t for t in said), said
     assert any("set “Schedule” to 1F1B" in t for t in said) and any("set “Optimizer” to sgd_momentum" in t
                                                                      for t in said), said
+
+
+def test_background_imports_start_once_and_import_transformers():
+    """ui/warmup.py: the app imports transformers after its first page, once per server process."""
+    import threading
+
+    from ui import warmup
+
+    started = warmup.start_background_imports()
+    again = warmup.start_background_imports()
+    assert again is False
+    for thread in threading.enumerate():
+        if thread.name == "pipeplan-warmup":
+            thread.join(timeout=120)
+    assert "transformers" in sys.modules
+    assert started or warmup._started.is_set()

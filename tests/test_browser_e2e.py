@@ -338,7 +338,10 @@ def test_interaction_timings(server, browser, tmp_path):
             seq.press("Enter")
         return act
 
-    timed(page, results, "HF sequence-length change", seq_len(2048), lambda t: "seq len 2048" in t and planned(t))
+    # a new length analyses the kept trace again (profiler.hf.HfLengthProfiler): the median of three lengths
+    changes = [timed(page, results, "HF sequence-length change", seq_len(n), lambda t, n=n: f"seq len {n}" in t
+                     and planned(t)) for n in (2048, 1024, 3072)]
+    results["HF sequence-length change"] = sorted(changes)[1]
     timed(page, results, "HF sequence-length change back (cached)", seq_len(4096),
           lambda t: "seq len 4096" in t and planned(t))
     page.close()

@@ -19,7 +19,7 @@ from planner.contracts.config import TrainConfig
 from planner.contracts.plan import Plan
 from planner.contracts.timeline import Timeline
 from profiler.profile import Profile
-from ui.uploads import ModelRequest, profile_from_upload
+from ui.uploads import ModelRequest, hf_length_profiler, profile_from_upload
 
 ProgressFn = Callable[[str, float], None]
 """progress(message, fraction done): the profiler's progress callback."""
@@ -84,27 +84,60 @@ def clear() -> None:
     """Forget every cached profile, plan, timeline and export (tests start from a cold app)."""
     _sample_profiles.clear()
     _upload_profiles.clear()
+    with _hf_profilers_lock:
+        _hf_profilers.clear()
     st.cache_data.clear()
 
 
 _upload_profiles = _ProfileCache(max_entries=16)
+MAX_KEPT_TRACES = 4
+_hf_profilers: OrderedDict[tuple, object] = OrderedDict()
+"""(file name, digest, batch size, GPU) -> its HfLengthProfiler, which keeps the model's first trace."""
+_hf_profilers_lock = threading.Lock()
+
+
+def _hf_length_profiler(name: str, digest: str, data: bytes, request: ModelRequest):
+    key = (name, digest, request.batch_size, request.estimate_for)
+    with _hf_profilers_lock:
+        profiler = _hf_profilers.get(key)
+        if profiler is None:
+            profiler = _hf_profilers[key] = hf_length_profiler(name, data, request)
+        _hf_profilers.move_to_end(key)
+        while len(_hf_profilers) > MAX_KEPT_TRACES:
+            _hf_profilers.popitem(last=False)
+    return profiler
+
+
+def _upload_key(kind: str, name: str, data: bytes, request: ModelRequest, allow_code: bool) -> tuple:
+    import hashlib
+
+    return kind, name, hashlib.sha256(data).hexdigest(), request, allow_code
+
+
+def cached_uploaded_profile(kind: str, name: str, data: bytes, request: ModelRequest,
+                            allow_code: bool) -> Profile | None:
+    """The upload's profile if it was built before, without building it."""
+    return _upload_profiles.get(_upload_key(kind, name, data, request, allow_code))
 
 
 def uploaded_profile(kind: str, name: str, data: bytes, request: ModelRequest, allow_code: bool) -> Profile:
     """profile_from_upload, built once per (file, request). A profile made at the model's default length
     is also kept under that length, so typing the default back in (4096 after 2048) is a cache hit."""
     import dataclasses
-    import hashlib
 
-    digest = hashlib.sha256(data).hexdigest()
-    key = (kind, name, digest, request, allow_code)
+    key = _upload_key(kind, name, data, request, allow_code)
+    digest = key[2]
     profile = _upload_profiles.get(key)
-    if profile is None:
+    if profile is not None:
+        return profile
+    if kind == "hf_config":  # a new sequence length: analysed on the trace kept from the first one
+        profile = _hf_length_profiler(name, digest, data, request).profile(request.seq_len)
+    else:
         profile = profile_from_upload(kind, name, data, request, allow_code=allow_code)
-        _upload_profiles.put(key, profile)
-        if request.seq_len is None and profile.model.seq_len:
-            at_default = dataclasses.replace(request, seq_len=profile.model.seq_len)
-            _upload_profiles.put((kind, name, digest, at_default, allow_code), profile)
+    _upload_profiles.put(key, profile)
+    if request.seq_len is None and profile.model.seq_len:
+        at_default = dataclasses.replace(request, seq_len=profile.model.seq_len)
+        _upload_profiles.put((kind, name, digest, at_default, allow_code), profile)
     return profile
 
 

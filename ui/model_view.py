@@ -181,9 +181,11 @@ def _hf_config_model(name: str, data: bytes, batch_size: int, estimate_for: str,
                                    key="upload_seq_len", placeholder="the model's default")
     seq_len = None if value is None else int(value)
     request = ModelRequest(batch_size=batch_size, seq_len=seq_len, estimate_for=estimate_for, factory="make_model")
-    with st.status(f"Reading {name}…", expanded=False) as status:
-        profile = cache.uploaded_profile("hf_config", name, data, request, False)
-        status.update(label=f"Profiled {name}", state="complete")
+    profile = cache.cached_uploaded_profile("hf_config", name, data, request, False)
+    if profile is None:  # a status box only when there is work to do (each box costs the page 0.05 s)
+        with st.status(f"Reading {name}…", expanded=False) as status:
+            profile = cache.uploaded_profile("hf_config", name, data, request, False)
+            status.update(label=f"Profiled {name}", state="complete")
     model_summary(profile)
     flags = f"--batch-size {batch_size}{f' --seq-len {seq_len}' if seq_len else ''} --estimate-for {estimate_for}"
     return ModelChoice(profile=profile, cli_source=f"hf:{name}", cli_flags=flags,

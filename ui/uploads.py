@@ -58,13 +58,7 @@ def profile_from_upload(kind: str, name: str, data: bytes, request: ModelRequest
     if kind == "profile_json":
         return Profile.from_json(data)
     if kind == "hf_config":
-        config = load_json_text(data, "HF config.json")
-        if not isinstance(config, dict):
-            raise PipeplanError("HF config.json must be a JSON object (the model's config.json from the Hub)")
-        from profiler import profile_hf_config
-
-        return profile_hf_config(config, batch_size=request.batch_size, seq_len=request.seq_len,
-                                 estimate_for=request.estimate_for, source=f"hf:{name}")
+        return hf_length_profiler(name, data, request).profile(request.seq_len)
     # kind == "python"
     if not allow_code:
         raise PipeplanError("Python model files run code; this server does not allow it. "
@@ -81,6 +75,19 @@ def profile_from_upload(kind: str, name: str, data: bytes, request: ModelRequest
         return load_profile(f"file:{path}:{request.factory}", batch_size=request.batch_size,
                             seq_len=request.seq_len, estimate_for=request.estimate_for, allow_code=True)
 
+
+
+def hf_length_profiler(name: str, data: bytes, request: ModelRequest):
+    """An uploaded config.json's profiler (profiler.hf.HfLengthProfiler, for `request`'s batch and GPU): kept,
+    it profiles the next sequence length from its first trace."""
+    check_upload_size(name, data)
+    config = load_json_text(data, "HF config.json")
+    if not isinstance(config, dict):
+        raise PipeplanError("HF config.json must be a JSON object (the model's config.json from the Hub)")
+    from profiler.hf import HfLengthProfiler
+
+    return HfLengthProfiler(config, batch_size=request.batch_size, estimate_for=request.estimate_for,
+                            source=f"hf:{name}")
 
 
 def saved_hf_config(data: bytes) -> Path:
