@@ -164,11 +164,13 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
                     analysis = _analyse_layers(trace, inputs, report, **costs)
                     expanded = expand(runs, trace.traced, trace.programs, analysis, trace.params, model)
             except Exception:  # the shortened model does not run (forward indexes blocks by number)
-                if reuse is not None:
+                if reuse is not None or dynamic_shapes is not None:
                     raise
                 expanded = None
-            if expanded is None and reuse is not None:
-                raise PipeplanError("the reused trace no longer expands to the full model")
+            # A shape-generic trace is only worth its extra cost shortened: a full one of an 80-block
+            # model takes minutes. The caller traces statically instead (profiler.hf.HfLengthProfiler).
+            if expanded is None and (reuse is not None or dynamic_shapes is not None):
+                raise PipeplanError("no shortened shape-generic trace of this model")
         if expanded is not None:
             traced, analysis, params = expanded
         else:

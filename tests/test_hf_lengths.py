@@ -74,3 +74,27 @@ def test_falls_back_to_a_fresh_trace_when_the_generic_one_cannot_serve(monkeypat
     for n in (16, 24):
         assert fields(refused.profile(n)) == fields(profile_hf_config(LLAMA_DEEP, seq_len=n, estimate_for="A100-80GB"))
     assert refused.reused == 0 and refused._trace is None and not refused._may_trace
+
+
+def test_a_stack_that_cannot_be_shortened_is_never_traced_whole_with_symbolic_sizes(monkeypatch):
+    """A full symbolic trace of an 80-block model would take minutes: without a shortened one, each length
+    is traced statically (and shortened where that works) as profile_hf_config does."""
+    import importlib
+
+    # the module, not the package's lazy `profiler.profile_model` function
+    profile_model = importlib.import_module("profiler.profile_model")
+    trace = importlib.import_module("profiler.trace")
+
+    monkeypatch.setattr(profile_model, "expand", lambda *args: None)  # no stack can be expanded
+    symbolic = []
+    trace_model = trace.trace_model
+
+    def counting(*args, dynamic_shapes=None, **kwargs):
+        symbolic.append(dynamic_shapes is not None)
+        return trace_model(*args, dynamic_shapes=dynamic_shapes, **kwargs)
+
+    monkeypatch.setattr(profile_model, "trace_model", counting)
+    lengths_profiler = HfLengthProfiler(LLAMA_DEEP, estimate_for="A100-80GB")
+    assert fields(lengths_profiler.profile(16)) == fields(profile_hf_config(LLAMA_DEEP, seq_len=16,
+                                                                           estimate_for="A100-80GB"))
+    assert symbolic[:2] == [True, False] and symbolic.count(True) == 1 and lengths_profiler.reused == 0
