@@ -1,4 +1,5 @@
-"""Profiler speed and memory: Llama-70B shape estimated on meta, GPT-124M measured on CPU.
+"""Profiler speed and memory: Llama-70B shape estimated on meta, GPT-124M measured on CPU, and new
+sequence lengths of an HF config from one kept trace.
 
     python -m bench.bench_profiler [--quick]
 
@@ -6,7 +7,11 @@ Each case runs in a fresh child process so its peak RSS is its own. Targets
 (issue 3): Llama 70B (80 layers, d=8192), micro-batch 1, seq 4096, estimate
 mode: < 60 s and < 3 GB RSS; GPT 124M measured on CPU: < 60 s. Each case also
 times a baseline in the same child (FlopCounterMode over one fwd+bwd on meta,
-or one eager training step) and reports the ratio.
+or one eager training step) and reports the ratio. The HF case (the app's
+"Sequence length" box, issue 17) profiles a Llama-shaped config.json with
+profiler.hf.HfLengthProfiler, then each new length once from the kept trace and
+once afresh with profile_hf_config, alternating in the same child, and checks
+the two profiles are equal.
 """
 
 from __future__ import annotations
@@ -51,15 +56,49 @@ print(json.dumps({"seconds": seconds, "peak_rss_gb": resource.getrusage(resource
                   "step_ms": sum(n.fwd_ms + n.bwd_ms for n in prof.nodes), "method": prof.provenance.method}))
 """
 
-
-def _case(name: str, size: str, seq: int, measure: str | None) -> dict:
+_HF_LENGTHS_CHILD = r"""
+import json, statistics, sys, time, warnings
+warnings.simplefilter("ignore")
+from profiler.hf import HfLengthProfiler, profile_hf_config
+layers, hidden, ffn, heads, kv = (int(x) for x in sys.argv[1:6])
+config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+          "intermediate_size": ffn, "num_attention_heads": heads, "num_key_value_heads": kv,
+          "num_hidden_layers": layers, "max_position_embeddings": 4096, "vocab_size": 32000}
+lengths = HfLengthProfiler(config, estimate_for="A100-80GB")
+t0 = time.perf_counter()
+lengths.profile(None)
+first = time.perf_counter() - t0
+reused, fresh, equal = [], [], True
+for n in (2048, 1024, 3072, 512, 4000):
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _CHILD, name, size, str(seq), measure or ""], cwd=ROOT,
+    a = lengths.profile(n)
+    reused.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    b = profile_hf_config(config, seq_len=n, estimate_for="A100-80GB")
+    fresh.append(time.perf_counter() - t0)
+    a, b = a.to_dict(), b.to_dict()
+    a["provenance"].pop("date"); b["provenance"].pop("date")
+    equal = equal and a == b
+print(json.dumps({"first_profile_seconds": first, "new_length_seconds": statistics.median(reused),
+                  "fresh_profile_seconds": statistics.median(fresh),
+                  "ratio_to_fresh": statistics.median(r / f for r, f in zip(reused, fresh)),
+                  "lengths": 5, "reused": lengths.reused, "equal_to_fresh": equal}))
+"""
+LLAMA_SHAPES = {"7B": (32, 4096, 11008, 32, 32), "70B": (80, 8192, 28672, 64, 8)}
+
+
+def _child(script: str, args: list[str]) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}",
                 "wall_seconds": time.perf_counter() - t0}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _case(name: str, size: str, seq: int, measure: str | None) -> dict:
+    return _child(_CHILD, [name, size, str(seq), measure or ""])
 
 
 def run(quick: bool = False) -> dict:
@@ -75,6 +114,12 @@ def run(quick: bool = False) -> dict:
                  meets_targets=all(r.get(k, float("inf")) < v for k, v in targets.items()))
         results[key] = r
         print(f"{key}: {json.dumps(r)}", file=sys.stderr)
+    size = "7B" if quick else "70B"
+    r = _child(_HF_LENGTHS_CHILD, [str(x) for x in LLAMA_SHAPES[size]])
+    r.update(model=f"HF llama {size} shape (config.json)", targets={"new_length_seconds": 1.0},
+             meets_targets=r.get("new_length_seconds", float("inf")) < 1.0 and bool(r.get("equal_to_fresh")))
+    results["hf_new_sequence_length"] = r
+    print(f"hf_new_sequence_length: {json.dumps(r)}", file=sys.stderr)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
     return results
