@@ -262,6 +262,8 @@ class HfLengthProfiler:
         self._may_trace = TASK_BY_NAME[resolve_class(self._data)[0].name if task is None else task].shape_kind \
             == "seq_len"
         """False once a generic trace failed, and for image models."""
+        self._specialised = False
+        """Export fixed every token dimension at the first length: that trace was a static one."""
         self.reused = 0
         """How many profiles came from the kept trace (for tests and benchmarks)."""
 
@@ -295,7 +297,8 @@ class HfLengthProfiler:
             try:
                 prof = _profile_built(model, task_name, config, self._data, dynamic_shapes=dims,
                                       keep_trace=self._keep, **common)
-                if self._trace is not None:
+                if self._trace is not None or self._specialised:  # a static trace's profile: not traced twice
+                    self._may_trace = self._trace is not None
                     return prof
             except Exception as exc:  # noqa: BLE001 - export could not keep the length symbolic: trace each length
                 logging.getLogger(__name__).info("no shape-generic trace (%s)", _first_line(exc))
@@ -305,16 +308,15 @@ class HfLengthProfiler:
     def _keep(self, trace) -> None:
         """Keep `trace` when every token dimension stayed symbolic; remember the lengths export allows."""
         ranges = trace.traced.graph_module.meta.get("range_constraints", {})
-        kept = []
-        for node in trace.traced.graph_module.graph.nodes:
-            val = node.meta.get("val") if node.op == "placeholder" else None
-            if isinstance(val, torch.Tensor) and val.dim() >= 2:
-                size = val.shape[1]
-                if not isinstance(size, torch.SymInt) or size.node.expr not in ranges:
-                    return
-                kept.append(ranges[size.node.expr])
-        if kept:
-            self._trace, self._ranges = trace, kept
+        sizes = [node.meta["val"].shape[1] for node in trace.traced.graph_module.graph.nodes
+                 if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor)
+                 and node.meta["val"].dim() >= 2]
+        from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+        if sizes and all(is_concrete_int(size) for size in sizes):
+            self._specialised = True  # Mamba: no size node, nothing symbolic, the static trace's graph
+        elif sizes and all(isinstance(size, torch.SymInt) and size.node.expr in ranges for size in sizes):  # generic
+            self._trace, self._ranges = trace, [ranges[size.node.expr] for size in sizes]
 
 
 __all__ = ["TASKS", "HfLengthProfiler", "build_hf_model", "default_config", "make_hf_batch", "profile_hf_config",

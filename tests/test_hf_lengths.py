@@ -14,6 +14,8 @@ from profiler.hf import HfLengthProfiler, profile_hf_config
 pytest.importorskip("transformers")
 
 LLAMA_DEEP = {"model_type": "llama", **DECODER, "num_hidden_layers": 6}  # >= 4 blocks: the shortened trace
+MAMBA = {"model_type": "mamba", "hidden_size": 64, "num_hidden_layers": 5, "vocab_size": 128, "state_size": 8,
+         "expand": 2, "conv_kernel": 4}  # export fixes its length: a static trace, used as one
 GPT2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 5, "n_head": 4, "vocab_size": 128, "n_positions": 64}
 
 
@@ -33,7 +35,8 @@ def fields(profile) -> dict:
     (BART, [16, 7], True),
     (BERT_MLM, [32, 10], True),
     (RESNET, [32, 48], False),  # an image's size changes the config: traced at each size
-], ids=["llama", "gpt2", "mistral-sliding", "mixtral", "neox", "t5", "bart", "bert", "resnet"])
+    (MAMBA, [32, 16], False),
+], ids=["llama", "gpt2", "mistral-sliding", "mixtral", "neox", "t5", "bart", "bert", "resnet", "mamba"])
 def test_every_length_equals_a_fresh_profile(config, lengths, reuses):
     lengths_profiler = HfLengthProfiler(config, batch_size=2, estimate_for="A100-80GB", source="hf:c.json")
     for n in lengths:
@@ -98,3 +101,16 @@ def test_a_stack_that_cannot_be_shortened_is_never_traced_whole_with_symbolic_si
     assert fields(lengths_profiler.profile(16)) == fields(profile_hf_config(LLAMA_DEEP, seq_len=16,
                                                                            estimate_for="A100-80GB"))
     assert symbolic[:2] == [True, False] and symbolic.count(True) == 1 and lengths_profiler.reused == 0
+
+
+def test_a_trace_export_made_static_is_used_once_not_redone(monkeypatch):
+    import importlib
+
+    profile_model = importlib.import_module("profiler.profile_model")
+    traces = []
+    trace_model = profile_model.trace_model
+    monkeypatch.setattr(profile_model, "trace_model",
+                        lambda *a, **k: traces.append(k.get("dynamic_shapes") is not None) or trace_model(*a, **k))
+    lengths_profiler = HfLengthProfiler(MAMBA, estimate_for="A100-80GB")
+    lengths_profiler.profile(32)
+    assert traces == [True]  # one (shortened) trace, symbolic in name only: its profile is the static one
