@@ -19,7 +19,8 @@ The copy is only made when it is provably the full trace's answer; otherwise
   excepted), no hooks; no element's parameter is used under another name
   (tied or shared weights);
 - after tracing: blocks 1 and 2 run the same ops on the same shapes (the
-  analysis's structure key); the blocks form a pure chain (0 -> 1 -> 2 with
+  analysis's structure key; block 2, the last, may also return an alias of its
+  output, which moves no data); the blocks form a pure chain (0 -> 1 -> 2 with
   equal bytes, no edge from block 0 or 1 to anything but the next block, no
   block-to-block skip); every layer outside the run feeding block 1 feeds
   block 2 the same bytes; no layer folded to break a cycle touches the run;
@@ -34,6 +35,8 @@ expanded profile equals the full one field by field (tests/test_profiler.py).
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -161,8 +164,18 @@ def shortened(model: nn.Module, runs: list[Run]) -> Iterator[None]:
             parent._modules[name] = full
 
 
-def _program_key(prog: LayerProgram) -> tuple:
-    """The analysis's structure key, from the traced shapes (export's `val` meta)."""
+def _program_key(prog: LayerProgram, *, without_output_aliases: bool = False) -> tuple:
+    """The analysis's structure key, from the traced shapes (export's `val` meta). without_output_aliases:
+    as if every `aten.alias` read only by the output were its input (the last block of a stack also runs
+    the ops after the stack, and BERT's encoder returns an alias of its last hidden state: no data moves)."""
+    if without_output_aliases:
+        graph = copy.deepcopy(prog.module.graph)
+        for node in list(graph.nodes):
+            if node.op == "call_function" and node.target is torch.ops.aten.alias.default \
+                    and all(u.op == "output" for u in node.users):
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+        prog = dataclasses.replace(prog, module=torch.fx.GraphModule(prog.module, graph))
     placeholders = [n for n in prog.module.graph.nodes if n.op == "placeholder"]
     metas = [n.meta.get("val") for n in placeholders]
     key = structure_key(prog, metas, [])
@@ -185,7 +198,7 @@ def expand(runs: list[Run], traced: TracedModel, programs: list[LayerProgram], a
             return None
         if b0 in traced.merged.values() or b1 in traced.merged.values() or b2 in traced.merged.values():
             return None
-        if _program_key(progs[b1]) != _program_key(progs[b2]):
+        if _program_key(progs[b1]) != _program_key(progs[b2], without_output_aliases=True):
             return None
         block = {b0, b1, b2}
         e01, e12 = edges.get((b0, b1)), edges.get((b1, b2))

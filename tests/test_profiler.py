@@ -227,11 +227,12 @@ def test_shortened_trace_falls_back_when_blocks_are_not_a_chain(monkeypatch):
     assert find_runs(_SumOfBlocks(odd=True)) == []  # block 3 has another attribute
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "bert"])
 def test_shortened_trace_of_an_hf_model_equals_the_full_trace(model_type, monkeypatch):
     """HF decoders build the causal mask from the inputs inside block 0, which hands it to every later
     block: the shortened trace copies that side edge (block 0 -> block k) and still equals the full trace,
-    so an uploaded config profiles in about a second per sequence length (issue 17, item 11)."""
+    so an uploaded config profiles in about a second per sequence length (issue 17, item 11). BERT's
+    encoder returns an alias of the last block's output: that block still counts as block 1's copy."""
     pytest.importorskip("transformers")
     import warnings
 
@@ -241,7 +242,10 @@ def test_shortened_trace_of_an_hf_model_equals_the_full_trace(model_type, monkey
                         "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
                         "num_hidden_layers": 5, "vocab_size": 256, "max_position_embeddings": 128},
               "gpt2": {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_embd": 64, "n_head": 4,
-                       "n_layer": 5, "vocab_size": 256, "n_positions": 128}}[model_type]
+                       "n_layer": 5, "vocab_size": 256, "n_positions": 128},
+              "bert": {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 64,
+                       "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 5,
+                       "vocab_size": 256, "max_position_embeddings": 128}}[model_type]
     model, task, cfg = build_hf_model(config, device="meta", seq_len=32)
     inputs, target, loss_fn, _ = make_hf_batch(task, cfg, 2, 32, "meta", type(model))
     with warnings.catch_warnings():
