@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from core.errors import PipeplanError
 from core.jsonio import load_json_text
@@ -294,15 +295,15 @@ class HfLengthProfiler:
         if self._trace is None:
             dims = tuple({1: torch.export.Dim.AUTO} if isinstance(x, torch.Tensor) and x.dim() >= 2 else None
                          for x in inputs)
+            prof = None
             try:
                 prof = _profile_built(model, task_name, config, self._data, dynamic_shapes=dims,
                                       keep_trace=self._keep, **common)
-                if self._trace is not None or self._specialised:  # a static trace's profile: not traced twice
-                    self._may_trace = self._trace is not None
-                    return prof
             except Exception as exc:  # noqa: BLE001 - export could not keep the length symbolic: trace each length
                 logging.getLogger(__name__).info("no shape-generic trace (%s)", _first_line(exc))
             self._may_trace = self._trace is not None
+            if prof is not None and (self._trace is not None or self._specialised):  # a static one: not redone
+                return prof
         return profile_hf_config(self._data, seq_len=seq_len, progress=progress, **args)
 
     def _keep(self, trace) -> None:
@@ -311,8 +312,6 @@ class HfLengthProfiler:
         sizes = [node.meta["val"].shape[1] for node in trace.traced.graph_module.graph.nodes
                  if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor)
                  and node.meta["val"].dim() >= 2]
-        from torch.fx.experimental.symbolic_shapes import is_concrete_int
-
         if sizes and all(is_concrete_int(size) for size in sizes):
             self._specialised = True  # Mamba: no size node, nothing symbolic, the static trace's graph
         elif sizes and all(isinstance(size, torch.SymInt) and size.node.expr in ranges for size in sizes):  # generic

@@ -58,7 +58,10 @@ def profile_from_upload(kind: str, name: str, data: bytes, request: ModelRequest
     if kind == "profile_json":
         return Profile.from_json(data)
     if kind == "hf_config":
-        return hf_length_profiler(name, data, request).profile(request.seq_len)
+        from profiler import profile_hf_config
+
+        return profile_hf_config(_hf_config(data), batch_size=request.batch_size, seq_len=request.seq_len,
+                                 estimate_for=request.estimate_for, source=f"hf:{name}")
     # kind == "python"
     if not allow_code:
         raise PipeplanError("Python model files run code; this server does not allow it. "
@@ -77,16 +80,21 @@ def profile_from_upload(kind: str, name: str, data: bytes, request: ModelRequest
 
 
 
-def hf_length_profiler(name: str, data: bytes, request: ModelRequest):
-    """An uploaded config.json's profiler (profiler.hf.HfLengthProfiler, for `request`'s batch and GPU): kept,
-    it profiles the next sequence length from its first trace."""
-    check_upload_size(name, data)
+def _hf_config(data: bytes) -> dict:
     config = load_json_text(data, "HF config.json")
     if not isinstance(config, dict):
         raise PipeplanError("HF config.json must be a JSON object (the model's config.json from the Hub)")
+    return config
+
+
+def hf_length_profiler(name: str, data: bytes, request: ModelRequest):
+    """An uploaded config.json's profiler (profiler.hf.HfLengthProfiler, for `request`'s batch and GPU): kept,
+    it profiles the next sequence length from its first trace. A one-off profile is profile_from_upload's
+    (a static trace, cheaper than the first symbolic one)."""
+    check_upload_size(name, data)
     from profiler.hf import HfLengthProfiler
 
-    return HfLengthProfiler(config, batch_size=request.batch_size, estimate_for=request.estimate_for,
+    return HfLengthProfiler(_hf_config(data), batch_size=request.batch_size, estimate_for=request.estimate_for,
                             source=f"hf:{name}")
 
 
