@@ -167,7 +167,7 @@ def profile_model(model: nn.Module, inputs: tuple, *, loss_fn: Callable | None =
                 if reuse is not None or dynamic_shapes is not None:
                     raise
                 expanded = None
-            # A shape-generic trace is only worth its extra cost shortened: a full one of an 80-block
+            # A stack of blocks is traced shape-generic only shortened: a full symbolic trace of an 80-block
             # model takes minutes. The caller traces statically instead (profiler.hf.HfLengthProfiler).
             if expanded is None and (reuse is not None or dynamic_shapes is not None):
                 raise PipeplanError("no shortened shape-generic trace of this model")
