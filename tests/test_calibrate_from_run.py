@@ -15,28 +15,38 @@ from helpers_export import gpt_tiny_stages, hand_plan
 from planner.calibration.from_run import WARMUP_STEPS, _simulated_pipeline_ms, calibrate_from_run, fit_link
 
 
-def synthetic_log(plan, factor: float, overhead: float, latency_ms: float, peak: list[int], steps: int = 6) -> str:
-    """A job's log whose steps take the plan's step model at these parameters: stage times factor x planned
-    + overhead, the pipeline simulated with the latency, then the clip all-reduce (2 messages of the
-    latency on 2 ranks) and the optimizer (its planned time x factor); the first WARMUP_STEPS steps 3x slower."""
+def synthetic_log(plan, factor: float, overhead: float, latency_ms: float, peak: list[int], steps: int = 6,
+                  untimed_ms: float = 0.0, step_overhead_ms: float = 0.0) -> str:
+    """A job's log whose steps take the plan's step model at these parameters: timed stage actions factor x
+    planned + overhead, each rank's untimed time untimed_ms per action (charged per action by the model), the
+    pipeline simulated with the latency, then the clip all-reduce (2 messages of the latency on 2 ranks), the
+    fixed per-step cost and the optimizer (its planned time x factor); the first WARMUP_STEPS steps 3x slower.
+    Per rank the parts add up to the step: its receive waits take what its actions do not."""
     from dataclasses import replace
 
     from planner.contracts.cluster import Link
     from planner.costmodel.cost import clip_allreduce_ms
 
+    M = plan.config.num_microbatches
     fwd = [factor * st.fwd_ms + overhead for st in plan.stages]
     bwd = [factor * st.bwd_ms + overhead for st in plan.stages]
     _, _, comm = fit_link(plan)
     opt = [factor * st.optimizer_ms for st in plan.stages]
     link = Link(bandwidth_bytes_per_s=plan.cluster.intra_node.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3)
-    sync = clip_allreduce_ms(replace(plan.cluster, intra_node=link), [st.device for st in plan.stages])
-    step_ms = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms), opt, sync)
+    clip = clip_allreduce_ms(replace(plan.cluster, intra_node=link), [st.device for st in plan.stages])
+    step_ms = _simulated_pipeline_ms(plan, [f + untimed_ms for f in fwd], [b + untimed_ms for b in bwd],
+                                     comm(latency_ms), opt, clip + step_overhead_ms)
     lines = []
     for step in range(1, steps + 1):
         slow = 3.0 if step <= WARMUP_STEPS else 1.0
-        ranks = [{"rank": r, "step_s": slow * step_ms / 1e3, "fwd_s": 0, "bwd_s": 0, "opt_s": 0.0015, "sync_s": 0.0005,
-                  "wait_s": 0.001, "peak_bytes": peak[r]} for r in range(2)]
-        stages = [{"stage": s, "fwd_ms": f, "bwd_ms": b, "act_peak_bytes": 1000 + s, "n_fwd": 4, "n_bwd": 4}
+        ranks = []
+        for r in range(2):
+            parts = {"fwd_s": M * fwd[r] / 1e3, "bwd_s": M * bwd[r] / 1e3, "opt_s": (opt[r] + step_overhead_ms) / 1e3,
+                     "sync_s": 0.0, "clip_s": clip / 1e3}
+            rest = slow * step_ms / 1e3 - sum(parts.values()) - 2 * M * untimed_ms / 1e3
+            assert rest >= 0, "the synthetic parts exceed the step"
+            ranks.append({"rank": r, "step_s": slow * step_ms / 1e3, **parts, "wait_s": rest, "peak_bytes": peak[r]})
+        stages = [{"stage": s, "fwd_ms": f, "bwd_ms": b, "act_peak_bytes": 1000 + s, "n_fwd": M, "n_bwd": M}
                   for s, (f, b) in enumerate(zip(fwd, bwd))]
         lines.append(json.dumps({"step": step, "loss": 1.0, "step_time_s": slow * step_ms / 1e3, "samples_per_s": 1.0,
                                  "max_mem_bytes": 1, "ranks": ranks, "stages": stages}))
@@ -58,6 +68,47 @@ def test_synthetic_log_recovers_speed_overhead_latency_and_reserve():
     assert report["steps_used"] == 3  # the first WARMUP_STEPS steps are warm-up
     assert all(abs(r["error"]) < 1e-6 for r in report["compute_residuals"])
     assert abs(report["step"]["error_after"]) < 1e-6
+
+
+def test_untimed_time_joins_the_action_overhead_and_the_optimizers_excess_is_a_step_overhead():
+    """Each rank's time outside its timed actions, optimizer, clipping, sync and waits is charged per action
+    (2 M actions per stage); the optimizer's measured time beyond its planned traffic is a fixed per-step
+    cost; with both fitted the refit cluster's step model reproduces the measured step."""
+    plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
+    for st in plan.stages:
+        st.optimizer_ms = 0.25
+    planned_mem = [st.memory.total - st.memory.reserve for st in plan.stages]
+    log = synthetic_log(plan, factor=2.0, overhead=0.3, latency_ms=0.2, peak=planned_mem, untimed_ms=0.15,
+                        step_overhead_ms=0.9)
+    cluster, report = calibrate_from_run(plan, [log])
+    assert report["action_overhead_parts_ms"] == {"timed": pytest.approx(0.3, abs=1e-6),
+                                                  "untimed": pytest.approx(0.15, abs=1e-6)}
+    for d in cluster.devices:
+        assert d.action_overhead_ms == pytest.approx(0.45, abs=1e-6)
+        assert d.step_overhead_ms == pytest.approx(0.9, abs=1e-6)
+    assert cluster.intra_node.latency_s * 1e3 == pytest.approx(0.2, rel=1e-3)
+    assert abs(report["step"]["error_after"]) < 1e-6
+
+
+def test_a_log_with_clipping_inside_opt_s_fits_no_step_overhead():
+    """Logs from before train.py timed the clipping apart (no clip_s): opt_s holds the clip all-reduce,
+    which waits for the last rank, so nothing of it is taken as the optimizer's fixed cost."""
+    plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
+    for st in plan.stages:
+        st.optimizer_ms = 0.25
+    planned_mem = [st.memory.total - st.memory.reserve for st in plan.stages]
+    lines = []
+    for raw in synthetic_log(plan, factor=2.0, overhead=0.3, latency_ms=0.2, peak=planned_mem,
+                             step_overhead_ms=0.9).splitlines():
+        if raw.startswith("{"):
+            d = json.loads(raw)
+            for r in d["ranks"]:
+                r["opt_s"] += r.pop("clip_s")
+            raw = json.dumps(d)
+        lines.append(raw)
+    cluster, report = calibrate_from_run(plan, ["\n".join(lines)])
+    assert report["step_overhead_ms"] == 0.0 and all(d.step_overhead_ms == 0.0 for d in cluster.devices)
+    assert abs(report["step"]["error_after"]) < 1e-6  # the latency takes what is left, as before
 
 
 def test_from_run_refuses_logs_without_measurements():
@@ -120,9 +171,7 @@ def test_identical_devices_share_one_compute_factor():
     for both (least squares over the 4 stage times, no overhead: the hand solution below), not 2 and 3 (a
     per-device factor would carry the stages' layer mix into the re-plan as a device speed)."""
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
-    from planner.calibration.from_run import device_kind
-
-    assert device_kind(plan.cluster.devices[0]) == device_kind(plan.cluster.devices[1])
+    assert plan.cluster.devices[0].kind() == plan.cluster.devices[1].kind()
     mem = [st.memory.total - st.memory.reserve for st in plan.stages]
     log = json.loads(synthetic_log(plan, factor=1.0, overhead=0.0, latency_ms=0.1, peak=mem).splitlines()[-1])
     x = [plan.stages[0].fwd_ms, plan.stages[0].bwd_ms, plan.stages[1].fwd_ms, plan.stages[1].bwd_ms]
@@ -139,3 +188,26 @@ def test_identical_devices_share_one_compute_factor():
     assert cluster.devices[0].speed == cluster.devices[1].speed
     assert list(report["device_factor"].values()) == [pytest.approx(a, abs=1e-4)] * 2
     assert report["action_overhead_ms"] == pytest.approx(o, abs=1e-4)
+
+
+def test_the_step_overhead_is_paid_once_per_step_by_the_plan_and_its_timeline():
+    """Device.step_overhead_ms: the solver's predicted step, the simulated timeline and the exact search's
+    bound all add the slowest device's fixed step cost once (cost.step_end_ms), so the partition is the same."""
+    from dataclasses import replace
+
+    from planner.contracts.cluster import Cluster
+    from planner.contracts.config import TrainConfig
+    from planner.pipeline.simulator import simulate
+    from planner.solvers.solve import solve
+    from profiler import load_profile
+
+    prof = load_profile("sample:gpt:tiny", batch_size=2)
+    cfg = TrainConfig(schedule="1F1B", num_microbatches=4, micro_batch_size=2, optimizer="adamw")
+    base = Cluster.uniform(2, memory_bytes=64 << 30)
+    slow = replace(base, devices=[replace(d, step_overhead_ms=1.5 if i else 0.5) for i, d in enumerate(base.devices)])
+    plan0, plan1 = solve(prof, base, cfg), solve(prof, slow, cfg)
+    assert [st.node_ids for st in plan1.stages] == [st.node_ids for st in plan0.stages]
+    assert plan1.step_time_ms == pytest.approx(plan0.step_time_ms + 1.5, rel=1e-9)
+    assert simulate(plan1).makespan_ms == pytest.approx(plan1.step_time_ms, rel=1e-9)
+    assert plan1.solver.status == "optimal"
+    assert plan1.solver.lower_bound_ms <= plan1.step_time_ms * (1 + 1e-9)

@@ -2,8 +2,8 @@
 job measured (issue 19, item 3).
 
 The job's JSON lines (train.py, pipeline_runtime.StepMeter) give per stage the forward and backward
-ms per micro-batch, per rank the step, optimizer, gradient-sync and p2p-wait seconds and the peak
-bytes. The first WARMUP_STEPS steps of each log are warm-up and skipped; the rest are reduced by
+ms per micro-batch, per rank the step, optimizer, clipping, gradient-sync and p2p-wait seconds and
+the peak bytes. The first WARMUP_STEPS steps of each log are warm-up and skipped; the rest are reduced by
 their median. Fitted, in this order:
 
 1. compute: measured_ms = a_g * (planned_ms - planned_overhead_d) + o for every stage's forward and
@@ -14,13 +14,20 @@ their median. Fitted, in this order:
    identical ranks fitted factors 1.8-2.4x apart, and the re-plan then moved layers to the "fast"
    one). Per layer kind is not separated: a stage's time is one number (the per-action
    `--profile-steps` times are per stage too);
+   then each rank's untimed time (untimed_s: its step less its timed actions, optimizer, clipping,
+   gradient sync and receive waits: the schedule's own Python between actions, the loss, the batch's
+   slicing) per action, the median over ranks, joins o: the cost model charges the device's overhead
+   once per forward and once per backward, and this time lies between them on the rank's timeline;
+   and the fixed per-step cost (step_overhead_fit_ms): the optimizer's measured time beyond what its
+   planned memory traffic explains at the fitted speed (on CPU the per-tensor launches of AdamW on
+   small parameters: ~0.4 ms for DLRM tiny against 0.03 ms planned);
 2. link: the measured step (median over steps of the slowest rank's step) against the plan's own
-   step model with the fitted stage times: the simulated pipeline, then the clip all-reduce and the
-   optimizer (the plan's optimizer times scaled by the device's factor, as the refit speed scales
-   them); the latency is the value that makes them equal (bisection: the simulated step does not
-   decrease with the latency). The fit targets what the plan predicts, so what the model does not
-   describe (the schedule's Python between actions, the loss, the optimizer's real cost, descheduling
-   on a loaded machine) is charged per message; the bandwidth is kept from the plan's cluster (one
+   step model with the fitted stage times: the simulated pipeline, then the clip all-reduce, the fixed
+   per-step cost and the optimizer (the plan's optimizer times scaled by the device's factor, as the
+   refit speed scales them); the latency is the value that makes them equal (bisection: the simulated
+   step does not decrease with the latency). The fit targets what the plan predicts, so what the model
+   still does not describe (descheduling on a loaded machine, waking a process for a message) is
+   charged per message; the bandwidth is kept from the plan's cluster (one
    run has one message size per boundary: bandwidth and latency cannot be told apart);
 3. memory reserve: per rank, measured peak bytes less the plan's stage memory (reserve excluded),
    the largest, at least 0 (on CPU the measured peak is the exact live bytes, so it is ~0; on CUDA
@@ -83,13 +90,61 @@ def summarize(runs: list[list[dict]], num_stages: int) -> dict:
                             "exported from this plan.json?")
     stages = [{k: _median([d["stages"][s][k] for d in steps]) for k in ("fwd_ms", "bwd_ms", "act_peak_bytes")}
               for s in range(num_stages)]
-    ranks = [{k: _median([d["ranks"][r][k] for d in steps]) for k in
-              ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "peak_bytes")}
+    ranks = [{k: _median([d["ranks"][r].get(k, 0.0) for d in steps]) for k in
+              ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "clip_s", "peak_bytes")}
              for r in range(len(steps[0]["ranks"]))]
+    for r, rank in enumerate(ranks):  # per step, then the median: the parts' medians need not add up
+        rank["untimed_s"] = _median([untimed_s(d["ranks"][r]) for d in steps])
     step_s = _median([max(r["step_s"] for r in d["ranks"]) for d in steps])
-    pipe_s = _median([max(r["step_s"] - r["opt_s"] - r["sync_s"] for r in d["ranks"]) for d in steps])
+    pipe_s = _median([max(r["step_s"] - r["opt_s"] - r.get("clip_s", 0.0) - r["sync_s"] for r in d["ranks"])
+                      for d in steps])
+    # logs written before train.py timed the clipping apart have it inside opt_s
+    clip_apart = all("clip_s" in r for d in steps for r in d["ranks"])
     return {"stages": stages, "ranks": ranks, "step_ms": 1e3 * step_s, "pipeline_ms": 1e3 * pipe_s,
-            "steps": len(steps)}
+            "steps": len(steps), "clip_apart": clip_apart}
+
+
+def untimed_s(rank: dict) -> float:
+    """A rank's step time outside its timed actions, optimizer, gradient sync and receive waits: the
+    schedule's own Python between actions (building and posting the p2p ops, the loss), the batch's
+    slicing. Never negative (the parts are timed separately and may round past the whole)."""
+    return max(0.0, rank["step_s"] - rank["fwd_s"] - rank["bwd_s"] - rank["opt_s"] - rank.get("clip_s", 0.0)
+               - rank["sync_s"] - rank["wait_s"])
+
+
+def untimed_per_action_ms(plan: Plan, ranks: list[dict]) -> float:
+    """The untimed time per forward or backward action (ms): each pipeline rank's untimed_s over its
+    2 * M * (its stages) actions, the median over ranks. It joins the per-action overhead, which the
+    cost model charges once per forward and once per backward (cost.StageTimeCoefficients)."""
+    from planner.export.job import pipeline_ranks
+
+    stage_rank = pipeline_ranks(plan)
+    per_action = []
+    for r, rank in enumerate(ranks):
+        local = sum(1 for q in stage_rank if q == r)
+        if local:
+            per_action.append(1e3 * rank["untimed_s"] / (2 * plan.config.num_microbatches * local))
+    return _median(per_action)
+
+
+def step_overhead_fit_ms(plan: Plan, m: dict, factors: dict[int, float]) -> float:
+    """The fixed per-step cost (Device.step_overhead_ms): per pipeline rank, its measured optimizer
+    time (opt_s: the update and zeroing the gradients) less the plan's optimizer steps of its stages at
+    the fitted speed (what the optimizer's memory traffic explains), the median over ranks, at least 0.
+    0 for logs whose opt_s includes the clipping: its all-reduce waits for the last rank, which is not
+    a cost of the optimizer."""
+    from planner.export.job import pipeline_ranks
+
+    if not m["clip_apart"]:
+        return 0.0
+    stage_rank = pipeline_ranks(plan)
+    excess = []
+    for r, rank in enumerate(m["ranks"]):
+        local = [st for st, q in zip(plan.stages, stage_rank) if q == r]
+        if local:
+            planned = sum(st.optimizer_ms * factors[st.device] for st in local)
+            excess.append(1e3 * rank["opt_s"] - planned)
+    return max(0.0, _median(excess))
 
 
 def _lstsq(rows: list[list[float]], ys: list[float]) -> list[float]:
@@ -99,18 +154,12 @@ def _lstsq(rows: list[list[float]], ys: list[float]) -> list[float]:
     return [float(x) for x in sol]
 
 
-def device_kind(dev) -> tuple:
-    """What makes two devices the same kind for the fit: everything the cluster says about them but
-    the name and the node."""
-    return (dev.preset, dev.tflops, dev.speed, dev.memory_bytes, dev.action_overhead_ms)
-
-
 def fit_compute(plan: Plan, measured: list[dict]) -> tuple[dict[int, float], float, list[dict]]:
     """(a_d per device used, overhead o in ms, per-stage residuals); devices of one kind share a_d."""
     used = sorted({st.device for st in plan.stages})
-    kinds = sorted({device_kind(plan.cluster.devices[d]) for d in used}, key=repr)
+    kinds = sorted({plan.cluster.devices[d].kind() for d in used}, key=repr)
     devices = list(range(len(kinds)))
-    col = {d: kinds.index(device_kind(plan.cluster.devices[d])) for d in used}
+    col = {d: kinds.index(plan.cluster.devices[d].kind()) for d in used}
 
     def rows_for(with_o: bool):
         rows, ys, keys = [], [], []
@@ -198,7 +247,10 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
         raise PipeplanError("this plan has no stages (infeasible?): nothing was run from it to calibrate")
     runs = [read_run_log(text, f"log {i + 1}") for i, text in enumerate(logs)]
     m = summarize(runs, len(plan.stages))
-    factors, overhead, compute_res = fit_compute(plan, m["stages"])
+    factors, timed_overhead, compute_res = fit_compute(plan, m["stages"])
+    untimed = untimed_per_action_ms(plan, m["ranks"])
+    overhead = timed_overhead + untimed
+    step_overhead = step_overhead_fit_ms(plan, m, factors)
     cluster = plan.cluster
     devices = list(cluster.devices)
     for d, a in factors.items():
@@ -210,10 +262,8 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
             old = cluster.speed_factor(d, profile)
         else:
             old = dev.speed if dev.speed is not None else 1.0
-        devices[d] = replace(dev, speed=old / a, action_overhead_ms=overhead)
-    for d in range(len(devices)):
-        if d not in factors:
-            devices[d] = replace(devices[d], action_overhead_ms=overhead)
+        devices[d] = replace(dev, speed=old / a)
+    devices = [replace(dev, action_overhead_ms=overhead, step_overhead_ms=step_overhead) for dev in devices]
     # fitted stage times (what the refit cluster predicts), then the link latency
     fwd = [factors[st.device] * (st.fwd_ms - cluster.devices[st.device].action_overhead_ms) + overhead
            for st in plan.stages]
@@ -228,9 +278,9 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
         return replace(cluster, devices=devices, **({"inter_node": new_link} if inter else {"intra_node": new_link}))
 
     def step_at(latency_ms: float) -> float:  # the plan's step model (simulator.simulate) with the fitted times
-        from planner.costmodel.cost import clip_allreduce_ms
+        from planner.costmodel.cost import step_end_ms
 
-        sync = clip_allreduce_ms(refit_at(latency_ms), [st.device for st in plan.stages]) \
+        sync = step_end_ms(refit_at(latency_ms), [st.device for st in plan.stages]) \
             if any(o > 0 for o in opt) else 0.0
         return _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms), opt, sync)
 
@@ -258,6 +308,8 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
         "device_factor": {devices[d].name: round(a, 4) for d, a in factors.items()},
         "device_speed": {devices[d].name: round(devices[d].speed, 4) for d in factors},
         "action_overhead_ms": round(overhead, 4),
+        "action_overhead_parts_ms": {"timed": round(timed_overhead, 4), "untimed": round(untimed, 4)},
+        "step_overhead_ms": round(step_overhead, 4),
         "link": {"which": "inter_node" if inter else "intra_node", "latency_ms": round(latency_ms, 4),
                  "bandwidth_bytes_per_s": link.bandwidth_bytes_per_s, "bandwidth": "kept from the plan"},
         "reserve_bytes": int(reserve),

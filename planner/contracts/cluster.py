@@ -51,6 +51,11 @@ class Device:
     """Fixed cost of every forward and backward action of the pipeline runtime on this device
     (Python dispatch, p2p bookkeeping), on top of the profile's layer times. Measured by
     `pipeplan calibrate`; 0 by default (negligible next to GPU layers of real models)."""
+    step_overhead_ms: float = 0.0
+    """Fixed cost of every training step on this device outside the pipeline's actions and the
+    optimizer's memory traffic: the optimizer's per-tensor launches, zeroing the gradients. The step
+    model charges the largest over the pipeline's devices once per step, after the drain, with the
+    clipping all-reduce (cost.step_end_ms). Fitted by `pipeplan calibrate --from-run`; 0 by default."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -64,6 +69,12 @@ class Device:
             check_number(self.speed, f"device {self.name!r} speed", positive=True)
         check_number(self.node, f"device {self.name!r} node", integer=True, minimum=0)
         check_number(self.action_overhead_ms, f"device {self.name!r} action_overhead_ms", minimum=0)
+        check_number(self.step_overhead_ms, f"device {self.name!r} step_overhead_ms", minimum=0)
+
+    def kind(self) -> tuple:
+        """What makes two devices the same kind: everything this says about one but its name and node."""
+        return (self.memory_bytes, self.preset, self.tflops, self.speed, self.action_overhead_ms,
+                self.step_overhead_ms)
 
     @classmethod
     def from_preset(cls, preset: str, *, name: str | None = None, node: int = 0,

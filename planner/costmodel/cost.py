@@ -279,6 +279,13 @@ def clip_allreduce_ms(cluster: Cluster, devices: list[int]) -> float:
     return 2 * (len(ranks) - 1) * latency_ms
 
 
+def step_end_ms(cluster: Cluster, devices: list[int]) -> float:
+    """What every device waits after the drain before its optimizer update: the clipping all-reduce,
+    then the fixed per-step cost (Device.step_overhead_ms) of the slowest of these devices."""
+    fixed = max((cluster.devices[d].step_overhead_ms for d in set(devices)), default=0.0)
+    return clip_allreduce_ms(cluster, devices) + fixed
+
+
 def predicted_step_time_ms(stage_fwd, stage_bwd, comm, num_microbatches: int, schedule: str,
                            num_devices: int, virtual_stages: int = 1, stage_bwd_weight=None,
                            stage_optimizer=None) -> float:

@@ -98,7 +98,7 @@ def gpus_per_node(cluster: Cluster) -> int:
 def check_uniform(cluster: Cluster, what: str = "data or tensor parallelism") -> None:
     """PipeplanError unless every device is the same kind (memory, speed, overhead): the hybrid cost model
     gives every replica and TP rank the same times."""
-    kinds = {(d.memory_bytes, d.preset, d.tflops, d.speed, d.action_overhead_ms) for d in cluster.devices}
+    kinds = {d.kind() for d in cluster.devices}
     if len(kinds) > 1:
         raise PipeplanError(f"{what} needs devices of one kind; this cluster mixes {len(kinds)} kinds "
                             "(memory, GPU type or speed): plan pipeline parallelism only (dp = tp = 1) on it, "

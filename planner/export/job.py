@@ -52,7 +52,7 @@ def pipeline_ranks(plan: Plan) -> list[int]:
 
 def _device_kind(plan: Plan, d: int) -> tuple:
     dev = plan.cluster.devices[d]
-    return dev.memory_bytes, dev.speed, dev.tflops, dev.preset, dev.node, dev.action_overhead_ms
+    return (*dev.kind(), dev.node)
 
 
 def check_device_order(plan: Plan, ranks: list[int]) -> None:

@@ -21,7 +21,7 @@ from core.errors import PipeplanError
 from planner.contracts.config import MAX_MICROBATCHES, canonical_schedule
 from planner.contracts.plan import Plan
 from planner.contracts.timeline import Event, Timeline
-from planner.costmodel.cost import clip_allreduce_ms, split_backward_ms
+from planner.costmodel.cost import split_backward_ms, step_end_ms
 from planner.pipeline.schedules import _order, check_schedule, chunks_per_device, schedule_spec, stage_to_device
 
 _F, _B, _W = 0, 1, 2
@@ -332,7 +332,7 @@ def simulate(plan: Plan, *, schedule: str | None = None, num_microbatches: int |
         bwd_input_ms=_split_or_none([st.bwd_input_ms for st in plan.stages]),
         bwd_weight_ms=_split_or_none([st.bwd_weight_ms for st in plan.stages]),
         activation_bytes=act, optimizer_ms=[st.optimizer_ms + st.dp_sync_ms for st in plan.stages],
-        sync_ms=clip_allreduce_ms(plan.cluster, [st.device for st in plan.stages])
+        sync_ms=step_end_ms(plan.cluster, [st.device for st in plan.stages])
         if any(st.optimizer_ms + st.dp_sync_ms > 0 for st in plan.stages) else 0.0, makespan_only=makespan_only)
 
 

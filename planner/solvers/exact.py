@@ -54,9 +54,9 @@ from planner.contracts.config import TrainConfig
 from planner.costmodel.cost import (
     CostTables,
     boundary_comm_ms,
-    clip_allreduce_ms,
     stage_optimizer_ms,
     stage_time_coefficients,
+    step_end_ms,
 )
 from planner.pipeline.schedules import schedule_spec
 from planner.solvers.dp import ChainProblem, DPTooLarge, IntervalCosts, cut_bytes, cut_tensors, memory_band_length
@@ -75,9 +75,10 @@ REL_TOL = 1e-9
 
 
 def sync_ms(tables: CostTables, cluster: Cluster, devices: list[int]) -> float:
-    """The clipping all-reduce before the optimizer steps, when the profile has optimizer times (every
-    partition then has a stage with a step > 0, and the simulator waits for it)."""
-    return clip_allreduce_ms(cluster, list(devices)) if float(tables.optimizer.sum()) > 0 else 0.0
+    """The clipping all-reduce and the fixed per-step cost before the optimizer steps
+    (cost.step_end_ms), when the profile has optimizer times (every partition then has a stage with a
+    step > 0, and the simulator waits for it)."""
+    return step_end_ms(cluster, list(devices)) if float(tables.optimizer.sum()) > 0 else 0.0
 
 
 def generic_lower_bound(tables: CostTables, cluster: Cluster, config: TrainConfig, devices: list[int],

@@ -37,7 +37,7 @@ from core.limits import MAX_MICROBATCHES, MAX_STAGE_MICROBATCHES
 from planner.contracts.cluster import Cluster
 from planner.contracts.config import DP_SHARDING, TrainConfig
 from planner.contracts.plan import Diagnosis, Plan
-from planner.costmodel.cost import backward_split_ms, clip_allreduce_ms, stage_optimizer_ms
+from planner.costmodel.cost import backward_split_ms, clip_allreduce_ms, stage_optimizer_ms, step_end_ms
 from planner.costmodel.memory import activation_scale, gather_buffer_bytes, sharded_bytes_per_param
 from planner.costmodel.microbatches import scale_profile, schedule_accepts
 from planner.costmodel.parallel import (
@@ -409,7 +409,7 @@ def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
     rank = rank_profile(scale_profile(profile, config.micro_batch_size), config, cluster, mesh)
     # identical devices (any dp or tp > 1): theirs; a mixed PP-only cluster: the most favourable device for
     # every term (the fastest speed, the largest memory, no per-action overhead), so the bounds stay bounds
-    uniform = len({(d.memory_bytes, d.preset, d.tflops, d.speed, d.action_overhead_ms) for d in cluster.devices}) == 1
+    uniform = len({d.kind() for d in cluster.devices}) == 1
     speed = max(cluster.speed_factor(i, rank) for i in range(N)) if not uniform else cluster.speed_factor(0, rank)
     overhead = cluster.devices[0].action_overhead_ms if uniform else 0.0
     v = chunks_per_device(config.schedule, config.virtual_stages)
@@ -422,7 +422,8 @@ def bounds(profile: Profile, cluster: Cluster, config: TrainConfig) -> Bounds:
     after = 0.0
     if opt_ref > 0:
         first = pipeline_devices(pp, dp, tp)
-        after = stage_optimizer_ms(opt_ref, config.optimizer, speed) / pp + clip_allreduce_ms(cluster, first)
+        after = (stage_optimizer_ms(opt_ref, config.optimizer, speed) / pp
+                 + (step_end_ms(cluster, first) if uniform else clip_allreduce_ms(cluster, first)))
     w, g, o = sharded_bytes_per_param(config)
     params = [n.param_count for n in rank.nodes]
     largest = max(params, default=0)

@@ -9,7 +9,7 @@
 
 Every step prints one JSON line (from the rank holding the last stage):
     {"step": 1, "loss": 6.24, "step_time_s": 0.05, "samples_per_s": 160.0, "max_mem_bytes": ...,
-     "ranks": [{"rank": 0, "step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "peak_bytes"}, ...],
+     "ranks": [{"rank": 0, "step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "clip_s", "peak_bytes"}, ...],
      "stages": [{"stage": 0, "fwd_ms", "bwd_ms", "act_peak_bytes", "n_fwd", "n_bwd"}, ...]}
 ("ranks"/"stages": what every pipeline rank measured, pipeline_runtime.StepMeter; peak_bytes is
 torch.cuda.max_memory_allocated on GPU, on CPU the exact live bytes: parameters, gradients,
@@ -515,6 +515,7 @@ def run_pipeline(args: argparse.Namespace) -> None:
         sync_gradients(copies, shared, dp_group if dp > 1 and DP_SHARDING != "fsdp" else None, dp)
         t_sync = time.perf_counter()
         clip_by_global_norm(counted, all_params, args.max_grad_norm, dist.group.WORLD, primary_replica=dp_rank == 0)
+        t_clip = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         opt.step()
@@ -529,7 +530,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
         extra = None
         if meter is not None:
             t_meas = time.perf_counter()
-            extra = measurements(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched, opt_s=t_opt - t_sync,
+            extra = measurements(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched, clip_s=t_clip - t_sync,
+                                 opt_s=t_opt - t_clip,
                                  state=state_bytes(all_params, opt), pp=pp, pp_rank=pp_rank,
                                  num_stages=num_stages, local=local, group=pp_group)
             extra["measure_s"] = round(time.perf_counter() - t_meas, 6)  # the collect's own cost this step
@@ -563,18 +565,18 @@ def local_copies(stage_params: dict[int, dict[str, nn.Parameter]]) -> dict[str, 
     return copies
 
 
-RANK_FIELDS = ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "peak_bytes")
+RANK_FIELDS = ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "clip_s", "peak_bytes")
 STAGE_FIELDS = ("fwd_ms", "bwd_ms", "act_peak_bytes", "n_fwd", "n_bwd")
 
 
-def measurements(meter: StepMeter, *, step_s: float, sync_s: float, opt_s: float, state: int, pp: int, pp_rank: int,
+def measurements(meter: StepMeter, *, step_s: float, sync_s: float, clip_s: float, opt_s: float, state: int, pp: int, pp_rank: int,
                  num_stages: int, local: list[int], group) -> dict:
     """This step's measurements of every pipeline rank, summed into one vector over the pipeline group
     (one small all-reduce), as the JSON line's "ranks" and "stages" (per micro-batch forward and
     backward ms; a stage's backward is B + W); with --profile-steps also every action ("actions")."""
     r, k = len(RANK_FIELDS), len(STAGE_FIELDS)
     vec = torch.zeros(pp * r + num_stages * k, dtype=torch.float64)
-    mine = (step_s, sum(meter.fwd.values()), sum(meter.bwd.values()), opt_s, sync_s, meter.wait_s,
+    mine = (step_s, sum(meter.fwd.values()), sum(meter.bwd.values()), opt_s, sync_s, meter.wait_s, clip_s,
             meter.peak_bytes(state))
     vec[pp_rank * r:(pp_rank + 1) * r] = torch.tensor(mine, dtype=torch.float64)
     for s in local:
