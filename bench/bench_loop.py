@@ -143,7 +143,8 @@ def case(name: str, work: Path) -> dict:
             "paired_error_median": rnd(statistics.median(x["error"] for x in pairs), 4),
             "same_partition": [list(st.node_ids) for st in plan.stages] == [list(st.node_ids) for st in plan1.stages],
             "plan0_runs": spread(runs0), "plan1_runs": spread(runs1), "pairs": pairs,
-            "fit": {k: report[k] for k in ("device_speed", "action_overhead_ms", "link", "reserve_bytes")},
+            "fit": {k: report[k] for k in ("device_speed", "action_overhead_ms", "action_overhead_parts_ms",
+                                            "step_overhead_ms", "link", "reserve_bytes")},
             "fit_step": report["step"], "memory_after": mem,
             "worst_stage_memory_error": max((abs(x["error"]) for x in mem if x["error"] is not None), default=None)}
 

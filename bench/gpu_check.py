@@ -155,7 +155,8 @@ def calibration_loop(profile, plan, stdout: str, n_ranks: int, workdir: Path, ru
                                        "error": rnd((plan.step_time_ms - m1) / m1, 4)},
             "after": {"predicted_ms": rnd(plan2.step_time_ms, 5), "measured_ms": rnd(m2, 5),
                       "error": rnd((plan2.step_time_ms - m2) / m2, 4)},
-            "fit": {k: report[k] for k in ("device_speed", "action_overhead_ms", "link", "reserve_bytes", "step")},
+            "fit": {k: report[k] for k in ("device_speed", "action_overhead_ms", "action_overhead_parts_ms",
+                                            "step_overhead_ms", "link", "reserve_bytes", "step")},
             "memory_per_stage": report["memory_per_stage"]}
 
 

@@ -78,9 +78,10 @@ def run_from_run(args: argparse.Namespace) -> int:
         return 0
     step = report["step"]
     print(f"from {report['steps_used']} measured steps: compute factor per device {report['device_factor']} "
-          f"(new speeds {report['device_speed']}), {report['action_overhead_ms']:.3f} ms per action")
-    print(f"link ({report['link']['which']}): {report['link']['latency_ms']:.3f} ms latency, bandwidth kept; "
-          f"memory reserve {report['reserve_bytes']} bytes")
+          f"(new speeds {report['device_speed']}), {report['action_overhead_ms']:.3f} ms per action, "
+          f"{report['step_overhead_ms']:.3f} ms per step")
+    print(f"link ({report['link']['which']}): {report['link']['transfer_overhead_ms']:.3f} ms per transfer + "
+          f"{report['link']['latency_ms']:.3f} ms per tensor, bandwidth kept; memory reserve {report['reserve_bytes']} bytes")
     before = f"{100 * step['error_before']:+.1f}%" if step["error_before"] is not None else "n/a"
     print(f"step: measured {step['measured_ms']:.2f} ms (pipeline {step['measured_pipeline_ms']:.2f} ms); "
           f"plan {before}, refit pipeline {100 * step['error_after']:+.1f}%")

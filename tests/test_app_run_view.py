@@ -20,7 +20,7 @@ def test_run_logs_and_plan_upload_show_the_comparison_and_refit():
     st.cache_data.clear()
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
     planned = [s.memory.total - s.memory.reserve for s in plan.stages]
-    log = synthetic_log(plan, factor=2.0, overhead=0.5, latency_ms=0.2, peak=[m + 1000 for m in planned])
+    log = synthetic_log(plan, factor=2.0, overhead=0.5, transfer_ms=0.2, peak=[m + 1000 for m in planned])
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception
     at.file_uploader(key="run_plan").upload("plan.json", plan.to_json().encode(), "application/json")

@@ -15,27 +15,23 @@ from helpers_export import gpt_tiny_stages, hand_plan
 from planner.calibration.from_run import WARMUP_STEPS, _simulated_pipeline_ms, calibrate_from_run, fit_link
 
 
-def synthetic_log(plan, factor: float, overhead: float, latency_ms: float, peak: list[int], steps: int = 6,
+def synthetic_log(plan, factor: float, overhead: float, transfer_ms: float, peak: list[int], steps: int = 6,
                   untimed_ms: float = 0.0, step_overhead_ms: float = 0.0) -> str:
     """A job's log whose steps take the plan's step model at these parameters: timed stage actions factor x
     planned + overhead, each rank's untimed time untimed_ms per action (charged per action by the model), the
-    pipeline simulated with the latency, then the clip all-reduce (2 messages of the latency on 2 ranks), the
+    pipeline simulated with this per-transfer overhead (the plan's latency kept), then the clip all-reduce, the
     fixed per-step cost and the optimizer (its planned time x factor); the first WARMUP_STEPS steps 3x slower.
     Per rank the parts add up to the step: its receive waits take what its actions do not."""
-    from dataclasses import replace
-
-    from planner.contracts.cluster import Link
     from planner.costmodel.cost import clip_allreduce_ms
 
     M = plan.config.num_microbatches
     fwd = [factor * st.fwd_ms + overhead for st in plan.stages]
     bwd = [factor * st.bwd_ms + overhead for st in plan.stages]
-    _, _, comm = fit_link(plan)
+    link, _, comm = fit_link(plan)
     opt = [factor * st.optimizer_ms for st in plan.stages]
-    link = Link(bandwidth_bytes_per_s=plan.cluster.intra_node.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3)
-    clip = clip_allreduce_ms(replace(plan.cluster, intra_node=link), [st.device for st in plan.stages])
+    clip = clip_allreduce_ms(plan.cluster, [st.device for st in plan.stages])
     step_ms = _simulated_pipeline_ms(plan, [f + untimed_ms for f in fwd], [b + untimed_ms for b in bwd],
-                                     comm(latency_ms), opt, clip + step_overhead_ms)
+                                     comm(link.latency_ms, transfer_ms), opt, clip + step_overhead_ms)
     lines = []
     for step in range(1, steps + 1):
         slow = 3.0 if step <= WARMUP_STEPS else 1.0
@@ -53,17 +49,18 @@ def synthetic_log(plan, factor: float, overhead: float, latency_ms: float, peak:
     return "rank 0: stage 0 ...\n" + "\n".join(lines) + "\n"
 
 
-def test_synthetic_log_recovers_speed_overhead_latency_and_reserve():
+def test_synthetic_log_recovers_speed_overhead_transfer_overhead_and_reserve():
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
     plan.stages[0].comm_out_bytes = 4_000_000
     plan.stages[0].comm_out_ms = plan.cluster.intra_node.transfer_ms(4_000_000)
     planned_mem = [st.memory.total - st.memory.reserve for st in plan.stages]
-    log = synthetic_log(plan, factor=2.5, overhead=0.4, latency_ms=0.7, peak=[m + 5000 for m in planned_mem])
+    log = synthetic_log(plan, factor=2.5, overhead=0.4, transfer_ms=0.7, peak=[m + 5000 for m in planned_mem])
     cluster, report = calibrate_from_run(plan, [log])
     for d in cluster.devices:
         assert d.speed == pytest.approx(1 / 2.5, rel=1e-6)
         assert d.action_overhead_ms == pytest.approx(0.4, abs=1e-6)
-    assert cluster.intra_node.latency_s * 1e3 == pytest.approx(0.7, rel=1e-3)
+    assert cluster.intra_node.transfer_overhead_s * 1e3 == pytest.approx(0.7, rel=1e-3)
+    assert cluster.intra_node.latency_s == plan.cluster.intra_node.latency_s
     assert report["reserve_bytes"] == 5000
     assert report["steps_used"] == 3  # the first WARMUP_STEPS steps are warm-up
     assert all(abs(r["error"]) < 1e-6 for r in report["compute_residuals"])
@@ -77,8 +74,10 @@ def test_untimed_time_joins_the_action_overhead_and_the_optimizers_excess_is_a_s
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
     for st in plan.stages:
         st.optimizer_ms = 0.25
+    plan.stages[0].comm_out_bytes = 4_000_000
+    plan.stages[0].comm_out_ms = plan.cluster.intra_node.transfer_ms(4_000_000)
     planned_mem = [st.memory.total - st.memory.reserve for st in plan.stages]
-    log = synthetic_log(plan, factor=2.0, overhead=0.3, latency_ms=0.2, peak=planned_mem, untimed_ms=0.15,
+    log = synthetic_log(plan, factor=2.0, overhead=0.3, transfer_ms=0.2, peak=planned_mem, untimed_ms=0.15,
                         step_overhead_ms=0.9)
     cluster, report = calibrate_from_run(plan, [log])
     assert report["action_overhead_parts_ms"] == {"timed": pytest.approx(0.3, abs=1e-6),
@@ -86,7 +85,7 @@ def test_untimed_time_joins_the_action_overhead_and_the_optimizers_excess_is_a_s
     for d in cluster.devices:
         assert d.action_overhead_ms == pytest.approx(0.45, abs=1e-6)
         assert d.step_overhead_ms == pytest.approx(0.9, abs=1e-6)
-    assert cluster.intra_node.latency_s * 1e3 == pytest.approx(0.2, rel=1e-3)
+    assert cluster.intra_node.transfer_overhead_s * 1e3 == pytest.approx(0.2, rel=1e-3)
     assert abs(report["step"]["error_after"]) < 1e-6
 
 
@@ -98,7 +97,7 @@ def test_a_log_with_clipping_inside_opt_s_fits_no_step_overhead():
         st.optimizer_ms = 0.25
     planned_mem = [st.memory.total - st.memory.reserve for st in plan.stages]
     lines = []
-    for raw in synthetic_log(plan, factor=2.0, overhead=0.3, latency_ms=0.2, peak=planned_mem,
+    for raw in synthetic_log(plan, factor=2.0, overhead=0.3, transfer_ms=0.2, peak=planned_mem,
                              step_overhead_ms=0.9).splitlines():
         if raw.startswith("{"):
             d = json.loads(raw)
@@ -108,7 +107,7 @@ def test_a_log_with_clipping_inside_opt_s_fits_no_step_overhead():
         lines.append(raw)
     cluster, report = calibrate_from_run(plan, ["\n".join(lines)])
     assert report["step_overhead_ms"] == 0.0 and all(d.step_overhead_ms == 0.0 for d in cluster.devices)
-    assert abs(report["step"]["error_after"]) < 1e-6  # the latency takes what is left, as before
+    assert abs(report["step"]["error_after"]) < 1e-6  # the link takes what is left, as before
 
 
 def test_from_run_refuses_logs_without_measurements():
@@ -155,7 +154,7 @@ def test_gpu_check_calibration_loop_cpu_path(tmp_path):
     plan = solve(prof, Cluster.uniform(2, memory_bytes=64 << 30), TrainConfig(schedule="1F1B", num_microbatches=4,
                                                                               micro_batch_size=2))
     mem = [st.memory.total - st.memory.reserve for st in plan.stages]
-    first = synthetic_log(plan, factor=10.0, overhead=0.2, latency_ms=0.1, peak=mem)
+    first = synthetic_log(plan, factor=10.0, overhead=0.2, transfer_ms=0.1, peak=mem)
 
     def runner(job, args, nproc):
         assert (job / "train.py").is_file() and nproc == 2
@@ -173,7 +172,7 @@ def test_identical_devices_share_one_compute_factor():
     plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
     assert plan.cluster.devices[0].kind() == plan.cluster.devices[1].kind()
     mem = [st.memory.total - st.memory.reserve for st in plan.stages]
-    log = json.loads(synthetic_log(plan, factor=1.0, overhead=0.0, latency_ms=0.1, peak=mem).splitlines()[-1])
+    log = json.loads(synthetic_log(plan, factor=1.0, overhead=0.0, transfer_ms=0.1, peak=mem).splitlines()[-1])
     x = [plan.stages[0].fwd_ms, plan.stages[0].bwd_ms, plan.stages[1].fwd_ms, plan.stages[1].bwd_ms]
     y = [2 * x[0], 2 * x[1], 3 * x[2], 3 * x[3]]
     for s in (0, 1):

@@ -64,8 +64,11 @@ def instances(draw, max_nodes: int = 7, max_devices: int = 3, dag: bool | None =
     need = sum(params) * 16 + sum(acts) * 2
     frac = draw(st.sampled_from([0.3, 0.6, 1.0, 3.0]))
     devices = [Device(name=f"d{d}", memory_bytes=max(1, int(need * frac * draw(st.sampled_from([0.7, 1.0, 1.4])))),
-                      speed=draw(st.sampled_from([0.5, 1.0, 2.0])), node=d // 2) for d in range(P)]
-    slow_link = Link(bandwidth_bytes_per_s=draw(st.sampled_from([1e9, 1e10])), latency_s=1e-5)
+                      speed=draw(st.sampled_from([0.5, 1.0, 2.0])), node=d // 2,
+                      step_overhead_ms=draw(st.sampled_from([0.0, 0.0, 0.4]))) for d in range(P)]
+    # a per-transfer overhead (calibrate --from-run's gamma) is in the simulator, not in the ILP's rows
+    slow_link = Link(bandwidth_bytes_per_s=draw(st.sampled_from([1e9, 1e10])), latency_s=1e-5,
+                     transfer_overhead_s=draw(st.sampled_from([0.0, 0.0, 3e-4])))
     cluster = Cluster(devices=devices, intra_node=slow_link, inter_node=slow_link)
     M = draw(st.integers(P, 2 * P + 1))
     assume(schedule_accepts(schedule, P, M, v) is None)

@@ -65,7 +65,8 @@ def run_section(plan: Plan | None) -> None:
                    "memory measured (peak)": _fmt_bytes(m["measured_bytes"])} for m in report["memory_per_rank"]],
                  hide_index=True, key="run_ranks")
     st.write(f"Refit: speeds {report['device_speed']}, {report['action_overhead_ms']:.3f} ms per action, "
-             f"link latency {report['link']['latency_ms']:.3f} ms (bandwidth kept), memory reserve "
+             f"{report['step_overhead_ms']:.3f} ms per step, link {report['link']['transfer_overhead_ms']:.3f} ms "
+             f"per transfer + {report['link']['latency_ms']:.3f} ms per tensor (bandwidth kept), memory reserve "
              f"{_fmt_bytes(report['reserve_bytes'])}.")
     st.download_button("Download the refit cluster JSON", cluster.to_json(indent=2) + "\n",
                        file_name="cluster.calibrated.json", mime="application/json", key="run_cluster")

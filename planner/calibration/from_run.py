@@ -24,11 +24,15 @@ their median. Fitted, in this order:
 2. link: the measured step (median over steps of the slowest rank's step) against the plan's own
    step model with the fitted stage times: the simulated pipeline, then the clip all-reduce, the fixed
    per-step cost and the optimizer (the plan's optimizer times scaled by the device's factor, as the
-   refit speed scales them); the latency is the value that makes them equal (bisection: the simulated
-   step does not decrease with the latency). The fit targets what the plan predicts, so what the model
-   still does not describe (descheduling on a loaded machine, waking a process for a message) is
-   charged per message; the bandwidth is kept from the plan's cluster (one
-   run has one message size per boundary: bandwidth and latency cannot be told apart);
+   refit speed scales them); the link's per-transfer overhead (Link.transfer_overhead_s) is the value
+   that makes them equal (bisection: the simulated step does not decrease with it). The fit targets
+   what the plan predicts, so what the model still does not describe (waking the receiving process,
+   descheduling on a loaded machine) is charged per transfer, not per tensor: one run has one tensor
+   count per boundary, so the two cannot be told apart, and per transfer is what the runs show (DLRM
+   tiny's first plan sends 7 tensors per transfer, its re-plan 1; charged per tensor, the re-plan was
+   predicted 24% fast, per transfer 10%). The per-message latency and the bandwidth are kept from the
+   plan's cluster (one run has one message size per boundary too); only when the model already
+   overshoots the step with no overhead is the latency lowered instead;
 3. memory reserve: per rank, measured peak bytes less the plan's stage memory (reserve excluded),
    the largest, at least 0 (on CPU the measured peak is the exact live bytes, so it is ~0; on CUDA
    the allocator's peak, so it is what the plan's model misses).
@@ -209,27 +213,29 @@ def _simulated_pipeline_ms(plan: Plan, fwd: list[float], bwd: list[float], comm:
 
 
 def fit_link(plan: Plan):
-    """(the link the boundaries cross, whether it is the inter-node one, comm(latency_ms) -> the
-    boundaries' per-micro-batch transfer ms with that latency and the link's bandwidth)."""
+    """(the link the boundaries cross, whether it is the inter-node one, comm(latency_ms, overhead_ms)
+    -> the boundaries' per-micro-batch transfer ms with that per-message latency, that per-transfer
+    overhead and the link's bandwidth). The plan's comm_out_ms gives each boundary's tensor count."""
     cluster = plan.cluster
     inter = any(cluster.devices[a.device].node != cluster.devices[b.device].node
                 for a, b in zip(plan.stages, plan.stages[1:]))
     link = cluster.inter_node if inter else cluster.intra_node
     msgs = []
     for st in plan.stages[:-1]:
-        rest = st.comm_out_ms - st.comm_out_bytes * link.ms_per_byte
+        rest = st.comm_out_ms - st.comm_out_bytes * link.ms_per_byte - link.transfer_overhead_ms
         msgs.append(max(1, round(rest / link.latency_ms)) if link.latency_ms > 0 and rest > 0 else 1)
 
-    def comm(latency_ms: float) -> list[float]:
-        return [st.comm_out_bytes * link.ms_per_byte + k * latency_ms if st.comm_out_bytes > 0 else 0.0
+    def comm(latency_ms: float, overhead_ms: float = 0.0) -> list[float]:
+        return [overhead_ms + st.comm_out_bytes * link.ms_per_byte + k * latency_ms if st.comm_out_bytes > 0 else 0.0
                 for st, k in zip(plan.stages[:-1], msgs)]
 
     return link, inter, comm
 
 
-def _solve_latency(simulated, target_ms: float) -> float:
-    """The latency (ms) at which the simulated pipeline time equals the measured one: the simulator's
-    makespan is non-decreasing in the latency, so bisection (0 when even no latency is too slow)."""
+def _bisect_to(simulated, target_ms: float) -> float:
+    """The value (ms) of a link parameter at which the simulated step equals the measured one: the
+    simulator's makespan does not decrease as a latency or overhead grows, so bisection (0 when even
+    0 is too slow)."""
     lo, hi = 0.0, 1.0
     if simulated(lo) >= target_ms:
         return 0.0
@@ -273,21 +279,28 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
     # the optimizer step scales with the device's speed (cost.stage_optimizer_ms: reference ms / speed)
     opt = [st.optimizer_ms * factors[st.device] + st.dp_sync_ms for st in plan.stages]
 
-    def refit_at(latency_ms: float) -> Cluster:
-        new_link = Link(bandwidth_bytes_per_s=link.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3)
+    def refit_at(latency_ms: float, overhead_ms: float) -> Cluster:
+        new_link = Link(bandwidth_bytes_per_s=link.bandwidth_bytes_per_s, latency_s=latency_ms / 1e3,
+                        transfer_overhead_s=overhead_ms / 1e3)
         return replace(cluster, devices=devices, **({"inter_node": new_link} if inter else {"intra_node": new_link}))
 
-    def step_at(latency_ms: float) -> float:  # the plan's step model (simulator.simulate) with the fitted times
+    def step_at(latency_ms: float, overhead_ms: float) -> float:  # the plan's step model (simulator.simulate)
         from planner.costmodel.cost import step_end_ms
 
-        sync = step_end_ms(refit_at(latency_ms), [st.device for st in plan.stages]) \
+        sync = step_end_ms(refit_at(latency_ms, overhead_ms), [st.device for st in plan.stages]) \
             if any(o > 0 for o in opt) else 0.0
-        return _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms), opt, sync)
+        return _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms, overhead_ms), opt, sync)
 
-    latency_ms = _solve_latency(step_at, m["step_ms"])
-    refit = refit_at(latency_ms)
-    fitted_pipe = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms))
-    fitted_step = step_at(latency_ms)
+    # the rest of the step is charged per transfer, the per-message latency kept (fit_link's docstring);
+    # only a step the model already overshoots lowers the latency instead
+    latency_ms, overhead_ms = link.latency_ms, 0.0
+    if any(st.comm_out_bytes > 0 for st in plan.stages[:-1]):
+        overhead_ms = _bisect_to(lambda g: step_at(latency_ms, g), m["step_ms"])
+    if overhead_ms == 0.0:  # no transfer to charge (then the clip all-reduce's latency takes it), or too slow
+        latency_ms = _bisect_to(lambda a: step_at(a, 0.0), m["step_ms"])
+    refit = refit_at(latency_ms, overhead_ms)
+    fitted_pipe = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms, overhead_ms))
+    fitted_step = step_at(latency_ms, overhead_ms)
     # memory per rank: measured peak against the plan's stages on that device (reserve excluded)
     memory = []
     reserve = 0
@@ -311,6 +324,7 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
         "action_overhead_parts_ms": {"timed": round(timed_overhead, 4), "untimed": round(untimed, 4)},
         "step_overhead_ms": round(step_overhead, 4),
         "link": {"which": "inter_node" if inter else "intra_node", "latency_ms": round(latency_ms, 4),
+                 "transfer_overhead_ms": round(overhead_ms, 4),
                  "bandwidth_bytes_per_s": link.bandwidth_bytes_per_s, "bandwidth": "kept from the plan"},
         "reserve_bytes": int(reserve),
         "step": {"measured_ms": round(m["step_ms"], 3), "measured_pipeline_ms": round(m["pipeline_ms"], 3),

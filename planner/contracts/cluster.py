@@ -88,14 +88,21 @@ class Device:
 class Link:
     bandwidth_bytes_per_s: float
     latency_s: float = 0.0
+    """alpha: the fixed cost of one message (one tensor: torch.distributed.pipelining sends each as its own
+    p2p op)."""
+    transfer_overhead_s: float = 0.0
+    """The fixed cost of one transfer over a stage boundary, whatever its tensor count: the batch of p2p
+    ops one action posts, waking the receiver. 0 by default (NCCL on GPUs: part of the latency);
+    `pipeplan calibrate --from-run` fits it when the run's log holds the job's link probe."""
 
     def __post_init__(self) -> None:
         check_number(self.bandwidth_bytes_per_s, "link bandwidth_bytes_per_s", positive=True)
         check_number(self.latency_s, "link latency_s", minimum=0)
+        check_number(self.transfer_overhead_s, "link transfer_overhead_s", minimum=0)
 
     @property
     def latency_ms(self) -> float:
-        """alpha: the fixed cost of one message."""
+        """alpha in ms."""
         return 1000.0 * self.latency_s
 
     @property
@@ -103,13 +110,19 @@ class Link:
         """beta: the cost of one byte."""
         return 1000.0 / self.bandwidth_bytes_per_s
 
+    @property
+    def transfer_overhead_ms(self) -> float:
+        """gamma: the fixed cost of one transfer (a batch of messages)."""
+        return 1000.0 * self.transfer_overhead_s
+
     def transfer_ms(self, nbytes: float, messages: int = 1) -> float:
-        """Time to move nbytes one way in `messages` tensors: each pays the latency, the bytes
-        the bandwidth (the alpha-beta model, Hockney 1994). The one link formula: the ILP's
-        linear rows use the same latency_ms and ms_per_byte."""
+        """Time to move nbytes one way in `messages` tensors: the transfer pays its overhead, each
+        tensor the latency, the bytes the bandwidth (the alpha-beta model, Hockney 1994, plus gamma).
+        The one link formula: the ILP's linear rows use the same latency_ms and ms_per_byte and leave
+        gamma out (a lower bound: whether a boundary carries any bytes is not linear there)."""
         if nbytes <= 0:
             return 0.0
-        return max(messages, 1) * self.latency_ms + nbytes * self.ms_per_byte
+        return self.transfer_overhead_ms + max(messages, 1) * self.latency_ms + nbytes * self.ms_per_byte
 
 
 @dataclass(kw_only=True, slots=True)

@@ -275,7 +275,8 @@ def clip_allreduce_ms(cluster: Cluster, devices: list[int]) -> float:
     if len(ranks) < 2:
         return 0.0
     hops = zip(ranks, ranks[1:] + ranks[:1])
-    latency_ms = max(cluster.link(a, b).transfer_ms(8) for a, b in hops)
+    # a collective's messages, not a pipeline transfer: no Link.transfer_overhead_s
+    latency_ms = max(cluster.link(a, b).latency_ms + 8 * cluster.link(a, b).ms_per_byte for a, b in hops)
     return 2 * (len(ranks) - 1) * latency_ms
 
 
@@ -421,7 +422,8 @@ def boundary_comm_ms(cluster: Cluster, dev_a: int, dev_b: int, nbytes: float, me
 
 def link_coefficients(cluster: Cluster, dev_a: int, dev_b: int) -> tuple[float, float]:
     """(latency ms per message, ms per byte) of the boundary between two stages' devices, (0, 0) on one
-    device: boundary_comm_ms as the linear rows of the ILP (Link.transfer_ms's alpha and beta)."""
+    device: boundary_comm_ms as the linear rows of the ILP (Link.transfer_ms's alpha and beta; its
+    per-transfer gamma is left out, so the rows stay below the simulated transfer)."""
     if dev_a == dev_b:
         return 0.0, 0.0
     link = cluster.link(dev_a, dev_b)
