@@ -92,8 +92,8 @@ class Link:
     p2p op)."""
     transfer_overhead_s: float = 0.0
     """The fixed cost of one transfer over a stage boundary, whatever its tensor count: the batch of p2p
-    ops one action posts, waking the receiver. 0 by default (NCCL on GPUs: part of the latency);
-    `pipeplan calibrate --from-run` fits it when the run's log holds the job's link probe."""
+    ops one action posts, waking the receiving process. 0 by default; `pipeplan calibrate --from-run`
+    fits it to what a run's step leaves unexplained."""
 
     def __post_init__(self) -> None:
         check_number(self.bandwidth_bytes_per_s, "link bandwidth_bytes_per_s", positive=True)
