@@ -7,7 +7,9 @@
     torchrun ... train.py --weights CKPT --save-weights OUT   # start from / write safetensors weights
     torchrun ... train.py --data tokens.npy         # a local tokenised dataset instead of synthetic data
 
-Every step prints one JSON line (from the rank holding the last stage):
+Every step prints one JSON line (from the rank holding the last stage; with measuring on, one step late:
+its measurements are all-reduced while the next step runs; a checkpoint step's line right after its
+checkpoint):
     {"step": 1, "loss": 6.24, "step_time_s": 0.05, "samples_per_s": 160.0, "max_mem_bytes": ...,
      "ranks": [{"rank": 0, "step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "clip_s", "peak_bytes"}, ...],
      "stages": [{"stage": 0, "fwd_ms", "bwd_ms", "act_peak_bytes", "n_fwd", "n_bwd"}, ...]}
@@ -491,6 +493,15 @@ def run_pipeline(args: argparse.Namespace) -> None:
     has_first, has_last = 0 in local, num_stages - 1 in local
     lo = dp_rank * M * mb
     logs = has_last and dp_rank == 0 and tp_rank == 0
+
+    def emit(step: int, loss: float | None, seconds: float, collect: StepCollect | None) -> None:
+        """A step's line: every rank finishes its collect (the same collectives in the same order), the
+        logging rank prints."""
+        extra = collect.finish() if collect is not None else None
+        if logs:
+            log_step(step, loss, seconds, args.dp * M * mb, device, extra)
+
+    pending = None  # the previous step's line, its measurements still being all-reduced
     for step in range(start + 1, args.steps + 1):
         if meter is not None:
             # live bytes counted on the first 3 steps, every 10th and the profiled ones (docs/export.md)
@@ -527,15 +538,23 @@ def run_pipeline(args: argparse.Namespace) -> None:
         if device.type == "cuda" and meter is not None:
             torch.cuda.synchronize(device)
         t_opt = time.perf_counter()
-        extra = None
-        if meter is not None:
-            t_meas = time.perf_counter()
-            extra = measurements(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched, clip_s=t_clip - t_sync,
-                                 opt_s=t_opt - t_clip,
-                                 state=state_bytes(all_params, opt), pp=pp, pp_rank=pp_rank,
-                                 num_stages=num_stages, local=local, group=pp_group)
-            extra["measure_s"] = round(time.perf_counter() - t_meas, 6)  # the collect's own cost this step
-        if args.checkpoint_every and step % args.checkpoint_every == 0:
+        collect = None
+        if meter is not None:  # started now, finished one step later: the all-reduce overlaps the next step
+            collect = StepCollect(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched, clip_s=t_clip - t_sync,
+                                  opt_s=t_opt - t_clip, state=state_bytes(all_params, opt), pp=pp, pp_rank=pp_rank,
+                                  num_stages=num_stages, local=local, group=pp_group)
+        loss_value = None
+        if has_last and tp_rank == 0:
+            loss = torch.stack([x.detach() for x in losses]).mean().reshape(1)
+            if dp > 1:  # the tp_rank-0 ranks of the last stage: one dp group of the mesh
+                all_reduce_mean([loss], dp_group, dp)
+            loss_value = float(loss)
+        line = (step, loss_value, time.perf_counter() - t0, collect)
+        if pending is not None:
+            emit(*pending)
+            pending = None
+        checkpointing = bool(args.checkpoint_every) and step % args.checkpoint_every == 0
+        if checkpointing:
             save_checkpoint(args.checkpoint_dir, step, groups, opt, rank, dp_rank == 0 or per_replica)
             if args.save_weights:
                 save_weights_everywhere(args.save_weights / f"step_{step:06d}", mine, writer, sizes, rank, pp_rank,
@@ -544,12 +563,12 @@ def run_pipeline(args: argparse.Namespace) -> None:
             if rank == 0:
                 finish_checkpoint(args.checkpoint_dir, step)
             dist.barrier()
-        if has_last and tp_rank == 0:
-            loss = torch.stack([x.detach() for x in losses]).mean().reshape(1)
-            if dp > 1:  # the tp_rank-0 ranks of the last stage: one dp group of the mesh
-                all_reduce_mean([loss], dp_group, dp)
-            if logs:
-                log_step(step, float(loss), time.perf_counter() - t0, args.dp * M * mb, device, extra)
+        if collect is None or checkpointing:  # a checkpoint step's line follows its checkpoint at once
+            emit(*line)
+        else:
+            pending = line
+    if pending is not None:
+        emit(*pending)
     if args.save_weights:
         save_weights_everywhere(args.save_weights, mine, writer, sizes, rank, pp_rank, dp_rank)
     dist.barrier()
@@ -569,33 +588,51 @@ RANK_FIELDS = ("step_s", "fwd_s", "bwd_s", "opt_s", "sync_s", "wait_s", "clip_s"
 STAGE_FIELDS = ("fwd_ms", "bwd_ms", "act_peak_bytes", "n_fwd", "n_bwd")
 
 
-def measurements(meter: StepMeter, *, step_s: float, sync_s: float, clip_s: float, opt_s: float, state: int, pp: int, pp_rank: int,
-                 num_stages: int, local: list[int], group) -> dict:
-    """This step's measurements of every pipeline rank, summed into one vector over the pipeline group
-    (one small all-reduce), as the JSON line's "ranks" and "stages" (per micro-batch forward and
-    backward ms; a stage's backward is B + W); with --profile-steps also every action ("actions")."""
-    r, k = len(RANK_FIELDS), len(STAGE_FIELDS)
-    vec = torch.zeros(pp * r + num_stages * k, dtype=torch.float64)
-    mine = (step_s, sum(meter.fwd.values()), sum(meter.bwd.values()), opt_s, sync_s, meter.wait_s, clip_s,
-            meter.peak_bytes(state))
-    vec[pp_rank * r:(pp_rank + 1) * r] = torch.tensor(mine, dtype=torch.float64)
-    for s in local:
-        nf, nb = meter.n_fwd.get(s, 0), meter.n_bwd.get(s, 0)
-        vec[pp * r + s * k:pp * r + (s + 1) * k] = torch.tensor(
-            (1e3 * meter.fwd.get(s, 0.0) / max(nf, 1), 1e3 * meter.bwd.get(s, 0.0) / max(nb, 1),
-             meter.stage_peak.get(s, 0), nf, nb), dtype=torch.float64)
-    vec = vec.to(meter.device)
-    dist.all_reduce(vec, group=group)
-    v = vec.tolist()
-    out = {"ranks": [{"rank": q, **{f: round(v[q * r + i], 6) if i < r - 1 else int(v[q * r + i])
-                                    for i, f in enumerate(RANK_FIELDS)}} for q in range(pp)],
-           "stages": [{"stage": s, **{f: round(v[pp * r + s * k + i], 4) if i < 2 else int(v[pp * r + s * k + i])
-                                      for i, f in enumerate(STAGE_FIELDS)}} for s in range(num_stages)]}
-    if meter.profile:
-        gathered: list = [None] * pp
-        dist.all_gather_object(gathered, meter.actions, group=group)
-        out["actions"] = [a for acts in gathered for a in acts]
-    return out
+class StepCollect:
+    """One step's measurements of every pipeline rank, summed into one vector over the pipeline group
+    by one small all-reduce, as the JSON line's "ranks" and "stages" (per micro-batch forward and
+    backward ms; a stage's backward is B + W); with --profile-steps also every action ("actions").
+    The all-reduce starts asynchronously at the end of the step and is finished at the end of the
+    next one (finish()), so it overlaps that step's pipeline instead of blocking this one: a step's line
+    is printed one step late (a checkpoint step's right after its checkpoint). "measure_s" is the
+    collect's own cost: its start and its finish."""
+
+    def __init__(self, meter: StepMeter, *, step_s: float, sync_s: float, clip_s: float, opt_s: float, state: int,
+                 pp: int, pp_rank: int, num_stages: int, local: list[int], group) -> None:
+        t0 = time.perf_counter()
+        self.pp, self.num_stages = pp, num_stages
+        r, k = len(RANK_FIELDS), len(STAGE_FIELDS)
+        vec = torch.zeros(pp * r + num_stages * k, dtype=torch.float64)
+        mine = (step_s, sum(meter.fwd.values()), sum(meter.bwd.values()), opt_s, sync_s, meter.wait_s, clip_s,
+                meter.peak_bytes(state))
+        vec[pp_rank * r:(pp_rank + 1) * r] = torch.tensor(mine, dtype=torch.float64)
+        for s in local:
+            nf, nb = meter.n_fwd.get(s, 0), meter.n_bwd.get(s, 0)
+            vec[pp * r + s * k:pp * r + (s + 1) * k] = torch.tensor(
+                (1e3 * meter.fwd.get(s, 0.0) / max(nf, 1), 1e3 * meter.bwd.get(s, 0.0) / max(nb, 1),
+                 meter.stage_peak.get(s, 0), nf, nb), dtype=torch.float64)
+        self.vec = vec.to(meter.device)
+        self.work = dist.all_reduce(self.vec, group=group, async_op=True)
+        self.actions = None
+        if meter.profile:  # profiled steps only: gathered now (blocking)
+            gathered: list = [None] * pp
+            dist.all_gather_object(gathered, list(meter.actions), group=group)
+            self.actions = [a for acts in gathered for a in acts]
+        self.seconds = time.perf_counter() - t0
+
+    def finish(self) -> dict:
+        t0 = time.perf_counter()
+        self.work.wait()
+        v = self.vec.tolist()
+        pp, r, k = self.pp, len(RANK_FIELDS), len(STAGE_FIELDS)
+        out = {"ranks": [{"rank": q, **{f: round(v[q * r + i], 6) if i < r - 1 else int(v[q * r + i])
+                                        for i, f in enumerate(RANK_FIELDS)}} for q in range(pp)],
+               "stages": [{"stage": s, **{f: round(v[pp * r + s * k + i], 4) if i < 2 else int(v[pp * r + s * k + i])
+                                          for i, f in enumerate(STAGE_FIELDS)}} for s in range(self.num_stages)]}
+        if self.actions is not None:
+            out["actions"] = self.actions
+        out["measure_s"] = round(self.seconds + time.perf_counter() - t0, 6)
+        return out
 
 
 def save_weights_everywhere(out_dir: Path, mine: dict, writer: dict, sizes: dict, rank: int, pp_rank: int,
