@@ -210,3 +210,37 @@ def test_the_step_overhead_is_paid_once_per_step_by_the_plan_and_its_timeline():
     assert simulate(plan1).makespan_ms == pytest.approx(plan1.step_time_ms, rel=1e-9)
     assert plan1.solver.status == "optimal"
     assert plan1.solver.lower_bound_ms <= plan1.step_time_ms * (1 + 1e-9)
+
+
+def test_no_step_overhead_without_optimizer_times_and_no_link_fit_without_a_transfer():
+    """A plan without optimizer times charges no step end (the simulator adds it only after an optimizer
+    step), so nothing is fitted into it; a parameter that does not move the step (a boundary within one
+    device) is not bisected off to 10^6 ms: the link keeps the plan's values."""
+    from planner.calibration.from_run import _bisect_to
+
+    assert _bisect_to(lambda x: 5.0, 10.0) is None
+    plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2))
+    plan.stages[0].comm_out_bytes = 4_000_000
+    plan.stages[0].comm_out_ms = plan.cluster.intra_node.transfer_ms(4_000_000)
+    planned_mem = [st.memory.total - st.memory.reserve for st in plan.stages]
+    log = synthetic_log(plan, factor=2.0, overhead=0.3, transfer_ms=0.2, peak=planned_mem, step_overhead_ms=0.9)
+    cluster, report = calibrate_from_run(plan, [log])
+    assert report["step_overhead_ms"] == 0.0 and all(d.step_overhead_ms == 0.0 for d in cluster.devices)
+    assert cluster.intra_node.transfer_overhead_s * 1e3 == pytest.approx(0.2, rel=1e-3)
+
+    one = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), schedule="ZBV")  # both chunks on device 0
+    assert {st.device for st in one.stages} == {0}
+    one.stages[0].comm_out_bytes = 4_000_000
+    one.stages[0].comm_out_ms = 0.0
+    lines = []
+    for raw in synthetic_log(one, factor=2.0, overhead=0.3, transfer_ms=0.0, peak=[0, 0]).splitlines():
+        if raw.startswith("{"):  # 1 ms more per step, waiting: more than the model can explain
+            d = json.loads(raw)
+            for r in d["ranks"]:
+                r["step_s"] += 1e-3
+                r["wait_s"] += 1e-3
+            raw = json.dumps(d)
+        lines.append(raw)
+    cluster, report = calibrate_from_run(one, ["\n".join(lines)])
+    assert report["link"]["transfer_overhead_ms"] == 0.0
+    assert cluster.intra_node.latency_s == one.cluster.intra_node.latency_s

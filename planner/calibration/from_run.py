@@ -135,12 +135,12 @@ def step_overhead_fit_ms(plan: Plan, m: dict, factors: dict[int, float]) -> floa
     """The fixed per-step cost (Device.step_overhead_ms): per pipeline rank, its measured optimizer
     time (opt_s: the update and zeroing the gradients) less the plan's optimizer steps of its stages at
     the fitted speed (what the optimizer's memory traffic explains), the median over ranks, at least 0.
-    0 for logs whose opt_s includes the clipping: its all-reduce waits for the last rank, which is not
-    a cost of the optimizer."""
+    0 for logs whose opt_s includes the clipping (its all-reduce waits for the last rank, which is not
+    a cost of the optimizer) and for plans without optimizer times."""
     from planner.export.job import pipeline_ranks
 
-    if not m["clip_apart"]:
-        return 0.0
+    if not m["clip_apart"] or not any(st.optimizer_ms > 0 for st in plan.stages):
+        return 0.0  # (without optimizer times the step model charges no step end: simulator.simulate)
     stage_rank = pipeline_ranks(plan)
     excess = []
     for r, rank in enumerate(m["ranks"]):
@@ -232,15 +232,17 @@ def fit_link(plan: Plan):
     return link, inter, comm
 
 
-def _bisect_to(simulated, target_ms: float) -> float:
+def _bisect_to(simulated, target_ms: float) -> float | None:
     """The value (ms) of a link parameter at which the simulated step equals the measured one: the
     simulator's makespan does not decrease as a latency or overhead grows, so bisection (0 when even
-    0 is too slow)."""
+    0 is too slow; None when no value up to 10^6 ms reaches it: the parameter does not move the step)."""
     lo, hi = 0.0, 1.0
     if simulated(lo) >= target_ms:
         return 0.0
     while simulated(hi) < target_ms and hi < 1e6:
         hi *= 2
+    if simulated(hi) < target_ms:  # the parameter hardly moves the step (no transfer it applies to)
+        return None
     for _ in range(60):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if simulated(mid) < target_ms else (lo, mid)
@@ -294,10 +296,11 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
     # the rest of the step is charged per transfer, the per-message latency kept (fit_link's docstring);
     # only a step the model already overshoots lowers the latency instead
     latency_ms, overhead_ms = link.latency_ms, 0.0
-    if any(st.comm_out_bytes > 0 for st in plan.stages[:-1]):
-        overhead_ms = _bisect_to(lambda g: step_at(latency_ms, g), m["step_ms"])
+    if any(st.comm_out_bytes > 0 and st.device != nxt.device for st, nxt in zip(plan.stages, plan.stages[1:])):
+        overhead_ms = _bisect_to(lambda g: step_at(latency_ms, g), m["step_ms"]) or 0.0
     if overhead_ms == 0.0:  # no transfer to charge (then the clip all-reduce's latency takes it), or too slow
-        latency_ms = _bisect_to(lambda a: step_at(a, 0.0), m["step_ms"])
+        fitted = _bisect_to(lambda a: step_at(a, 0.0), m["step_ms"])
+        latency_ms = fitted if fitted is not None else latency_ms
     refit = refit_at(latency_ms, overhead_ms)
     fitted_pipe = _simulated_pipeline_ms(plan, fwd, bwd, comm(latency_ms, overhead_ms))
     fitted_step = step_at(latency_ms, overhead_ms)

@@ -530,8 +530,11 @@ def run_pipeline(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         opt.step()
+        gather_s = 0.0  # ZeRO-1's parameter all-gather: gradient sync (the plan's dp_sync_ms), not optimizer time
         if zero1:
+            t_gather = time.perf_counter()
             zero1_sync_params(copies, owner, dp_group)
+            gather_s = time.perf_counter() - t_gather
             for p in all_params:  # the optimizer holds only this replica's share: clear every gradient
                 p.grad.zero_()
         opt.zero_grad(set_to_none=False)
@@ -540,8 +543,9 @@ def run_pipeline(args: argparse.Namespace) -> None:
         t_opt = time.perf_counter()
         collect = None
         if meter is not None:  # started now, finished one step later: the all-reduce overlaps the next step
-            collect = StepCollect(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched, clip_s=t_clip - t_sync,
-                                  opt_s=t_opt - t_clip, state=state_bytes(all_params, opt), pp=pp, pp_rank=pp_rank,
+            collect = StepCollect(meter, step_s=t_opt - t0, sync_s=t_sync - t_sched + gather_s,
+                                  clip_s=t_clip - t_sync, opt_s=t_opt - t_clip - gather_s,
+                                  state=state_bytes(all_params, opt), pp=pp, pp_rank=pp_rank,
                                   num_stages=num_stages, local=local, group=pp_group)
         loss_value = None
         if has_last and tp_rank == 0:
@@ -549,7 +553,8 @@ def run_pipeline(args: argparse.Namespace) -> None:
             if dp > 1:  # the tp_rank-0 ranks of the last stage: one dp group of the mesh
                 all_reduce_mean([loss], dp_group, dp)
             loss_value = float(loss)
-        line = (step, loss_value, time.perf_counter() - t0, collect)
+        # the step's time without the collect's start (measure_s has it)
+        line = (step, loss_value, time.perf_counter() - t0 - (collect.seconds if collect is not None else 0.0), collect)
         if pending is not None:
             emit(*pending)
             pending = None
@@ -594,8 +599,8 @@ class StepCollect:
     backward ms; a stage's backward is B + W); with --profile-steps also every action ("actions").
     The all-reduce starts asynchronously at the end of the step and is finished at the end of the
     next one (finish()), so it overlaps that step's pipeline instead of blocking this one: a step's line
-    is printed one step late (a checkpoint step's right after its checkpoint). "measure_s" is the
-    collect's own cost: its start and its finish."""
+    is printed one step late (a checkpoint step's right after its checkpoint; a step followed by one that
+    raises loses its line). "measure_s" is the collect's own cost: its start and its finish."""
 
     def __init__(self, meter: StepMeter, *, step_s: float, sync_s: float, clip_s: float, opt_s: float, state: int,
                  pp: int, pp_rank: int, num_stages: int, local: list[int], group) -> None:
