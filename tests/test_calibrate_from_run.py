@@ -244,3 +244,18 @@ def test_no_step_overhead_without_optimizer_times_and_no_link_fit_without_a_tran
     cluster, report = calibrate_from_run(one, ["\n".join(lines)])
     assert report["link"]["transfer_overhead_ms"] == 0.0
     assert cluster.intra_node.latency_s == one.cluster.intra_node.latency_s
+
+
+def test_every_device_of_a_fitted_kind_is_refit_so_data_parallel_replicas_stay_uniform():
+    """The plan's stages sit on the first replica's devices; the refit applies the fitted factor to every
+    device of that kind, so a dp > 1 re-plan still sees one kind of device (parallel.check_uniform)."""
+    from planner.contracts.cluster import Cluster
+    from planner.costmodel.parallel import check_uniform
+
+    plan = hand_plan("sample:gpt:tiny", gpt_tiny_stages(2), data_parallel=2)
+    plan.cluster = Cluster.uniform(4, memory_bytes=16 << 30)
+    planned_mem = [st.memory.total - st.memory.reserve for st in plan.stages]
+    log = synthetic_log(plan, factor=2.5, overhead=0.4, transfer_ms=0.3, peak=planned_mem)
+    cluster, _ = calibrate_from_run(plan, [log])
+    assert [d.speed for d in cluster.devices] == pytest.approx([1 / 2.5] * 4, rel=1e-6)
+    check_uniform(cluster)

@@ -261,8 +261,13 @@ def calibrate_from_run(plan: Plan, logs: list[str], *, profile=None) -> tuple[Cl
     step_overhead = step_overhead_fit_ms(plan, m, factors)
     cluster = plan.cluster
     devices = list(cluster.devices)
-    for d, a in factors.items():
-        dev = devices[d]
+    # every device of a fitted kind gets its factor: with data parallelism the plan's stages sit on the first
+    # replica's devices, and the others must stay the same kind (parallel.check_uniform)
+    kind_factor = {cluster.devices[d].kind(): a for d, a in factors.items()}
+    for d, dev in enumerate(cluster.devices):
+        a = kind_factor.get(dev.kind())
+        if a is None:
+            continue
         if dev.speed is None and dev.tflops is not None:
             if profile is None or not profile.provenance.reference_tflops:
                 raise PipeplanError(f"device {dev.name!r} gives its speed in TFLOP/s: pass --profile (the profile "
