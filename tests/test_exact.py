@@ -363,3 +363,42 @@ def test_path_bounds_below_every_enumerated_plan(inst, rnd):
         assert bound <= p.step_time_ms * (1 + TOL), (config.schedule, bound, p.step_time_ms)
         if k < 40:  # its own critical path is among them: the bound is its simulated step exactly
             assert bound == pytest.approx(p.step_time_ms, rel=1e-9)
+
+
+# -- the device-pair bound (path_search.device_pair_bound) -----------------------------------------
+
+@pytest.mark.parametrize("schedule", ["Interleaved1F1B", "ZBV"])
+@pytest.mark.parametrize("seed", range(4))
+def test_device_pair_bound_is_the_least_largest_device_path(schedule, seed):
+    """Brute force over every cut of a random chain (mixed speeds, sends that matter): the bound equals the
+    least, over partitions, of the largest device path (to its bisection tolerance), and no partition's
+    simulated drain is below it."""
+    import time
+
+    from planner.solvers.exact import critical_path, device_paths, path_length
+    from planner.solvers.path_search import _durations, _Intervals, device_pair_bound
+    from planner.solvers.search import chain_problem
+
+    rng = random.Random(seed)
+    P = 2 + seed % 2
+    n = 2 * P + 4
+    profile = chain_profile([rng.uniform(0.2, 4.0) for _ in range(n)], params=[rng.randint(0, 1000) for _ in range(n)],
+                            edge_bytes=[rng.choice([10**5, 10**7]) for _ in range(n - 1)])
+    cluster = Cluster(devices=[Device(name=f"d{k}", memory_bytes=10**9, speed=rng.choice([1.0, 2.0]), node=k % 2)
+                               for k in range(P)], inter_node=Link(bandwidth_bytes_per_s=1e9, latency_s=1e-4))
+    M = 2 * P
+    config = TrainConfig(schedule=schedule, num_microbatches=M, virtual_stages=2)
+    tables = build_tables(profile)
+    devices = stage_devices(P, config)
+    iv = _Intervals(chain_problem(profile, tables, cluster, config, devices), cluster, devices)
+    paths = device_paths(schedule, P, M, 2)
+    least_device, least_drain = float("inf"), float("inf")
+    for cuts in itertools.combinations(range(1, n), 2 * P - 1):
+        ends = [0, *cuts, n]
+        stages = [(ends[k], ends[k + 1] - ends[k], 0) for k in range(2 * P)]
+        f, b, w, link = _durations(iv, stages)
+        least_device = min(least_device, max(path_length(p, f, b, w, link) for p in paths))
+        least_drain = min(least_drain, critical_path(schedule, P, M, 2, f, b, w, link)[0])
+    bound = device_pair_bound(iv, devices, paths, 0.0, 2 * least_device, time.perf_counter() + 60, rel_tol=1e-9)
+    assert least_device <= least_drain * (1 + 1e-9)  # every device path is a path
+    assert least_device * (1 - 1e-6) <= bound <= least_device * (1 + 1e-9)

@@ -56,6 +56,8 @@ practice), so a plan does not depend on the machine's speed."""
 MAX_TABLE_ELEMENTS = 2_000_000
 """Stages x positions x lengths x recompute choices the interval tables may hold; larger chains go to the
 ILP enumeration (planner.solvers.ilp.enumerate_by_bound)."""
+PAIR_BOUND_SHARE = 0.75
+"""By this share of its time the search stops refining the device-pair bound (it keeps what it proved)."""
 GENERATION_ROUNDS = 60
 """Rounds of the row generation (_generate_rows): each is one DP and at most one simulation."""
 
@@ -93,6 +95,7 @@ class _Intervals:
         self.budget = {d: stages_budget_bytes(cluster.devices[d].memory_bytes, cfg.reserve_bytes) for d in set(devices)}
         self.F, self.B, self.W, self.mem, self.ok = [], [], [], [], []
         self.link, self.opt = [], []
+        self.any_place: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         largest = int(tb.params.max(initial=0))
         for s in range(S):
             overhead = prob.stage_overhead[s] if prob.stage_overhead is not None else 0.0
@@ -111,6 +114,9 @@ class _Intervals:
                 Ms.append(mem)
                 Os.append(place & (mem <= self.budget[devices[s]]))
             self.F.append(Fs), self.B.append(Bs), self.W.append(Ws), self.mem.append(Ms), self.ok.append(Os)
+            # the stage's least F, B, W on any interval, wherever it lies (device_pair_bound): recompute is never faster
+            f, bwd, b_in, w = co_t.compute_ms(fref, bref, wref, False)
+            self.any_place.append(tuple(np.where(inside, x, INF) for x in (f, b_in if split else bwd, w if split else 0 * f)))
             if s < S - 1 and devices[s] != devices[s + 1]:
                 per_cut = np.array([boundary_comm_ms(cluster, devices[s], devices[s + 1], b, int(n))
                                     for b, n in zip(fwd_cut, fwd_n)])
@@ -204,6 +210,128 @@ def _durations(iv: _Intervals, stages) -> tuple[list[float], list[float], list[f
     pick = lambda arr: [float(arr[k][r][i, L_ - 1]) for k, (i, L_, r) in enumerate(stages)]
     link = [float(iv.link[k][i, L_ - 1]) for k, (i, L_, _) in enumerate(stages[:-1])]
     return pick(iv.F), pick(iv.B), pick(iv.W), link
+
+
+def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs], lo: float, hi: float,
+                      deadline: float, rel_tol: float = 2e-4) -> float:
+    """A lower bound on the drain of every partition: the least, over partitions, of the largest device path.
+
+    Two chunks per device on a chain (Interleaved1F1B with v = 2, ZBV): device d holds stage d of the first
+    chain [0, c) and one stage of the second chain [c, N), stage P + d (loop placement, the second chain
+    walked forwards) or 2P - 1 - d (V placement, walked backwards). A device path (exact.device_paths) is
+    the device's own two stages times their counts, plus a head over stages t < d and boundaries b < d
+    (micro-batch 0's way in, the last gradient's way out). The head is bounded below by its least value
+    over every cut of [0, i0) into d stages (H below); the rest is exact. So for a target T the question
+    "is there a partition with every device path <= T" is a DP over the devices in order whose state is
+    (end of stage d in the first chain, how far the second chain is covered): for one end, covering more
+    of the second chain is never worse (every later interval is then a sub-interval: its durations are
+    sums of non-negative node times plus the stage's fixed overhead), so one number per end suffices.
+    Bisection on T between lo (known infeasible, or the caller's bound) and hi (a partition's value)
+    returns the largest T proven infeasible: every partition has a device path, hence a drain, above it.
+    The Lagrangian rows (_generate_rows) see only weighted averages of these paths; this sees that some
+    device must take the extra block (llama's 32 blocks and head on 8 devices). Memory is left out (a
+    relaxation). Paths of another shape are skipped; -inf when no path or placement fits the shape."""
+    S, N = iv.S, iv.N
+    P = S // 2
+    if S != 2 * P or P < 2 or not hi > lo:
+        return -INF
+    second = []
+    for d in range(P):
+        same = [t for t in range(P, S) if devices[t] == devices[d]]
+        if len(same) != 1 or devices[:P].count(devices[d]) != 1:
+            return -INF
+        second.append(same[0])
+    if second == [P + d for d in range(P)]:
+        forward = True
+    elif second == [S - 1 - d for d in range(P)]:
+        forward = False
+    else:
+        return -INF
+    L = iv.L
+
+    def cost(s: int, nF: int, nB: int, nW: int, nL: int) -> np.ndarray:
+        F, B, W = iv.any_place[s]
+        out = np.where(np.isfinite(F), 0.0, INF)  # INF where the stage cannot hold the interval
+        for n, x in ((nF, F), (nB, B), (nW, W), (nL, iv.link[s])):
+            if n:
+                out = out + n * x
+        return out
+
+    rows = []  # (device, head H[i0], own cost of the first-chain stage, own cost of the second-chain stage)
+    for nF, nB, nW, nL in paths:
+        d = int(np.argmax([nF[t] + nB[t] for t in range(P)]))
+        own = {d, second[d]}
+        if any((nF[t] or nB[t] or nW[t]) and t not in own and t >= d for t in range(S)) or any(nL[d:]):
+            continue
+        H = np.full(N + 1, INF)
+        H[0] = 0.0
+        for t in range(d):  # the head's least value over cuts of [0, i0) into stages 0..d-1
+            c_t = cost(t, nF[t], nB[t], nW[t], nL[t] if t < len(nL) else 0)
+            nxt = np.full(N + 1, INF)
+            cand = H[:, None] + c_t
+            ends = np.arange(N + 1)[:, None] + np.arange(1, L + 1)[None, :]
+            ok = ends <= N
+            np.minimum.at(nxt, ends[ok], cand[ok])
+            H = nxt
+        rows.append((d, H, cost(d, nF[d], nB[d], nW[d], 0), cost(second[d], nF[second[d]], nB[second[d]],
+                                                                      nW[second[d]], 0)))
+    if not rows:
+        return -INF
+    by_device = [[r for r in rows if r[0] == d] for d in range(P)]
+
+    grid = np.arange(1, L + 1)
+
+    def feasible(T: float) -> bool | None:
+        """Whether some partition has every device path <= T; None past the deadline."""
+        for c in range(P, N - P + 1):  # the first chain is [0, c)
+            if time.perf_counter() > deadline:
+                return None
+            J = np.full(N + 1, -1)  # per end of the first chain's stages so far: the second chain's frontier
+            J[0] = c if forward else N
+            for d in range(P):
+                last = d == P - 1
+                i0 = np.nonzero(J >= 0)[0]
+                if len(i0) == 0:
+                    break
+                j0 = J[i0]
+                a_len = (c - i0) if last else (c - (P - 1 - d) - i0)
+                room = (N - (P - 1 - d) - j0) if forward else (j0 - c - (P - 1 - d))
+                valid = ((grid[None, :] == a_len[:, None]) if last else (grid[None, :] <= a_len[:, None]))
+                valid &= room[:, None] >= 1
+                if forward:
+                    start = np.broadcast_to(j0[:, None], (len(i0), L))
+                else:
+                    start = j0[:, None] - grid[None, :]
+                reach = np.broadcast_to(room[:, None], valid.shape).copy()
+                a_idx = np.minimum(i0[:, None], N), grid[None, :] - 1
+                for _, H, own_a, own_b in by_device[d]:
+                    budget = T - H[i0][:, None] - own_a[a_idx]
+                    cb = np.where((grid[None, :] <= room[:, None]) & (start >= 0),
+                                  own_b[np.clip(start, 0, N), grid[None, :] - 1], INF)
+                    reach = np.minimum(reach, (cb[:, None, :] <= budget[:, :, None]).sum(axis=2))
+                if last:
+                    reach = np.where(reach >= room[:, None], reach, 0)
+                good = valid & (reach >= 1)
+                ends = (i0[:, None] + grid[None, :])[good]
+                new = np.full(N + 1, -1 if forward else N + 1)
+                if forward:
+                    np.maximum.at(new, ends, (j0[:, None] + reach)[good])
+                else:
+                    np.minimum.at(new, ends, (j0[:, None] - reach)[good])
+                    new[new > N] = -1
+                J = new
+            else:
+                if J[c] == (N if forward else c):
+                    return True
+        return False
+
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        ok = feasible(mid)
+        if ok is None:
+            break
+        lo, hi = (lo, mid) if ok else (mid, hi)
+    return lo
 
 
 def _generate_rows(rows: _Rows, iv: _Intervals, on_partition: Callable[[list], None], good_enough: Callable[[], float],
@@ -341,6 +469,12 @@ def chunked_chain_finish(prob: ChainProblem, cluster: Cluster, devices: list[int
     root = float(rows.C[:, 0, 0].max(initial=-INF)) + sync + opt_bound(zero, 0)
     if not np.isfinite(root):  # no partition fits even stage by stage
         return best, best_ms, best_ms if best is not None else INF, best is not None, hand_over()
+    if best is not None and root < best_ms * (1 - REL_TOL):
+        # every partition's drain is at least the least largest device path: a bound the rows' weighted
+        # averages miss where the work cannot be spread evenly (device_pair_bound; -inf off its shapes)
+        pair = device_pair_bound(iv, devices, paths, root - extra, best_ms - extra,
+                                 start + time_limit_s * PAIR_BOUND_SHARE)
+        root = max(root, pair + extra)
     heap = [(root, 0, 0, (0, 0, (), np.zeros(len(rows)), zero, zero))]
     counter = expansions = leaves = 0
     timed_out = False
