@@ -20,6 +20,9 @@ durations), so the bound of every partition that shares its bottleneck rises to 
 It ends when the bound reaches the best simulated step (proven) or no new row comes; the best weights
 become a row.
 
+With two chunks per device the root bound is then raised to the device-pair bound (device_pair_bound: the
+least largest device path over every partition, by a DP over the devices), which every node inherits.
+
 Then the search: best bound first, deeper first on ties; a complete partition is scored by the simulator
 (None: it does not fit), its critical path becomes a row, and the search stops when the best simulated
 step is <= every open bound (proven optimal) or at its limits (MAX_EXPANSIONS, MAX_LEAVES, the clock),
