@@ -328,6 +328,8 @@ def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs
                     return True
         return False
 
+    if feasible(lo * (1 + 4 * rel_tol)) is not False:  # nothing to gain over lo (the common case): one quick check
+        return lo
     while hi - lo > rel_tol * hi:
         mid = (lo + hi) / 2
         ok = feasible(mid)
