@@ -367,38 +367,46 @@ def test_path_bounds_below_every_enumerated_plan(inst, rnd):
 
 # -- the device-pair bound (path_search.device_pair_bound) -----------------------------------------
 
-@pytest.mark.parametrize("schedule", ["Interleaved1F1B", "ZBV"])
-@pytest.mark.parametrize("seed", range(4))
-def test_device_pair_bound_is_the_least_largest_device_path(schedule, seed):
-    """Brute force over every cut of a random chain (mixed speeds, sends that matter): the bound equals the
-    least, over partitions, of the largest device path (to its bisection tolerance), and no partition's
-    simulated drain is below it."""
+def _least_device_path_case(seed: int):
+    """A random chain (a few heavy nodes among light ones), 2-3 devices of mixed speed, Interleaved1F1B or ZBV."""
+    rng = random.Random(seed)
+    P = rng.choice([2, 3])
+    n = 2 * P + rng.randint(1, 4)
+    schedule = rng.choice(["Interleaved1F1B", "ZBV"])
+    profile = chain_profile([rng.choice([0.05, 0.1, 0.2, 3.0, 8.0]) for _ in range(n)],
+                            params=[rng.randint(0, 1000) for _ in range(n)],
+                            edge_bytes=[rng.choice([10**5, 10**7]) for _ in range(n - 1)])
+    cluster = Cluster(devices=[Device(name=f"d{k}", memory_bytes=10**9, speed=rng.choice([1.0, 3.0]), node=k % 2)
+                               for k in range(P)], inter_node=Link(bandwidth_bytes_per_s=1e9, latency_s=1e-4))
+    return profile, cluster, TrainConfig(schedule=schedule, num_microbatches=rng.choice([P, 2 * P]), virtual_stages=2)
+
+
+# 116, 187, 321, 341, 369: a version that kept only the farthest frontier per end (covering more of the second
+# chain taken as never worse) returned a bound above the least largest device path on these
+@pytest.mark.parametrize("seed", [*range(24), 116, 187, 321, 341, 369])
+def test_device_pair_bound_never_exceeds_the_least_largest_device_path(seed):
+    """Brute force over every cut: the bound is <= the least, over partitions, of the largest device path
+    (which is <= every partition's simulated drain), and close to it (the heads are bounded by their least
+    value over every cut, so it may be a little lower)."""
     import time
 
     from planner.solvers.exact import critical_path, device_paths, path_length
     from planner.solvers.path_search import _durations, _Intervals, device_pair_bound
     from planner.solvers.search import chain_problem
 
-    rng = random.Random(seed)
-    P = 2 + seed % 2
-    n = 2 * P + 4
-    profile = chain_profile([rng.uniform(0.2, 4.0) for _ in range(n)], params=[rng.randint(0, 1000) for _ in range(n)],
-                            edge_bytes=[rng.choice([10**5, 10**7]) for _ in range(n - 1)])
-    cluster = Cluster(devices=[Device(name=f"d{k}", memory_bytes=10**9, speed=rng.choice([1.0, 2.0]), node=k % 2)
-                               for k in range(P)], inter_node=Link(bandwidth_bytes_per_s=1e9, latency_s=1e-4))
-    M = 2 * P
-    config = TrainConfig(schedule=schedule, num_microbatches=M, virtual_stages=2)
+    profile, cluster, config = _least_device_path_case(seed)
+    P, M, n = cluster.num_devices, config.num_microbatches, len(profile.nodes)
     tables = build_tables(profile)
     devices = stage_devices(P, config)
     iv = _Intervals(chain_problem(profile, tables, cluster, config, devices), cluster, devices)
-    paths = device_paths(schedule, P, M, 2)
+    paths = device_paths(config.schedule, P, M, 2)
     least_device, least_drain = float("inf"), float("inf")
     for cuts in itertools.combinations(range(1, n), 2 * P - 1):
         ends = [0, *cuts, n]
         stages = [(ends[k], ends[k + 1] - ends[k], 0) for k in range(2 * P)]
         f, b, w, link = _durations(iv, stages)
         least_device = min(least_device, max(path_length(p, f, b, w, link) for p in paths))
-        least_drain = min(least_drain, critical_path(schedule, P, M, 2, f, b, w, link)[0])
+        least_drain = min(least_drain, critical_path(config.schedule, P, M, 2, f, b, w, link)[0])
     bound = device_pair_bound(iv, devices, paths, 0.0, 2 * least_device, time.perf_counter() + 60, rel_tol=1e-9)
     assert least_device <= least_drain * (1 + 1e-9)  # every device path is a path
-    assert least_device * (1 - 1e-6) <= bound <= least_device * (1 + 1e-9)
+    assert 0.95 * least_device <= bound <= least_device * (1 + 1e-9)

@@ -226,9 +226,10 @@ def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs
     (micro-batch 0's way in, the last gradient's way out). The head is bounded below by its least value
     over every cut of [0, i0) into d stages (H below); the rest is exact. So for a target T the question
     "is there a partition with every device path <= T" is a DP over the devices in order whose state is
-    (end of stage d in the first chain, how far the second chain is covered): for one end, covering more
-    of the second chain is never worse (every later interval is then a sub-interval: its durations are
-    sums of non-negative node times plus the stage's fixed overhead), so one number per end suffices.
+    (end of stage d in the first chain, how far the second chain is covered). Every reachable pair is kept:
+    covering more of the second chain is not always better (the next device may then have to take a heavy
+    node alone). For a new pair the nearest reachable frontier is the best source, since a shorter
+    interval's durations (sums of non-negative node times plus the stage's fixed overhead) are no larger.
     Bisection on T between lo (known infeasible, or the caller's bound) and hi (a partition's value)
     returns the largest T proven infeasible: every partition has a device path, hence a drain, above it.
     The Lagrangian rows (_generate_rows) see only weighted averages of these paths; this sees that some
@@ -282,49 +283,49 @@ def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs
         return -INF
     by_device = [[r for r in rows if r[0] == d] for d in range(P)]
 
-    grid = np.arange(1, L + 1)
+    pos = np.arange(N + 1)
+
+    def length_cost(table: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """table[start, length - 1], INF where that is not an interval of 1..L nodes."""
+        ok = (length >= 1) & (length <= L) & (start >= 0) & (start <= N)
+        return np.where(ok, table[np.clip(start, 0, N), np.clip(length - 1, 0, L - 1)], INF)
 
     def feasible(T: float) -> bool | None:
         """Whether some partition has every device path <= T; None past the deadline."""
         for c in range(P, N - P + 1):  # the first chain is [0, c)
             if time.perf_counter() > deadline:
                 return None
-            J = np.full(N + 1, -1)  # per end of the first chain's stages so far: the second chain's frontier
-            J[0] = c if forward else N
+            # R[i, j]: devices 0..d-1 can end the first chain's stages at i with the second chain covered to j
+            R = np.zeros((N + 1, N + 1), dtype=bool)
+            R[0, c if forward else N] = True
             for d in range(P):
                 last = d == P - 1
-                i0 = np.nonzero(J >= 0)[0]
-                if len(i0) == 0:
+                src = np.nonzero(R.any(axis=1))[0]
+                if len(src) == 0:
                     break
-                j0 = J[i0]
-                a_len = (c - i0) if last else (c - (P - 1 - d) - i0)
-                room = (N - (P - 1 - d) - j0) if forward else (j0 - c - (P - 1 - d))
-                valid = ((grid[None, :] == a_len[:, None]) if last else (grid[None, :] <= a_len[:, None]))
-                valid &= room[:, None] >= 1
+                n = len(src)
+                # the second-chain stage of device d ends (forward) or starts (backward) at j; its best source
+                # frontier is the nearest reachable one (a shorter interval costs no more): no dominance needed
                 if forward:
-                    start = np.broadcast_to(j0[:, None], (len(i0), L))
+                    below = np.maximum.accumulate(np.where(R[src], pos, -1), axis=1)
+                    near = np.concatenate([np.full((n, 1), -1), below[:, :-1]], axis=1)
+                    j_ok = (pos == N) if last else (pos <= N - (P - 1 - d))
+                    b_start, b_len = near, pos[None, :] - near
                 else:
-                    start = j0[:, None] - grid[None, :]
-                reach = np.broadcast_to(room[:, None], valid.shape).copy()
-                a_idx = np.minimum(i0[:, None], N), grid[None, :] - 1
+                    above = np.minimum.accumulate(np.where(R[src], pos, N + 1)[:, ::-1], axis=1)[:, ::-1]
+                    near = np.concatenate([above[:, 1:], np.full((n, 1), N + 1)], axis=1)
+                    j_ok = (pos == c) if last else (pos >= c + (P - 1 - d))
+                    b_start, b_len = np.broadcast_to(pos[None, :], near.shape), near - pos[None, :]
+                has = (near >= 0) & (near <= N) & j_ok[None, :]
+                a_len = pos[None, :] - src[:, None]
+                a_ok = (a_len >= 1) & ((pos == c) if last else (pos <= c - (P - 1 - d)))[None, :]
+                ok = a_ok[:, :, None] & has[:, None, :]  # (source, end i, frontier j)
                 for _, H, own_a, own_b in by_device[d]:
-                    budget = T - H[i0][:, None] - own_a[a_idx]
-                    cb = np.where((grid[None, :] <= room[:, None]) & (start >= 0),
-                                  own_b[np.clip(start, 0, N), grid[None, :] - 1], INF)
-                    reach = np.minimum(reach, (cb[:, None, :] <= budget[:, :, None]).sum(axis=2))
-                if last:
-                    reach = np.where(reach >= room[:, None], reach, 0)
-                good = valid & (reach >= 1)
-                ends = (i0[:, None] + grid[None, :])[good]
-                new = np.full(N + 1, -1 if forward else N + 1)
-                if forward:
-                    np.maximum.at(new, ends, (j0[:, None] + reach)[good])
-                else:
-                    np.minimum.at(new, ends, (j0[:, None] - reach)[good])
-                    new[new > N] = -1
-                J = new
+                    budget = T - H[src][:, None] - length_cost(own_a, np.broadcast_to(src[:, None], a_len.shape), a_len)
+                    ok &= length_cost(own_b, b_start, b_len)[:, None, :] <= budget[:, :, None]
+                R = ok.any(axis=0)
             else:
-                if J[c] == (N if forward else c):
+                if R[c, N if forward else c]:
                     return True
         return False
 
