@@ -117,7 +117,7 @@ class _Intervals:
                 Ms.append(mem)
                 Os.append(place & (mem <= self.budget[devices[s]]))
             self.F.append(Fs), self.B.append(Bs), self.W.append(Ws), self.mem.append(Ms), self.ok.append(Os)
-            # the stage's least F, B, W on any interval, wherever it lies (device_pair_bound): recompute is never faster
+            # F, B, W on every interval, where stage s may lie or not, recompute off (device_pair_bound's floor)
             f, bwd, b_in, w = co_t.compute_ms(fref, bref, wref, False)
             self.any_place.append(tuple(np.where(inside, x, INF) for x in (f, b_in if split else bwd, w if split else 0 * f)))
             if s < S - 1 and devices[s] != devices[s + 1]:
