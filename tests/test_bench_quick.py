@@ -114,3 +114,18 @@ def test_report(quick_run):
         html = (quick_run / "docs" / "benchmarks" / f"{fig}.html").read_text()
         assert "plotly" in html.lower()
         assert f"benchmarks/{fig}.html" in page
+
+
+def test_pair_bound_quick(tmp_path):
+    """bench_pair_bound --quick: every case solved with the device-pair bound and without it, each with a plan
+    and a gap in [0, 1) (no ordering asserted: the two runs' time-limited searches differ by load)."""
+    env = dict(os.environ, PIPEPLAN_BENCH_RESULTS=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "bench.bench_pair_bound", "--quick"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = json.loads((tmp_path / "pair_bound.json").read_text())
+    assert d["benchmark"] == "pair_bound" and d["quick"] is True
+    assert len(d["rows"]) == 4 and d["summary"]["cases"] == 4
+    for r in d["rows"]:
+        for run in (r["with"], r["without"]):
+            assert run["optimal_ms"] > 0 and 0 <= run["gap"] < 1
