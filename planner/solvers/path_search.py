@@ -61,6 +61,9 @@ MAX_TABLE_ELEMENTS = 2_000_000
 ILP enumeration (planner.solvers.ilp.enumerate_by_bound)."""
 PAIR_BOUND_SHARE = 0.75
 """By this share of its time the search stops refining the device-pair bound (it keeps what it proved)."""
+PAIR_BOUND_MAX_ELEMENTS = 2 * 10**8
+"""Array elements one feasibility pass of the device-pair bound may touch (about (N - 2P) P (N/2) N^2; ViT-B/16's
+75 nodes on 8 devices take 1e8, ~0.06 s a pass); longer chains skip the bound."""
 GENERATION_ROUNDS = 60
 """Rounds of the row generation (_generate_rows): each is one DP and at most one simulation."""
 
@@ -237,7 +240,7 @@ def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs
     relaxation). Paths of another shape are skipped; -inf when no path or placement fits the shape."""
     S, N = iv.S, iv.N
     P = S // 2
-    if S != 2 * P or P < 2 or not hi > lo:
+    if S != 2 * P or P < 2 or not hi > lo or (N - 2 * P) * P * (N // 2 + 1) * (N + 1) ** 2 > PAIR_BOUND_MAX_ELEMENTS:
         return -INF
     second = []
     for d in range(P):
