@@ -122,7 +122,7 @@ class _Intervals:
             self.F.append(Fs), self.B.append(Bs), self.W.append(Ws), self.mem.append(Ms), self.ok.append(Os)
             # F, B, W on every interval, where stage s may lie or not, recompute off (device_pair_bound's floor)
             f, bwd, b_in, w = co_t.compute_ms(fref, bref, wref, False)
-            self.any_place.append(tuple(np.where(inside, x, INF) for x in (f, b_in if split else bwd, w if split else 0 * f)))
+            self.any_place.append(tuple(np.where(inside, x, INF) for x in (f, b_in if split else bwd, w if split else np.zeros_like(f))))
             if s < S - 1 and devices[s] != devices[s + 1]:
                 per_cut = np.array([boundary_comm_ms(cluster, devices[s], devices[s + 1], b, int(n))
                                     for b, n in zip(fwd_cut, fwd_n)])
@@ -264,7 +264,8 @@ def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs
                 out = out + n * x
         return out
 
-    rows = []  # (device, head H[i0], own cost of the first-chain stage, own cost of the second-chain stage)
+    # per device: (head H[i0], own cost of its first-chain stage, own cost of its second-chain stage) per path
+    by_device: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(P)]
     for nF, nB, nW, nL in paths:
         d = int(np.argmax([nF[t] + nB[t] for t in range(P)]))
         own = {d, second[d]}
@@ -280,11 +281,10 @@ def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs
             ok = ends <= N
             np.minimum.at(nxt, ends[ok], cand[ok])
             H = nxt
-        rows.append((d, H, cost(d, nF[d], nB[d], nW[d], 0), cost(second[d], nF[second[d]], nB[second[d]],
-                                                                      nW[second[d]], 0)))
-    if not rows:
+        sd = second[d]
+        by_device[d].append((H, cost(d, nF[d], nB[d], nW[d], 0), cost(sd, nF[sd], nB[sd], nW[sd], 0)))
+    if not any(by_device):
         return -INF
-    by_device = [[r for r in rows if r[0] == d] for d in range(P)]
 
     pos = np.arange(N + 1)
 
@@ -323,7 +323,7 @@ def device_pair_bound(iv: _Intervals, devices: list[int], paths: list[PathCoeffs
                 a_len = pos[None, :] - src[:, None]
                 a_ok = (a_len >= 1) & ((pos == c) if last else (pos <= c - (P - 1 - d)))[None, :]
                 ok = a_ok[:, :, None] & has[:, None, :]  # (source, end i, frontier j)
-                for _, H, own_a, own_b in by_device[d]:
+                for H, own_a, own_b in by_device[d]:
                     budget = T - H[src][:, None] - length_cost(own_a, np.broadcast_to(src[:, None], a_len.shape), a_len)
                     ok &= length_cost(own_b, b_start, b_len)[:, None, :] <= budget[:, :, None]
                 R = ok.any(axis=0)
